@@ -27,3 +27,16 @@ def golden_dir() -> Path:
 @pytest.fixture
 def datasets_dir() -> Path:
     return shared_path("datasets")
+
+
+def _interpret_triton_without_gpu() -> None:
+    """Without a GPU, Triton kernels run in Triton's CPU interpreter (set before mair is imported)."""
+    try:
+        import torch
+    except ImportError:
+        return
+    if not torch.cuda.is_available():
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+_interpret_triton_without_gpu()

@@ -1,0 +1,224 @@
+"""The building blocks shared by MaIR and MaIRUNet: the VMM (SS2D-like core with NSS), SSA gating, the
+residual Mamba block and the small token/image helpers.
+
+Module and parameter names follow the official code (spec §1.3-§1.5, §1.10) so that official checkpoints
+load strictly. The math follows spec §1.4 step by step; the projections are matrix products (einsum) rather
+than the official grouped conv1d, which computes the same sums.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mair.models.scan import resolve_backend, selective_scan
+
+NUM_SCANS = 4  # K: the four NSS sequences (spec §1.0)
+
+ScanIds = tuple[Tensor, Tensor]  # (scan_ids (4, L), inverse_ids (4, L)), int64
+
+
+def ssm_inner_dim(width: int, ssm_ratio: float) -> int:
+    """``d_inner`` exactly as the official code computes it: Python float product, truncated (spec §1.0)."""
+    return int(ssm_ratio * width)
+
+
+def dt_rank_for(width: int) -> int:
+    """``dt_rank = ceil(C / 16)`` (the official ``"auto"``)."""
+    return math.ceil(width / 16)
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: a per-sample Bernoulli mask scaled by 1/keep_prob, active in train mode only."""
+
+    def __init__(self, drop_prob: float = 0.0) -> None:
+        super().__init__()
+        self.drop_prob = float(drop_prob)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.drop_prob == 0.0 or not self.training:
+            return x
+        keep_prob = 1.0 - self.drop_prob
+        mask_shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+        mask = x.new_empty(mask_shape).bernoulli_(keep_prob)
+        if keep_prob > 0.0:
+            mask.div_(keep_prob)
+        return x * mask
+
+    def extra_repr(self) -> str:
+        return f"drop_prob={self.drop_prob}"
+
+
+class Mlp(nn.Module):
+    """fc1 -> exact GELU -> fc2 (no dropout)."""
+
+    def __init__(self, width: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(width, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, width)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class ShuffleAttn(nn.Module):
+    """SSA gating (spec §1.5). Holds the official ``gating`` Sequential so that keys read
+    ``gating.gating.1.weight``; the forward computes the same gate directly on the pooled values."""
+
+    def __init__(self, inner: int) -> None:
+        super().__init__()
+        self.inner = inner
+        channels = NUM_SCANS * inner
+        self.gating = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1),
+            nn.Conv2d(channels, channels, kernel_size=1, groups=inner, bias=True),
+            nn.Sigmoid(),
+        )
+
+    def gate(self, pooled: Tensor) -> Tensor:
+        """Gate (B, K, D) from pooled means (B, K, D): ``σ(Σ_k' W[d·4+k, k'] m[k', d] + b[d·4+k])``."""
+        conv = self.gating[1]
+        weight = conv.weight.view(self.inner, NUM_SCANS, NUM_SCANS)  # [d, k, k']
+        bias = conv.bias.view(self.inner, NUM_SCANS)  # [d, k]
+        logits = torch.einsum("dkj,bjd->bkd", weight, pooled) + bias.t()
+        return torch.sigmoid(logits)
+
+
+class VMM(nn.Module):
+    """The MaIR core (``VMM`` at top level, ``LoSh2D`` in the U-Net): in_proj, depthwise conv, 4 NSS scans
+    through the selective scan, un-scan, SSA gating and sum, out_norm * SiLU(z), out_proj (spec §1.4)."""
+
+    def __init__(self, d_model: int, d_state: int = 16, ssm_ratio: float = 2.0, d_conv: int = 3) -> None:
+        super().__init__()
+        inner = ssm_inner_dim(d_model, ssm_ratio)
+        rank = dt_rank_for(d_model)
+        self.d_model, self.d_inner, self.dt_rank, self.d_state = d_model, inner, rank, d_state
+        self.scan_backend: str | None = None  # None: automatic choice (see mair.models.scan)
+
+        # Construction order follows the official module so that a seeded build consumes the RNG alike.
+        self.in_proj = nn.Linear(d_model, 2 * inner, bias=False)
+        self.conv2d = nn.Conv2d(inner, inner, d_conv, padding=(d_conv - 1) // 2, groups=inner, bias=True)
+        self.act = nn.SiLU()
+        x_proj = [nn.Linear(inner, rank + 2 * d_state, bias=False) for _ in range(NUM_SCANS)]
+        self.x_proj_weight = nn.Parameter(torch.stack([p.weight for p in x_proj]))  # (K, R+2N, D)
+        dt_weights, dt_biases = zip(*(_dt_init(rank, inner) for _ in range(NUM_SCANS)), strict=True)
+        self.dt_projs_weight = nn.Parameter(torch.stack(dt_weights))  # (K, D, R)
+        self.dt_projs_bias = nn.Parameter(torch.stack(dt_biases))  # (K, D)
+        a_row = torch.arange(1, d_state + 1, dtype=torch.float32).log()
+        self.A_logs = nn.Parameter(a_row.repeat(NUM_SCANS * inner, 1))  # (K·D, N)
+        self.Ds = nn.Parameter(torch.ones(NUM_SCANS * inner))  # (K·D)
+        self.out_norm = nn.LayerNorm(inner)
+        self.out_proj = nn.Linear(inner, d_model, bias=False)
+        self.gating = ShuffleAttn(inner)
+
+    def forward(self, x: Tensor, ids: ScanIds) -> Tensor:
+        """x: (B, H, W, C) -> (B, H, W, C)."""
+        batch, height, width, _ = x.shape
+        x, z = self.in_proj(x).chunk(2, dim=-1)
+        x = self.act(self.conv2d(x.permute(0, 3, 1, 2)))  # (B, D, H, W)
+        if resolve_backend(self.scan_backend, x.device) == "triton":
+            y = self._scan_fused(x, ids[0])
+        else:
+            y = self._scan_gathered(x, ids)
+        y = self.out_norm(y.view(batch, height, width, self.d_inner).to(z.dtype)) * F.silu(z)
+        return self.out_proj(y)
+
+    def _scan_gathered(self, x: Tensor, ids: ScanIds) -> Tensor:
+        """Spec §1.4 steps 3-9 as written: gather the 4 scan orders, scan, un-scan, SSA. Returns (B, L, D)."""
+        batch, inner, height, width = x.shape
+        length = height * width
+        rank, state = self.dt_rank, self.d_state
+        scan_ids, inverse_ids = ids
+        flat = x.reshape(batch, inner, length)
+        # Gather the 4 scan orders at once: (B, D, K·L) -> (B, K, D, L).
+        xs = flat.index_select(2, scan_ids.reshape(-1)).view(batch, inner, NUM_SCANS, length).transpose(1, 2)
+        x_dbl = torch.einsum("kcd,bkdl->bkcl", self.x_proj_weight, xs)
+        dts, bs, cs = torch.split(x_dbl, [rank, state, state], dim=2)
+        dts = torch.einsum("kdr,bkrl->bkdl", self.dt_projs_weight, dts)
+        ys = selective_scan(
+            xs.reshape(batch, NUM_SCANS * inner, length).float(),
+            dts.reshape(batch, NUM_SCANS * inner, length).float(),
+            -torch.exp(self.A_logs.float()),
+            bs.float().contiguous(),
+            cs.float().contiguous(),
+            self.Ds.float(),
+            delta_bias=self.dt_projs_bias.float().reshape(-1),
+            delta_softplus=True,
+            backend=self.scan_backend,
+        ).view(batch, NUM_SCANS, inner, length)
+        # Un-scan: y_k back to raster order, then SSA gate and the sum over the 4 sequences.
+        ys = torch.stack([ys[:, k].index_select(2, inverse_ids[k]) for k in range(NUM_SCANS)], dim=1)
+        gate = self.gating.gate(ys.mean(dim=3))  # (B, K, D)
+        return torch.einsum("bkd,bkdl->bld", gate.to(ys.dtype), ys)
+
+    def _scan_fused(self, x: Tensor, scan_ids: Tensor) -> Tensor:
+        """The same computation with the scan order fused into the Triton kernel: projections stay in raster
+        order (they act per position), the kernel reads through ``scan_ids`` and writes back in raster order,
+        so no permuted copies or inverse gathers exist. Returns (B, L, D)."""
+        from mair.models.scan.triton_backend import nss_scan
+
+        batch, inner, height, width = x.shape
+        raster = x.permute(0, 2, 3, 1).reshape(batch, height * width, inner)  # (B, L, D)
+        x_dbl = torch.einsum("bld,kcd->bklc", raster, self.x_proj_weight)  # (B, K, L, R+2N)
+        dts, bs, cs = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=3)
+        dts = torch.einsum("bklr,kdr->bkld", dts, self.dt_projs_weight)
+        ys = nss_scan(raster, dts, -torch.exp(self.A_logs.float()), bs, cs, self.Ds.float(),
+                      self.dt_projs_bias.float().reshape(-1), scan_ids, delta_softplus=True)  # (B, K, L, D)
+        gate = self.gating.gate(ys.float().mean(dim=2))  # (B, K, D)
+        return torch.einsum("bkd,bkld->bld", gate.to(ys.dtype), ys)
+
+
+def _dt_init(rank: int, inner: int, dt_min: float = 1e-3, dt_max: float = 0.1,
+             floor: float = 1e-4) -> tuple[Tensor, Tensor]:
+    """Official dt projection init: weight U(±rank^-0.5); bias = softplus^-1 of a log-uniform dt in
+    [dt_min, dt_max] clamped at ``floor`` (spec §1.7). Built through an nn.Linear like the original so
+    that the RNG is consumed in the same order."""
+    proj = nn.Linear(rank, inner, bias=True)
+    std = rank**-0.5
+    nn.init.uniform_(proj.weight, -std, std)
+    dt = torch.exp(torch.rand(inner) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+    dt = dt.clamp(min=floor)
+    inv_softplus = dt + torch.log(-torch.expm1(-dt))
+    return proj.weight.data, inv_softplus
+
+
+class ResidualMambaBlock(nn.Module):
+    """RMB (top level) / VSSBlock (U-Net): ``x·s1 + DropPath(VMM(LN(x)))`` then ``x·s2 + Mlp(LN(x))``.
+
+    The MLP child is ``conv_blk`` in MaIR and ``mlp`` in MaIRUNet (``mlp_name``); nothing else differs.
+    """
+
+    def __init__(self, width: int, d_state: int, ssm_ratio: float, mlp_ratio: float, drop_path: float,
+                 shift_size: int = 0, mlp_name: str = "conv_blk") -> None:
+        super().__init__()
+        self.shift_size = shift_size
+        self.mlp_name = mlp_name
+        self.ln_1 = nn.LayerNorm(width)
+        self.self_attention = VMM(width, d_state=d_state, ssm_ratio=ssm_ratio)
+        self.drop_path = DropPath(drop_path)
+        self.skip_scale = nn.Parameter(torch.ones(width))
+        setattr(self, mlp_name, Mlp(width, int(width * mlp_ratio)))
+        self.ln_2 = nn.LayerNorm(width)
+        self.skip_scale2 = nn.Parameter(torch.ones(width))
+
+    def forward(self, x: Tensor, ids: ScanIds, x_size: tuple[int, int]) -> Tensor:
+        """x: tokens (B, H·W, C) in raster order."""
+        batch, length, width = x.shape
+        inp = x.view(batch, *x_size, width)
+        x = inp * self.skip_scale + self.drop_path(self.self_attention(self.ln_1(inp), ids))
+        x = x * self.skip_scale2 + getattr(self, self.mlp_name)(self.ln_2(x))
+        return x.reshape(batch, length, width)
+
+
+def tokens_to_image(x: Tensor, x_size: tuple[int, int]) -> Tensor:
+    """(B, H·W, C) -> (B, C, H, W)."""
+    return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], *x_size)
+
+
+def image_to_tokens(x: Tensor) -> Tensor:
+    """(B, C, H, W) -> (B, H·W, C), raster order."""
+    return x.flatten(2).transpose(1, 2)

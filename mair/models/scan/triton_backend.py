@@ -1,0 +1,276 @@
+"""The ``triton`` selective-scan backend: our Triton kernels (no compilation step), forward and backward.
+
+Two entry points share the kernels of :mod:`mair.models.scan.triton_kernels`:
+
+* :func:`triton_scan` — mamba_ssm's layout (u, delta (batch, Dch, L); B, C (batch, G, N, L)), registered as the
+  ``triton`` backend of :func:`mair.models.scan.selective_scan`;
+* :func:`nss_scan` — MaIR's fused layout: the feature map once in raster order ``x (batch, L, D)`` shared by
+  the four scans, per-scan projections in raster order (``delta (batch, K, L, D)``, ``B``/``C``
+  ``(batch, K, L, N)``) and the NSS orders ``ids (K, L)``; returns ``y (batch, K, L, D)`` in raster order.
+  The scan order is applied inside the kernel, so the model never builds the four permuted copies nor their
+  inverses. Its plain reference is :func:`nss_scan_reference` (gather, ``selective_scan``, scatter).
+
+Runs on CUDA tensors, or anywhere under Triton's interpreter (``TRITON_INTERPRET=1``), which is how CI tests it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .registry import ScanBackendUnavailable
+
+Strides = tuple[int, int, int, int]  # (batch, k, position, channel-or-state)
+
+
+def interpreting() -> bool:
+    """Whether Triton runs its kernels in the CPU interpreter."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def load():
+    """Registry loader: the generic-layout scan, if Triton can run here."""
+    try:
+        import triton  # noqa: F401
+    except ImportError as exc:
+        raise ScanBackendUnavailable(
+            f"selective-scan backend 'triton' is not available: {exc}; install it with: pip install \"mair[triton]\""
+        ) from None
+    if not (torch.cuda.is_available() or interpreting()):
+        raise ScanBackendUnavailable(
+            "selective-scan backend 'triton' needs a CUDA GPU (or TRITON_INTERPRET=1 for the slow CPU interpreter)"
+        )
+    return _generic_backend
+
+
+@dataclass(frozen=True)
+class TileConfig:
+    """Chunk length ``BL``, channels per program ``BD``, padded state size ``BN`` and warps."""
+
+    bl: int
+    bd: int
+    bn: int
+    warps: int
+
+
+def tile_config(d_state: int, channels: int, backward: bool) -> TileConfig:
+    """Tile sizes: about 4k tile elements per program in the forward (register budget) and half that in the
+    heavier backward, which keeps the forward's chunk length (it reuses the stored chunk-start states)."""
+    bn = 1
+    while bn < d_state:
+        bn *= 2
+    bd = 16 if bn >= 16 else 32
+    while bd > 4 and bd >= 2 * channels:
+        bd //= 2
+    bl = max(8, min(128, 4096 // (bd * bn)))
+    if backward:
+        while bd > 2 and bl * bd * bn > 2048:
+            bd //= 2
+    if interpreting():  # the CPU interpreter is slow per tile element; small tiles also test chunk carries
+        bl, bd = 8, min(bd, 8)
+    return TileConfig(bl=bl, bd=bd, bn=bn, warps=4)
+
+
+@dataclass
+class _Problem:
+    """Sizes, tensors and their (batch, k, position, channel) strides."""
+
+    batch: int
+    groups: int
+    length: int
+    channels: int  # per group
+    d_state: int
+    x: Tensor
+    xs: Strides
+    dt: Tensor
+    dts: Strides
+    A: Tensor
+    B: Tensor
+    bs: Strides
+    C: Tensor
+    cs: Strides
+    D: Tensor | None
+    bias: Tensor | None
+    ids: Tensor | None
+    softplus: bool
+
+
+def _fwd(pb: _Problem, out: Tensor, os_: Strides) -> Tensor:
+    from .triton_kernels import scan_fwd_kernel
+
+    cfg = tile_config(pb.d_state, pb.channels, backward=False)
+    n_chunks = -(-pb.length // cfg.bl)
+    hs = torch.empty(pb.batch, pb.groups, n_chunks, pb.channels, pb.d_state, device=pb.x.device,
+                     dtype=torch.float32)
+    grid = (-(-pb.channels // cfg.bd), pb.batch * pb.groups)
+    dummy = pb.A
+    scan_fwd_kernel[grid](
+        pb.x, *pb.xs, pb.dt, *pb.dts, pb.A, pb.B, *pb.bs, pb.C, *pb.cs,
+        pb.D if pb.D is not None else dummy, pb.bias if pb.bias is not None else dummy,
+        pb.ids if pb.ids is not None else dummy,
+        out, *os_, hs,
+        pb.length, pb.channels, pb.d_state, pb.groups, n_chunks,
+        HAS_IDS=pb.ids is not None, HAS_D=pb.D is not None, HAS_BIAS=pb.bias is not None,
+        SOFTPLUS=pb.softplus, BL=cfg.bl, BD=cfg.bd, BN=cfg.bn, num_warps=cfg.warps,
+    )
+    return hs
+
+
+def _bwd(pb: _Problem, dy: Tensor, dys: Strides, hs: Tensor, du: Tensor, dus: Strides, ddt: Tensor,
+         ddts: Strides) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """Launch the backward; returns dB, dC (batch, K, L, N), dA (K·D, N), dD (K·D) or None."""
+    from .triton_kernels import scan_bwd_kernel
+
+    cfg = tile_config(pb.d_state, pb.channels, backward=True)
+    n_chunks = hs.shape[2]
+    n_dblocks = -(-pb.channels // cfg.bd)
+    dev = pb.x.device
+    f32 = torch.float32
+    dB_part = torch.empty(pb.batch, pb.groups, n_dblocks, pb.length, pb.d_state, device=dev, dtype=f32)
+    dC_part = torch.empty_like(dB_part)
+    dA_part = torch.empty(pb.batch, pb.groups * pb.channels, pb.d_state, device=dev, dtype=f32)
+    dD_part = torch.empty(pb.batch, pb.groups * pb.channels, device=dev, dtype=f32)
+    dummy = pb.A
+    scan_bwd_kernel[(n_dblocks, pb.batch * pb.groups)](
+        pb.x, *pb.xs, pb.dt, *pb.dts, pb.A, pb.B, *pb.bs, pb.C, *pb.cs,
+        pb.D if pb.D is not None else dummy, pb.bias if pb.bias is not None else dummy,
+        pb.ids if pb.ids is not None else dummy,
+        dy, *dys, hs, du, *dus, ddt, *ddts,
+        dB_part, dC_part, dA_part, dD_part,
+        pb.length, pb.channels, pb.d_state, pb.groups, n_chunks, n_dblocks,
+        HAS_IDS=pb.ids is not None, HAS_D=pb.D is not None, HAS_BIAS=pb.bias is not None,
+        SOFTPLUS=pb.softplus, BL=cfg.bl, BD=cfg.bd, BN=cfg.bn, num_warps=cfg.warps,
+    )
+    dD = dD_part.sum(0) if pb.D is not None else None
+    return dB_part.sum(2), dC_part.sum(2), dA_part.sum(0), dD
+
+
+def _bkl_strides(t: Tensor) -> Strides:
+    """Strides of a (batch, K, L, X) tensor."""
+    return (t.stride(0), t.stride(1), t.stride(2), t.stride(3))
+
+
+class _NSSScan(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, delta, A, B, C, D, delta_bias, ids, softplus):
+        batch, length, channels = x.shape
+        groups, d_state = delta.shape[1], A.shape[1]
+        pb = _Problem(batch, groups, length, channels, d_state,
+                      x, (x.stride(0), 0, x.stride(1), x.stride(2)), delta, _bkl_strides(delta),
+                      A.contiguous(), B, _bkl_strides(B), C, _bkl_strides(C),
+                      None if D is None else D.contiguous(), None if delta_bias is None else delta_bias.contiguous(),
+                      ids.contiguous(), bool(softplus))
+        out = torch.empty(batch, groups, length, channels, device=x.device, dtype=x.dtype)
+        hs = _fwd(pb, out, _bkl_strides(out))
+        ctx.save_for_backward(x, delta, pb.A, B, C, pb.D, pb.bias, pb.ids, hs)
+        ctx.softplus = pb.softplus
+        return out
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, delta, A, B, C, D, bias, ids, hs = ctx.saved_tensors
+        batch, length, channels = x.shape
+        groups, d_state = delta.shape[1], A.shape[1]
+        pb = _Problem(batch, groups, length, channels, d_state,
+                      x, (x.stride(0), 0, x.stride(1), x.stride(2)), delta, _bkl_strides(delta),
+                      A, B, _bkl_strides(B), C, _bkl_strides(C), D, bias, ids, ctx.softplus)
+        f32 = torch.float32
+        du_k = torch.empty(batch, groups, length, channels, device=x.device, dtype=f32)
+        ddt = torch.empty(batch, groups, length, channels, device=x.device, dtype=f32)
+        dB, dC, dA, dD = _bwd(pb, dy, _bkl_strides(dy), hs, du_k, _bkl_strides(du_k), ddt, _bkl_strides(ddt))
+        dbias = ddt.sum(dim=(0, 2)).reshape(-1) if bias is not None else None
+        return (du_k.sum(1).to(x.dtype), ddt.to(delta.dtype), dA.to(A.dtype), dB.to(B.dtype), dC.to(C.dtype),
+                None if D is None else dD.to(D.dtype), None if bias is None else dbias.to(bias.dtype), None, None)
+
+
+def nss_scan(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
+             delta_bias: Tensor | None, ids: Tensor, delta_softplus: bool = True) -> Tensor:
+    """Selective scan of K sequences that read one raster feature map through the orders ``ids``.
+
+    x (batch, L, D) raster; delta (batch, K, L, D), B and C (batch, K, L, N) in raster order; A (K·D, N);
+    D and delta_bias (K·D,); ids (K, L) with sequence k visiting raster position ids[k, l] at step l.
+    Returns y (batch, K, L, D) in raster order: ``y[:, k, ids[k, l]]`` is step l of sequence k.
+    """
+    groups = delta.shape[1]
+    if x.dim() != 3 or delta.dim() != 4 or delta.shape[0] != x.shape[0] or delta.shape[2:] != x.shape[1:]:
+        raise ValueError(f"nss_scan: x must be (batch, L, D) and delta (batch, K, L, D); got "
+                         f"{tuple(x.shape)} and {tuple(delta.shape)}")
+    if tuple(ids.shape) != (groups, x.shape[1]):
+        raise ValueError(f"nss_scan: ids must be (K, L) = ({groups}, {x.shape[1]}); got {tuple(ids.shape)}")
+    return _NSSScan.apply(x, delta, A, B, C, D, delta_bias, ids, delta_softplus)
+
+
+def nss_scan_reference(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
+                       delta_bias: Tensor | None, ids: Tensor, delta_softplus: bool = True,
+                       backend: str | None = "torch") -> Tensor:
+    """The plain composition :func:`nss_scan` fuses: gather into scan order, ``selective_scan``, scatter back."""
+    from .api import selective_scan
+
+    batch, length, channels = x.shape
+    groups = delta.shape[1]
+    flat = ids.reshape(-1)
+    xs = x.index_select(1, flat).view(batch, groups, length, channels)  # step order
+    dts = torch.stack([delta[:, k].index_select(1, ids[k]) for k in range(groups)], 1)
+    bs = torch.stack([B[:, k].index_select(1, ids[k]) for k in range(groups)], 1)
+    cs = torch.stack([C[:, k].index_select(1, ids[k]) for k in range(groups)], 1)
+    y = selective_scan(
+        xs.permute(0, 1, 3, 2).reshape(batch, groups * channels, length),
+        dts.permute(0, 1, 3, 2).reshape(batch, groups * channels, length),
+        A, bs.transpose(2, 3), cs.transpose(2, 3), D, delta_bias, delta_softplus, backend=backend,
+    ).view(batch, groups, channels, length).transpose(2, 3)
+    inverse = torch.argsort(ids, dim=1)
+    return torch.stack([y[:, k].index_select(1, inverse[k]) for k in range(groups)], 1)
+
+
+class _GenericScan(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, delta_bias, softplus):
+        pb = _generic_problem(u, delta, A, B, C, D, delta_bias, softplus)
+        out = torch.empty_like(u)
+        hs = _fwd(pb, out, pb.xs)
+        ctx.save_for_backward(u, delta, pb.A, B, C, pb.D, pb.bias, hs)
+        ctx.softplus = bool(softplus)
+        return out
+
+    @staticmethod
+    def backward(ctx, dy):
+        u, delta, A, B, C, D, bias, hs = ctx.saved_tensors
+        pb = _generic_problem(u, delta, A, B, C, D, bias, ctx.softplus)
+        dy = dy.contiguous()
+        du = torch.empty(u.shape, device=u.device, dtype=torch.float32)
+        ddt = torch.empty_like(du)
+        dB, dC, dA, dD = _bwd(pb, dy, _gen_strides(dy, pb.channels), hs, du, _gen_strides(du, pb.channels),
+                              ddt, _gen_strides(ddt, pb.channels))
+        dbias = ddt.sum(dim=(0, 2)) if bias is not None else None
+        return (du.to(u.dtype), ddt.to(delta.dtype), dA.to(A.dtype), dB.transpose(2, 3).to(B.dtype),
+                dC.transpose(2, 3).to(C.dtype), None if D is None else dD.to(D.dtype),
+                None if bias is None else dbias.to(bias.dtype), None)
+
+
+def _gen_strides(t: Tensor, channels: int) -> Strides:
+    """(batch, k, l, d) strides of a (batch, K·D, L) tensor."""
+    return (t.stride(0), channels * t.stride(1), t.stride(2), t.stride(1))
+
+
+def _generic_problem(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
+                     bias: Tensor | None, softplus: bool) -> _Problem:
+    batch, dch, length = u.shape
+    groups, d_state = B.shape[1], A.shape[1]
+    channels = dch // groups
+    bstr = (B.stride(0), B.stride(1), B.stride(3), B.stride(2))
+    cstr = (C.stride(0), C.stride(1), C.stride(3), C.stride(2))
+    return _Problem(batch, groups, length, channels, d_state, u, _gen_strides(u, channels), delta,
+                    _gen_strides(delta, channels), A.contiguous(), B, bstr, C, cstr,
+                    None if D is None else D.contiguous(), None if bias is None else bias.contiguous(),
+                    None, bool(softplus))
+
+
+def _generic_backend(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
+                     delta_bias: Tensor | None, delta_softplus: bool) -> Tensor:
+    """Backend callable for :func:`mair.models.scan.selective_scan` (B, C arrive as (batch, G, N, L))."""
+    if u.dtype == torch.float64:
+        raise ScanBackendUnavailable("the triton backend computes in float32; use backend='torch' for float64")
+    return _GenericScan.apply(u, delta, A, B, C, D, delta_bias, delta_softplus)

@@ -1,0 +1,260 @@
+"""Triton kernels of the selective scan, forward and backward, with the NSS scan order fused in.
+
+One program handles one (batch, group k, block of ``BD`` channels) and walks the sequence in chunks of ``BL``
+positions. Inside a chunk the recurrence ``h_l = exp(Δ_l A) h_{l-1} + Δ_l B_l u_l`` is solved by an
+associative scan over the chunk (tile ``(BL, BD, BN)``), then the state carried from the previous chunk is
+folded in. State and accumulation are float32 whatever the input dtype.
+
+Every tensor is addressed through ``(batch, k, position, channel)`` strides, and positions go through an
+optional index table: with ``ids[k, l]`` (the NSS scan order) the kernel reads its inputs at raster position
+``ids[k, l]`` and writes outputs back to that raster position, so the model never materialises permuted
+copies. Without ids, position ``l`` is read directly (the mamba_ssm layout).
+
+The forward stores the state at the start of every chunk; the backward recomputes the chunk's states from it and
+runs the adjoint recurrence ``g_l = C_l dy_l + exp(Δ_{l+1} A) g_{l+1}`` as a reverse associative scan.
+The plain references these kernels are checked against are ``mair.models.scan.reference`` and the ``torch``
+backend (tests/test_scan_triton.py).
+"""
+
+from __future__ import annotations
+
+import os
+
+import triton
+import triton.language as tl
+
+LOG2E = 1.4426950408889634
+
+
+def _adapt_interpreter() -> None:
+    """Two adjustments to Triton 3.6's CPU interpreter (used by the CI tests; GPU runs are unaffected).
+
+    * It turns loop bounds into Python ints with ``int(array)``, which NumPy 2 refuses for its 1-element 1-D
+      scalars: take ``.item()`` instead.
+    * Its generic ``associative_scan`` calls the combine function once per tile element in Python; apply it
+      to whole slices along the scan axis instead (same order of combination, far fewer calls).
+    """
+    import numpy as np
+    from triton.runtime import interpreter
+
+    original = interpreter._patch_lang_tensor
+    if getattr(original, "_mair_adapted", False):
+        return
+
+    def patch_tensor(tensor, scope):
+        original(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(np.asarray(self.handle.data).reshape(-1)[0]))
+
+    def sliced_scan(self, inputs):
+        data = [np.moveaxis(arg.handle.data, self.axis, 0) for arg in inputs]
+        outs = [np.empty_like(d) for d in data]
+        for out, d in zip(outs, data, strict=True):
+            out[0] = d[0]
+        for i in range(1, data[0].shape[0]):
+            acc = tuple(self.to_tensor(o[i - 1], arg.dtype) for o, arg in zip(outs, inputs, strict=True))
+            cur = tuple(self.to_tensor(d[i], arg.dtype) for d, arg in zip(data, inputs, strict=True))
+            ret = self.combine_fn.fn(*acc, *cur)
+            ret = ret if isinstance(ret, tuple) else (ret,)
+            for out, r in zip(outs, ret, strict=True):
+                out[i] = r.handle.data
+        return [self.to_tensor(np.moveaxis(o, 0, self.axis), arg.dtype) for o, arg in zip(outs, inputs, strict=True)]
+
+    patch_tensor._mair_adapted = True
+    interpreter._patch_lang_tensor = patch_tensor
+    interpreter.ScanOps.generic_scan = sliced_scan
+
+
+if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+    _adapt_interpreter()
+
+
+@triton.jit
+def _combine(a_left, b_left, a_right, b_right):
+    """Compose two affine maps h -> a h + b (left applied first)."""
+    return a_left * a_right, b_left * a_right + b_right
+
+
+@triton.jit
+def _softplus(x):
+    # torch's softplus with threshold 20; log(1 + exp(x)) written with exp2/log2 for speed.
+    return tl.where(x <= 20.0, tl.log2(1.0 + tl.exp2(x * 1.4426950408889634)) * 0.6931471805599453, x)
+
+
+@triton.jit
+def _positions(ids_ptr, k, l, lmask, L, HAS_IDS: tl.constexpr):
+    if HAS_IDS:
+        return tl.load(ids_ptr + k * L + l, mask=lmask, other=0).to(tl.int64)
+    else:
+        return l.to(tl.int64)
+
+
+@triton.jit
+def _load_delta(dt_ptr, base, p, d, mask2, stl, std, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    raw = tl.load(dt_ptr + base + p[:, None] * stl + d[None, :] * std, mask=mask2, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        raw = raw + bias[None, :]
+    dt = raw
+    if SOFTPLUS:
+        dt = _softplus(raw)
+    dt = tl.where(mask2, dt, 0.0)  # padded positions: identity step (decay 1, no input)
+    return raw, dt
+
+
+@triton.jit
+def scan_fwd_kernel(
+    x_ptr, sxb, sxk, sxl, sxd,
+    dt_ptr, stb, stk, stl, std,
+    A_ptr, B_ptr, sbb, sbk, sbl, sbn,
+    C_ptr, scb, sck, scl, scn,
+    D_ptr, bias_ptr, ids_ptr,
+    out_ptr, sob, sok, sol, sod,
+    hs_ptr,
+    L, D, N, K, NCH,
+    HAS_IDS: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    BL: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr,
+):
+    pid_d = tl.program_id(0)
+    pid_bk = tl.program_id(1)
+    b = pid_bk // K
+    k = pid_bk % K
+    d = pid_d * BD + tl.arange(0, BD)
+    dmask = d < D
+    n = tl.arange(0, BN)
+    nmask = n < N
+    e = k * D + d  # channel index in (K·D)
+    A = tl.load(A_ptr + e[:, None] * N + n[None, :], mask=dmask[:, None] & nmask[None, :], other=0.0)
+    A2 = A.to(tl.float32) * 1.4426950408889634
+    bias = tl.zeros((BD,), tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + e, mask=dmask, other=0.0).to(tl.float32)
+    Dv = tl.zeros((BD,), tl.float32)
+    if HAS_D:
+        Dv = tl.load(D_ptr + e, mask=dmask, other=0.0).to(tl.float32)
+    last = (tl.arange(0, BL) == BL - 1)[:, None, None]
+    h = tl.zeros((BD, BN), tl.float32)
+    hs_base = ((b * K + k) * NCH) * D * N
+    x_base = b * sxb + k * sxk
+    dt_base = b * stb + k * stk
+    for c in range(0, NCH):
+        tl.store(hs_ptr + hs_base + (c * D + d[:, None]) * N + n[None, :], h,
+                 mask=dmask[:, None] & nmask[None, :])
+        l = c * BL + tl.arange(0, BL)
+        lmask = l < L
+        p = _positions(ids_ptr, k, l, lmask, L, HAS_IDS)
+        m2 = lmask[:, None] & dmask[None, :]
+        mn = lmask[:, None] & nmask[None, :]
+        u = tl.load(x_ptr + x_base + p[:, None] * sxl + d[None, :] * sxd, mask=m2, other=0.0).to(tl.float32)
+        _, dt = _load_delta(dt_ptr, dt_base, p, d, m2, stl, std, bias, HAS_BIAS, SOFTPLUS)
+        Bv = tl.load(B_ptr + b * sbb + k * sbk + p[:, None] * sbl + n[None, :] * sbn, mask=mn, other=0.0)
+        Cv = tl.load(C_ptr + b * scb + k * sck + p[:, None] * scl + n[None, :] * scn, mask=mn, other=0.0)
+        decay = tl.exp2(dt[:, :, None] * A2[None, :, :])
+        drive = (dt * u)[:, :, None] * Bv.to(tl.float32)[:, None, :]
+        acc_a, acc_h = tl.associative_scan((decay, drive), 0, _combine)
+        hh = acc_h + acc_a * h[None, :, :]
+        y = tl.sum(hh * Cv.to(tl.float32)[:, None, :], axis=2)
+        if HAS_D:
+            y = y + Dv[None, :] * u
+        tl.store(out_ptr + b * sob + k * sok + p[:, None] * sol + d[None, :] * sod,
+                 y.to(out_ptr.dtype.element_ty), mask=m2)
+        h = tl.sum(tl.where(last, hh, 0.0), axis=0)
+
+
+@triton.jit
+def scan_bwd_kernel(
+    x_ptr, sxb, sxk, sxl, sxd,
+    dt_ptr, stb, stk, stl, std,
+    A_ptr, B_ptr, sbb, sbk, sbl, sbn,
+    C_ptr, scb, sck, scl, scn,
+    D_ptr, bias_ptr, ids_ptr,
+    dy_ptr, syb, syk, syl, syd,
+    hs_ptr,
+    du_ptr, sub, suk, sul, sud,
+    ddt_ptr, sdb, sdk, sdl, sdd,
+    dB_ptr, dC_ptr,  # (batch, K, n_dblocks, L, N) float32 partial sums over the channel block
+    dA_ptr, dD_ptr,  # (batch, K·D, N) and (batch, K·D) float32 partial sums over the sequence
+    L, D, N, K, NCH, NDB,
+    HAS_IDS: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    BL: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr,
+):
+    pid_d = tl.program_id(0)
+    pid_bk = tl.program_id(1)
+    b = pid_bk // K
+    k = pid_bk % K
+    d = pid_d * BD + tl.arange(0, BD)
+    dmask = d < D
+    n = tl.arange(0, BN)
+    nmask = n < N
+    dn_mask = dmask[:, None] & nmask[None, :]
+    e = k * D + d
+    A = tl.load(A_ptr + e[:, None] * N + n[None, :], mask=dn_mask, other=0.0).to(tl.float32)
+    A2 = A * 1.4426950408889634
+    bias = tl.zeros((BD,), tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + e, mask=dmask, other=0.0).to(tl.float32)
+    Dv = tl.zeros((BD,), tl.float32)
+    if HAS_D:
+        Dv = tl.load(D_ptr + e, mask=dmask, other=0.0).to(tl.float32)
+    first = (tl.arange(0, BL) == 0)[:, None, None]
+    g_next = tl.zeros((BD, BN), tl.float32)  # adjoint at the first position of the following chunk
+    dA_acc = tl.zeros((BD, BN), tl.float32)
+    dD_acc = tl.zeros((BD,), tl.float32)
+    hs_base = ((b * K + k) * NCH) * D * N
+    x_base = b * sxb + k * sxk
+    dt_base = b * stb + k * stk
+    part_base = ((b * K + k) * NDB + pid_d) * L * N
+    for ci in range(0, NCH):
+        c = NCH - 1 - ci
+        l = c * BL + tl.arange(0, BL)
+        lmask = l < L
+        p = _positions(ids_ptr, k, l, lmask, L, HAS_IDS)
+        m2 = lmask[:, None] & dmask[None, :]
+        mn = lmask[:, None] & nmask[None, :]
+        u = tl.load(x_ptr + x_base + p[:, None] * sxl + d[None, :] * sxd, mask=m2, other=0.0).to(tl.float32)
+        raw, dt = _load_delta(dt_ptr, dt_base, p, d, m2, stl, std, bias, HAS_BIAS, SOFTPLUS)
+        Bv = tl.load(B_ptr + b * sbb + k * sbk + p[:, None] * sbl + n[None, :] * sbn,
+                     mask=mn, other=0.0).to(tl.float32)
+        Cv = tl.load(C_ptr + b * scb + k * sck + p[:, None] * scl + n[None, :] * scn,
+                     mask=mn, other=0.0).to(tl.float32)
+        dy = tl.load(dy_ptr + b * syb + k * syk + p[:, None] * syl + d[None, :] * syd,
+                     mask=m2, other=0.0).to(tl.float32)
+        # Recompute this chunk's states from the stored chunk-start state.
+        h0 = tl.load(hs_ptr + hs_base + (c * D + d[:, None]) * N + n[None, :], mask=dn_mask, other=0.0)
+        decay = tl.exp2(dt[:, :, None] * A2[None, :, :])
+        dtu = dt * u
+        drive = dtu[:, :, None] * Bv[:, None, :]
+        acc_a, acc_h = tl.associative_scan((decay, drive), 0, _combine)
+        hh = acc_h + acc_a * h0[None, :, :]
+        # Decays of the following positions (zero after the end of the sequence).
+        l1 = l + 1
+        l1mask = l1 < L
+        p1 = _positions(ids_ptr, k, l1, l1mask, L, HAS_IDS)
+        m21 = l1mask[:, None] & dmask[None, :]
+        _, dt1 = _load_delta(dt_ptr, dt_base, p1, d, m21, stl, std, bias, HAS_BIAS, SOFTPLUS)
+        decay1 = tl.where(l1mask[:, None, None], tl.exp2(dt1[:, :, None] * A2[None, :, :]), 0.0)
+        # Adjoint: g_l = C_l dy_l + decay_{l+1} g_{l+1}, a reverse scan, then the carry from the next chunk.
+        src = Cv[:, None, :] * dy[:, :, None]
+        acc_a, acc_g = tl.associative_scan((decay1, src), 0, _combine, reverse=True)
+        g = acc_g + acc_a * g_next[None, :, :]
+        g_next = tl.sum(tl.where(first, g, 0.0), axis=0)
+
+        gB = tl.sum(g * Bv[:, None, :], axis=2)  # (BL, BD)
+        du = gB * dt
+        if HAS_D:
+            du = du + Dv[None, :] * dy
+            dD_acc += tl.sum(dy * u, axis=0)
+        # decay_l h_{l-1} = h_l - drive_l: the part of h_l that came through the decay.
+        q = g * (hh - drive)
+        ddt = gB * u + tl.sum(q * A[None, :, :], axis=2)
+        dA_acc += tl.sum(q * dt[:, :, None], axis=0)
+        if SOFTPLUS:
+            ddt = tl.where(raw <= 20.0, ddt / (1.0 + tl.exp2(-raw * 1.4426950408889634)), ddt)
+        tl.store(du_ptr + b * sub + k * suk + p[:, None] * sul + d[None, :] * sud, du, mask=m2)
+        tl.store(ddt_ptr + b * sdb + k * sdk + p[:, None] * sdl + d[None, :] * sdd, ddt, mask=m2)
+        dBp = tl.sum(g * dtu[:, :, None], axis=1)  # (BL, BN)
+        dCp = tl.sum(hh * dy[:, :, None], axis=1)
+        part = part_base + p[:, None] * N + n[None, :]
+        tl.store(dB_ptr + part, dBp, mask=mn)
+        tl.store(dC_ptr + part, dCp, mask=mn)
+    tl.store(dA_ptr + (b * K * D + e[:, None]) * N + n[None, :], dA_acc, mask=dn_mask)
+    if HAS_D:
+        tl.store(dD_ptr + b * K * D + e, dD_acc, mask=dmask)
