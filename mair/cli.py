@@ -13,15 +13,17 @@ import sys
 from collections.abc import Sequence
 
 from mair import __version__
+from mair.errors import CommandError
 
 # Modules that each provide ``register(subparsers: argparse._SubParsersAction) -> None``.
 COMMAND_MODULES: tuple[str, ...] = (
     "mair.models.cli",
+    "mair.bench_cli",
+    "mair.data.cli",
+    "mair.report.cli",
+    "mair.evaluate.cli",
+    "mair.train.cli",
 )
-
-
-class CommandError(Exception):
-    """A user-facing error: printed as one line without a traceback, exit status 2."""
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mair.models.scan import resolve_backend, selective_scan
+from mair.models.scan import custom_ops, resolve_backend, selective_scan
 
 NUM_SCANS = 4  # K: the four NSS sequences (spec §1.0)
 
@@ -120,7 +120,8 @@ class VMM(nn.Module):
         batch, height, width, _ = x.shape
         x, z = self.in_proj(x).chunk(2, dim=-1)
         x = self.act(self.conv2d(x.permute(0, 3, 1, 2)))  # (B, D, H, W)
-        if resolve_backend(self.scan_backend, x.device) == "triton":
+        resolve = custom_ops.resolved_backend if custom_ops.is_enabled() else resolve_backend
+        if resolve(self.scan_backend, x.device) == "triton":
             y = self._scan_fused(x, ids[0])
         else:
             y = self._scan_gathered(x, ids)
@@ -139,7 +140,8 @@ class VMM(nn.Module):
         x_dbl = torch.einsum("kcd,bkdl->bkcl", self.x_proj_weight, xs)
         dts, bs, cs = torch.split(x_dbl, [rank, state, state], dim=2)
         dts = torch.einsum("kdr,bkrl->bkdl", self.dt_projs_weight, dts)
-        ys = selective_scan(
+        scan = custom_ops.selective_scan if custom_ops.is_enabled() else selective_scan
+        ys = scan(
             xs.reshape(batch, NUM_SCANS * inner, length).float(),
             dts.reshape(batch, NUM_SCANS * inner, length).float(),
             -torch.exp(self.A_logs.float()),
@@ -166,8 +168,9 @@ class VMM(nn.Module):
         x_dbl = torch.einsum("bld,kcd->bklc", raster, self.x_proj_weight)  # (B, K, L, R+2N)
         dts, bs, cs = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=3)
         dts = torch.einsum("bklr,kdr->bkld", dts, self.dt_projs_weight)
-        ys = nss_scan(raster, dts, -torch.exp(self.A_logs.float()), bs, cs, self.Ds.float(),
-                      self.dt_projs_bias.float().reshape(-1), scan_ids, delta_softplus=True)  # (B, K, L, D)
+        fused = custom_ops.nss_scan if custom_ops.is_enabled() else nss_scan
+        ys = fused(raster, dts, -torch.exp(self.A_logs.float()), bs, cs, self.Ds.float(),
+                   self.dt_projs_bias.float().reshape(-1), scan_ids, delta_softplus=True)  # (B, K, L, D)
         gate = self.gating.gate(ys.float().mean(dim=2))  # (B, K, D)
         return torch.einsum("bkd,bkld->bld", gate.to(ys.dtype), ys)
 

@@ -56,22 +56,37 @@ class TileConfig:
     warps: int
 
 
-def tile_config(d_state: int, channels: int, backward: bool) -> TileConfig:
-    """Tile sizes: about 4k tile elements per program in the forward (register budget) and half that in the
-    heavier backward, which keeps the forward's chunk length (it reuses the stored chunk-start states)."""
+TARGET_PROGRAMS = 528  # about 4 programs per SM on an H100 (132 SMs)
+
+
+def tile_config(d_state: int, channels: int, backward: bool, parallel: int = 1) -> TileConfig:
+    """Tile sizes for ``parallel`` (= batch x K) sequences of ``channels`` channels.
+
+    Forward: ``BD`` channels per program, halved (down to 2) until there are about 4 programs per SM, then a
+    chunk length ``BL`` giving about 4k tile elements. Backward: the same chunk length (it reuses the stored
+    chunk-start states) with about 1k tile elements, since it keeps many more tiles live. Values from the
+    sweep in docs/benchmarks.md (``benchmarks/triton_tiles.py``).
+    """
     bn = 1
     while bn < d_state:
         bn *= 2
-    bd = 16 if bn >= 16 else 32
-    while bd > 4 and bd >= 2 * channels:
+    bd = 8 if bn >= 16 else 32
+    while bd > 2 and parallel * -(-channels // bd) < TARGET_PROGRAMS:
+        bd //= 2
+    while bd > 2 and bd >= 2 * channels:
         bd //= 2
     bl = max(8, min(128, 4096 // (bd * bn)))
+    warps = 4
     if backward:
-        while bd > 2 and bl * bd * bn > 2048:
-            bd //= 2
+        bd = max(2, min(bd, 1024 // (bl * bn)))
+        warps = 2
+    override = os.environ.get("MAIR_TRITON_TILES")  # "BL,BD_fwd,BD_bwd,warps_fwd,warps_bwd" (tuning only)
+    if override:
+        o_bl, o_bdf, o_bdb, o_wf, o_wb = (int(v) for v in override.split(","))
+        bl, bd, warps = o_bl, (o_bdb if backward else o_bdf), (o_wb if backward else o_wf)
     if interpreting():  # the CPU interpreter is slow per tile element; small tiles also test chunk carries
         bl, bd = 8, min(bd, 8)
-    return TileConfig(bl=bl, bd=bd, bn=bn, warps=4)
+    return TileConfig(bl=bl, bd=bd, bn=bn, warps=warps)
 
 
 @dataclass
@@ -101,7 +116,7 @@ class _Problem:
 def _fwd(pb: _Problem, out: Tensor, os_: Strides) -> Tensor:
     from .triton_kernels import scan_fwd_kernel
 
-    cfg = tile_config(pb.d_state, pb.channels, backward=False)
+    cfg = tile_config(pb.d_state, pb.channels, backward=False, parallel=pb.batch * pb.groups)
     n_chunks = -(-pb.length // cfg.bl)
     hs = torch.empty(pb.batch, pb.groups, n_chunks, pb.channels, pb.d_state, device=pb.x.device,
                      dtype=torch.float32)
@@ -124,7 +139,7 @@ def _bwd(pb: _Problem, dy: Tensor, dys: Strides, hs: Tensor, du: Tensor, dus: St
     """Launch the backward; returns dB, dC (batch, K, L, N), dA (K·D, N), dD (K·D) or None."""
     from .triton_kernels import scan_bwd_kernel
 
-    cfg = tile_config(pb.d_state, pb.channels, backward=True)
+    cfg = tile_config(pb.d_state, pb.channels, backward=True, parallel=pb.batch * pb.groups)
     n_chunks = hs.shape[2]
     n_dblocks = -(-pb.channels // cfg.bd)
     dev = pb.x.device

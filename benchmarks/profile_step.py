@@ -1,0 +1,51 @@
+"""Profile one training step of an experiment on the GPU and print the most expensive kernels.
+
+    python benchmarks/profile_step.py sr_classic_x2 --backend triton --batch 4 --size 64
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from mair.experiments import load_experiment
+from mair.models import from_official, set_scan_backend
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("experiment")
+    parser.add_argument("--backend", default=None)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--rows", type=int, default=25)
+    parser.add_argument("--bf16", action="store_true")
+    args = parser.parse_args()
+    net = load_experiment(args.experiment)["network"]
+    model = from_official(net["arch"], **net["kwargs"]).cuda().train()
+    set_scan_backend(model, args.backend)
+    scale = int(net["kwargs"].get("upscale", 1)) if net["kwargs"].get("upsampler") else 1
+    x = torch.rand(args.batch, 3, args.size, args.size, device="cuda")
+    target = torch.rand(args.batch, 3, args.size * scale, args.size * scale, device="cuda")
+    optimizer = torch.optim.Adam(model.parameters(), lr=2e-4)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=args.bf16):
+            loss = torch.nn.functional.l1_loss(model(x).float(), target)
+        loss.backward()
+        optimizer.step()
+
+    for _ in range(3):
+        step()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        step()
+        torch.cuda.synchronize()
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=args.rows, max_name_column_width=70))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,59 @@
+"""Sweep the Triton scan's tile sizes on the GPU at the classic-SR VMM shape (B 4, K 4, D 360, 64x64, N 16)
+and print forward and forward+backward times per configuration (MAIR_TRITON_TILES override).
+
+    python benchmarks/triton_tiles.py --configs "16,16,8,4,4;16,16,4,4,4"
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+
+CHILD = r'''
+import torch, triton
+from mair.models.nss import scan_orders
+from mair.models.scan.triton_backend import nss_scan
+B, K, D, N, S = 4, 4, {channels}, {state}, 64
+L = S * S
+ids = scan_orders(S, S, 8, 0, "cuda")[0]
+g = torch.Generator(device="cuda").manual_seed(0)
+def r(*s, scale=1.0):
+    return (torch.randn(*s, device="cuda", generator=g) * scale).requires_grad_()
+x, dt = r(B, L, D), r(B, K, L, D, scale=0.5)
+A = (-torch.rand(K * D, N, device="cuda", generator=g)).requires_grad_()
+Bs, Cs, Dv, bias = r(B, K, L, N), r(B, K, L, N), r(K * D), r(K * D, scale=0.5)
+dy = torch.randn(B, K, L, D, device="cuda", generator=g)
+def fwd():
+    with torch.no_grad():
+        nss_scan(x, dt, A, Bs, Cs, Dv, bias, ids, True)
+def fwdbwd():
+    y = nss_scan(x, dt, A, Bs, Cs, Dv, bias, ids, True)
+    torch.autograd.grad(y, [x, dt, A, Bs, Cs, Dv, bias], dy)
+f = triton.testing.do_bench(fwd, warmup=50, rep=200, return_mode="median")
+fb = triton.testing.do_bench(fwdbwd, warmup=50, rep=300, return_mode="median")
+print(f"RESULT {{f:.3f}} {{fb:.3f}}")
+'''
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--configs", required=True, help="';'-separated BL,BD_fwd,BD_bwd,warps_fwd,warps_bwd")
+    parser.add_argument("--channels", type=int, default=360)
+    parser.add_argument("--state", type=int, default=16)
+    args = parser.parse_args()
+    code = CHILD.format(channels=args.channels, state=args.state)
+    for config in [c for c in args.configs.split(";") if c.strip()]:
+        env = dict(os.environ, MAIR_TRITON_TILES=config)
+        proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+        line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")), None)
+        if line is None:
+            print(f"{config:>20}: failed: {proc.stderr.strip().splitlines()[-1:]}", flush=True)
+        else:
+            f, fb = line.split()[1:]
+            print(f"{config:>20}: fwd {f} ms  fwd+bwd {fb} ms", flush=True)
+
+
+if __name__ == "__main__":
+    main()

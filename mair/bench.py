@@ -1,0 +1,254 @@
+"""``mair bench``: time the performance issue's workloads (and any experiment) per scan backend and precision.
+
+Workloads (one GPU): a training step (forward, L1 loss, backward, Adam step) at an experiment's per-GPU batch
+and patch size, inference on one image, and the selective scan alone including the scan-order gather and
+scatter. Prints ms per step and peak memory; ``--out`` writes JSON. Times use CUDA events on GPUs (median of
+``--repeat`` after ``--warmup``), wall clock on the CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from mair.atomic import atomic_write_json
+
+
+@dataclass(frozen=True)
+class Workload:
+    """One timed job: ``kind`` is train, infer or scan."""
+
+    name: str
+    kind: str
+    experiment: str | None
+    batch: int
+    size: int  # input side (LR patch for SR)
+
+
+# The performance issue's table (official times measured on one H100 80GB, fp32).
+WORKLOADS: dict[str, Workload] = {w.name: w for w in [
+    Workload("sr_classic_x2_train", "train", "sr_classic_x2", 4, 64),
+    Workload("sr_light_t_x4_train", "train", "sr_light_t_x4", 16, 64),
+    Workload("sr_light_s_x4_train", "train", "sr_light_s_x4", 16, 64),
+    Workload("dn_color_train", "train", "dn_color_s15", 1, 128),
+    Workload("sr_classic_x2_infer", "infer", "sr_classic_x2", 1, 256),
+    Workload("scan_fwd", "scan", None, 4, 64),
+]}
+OFFICIAL_MS = {"sr_classic_x2_train": 491.0, "sr_light_t_x4_train": 222.0, "sr_light_s_x4_train": 369.0,
+               "dn_color_train": 261.0, "sr_classic_x2_infer": 551.0, "scan_fwd": 0.88}
+TARGET_MS = {"sr_classic_x2_train": 120.0, "sr_light_t_x4_train": 60.0, "sr_light_s_x4_train": 100.0,
+             "dn_color_train": 70.0, "sr_classic_x2_infer": 60.0, "scan_fwd": 0.9}
+
+
+def experiment_workload(experiment_id: str) -> Workload:
+    """A training-step workload at the experiment's paper per-GPU batch and patch size."""
+    from mair.experiments import load_experiment
+
+    exp = load_experiment(experiment_id)
+    patch = exp["train"]["patch"]
+    size = patch.get("lq_size") or patch["gt_size"]
+    progressive = exp["train"].get("progressive")
+    if progressive:  # the first progressive stage
+        size = progressive["gt_sizes"][0]
+    return Workload(f"{experiment_id}_train", "train", experiment_id, exp["train"]["batch_per_gpu"], size)
+
+
+def set_scan_backend(model: torch.nn.Module, backend: str | None) -> None:
+    """Use ``backend`` for every VMM of ``model`` (None: automatic)."""
+    for module in model.modules():
+        if hasattr(module, "scan_backend"):
+            module.scan_backend = backend
+
+
+def _timer(device: torch.device, warmup: int, repeat: int) -> Callable[[Callable[[], None]], list[float]]:
+    def run(fn: Callable[[], None]) -> list[float]:
+        for _ in range(warmup):
+            fn()
+        times = []
+        for _ in range(repeat):
+            if device.type == "cuda":
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                fn()
+                end.record()
+                torch.cuda.synchronize()
+                times.append(start.elapsed_time(end))
+            else:
+                t0 = time.perf_counter()
+                fn()
+                times.append((time.perf_counter() - t0) * 1e3)
+        return times
+
+    return run
+
+
+def _build(workload: Workload, device: torch.device) -> tuple[torch.nn.Module, int]:
+    from mair.experiments import load_experiment
+    from mair.models import from_official
+
+    exp = load_experiment(workload.experiment)
+    net = exp["network"]
+    model = from_official(net["arch"], **net["kwargs"]).to(device)
+    scale = int(net["kwargs"].get("upscale", 1)) if net["arch"] == "MaIR" and net["kwargs"].get("upsampler") else 1
+    return model, scale
+
+
+def run_workload(workload: Workload, backend: str | None, precision: str, device: torch.device,
+                 warmup: int = 3, repeat: int = 10, compile_model: bool = False) -> dict[str, Any]:
+    """Time one workload; returns a result row."""
+    timer = _timer(device, warmup, repeat)
+    dtype = torch.bfloat16 if precision == "bf16" else None
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    if workload.kind == "scan":
+        fn = _scan_job(workload, backend, device, gen)
+    else:
+        model, scale = _build(workload, device)
+        set_scan_backend(model, backend)
+        step_model = torch.compile(model) if compile_model else model
+        x = torch.rand(workload.batch, 3, workload.size, workload.size, generator=gen).to(device)
+        if workload.kind == "train":
+            model.train()
+            target = torch.rand(workload.batch, 3, workload.size * scale, workload.size * scale, generator=gen)
+            target = target.to(device)
+            optimizer = torch.optim.Adam(model.parameters(), lr=2e-4, betas=(0.9, 0.99))
+
+            def fn() -> None:
+                optimizer.zero_grad(set_to_none=True)
+                with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                    loss = torch.nn.functional.l1_loss(step_model(x).float(), target)
+                loss.backward()
+                optimizer.step()
+        else:
+            model.eval()
+
+            def fn() -> None:
+                with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                    step_model(x)
+    times = timer(fn)
+    row = {"workload": workload.name, "kind": workload.kind, "experiment": workload.experiment,
+           "batch": workload.batch, "size": workload.size, "backend": backend or "auto", "precision": precision,
+           "compiled": compile_model, "ms_median": statistics.median(times), "ms_min": min(times),
+           "official_ms": OFFICIAL_MS.get(workload.name), "target_ms": TARGET_MS.get(workload.name)}
+    if device.type == "cuda":
+        row["peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    return row
+
+
+def _scan_job(workload: Workload, backend: str | None, device: torch.device,
+              gen: torch.Generator) -> Callable[[], None]:
+    """The scan of one classic-SR VMM (K·D = 4·360 channels, N 16) on a 64x64 map, forward only, with the
+    scan-order gather and the inverse scatter included."""
+    from mair.models.nss import scan_orders
+    from mair.models.scan import resolve_backend, selective_scan
+
+    batch, channels, groups, state = workload.batch, 360, 4, 16
+    side = workload.size
+    length = side * side
+    scan_ids, inverse_ids = scan_orders(side, side, 8, 0, device)
+
+    def rnd(*shape: int, scale: float = 1.0) -> torch.Tensor:
+        return (torch.randn(*shape, generator=gen) * scale).to(device)
+
+    A = -torch.rand(groups * channels, state, generator=gen).to(device)
+    D, bias = rnd(groups * channels), rnd(groups * channels, scale=0.5)
+    if resolve_backend(backend, device) == "triton":
+        from mair.models.scan.triton_backend import nss_scan
+
+        x, dts = rnd(batch, length, channels), rnd(batch, groups, length, channels, scale=0.5)
+        bs, cs = rnd(batch, groups, length, state), rnd(batch, groups, length, state)
+
+        def fused() -> None:
+            with torch.no_grad():
+                nss_scan(x, dts, A, bs, cs, D, bias, scan_ids, True)
+
+        return fused
+    x = rnd(batch, channels, length)
+    dts = rnd(batch, groups * channels, length, scale=0.5)
+    bs, cs = rnd(batch, groups, state, length), rnd(batch, groups, state, length)
+
+    def gathered() -> None:
+        with torch.no_grad():
+            xs = x.index_select(2, scan_ids.reshape(-1)).view(batch, channels, groups, length).transpose(1, 2)
+            y = selective_scan(xs.reshape(batch, groups * channels, length), dts, A, bs, cs, D, bias, True,
+                               backend=backend).view(batch, groups, channels, length)
+            torch.stack([y[:, k].index_select(2, inverse_ids[k]) for k in range(groups)], 1)
+
+    return gathered
+
+
+def environment() -> dict[str, Any]:
+    """Card, versions and date for the benchmark record."""
+    info = {"date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, "python": platform.python_version(),
+            "cpu": platform.processor() or platform.machine()}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+        info["cuda"] = torch.version.cuda
+    try:
+        import triton
+
+        info["triton"] = triton.__version__
+    except ImportError:
+        pass
+    try:
+        from importlib.metadata import version
+
+        info["mamba_ssm"] = version("mamba_ssm")
+    except Exception:
+        pass
+    return info
+
+
+def format_rows(rows: list[dict[str, Any]]) -> str:
+    """A Markdown table of result rows."""
+    lines = ["| workload | backend | precision | compiled | ms (median) | peak GiB | official ms | target ms |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        peak = f"{r['peak_gib']:.2f}" if "peak_gib" in r else "-"
+        lines.append(f"| {r['workload']} | {r['backend']} | {r['precision']} | {r['compiled']} | "
+                     f"{r['ms_median']:.2f} | {peak} | {r['official_ms'] or '-'} | {r['target_ms'] or '-'} |")
+    return "\n".join(lines)
+
+
+def main(args: argparse.Namespace) -> int:
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    names = args.workloads or list(WORKLOADS)
+    workloads = [WORKLOADS[n] if n in WORKLOADS else experiment_workload(n) for n in names]
+    rows = []
+    for workload in workloads:
+        for backend in args.backends.split(","):
+            for precision in args.precision.split(","):
+                if workload.kind == "scan" and precision != "fp32":
+                    continue
+                try:
+                    row = run_workload(workload, None if backend == "auto" else backend, precision, device,
+                                       args.warmup, args.repeat, args.compile)
+                except Exception as error:
+                    row = {"workload": workload.name, "backend": backend, "precision": precision,
+                           "error": f"{type(error).__name__}: {error}"}
+                    print(f"{workload.name} {backend} {precision}: {row['error']}", flush=True)
+                    continue
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    print(format_rows(rows))
+    if args.out:
+        atomic_write_json(args.out, {"environment": environment(), "rows": rows})
+    return 0
+
+
+if __name__ == "__main__":
+    from mair.bench_cli import _add_arguments
+
+    cli = argparse.ArgumentParser(description=__doc__)
+    _add_arguments(cli)
+    raise SystemExit(main(cli.parse_args()))

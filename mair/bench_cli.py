@@ -1,0 +1,32 @@
+"""Registration of ``mair bench`` (kept free of torch imports so ``mair --help`` stays instant)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("bench", help="time training steps, inference and the scan per backend",
+                                   description="Time the performance workloads (or experiments by id) per "
+                                   "scan backend and precision; prints ms and peak memory.")
+    _add_arguments(parser)
+    parser.set_defaults(handler=_run)
+
+
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("workloads", nargs="*", help="workload names (sr_classic_x2_train, sr_light_t_x4_train, "
+                        "sr_light_s_x4_train, dn_color_train, sr_classic_x2_infer, scan_fwd) or experiment ids; "
+                        "default: all workloads")
+    parser.add_argument("--backends", default="auto", help="comma-separated scan backends: auto, torch, mamba, triton")
+    parser.add_argument("--precision", default="fp32", help="comma-separated: fp32, bf16")
+    parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=10)
+    parser.add_argument("--compile", action="store_true", help="torch.compile the network")
+    parser.add_argument("--out", default=None, help="write the results as JSON here")
+
+
+def _run(args: argparse.Namespace) -> int:
+    from mair.bench import main
+
+    return main(args)

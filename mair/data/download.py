@@ -1,0 +1,751 @@
+"""Fetch, verify and register the files of the catalog under ``<data root>/raw/<id>/``.
+
+* HTTP(S) with ``urllib``; an interrupted transfer resumes with an HTTP ``Range`` request into
+  ``<file>.part``; transient failures are retried with bounded exponential backoff.
+* ``gdrive:<id>`` URLs go through Google Drive's download endpoint; the virus-scan interstitial page is parsed
+  (its form's ``confirm``/``uuid`` fields) and the confirmed URL is fetched. The endpoint base is
+  ``$MAIR_GDRIVE_BASE`` (default ``https://drive.usercontent.google.com``), so tests can point it at a local
+  server.
+* A mirror (``--mirror`` or ``$MAIR_DATA_MIRROR``) serves ``<base>/<dataset>/<file>`` instead of the catalog
+  URLs.
+* Size and sha256 (or sha1/md5 when only those are published, or the sha256 recorded in ``data.lock.json`` by
+  the first download) are verified BEFORE the atomic rename to the final path; a mismatch deletes the
+  ``.part``.
+* Login-only and manual sets raise :class:`ManualDownloadRequired` with the catalog's instructions;
+  :func:`add_files` registers files the user fetched by hand (verified first, hard-linked or copied).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import html.parser
+import http.client
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mair import __version__
+from mair.atomic import _fsync_dir, atomic_write_json
+from mair.data.catalog import DEFAULT_SOURCE, Catalog, Dataset, FileSpec, Source, infer_format
+from mair.data.extract import extract_dataset, read_marker
+from mair.data.lockfile import LockBusyError, LockFile, file_lock
+from mair.data.paths import PathLike, extracted_dir, lock_path, raw_dir
+
+GDRIVE_BASE = "https://drive.usercontent.google.com"
+_RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
+_HASH_BUFFER = 1 << 20
+
+Log = Callable[[str], None]
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+class DownloadError(RuntimeError):
+    """A file could not be fetched from any of its sources."""
+
+
+class ChecksumMismatch(DownloadError):
+    """A file's size or checksum differs from the catalog's (or the lock file's)."""
+
+    def __init__(self, label: str, algorithm: str, expected: Any, actual: Any, origin: str = "catalog") -> None:
+        self.label, self.algorithm, self.expected, self.actual = label, algorithm, expected, actual
+        super().__init__(
+            f"{label}: {algorithm} mismatch: expected {expected} ({origin}), got {actual}; the file was not kept"
+        )
+
+
+class ManualDownloadRequired(DownloadError):
+    """The dataset must be fetched by hand; the message holds the catalog's instructions."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+        super().__init__(
+            f"{dataset.id} ({dataset.name}) cannot be downloaded automatically (access: {dataset.access}).\n"
+            f"{(dataset.manual_instructions or '').rstrip()}"
+        )
+
+
+class _Transient(Exception):
+    """A failure worth retrying (connection reset, timeout, truncated body, 5xx)."""
+
+
+@dataclass
+class DownloadOptions:
+    """How to download; the defaults suit real hosts, tests shorten ``backoff`` and ``timeout``."""
+
+    retries: int = 5
+    backoff: float = 2.0
+    max_backoff: float = 60.0
+    timeout: float = 60.0
+    mirror: str | None = None
+    gdrive_base: str | None = None
+    progress: bool | None = None  # None: a bar only when stderr is a terminal
+    quiet: bool = False
+    chunk_size: int = 1 << 20
+
+    def resolved_mirror(self) -> str | None:
+        """``mirror`` or ``$MAIR_DATA_MIRROR`` (None when neither is set)."""
+        return (self.mirror or os.environ.get("MAIR_DATA_MIRROR") or "").rstrip("/") or None
+
+    def resolved_gdrive_base(self) -> str:
+        """``gdrive_base`` or ``$MAIR_GDRIVE_BASE`` or the real Drive download host."""
+        return (self.gdrive_base or os.environ.get("MAIR_GDRIVE_BASE") or GDRIVE_BASE).rstrip("/")
+
+    def show_progress(self) -> bool:
+        """Whether to draw a progress bar."""
+        if self.quiet:
+            return False
+        return sys.stderr.isatty() if self.progress is None else self.progress
+
+
+# ------------------------------------------------------------------------------------------------ hashing
+
+
+def file_digests(path: Path, algorithms: tuple[str, ...] = ("sha256",)) -> dict[str, str]:
+    """Hex digests of ``path`` for each of ``algorithms`` (one read pass)."""
+    hashers = {name: hashlib.new(name) for name in algorithms}
+    with open(path, "rb") as handle:
+        while block := handle.read(_HASH_BUFFER):
+            for hasher in hashers.values():
+                hasher.update(block)
+    return {name: hasher.hexdigest() for name, hasher in hashers.items()}
+
+
+def expected_checksums(spec: FileSpec | None, locked: dict[str, Any] | None) -> dict[str, tuple[Any, str]]:
+    """``{algorithm: (value, origin)}`` a file must match: the catalog's, then the lock file's sha256/size."""
+    out: dict[str, tuple[Any, str]] = {}
+    if spec is not None:
+        for algorithm in ("size", "sha256", "sha1", "md5"):
+            value = getattr(spec, algorithm)
+            if value is not None:
+                out[algorithm] = (value, "catalog")
+    if locked:
+        for algorithm in ("size", "sha256"):
+            if algorithm not in out and locked.get(algorithm) is not None:
+                out[algorithm] = (locked[algorithm], "data.lock.json, recorded by the first download")
+    return out
+
+
+def verify_file(path: Path, label: str, spec: FileSpec | None, locked: dict[str, Any] | None) -> dict[str, Any]:
+    """Check ``path`` against the catalog and the lock file; return ``{size, sha256, ...}`` or raise."""
+    expected = expected_checksums(spec, locked)
+    size = path.stat().st_size
+    if "size" in expected and expected["size"][0] != size:
+        raise ChecksumMismatch(label, "size", expected["size"][0], size, expected["size"][1])
+    algorithms = tuple(a for a in ("sha256", "sha1", "md5") if a in expected or a == "sha256")
+    digests = file_digests(path, algorithms)
+    for algorithm in algorithms:
+        if algorithm in expected and expected[algorithm][0] != digests[algorithm]:
+            value, origin = expected[algorithm]
+            raise ChecksumMismatch(label, algorithm, value, digests[algorithm], origin)
+    return {"size": size, **digests}
+
+
+# ------------------------------------------------------------------------------------------------ progress
+
+
+class _Progress:
+    """A one-line percentage bar on stderr, redrawn at most five times a second."""
+
+    def __init__(self, label: str, total: int | None, done: int, enabled: bool) -> None:
+        self.label, self.total, self.done, self.enabled = label, total, done, enabled
+        self.start, self.start_done, self.last = time.monotonic(), done, 0.0
+
+    def update(self, n: int) -> None:
+        self.done += n
+        now = time.monotonic()
+        if self.enabled and now - self.last >= 0.2:
+            self.last = now
+            self._draw(now)
+
+    def _draw(self, now: float) -> None:
+        rate = (self.done - self.start_done) / max(now - self.start, 1e-6)
+        if self.total:
+            frac = min(self.done / self.total, 1.0)
+            bar = "#" * int(frac * 24)
+            text = f"{self.label} [{bar:<24}] {100 * frac:5.1f}% {human_size(self.done)}/{human_size(self.total)}"
+        else:
+            text = f"{self.label} {human_size(self.done)}"
+        sys.stderr.write(f"\r{text} {human_size(int(rate))}/s ")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self._draw(time.monotonic())
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+def human_size(n: int | None) -> str:
+    """``1234567`` -> ``1.2 MB`` (decimal units); ``?`` for None."""
+    if n is None:
+        return "?"
+    value = float(n)
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if value < 1000 or unit == "TB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{n} B"  # pragma: no cover
+
+
+# ------------------------------------------------------------------------------------------------ HTTP
+
+
+def _request(url: str, headers: dict[str, str] | None = None) -> urllib.request.Request:
+    base = {"User-Agent": f"mair/{__version__} (+https://github.com/)", "Accept-Encoding": "identity"}
+    return urllib.request.Request(url, headers={**base, **(headers or {})})
+
+
+def _open(url: str, opts: DownloadOptions, headers: dict[str, str] | None = None) -> http.client.HTTPResponse:
+    """``urlopen`` mapping transient failures to :class:`_Transient`, the rest to :class:`DownloadError`."""
+    try:
+        return urllib.request.urlopen(_request(url, headers), timeout=opts.timeout)
+    except urllib.error.HTTPError as error:
+        if error.code in _RETRY_STATUS:
+            raise _Transient(f"HTTP {error.code} {error.reason}") from error
+        if error.code == 416:
+            raise
+        raise DownloadError(f"HTTP {error.code} {error.reason} from {url}") from error
+    except (TimeoutError, urllib.error.URLError, ConnectionError, http.client.HTTPException) as error:
+        reason = getattr(error, "reason", error)
+        raise _Transient(f"{type(error).__name__}: {reason}") from error
+
+
+def _with_retries(action: Callable[[], Any], label: str, opts: DownloadOptions, log: Log) -> Any:
+    attempt = 0
+    while True:
+        try:
+            return action()
+        except _Transient as error:
+            attempt += 1
+            if attempt > opts.retries:
+                raise DownloadError(f"{label}: giving up after {attempt} attempts: {error}") from error
+            wait = min(opts.backoff * 2 ** (attempt - 1), opts.max_backoff)
+            if not opts.quiet:
+                log(f"{label}: {error}; retry {attempt}/{opts.retries} in {wait:.1f} s")
+            time.sleep(wait)
+
+
+def _content_range(value: str | None) -> tuple[int | None, int | None]:
+    """``(start, total)`` of a ``Content-Range: bytes a-b/total`` (or ``bytes */total``) header."""
+    match = re.match(r"bytes\s+(?:(\d+)-\d+|\*)/(\d+|\*)", value or "")
+    if not match:
+        return None, None
+    start = int(match.group(1)) if match.group(1) is not None else None
+    total = int(match.group(2)) if match.group(2) != "*" else None
+    return start, total
+
+
+def _is_html(response: http.client.HTTPResponse) -> bool:
+    return "text/html" in (response.headers.get("Content-Type") or "").lower()
+
+
+def fetch_to_part(
+    url: str, part: Path, label: str, opts: DownloadOptions, expected_size: int | None, log: Log = _stderr
+) -> None:
+    """Download ``url`` into ``part``, resuming from its current size with ``Range`` and retrying."""
+
+    def once() -> None:
+        offset = part.stat().st_size if part.exists() else 0
+        if expected_size is not None and offset > expected_size:
+            part.unlink()
+            offset = 0
+        if expected_size is not None and offset == expected_size and offset > 0:
+            return  # complete from an earlier run; verified by the caller
+        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        try:
+            response = _open(url, opts, headers)
+        except urllib.error.HTTPError as error:  # 416: the part already holds the whole file (or more)
+            _start, total = _content_range(error.headers.get("Content-Range") if error.headers else None)
+            if total is not None and total == offset:
+                return
+            part.unlink(missing_ok=True)
+            raise _Transient("HTTP 416 (range not satisfiable); restarting from zero") from error
+        with response:
+            if _is_html(response) and not part.name.lower().endswith((".html.part", ".htm.part")):
+                raise DownloadError(
+                    f"{label}: {url} returned an HTML page instead of the file (a login page, a quota "
+                    "notice or a dead link); fetch it by hand and use `mair data add`"
+                )
+            start, total = _content_range(response.headers.get("Content-Range"))
+            if response.status == 206 and (not offset or start != offset):
+                part.unlink(missing_ok=True)  # a range we did not ask for: start again from zero
+                raise _Transient(f"unexpected Content-Range {response.headers.get('Content-Range')!r}")
+            if offset and response.status == 206:
+                mode = "ab"
+            else:  # the server sent the whole file
+                offset, mode = 0, "wb"
+                length = response.headers.get("Content-Length")
+                total = int(length) if length and length.isdigit() else None
+            if expected_size is not None and total is not None and total != expected_size:
+                raise ChecksumMismatch(label, "size", expected_size, f"{total} (announced by the server)")
+            if offset and not opts.quiet:
+                log(f"{label}: resuming at byte {offset}")
+            bar = _Progress(label, total, offset, opts.show_progress())
+            try:
+                with open(part, mode) as out:
+                    while True:
+                        try:
+                            block = response.read(opts.chunk_size)
+                        except (TimeoutError, http.client.HTTPException, ConnectionError) as error:
+                            raise _Transient(f"transfer interrupted: {type(error).__name__}") from error
+                        if not block:
+                            break
+                        out.write(block)
+                        bar.update(len(block))
+                    out.flush()
+                    os.fsync(out.fileno())
+            finally:
+                bar.close()
+            size = part.stat().st_size
+            if total is not None and size < total:
+                raise _Transient(f"transfer interrupted at {size} of {total} bytes")
+
+    _with_retries(once, label, opts, log)
+
+
+# ---------------------------------------------------------------------------------------------- Google Drive
+
+
+class _DriveFormParser(html.parser.HTMLParser):
+    """Collects the hidden inputs of the Drive download form and any ``confirm=`` link."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.in_form = False
+        self.form_fields: dict[str, str] = {}
+        self.found_form = False
+        self.links: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        values = {k: v or "" for k, v in attrs}
+        if tag == "form" and ("download" in values.get("id", "") or "download" in values.get("action", "")):
+            self.in_form = self.found_form = True
+        elif tag == "input" and self.in_form and values.get("name"):
+            self.form_fields[values["name"]] = values.get("value", "")
+        elif tag == "a" and "confirm=" in values.get("href", ""):
+            self.links.append(values["href"])
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "form":
+            self.in_form = False
+
+
+def drive_confirm_params(page: str) -> dict[str, str] | None:
+    """The query parameters (``id``, ``confirm``, ``uuid``...) of Drive's confirmation page, or None."""
+    parser = _DriveFormParser()
+    parser.feed(page)
+    if parser.found_form and parser.form_fields.get("confirm"):
+        return dict(parser.form_fields)
+    for href in parser.links:
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(html.unescape(href)).query)
+        if query.get("confirm"):
+            return {k: v[0] for k, v in query.items()}
+    match = re.search(r"confirm=([0-9A-Za-z_-]+)", page)
+    if match:
+        params = {"confirm": match.group(1)}
+        uuid = re.search(r"uuid=([0-9A-Za-z_-]+)", page)
+        if uuid:
+            params["uuid"] = uuid.group(1)
+        return params
+    return None
+
+
+def resolve_gdrive(file_id: str, label: str, opts: DownloadOptions, log: Log = _stderr) -> str:
+    """The URL that serves Drive file ``file_id``, past the virus-scan confirmation page when there is one."""
+    base = opts.resolved_gdrive_base()
+    first = f"{base}/download?" + urllib.parse.urlencode({"id": file_id, "export": "download"})
+
+    def once() -> str:
+        with _open(first, opts) as response:
+            if not _is_html(response):
+                return first  # small files come directly
+            page = response.read(4_000_000).decode("utf-8", "replace")
+        params = drive_confirm_params(page)
+        if params is None:
+            hint = "quota exceeded" if re.search(r"quota|too many users", page, re.I) else "no download form"
+            raise DownloadError(
+                f"{label}: Google Drive returned a page without a download link ({hint}) for file {file_id}; "
+                f"download https://drive.google.com/file/d/{file_id}/view by hand and use `mair data add`"
+            )
+        params.setdefault("id", file_id)
+        params.setdefault("export", "download")
+        return f"{base}/download?" + urllib.parse.urlencode(params)
+
+    return _with_retries(once, label, opts, log)
+
+
+# ------------------------------------------------------------------------------------------------ one file
+
+
+def mirror_url(base: str, dataset_id: str, name: str) -> str:
+    """``<base>/<dataset>/<file>`` with the file's path segments URL-quoted."""
+    return f"{base.rstrip('/')}/{dataset_id}/{urllib.parse.quote(name)}"
+
+
+def _entry(digests: dict[str, Any], spec: FileSpec | None, source: str, via: str) -> dict[str, Any]:
+    origin = "catalog" if spec is not None and spec.checksum_known else f"first-{via}"
+    return {**digests, "origin": origin, "source": source}
+
+
+@contextlib.contextmanager
+def _busy_guard(path: Path, label: str) -> Iterator[None]:
+    try:
+        with file_lock(path, blocking=False):
+            yield
+    except LockBusyError as error:
+        raise DownloadError(f"{label}: another process is fetching this file right now") from error
+
+
+def download_file(
+    dataset_id: str,
+    spec: FileSpec,
+    root: PathLike | None = None,
+    opts: DownloadOptions | None = None,
+    log: Log = _stderr,
+) -> Path:
+    """Fetch one catalog file into ``raw/<id>/<name>`` (verified first); return its path.
+
+    An existing, recorded file is kept as it is. Each URL is tried in turn (or only the mirror); a checksum
+    mismatch deletes the ``.part`` and moves on to the next URL; the first mismatch is raised when all fail.
+    """
+    opts = opts or DownloadOptions()
+    lock = LockFile(lock_path(root))
+    final = raw_dir(dataset_id, root) / spec.name
+    part = final.with_name(final.name + ".part")
+    origin_file = final.with_name(f".{final.name}.part.json")
+    label = f"{dataset_id}/{spec.name}"
+    final.parent.mkdir(parents=True, exist_ok=True)
+    locked = lock.get(dataset_id, spec.name)
+    if final.is_file():
+        if locked and locked.get("sha256") and locked.get("size") == final.stat().st_size:
+            return final
+        try:  # placed there by hand: verify it now
+            digests = verify_file(final, label, spec, locked)
+        except ChecksumMismatch as error:
+            raise DownloadError(f"{error}; {final} was there before this download: remove it") from error
+        lock.record(dataset_id, spec.name, _entry(digests, spec, str(final), "download"))
+        return final
+    mirror = opts.resolved_mirror()
+    urls = [mirror_url(mirror, dataset_id, spec.name)] if mirror else list(spec.urls)
+    if not urls:
+        raise DownloadError(f"{label}: the catalog gives no URL for this file")
+    checksum_known = bool(expected_checksums(spec, locked).keys() - {"size"})
+    expected_size = spec.size if spec.size is not None else (locked or {}).get("size")
+    errors: list[DownloadError] = []
+    guard = final.with_name(f".{final.name}.lock")
+    with _busy_guard(guard, label):
+        for index, url in enumerate(urls):
+            more = index + 1 < len(urls)
+            if part.exists() and not checksum_known and _read_origin(origin_file) != url:
+                part.unlink()  # without a checksum, bytes from two different hosts must never be joined
+            try:
+                real = resolve_gdrive(url[len("gdrive:") :], label, opts, log) if url.startswith("gdrive:") else url
+                atomic_write_json(origin_file, {"url": url})
+                if not opts.quiet:
+                    log(f"{label}: fetching {url}")
+                fetch_to_part(real, part, label, opts, expected_size, log)
+                digests = verify_file(part, label, spec, locked)
+                # record first, then rename: a crash in between leaves a lock entry the file will match
+                lock.record(dataset_id, spec.name, _entry(digests, spec, url, "download"))
+            except DownloadError as error:
+                if isinstance(error, ChecksumMismatch):
+                    part.unlink(missing_ok=True)
+                errors.append(error)
+                if more and not opts.quiet:
+                    log(f"{label}: {error}; trying the next URL")
+                continue
+            except ValueError as error:  # another process recorded a different file meanwhile
+                part.unlink(missing_ok=True)
+                raise DownloadError(f"{label}: {error}") from error
+            os.replace(part, final)
+            _fsync_dir(final.parent)
+            origin_file.unlink(missing_ok=True)
+            guard.unlink(missing_ok=True)
+            if not opts.quiet:
+                log(f"{label}: verified sha256 {digests['sha256']}")
+            return final
+        if not part.exists():
+            origin_file.unlink(missing_ok=True)
+    mismatches = [e for e in errors if isinstance(e, ChecksumMismatch)]
+    if mismatches:
+        raise mismatches[0]
+    raise DownloadError(f"{label}: every source failed:\n" + "\n".join(f"  {e}" for e in errors))
+
+
+def _read_origin(path: Path) -> str | None:
+    import json
+
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("url")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+# ------------------------------------------------------------------------------------------------ datasets
+
+
+def present_files(dataset: Dataset, root: PathLike | None = None) -> list[str]:
+    """Names of the files under ``raw/<id>/`` (relative, POSIX), without hidden and ``.part`` files."""
+    base = raw_dir(dataset.id, root)
+    names: list[str] = []
+    if not base.is_dir():
+        return names
+    for folder, dirs, files in os.walk(base):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            if name.startswith(".") or name.endswith(".part"):
+                continue
+            names.append(Path(folder, name).relative_to(base).as_posix())
+    return names
+
+
+def complete_source(dataset: Dataset, root: PathLike | None = None) -> Source | None:
+    """The first source (default first) with all files in ``raw/<id>/``; for free-form sets, all files."""
+    present = set(present_files(dataset, root))
+    if dataset.accept_any_files and not dataset.files:
+        if not present:
+            return None
+        files = tuple(FileSpec(name, (), format=infer_format(name)) for name in sorted(present))
+        return Source(DEFAULT_SOURCE, "files added by hand", files)
+    for source in dataset.sources().values():
+        if source.files and all(spec.name in present for spec in source.files):
+            return source
+    return None
+
+
+def _signature(dataset_id: str, source: Source, lock: LockFile) -> dict[str, Any]:
+    entries = lock.entries()
+    return {s.name: (entries.get(LockFile.key(dataset_id, s.name)) or {}).get("sha256") for s in source.files}
+
+
+def extract_raw(
+    dataset: Dataset,
+    root: PathLike | None = None,
+    force: bool = False,
+    log: Log = _stderr,
+    quiet: bool = False,
+) -> dict[str, Any] | None:
+    """Extract (or link) the complete source of ``dataset`` into ``extracted/<id>/``; skip when up to date.
+
+    Returns the completion marker, or None when the raw files are not all there.
+    """
+    source = complete_source(dataset, root)
+    if source is None:
+        return None
+    lock = LockFile(lock_path(root))
+    signature = _signature(dataset.id, source, lock)
+    target = extracted_dir(dataset.id, root)
+    marker = read_marker(target)
+    if marker and not force and marker.get("source") == source.name and marker.get("files") == signature:
+        return marker
+    base = raw_dir(dataset.id, root)
+    items = [(base / spec.name, spec.name, spec.format) for spec in source.files]
+    if not quiet:
+        log(f"{dataset.id}: extracting {len(items)} file(s) into {target}")
+    info = {"dataset": dataset.id, "source": source.name, "files": signature}
+    return extract_dataset(items, target, info)
+
+
+def download_dataset(
+    catalog: Catalog,
+    dataset_id: str,
+    root: PathLike | None = None,
+    opts: DownloadOptions | None = None,
+    source: str | None = None,
+    extract: bool = True,
+    log: Log = _stderr,
+) -> list[Path]:
+    """Fetch every file of ``dataset_id`` (its default source or ``source``), then extract unless told not to.
+
+    Raises :class:`ManualDownloadRequired` for login/manual sets whose files are not already there, and
+    :class:`DownloadError` (after trying every file) when any file failed.
+    """
+    opts = opts or DownloadOptions()
+    dataset = catalog.get(dataset_id)
+    if dataset.is_derived:
+        raise DownloadError(
+            f"{dataset_id} is built from {', '.join(dataset.derived_from)}; download those "
+            f"(mair data prepare {dataset_id} builds it)"
+        )
+    chosen = dataset.source(source)
+    if source is None and dataset.is_manual:
+        present = complete_source(dataset, root)
+        if present is None:
+            raise ManualDownloadRequired(dataset)
+        paths = [raw_dir(dataset_id, root) / spec.name for spec in present.files]
+        if extract:
+            extract_raw(dataset, root, log=log, quiet=opts.quiet)
+        return paths
+    paths, errors = [], []
+    for spec in chosen.files:
+        try:
+            paths.append(download_file(dataset_id, spec, root, opts, log))
+        except DownloadError as error:
+            errors.append(error)
+    if errors:
+        if len(errors) == 1:
+            raise errors[0]
+        raise DownloadError("\n".join(str(e) for e in errors))
+    if extract:
+        extract_raw(dataset, root, log=log, quiet=opts.quiet)
+    return paths
+
+
+# ------------------------------------------------------------------------------------------------ add
+
+
+def _place_verified(
+    src: Path, final: Path, label: str, spec: FileSpec | None, locked: dict[str, Any] | None, copy: bool
+) -> dict[str, Any]:
+    """Hard-link (or copy) ``src`` to a temp name beside ``final``, verify it there, rename it into place."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".add", dir=final.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        linked = False
+        if not copy:
+            tmp.unlink()
+            try:
+                os.link(src, tmp)
+                linked = True
+            except OSError:
+                pass
+        if not linked:
+            with open(src, "rb") as reader, open(tmp, "wb") as writer:
+                shutil.copyfileobj(reader, writer, _HASH_BUFFER)
+                writer.flush()
+                os.fsync(writer.fileno())
+        digests = verify_file(tmp, label, spec, locked)
+        os.replace(tmp, final)
+        _fsync_dir(final.parent)
+        return digests
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _candidates(dataset: Dataset, src: Path) -> list[tuple[Path, str]]:
+    """``(path on disk, catalog name)`` pairs found at ``src`` (a file or a folder)."""
+    if dataset.accept_any_files and not dataset.files:
+        if src.is_file():
+            return [(src, src.name)]
+        out = []
+        for folder, dirs, files in os.walk(src):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            for name in sorted(files):
+                path = Path(folder, name)
+                if name.startswith(".") or name.endswith(".part") or not path.is_file():
+                    continue
+                out.append((path, path.relative_to(src).as_posix()))
+        return out
+    specs = dataset.all_files()
+    if src.is_file():
+        hits = [s for s in specs if s.name == src.name] or [s for s in specs if Path(s.name).name == src.name]
+        return [(src, hits[0].name)] if len(hits) == 1 else []
+    by_base: dict[str, list[Path]] = {}
+    for folder, dirs, files in os.walk(src):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for name in files:
+            by_base.setdefault(name, []).append(Path(folder, name))
+    out = []
+    for spec in specs:
+        direct = src / spec.name
+        if direct.is_file():
+            out.append((direct, spec.name))
+            continue
+        matches = [p for p in by_base.get(Path(spec.name).name, []) if p.as_posix().endswith("/" + spec.name)]
+        matches = matches or by_base.get(Path(spec.name).name, [])
+        if len(matches) == 1:
+            out.append((matches[0], spec.name))
+    return out
+
+
+def add_files(
+    catalog: Catalog,
+    dataset_id: str,
+    from_path: PathLike,
+    root: PathLike | None = None,
+    copy: bool = False,
+    extract: bool = True,
+    log: Log = _stderr,
+    quiet: bool = False,
+) -> list[str]:
+    """Register files the user already has: verify each against the catalog/lock, then link or copy into raw/.
+
+    ``from_path`` is a file or a folder (searched for the catalog's file names; for free-form sets every file
+    in it is taken, keeping relative paths). Returns the names registered; raises ``ValueError`` when nothing
+    matches and :class:`ChecksumMismatch` on a bad file (nothing of that file is kept).
+    """
+    dataset = catalog.get(dataset_id)
+    if dataset.is_derived:
+        raise ValueError(f"{dataset_id} is built from {', '.join(dataset.derived_from)}; add those instead")
+    src = Path(from_path).expanduser()
+    if not src.exists():
+        raise ValueError(f"{src}: no such file or folder")
+    pairs = _candidates(dataset, src)
+    if not pairs:
+        expected = ", ".join(s.name for s in dataset.all_files()[:8]) or "any files"
+        raise ValueError(f"{src}: none of the files of {dataset_id} found there (expected names: {expected}...)")
+    lock = LockFile(lock_path(root))
+    known = lock.entries()
+    base = raw_dir(dataset_id, root)
+    batch: dict[str, dict[str, Any]] = {}
+    added: list[str] = []
+    for path, name in pairs:
+        label = f"{dataset_id}/{name}"
+        spec = dataset.file_spec(name)
+        locked = known.get(LockFile.key(dataset_id, name))
+        final = base / name
+        if final.exists() and locked and locked.get("size") == final.stat().st_size and _same_file(path, final):
+            added.append(name)
+            continue
+        digests = _place_verified(path, final, label, spec, locked, copy)
+        batch[name] = _entry(digests, spec, str(path), "add")
+        added.append(name)
+        if len(batch) >= 1000:
+            lock.record_many(dataset_id, batch)
+            batch = {}
+    if batch:
+        lock.record_many(dataset_id, batch)
+    if not quiet:
+        log(f"{dataset_id}: registered {len(added)} file(s) in {base}")
+    if extract:
+        extract_raw(dataset, root, log=log, quiet=quiet)
+    return added
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    with contextlib.suppress(OSError):
+        return os.path.samefile(a, b)
+    return False
+
+
+__all__ = [
+    "ChecksumMismatch",
+    "DownloadError",
+    "DownloadOptions",
+    "ManualDownloadRequired",
+    "add_files",
+    "download_dataset",
+    "download_file",
+    "drive_confirm_params",
+    "extract_raw",
+    "fetch_to_part",
+    "file_digests",
+    "resolve_gdrive",
+    "verify_file",
+]

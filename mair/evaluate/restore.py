@@ -1,0 +1,387 @@
+"""``mair restore``: apply a trained MaIR network to your own images.
+
+Inputs are files or folders (searched recursively) of PNG, JPEG, TIFF or BMP images, 8- or 16-bit (16-bit in
+gives 16-bit out; float TIFF stays float), grey (processed as 3 identical channels and written back grey) or
+RGBA (the alpha channel is kept, bicubic-upscaled for SR, or dropped). Without ``--tile`` each image goes
+through the paper protocol (MaIR: the official 200-px tiling; U-Net: padding to a multiple of 8); with
+``--tile SIZE`` it is processed in overlapping tiles one at a time, the result assembled on the CPU, which
+bounds device memory for large images. Outputs are written atomically; an unreadable file is reported and the
+others still processed (exit status 1 at the end when any failed).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from mair.atomic import atomic_write_bytes
+from mair.evaluate.runner import EvaluationError, eval_spec, load_experiment
+
+INPUT_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+
+__all__ = [
+    "INPUT_EXTENSIONS",
+    "LoadedImage",
+    "Restorer",
+    "collect_inputs",
+    "find_experiment_for_weights",
+    "load_restorer",
+    "read_image",
+    "restore_files",
+    "write_image",
+]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Image files
+
+
+@dataclass
+class LoadedImage:
+    """An image as the network sees it, plus what is needed to write the result back in the same form."""
+
+    rgb: np.ndarray  # float32 HWC RGB in [0, 1]
+    alpha: np.ndarray | None  # float32 HW in [0, 1]
+    dtype: np.dtype  # uint8, uint16 or float32 (the file's sample type)
+    grey: bool
+
+
+def _to_unit(arr: np.ndarray) -> np.ndarray:
+    if arr.dtype == np.uint8:
+        return arr.astype(np.float32) / 255.0
+    if arr.dtype == np.uint16:
+        return arr.astype(np.float32) / 65535.0
+    if np.issubdtype(arr.dtype, np.floating):
+        return arr.astype(np.float32)
+    raise ValueError(f"unsupported sample type {arr.dtype} (8-bit, 16-bit or float images only)")
+
+
+def read_image(path: Path) -> LoadedImage:
+    """Read an image file (any of :data:`INPUT_EXTENSIONS`); raise ``ValueError`` if it cannot be decoded."""
+    data = np.fromfile(str(path), dtype=np.uint8)
+    if not data.size:
+        raise ValueError("empty file")
+    # JPEGs carry no alpha: read them so that their EXIF orientation is applied (IMREAD_UNCHANGED ignores it).
+    flags = (cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR) if path.suffix.lower() in (".jpg", ".jpeg") \
+        else cv2.IMREAD_UNCHANGED
+    img = cv2.imdecode(data, flags)
+    if img is None:
+        raise ValueError("not a readable image (corrupt or unsupported format)")
+    dtype = img.dtype if img.dtype in (np.uint8, np.uint16) else np.dtype(np.float32)
+    alpha = None
+    if img.ndim == 2 or img.shape[2] == 1:
+        grey = True
+        g = _to_unit(img.reshape(img.shape[0], img.shape[1]))
+        rgb = np.repeat(g[..., None], 3, axis=2)
+    elif img.shape[2] in (3, 4):
+        grey = False
+        if img.shape[2] == 4:
+            alpha = _to_unit(img[..., 3])
+        rgb = _to_unit(img[..., 2::-1])  # BGR(A) -> RGB
+    else:
+        raise ValueError(f"unsupported channel count {img.shape[2]}")
+    return LoadedImage(np.ascontiguousarray(rgb), alpha, np.dtype(dtype), grey)
+
+
+def _from_unit(arr: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    arr = np.clip(arr, 0.0, 1.0)
+    if dtype == np.uint8:
+        return (arr * 255.0).round().astype(np.uint8)
+    if dtype == np.uint16:
+        return (arr * 65535.0).round().astype(np.uint16)
+    return arr.astype(np.float32)
+
+
+def write_image(path: Path, rgb: np.ndarray, alpha: np.ndarray | None, dtype: np.dtype, grey: bool) -> None:
+    """Write float RGB (+ alpha) in [0, 1] as ``dtype`` to ``path`` atomically (format from the suffix)."""
+    if grey:
+        out = _from_unit(rgb.mean(axis=2), dtype)
+        if alpha is not None:
+            out = np.dstack([out, _from_unit(alpha, dtype)])
+    else:
+        planes = [rgb[..., 2], rgb[..., 1], rgb[..., 0]] + ([alpha] if alpha is not None else [])
+        out = _from_unit(np.dstack(planes), dtype)
+    suffix = path.suffix.lower()
+    params = [cv2.IMWRITE_JPEG_QUALITY, 95] if suffix in (".jpg", ".jpeg") else []
+    ok, buf = cv2.imencode(suffix, out, params)
+    if not ok:
+        raise ValueError(f"cannot encode {dtype} image as {suffix}")
+    atomic_write_bytes(path, buf.tobytes())
+
+
+def collect_inputs(inputs: Sequence[str | os.PathLike[str]]) -> list[tuple[Path, Path]]:
+    """``(source, output path relative to OUTDIR)`` for every file named or found (recursively) in a folder.
+
+    A named file keeps its name; files in a folder keep their path relative to that folder. Files with other
+    extensions inside folders are skipped; a named file is always tried (and reported if unreadable).
+    """
+    found: list[tuple[Path, Path]] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            for file in sorted(path.rglob("*")):
+                if file.is_file() and file.suffix.lower() in INPUT_EXTENSIONS \
+                        and not any(part.startswith(".") for part in file.relative_to(path).parts):
+                    found.append((file, file.relative_to(path)))
+        else:
+            found.append((path, Path(path.name)))
+    return found
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The restorer
+
+
+class Restorer:
+    """A network plus the way to apply it: paper protocol or user tiles, optionally MaIR+.
+
+    ``model`` is any module mapping (B, 3, h, w) to (B, 3, h*scale, w*scale); ``protocol`` is ``tile``
+    (MaIR: official 200-px tiling without user tiles) or ``pad8`` (U-Net: pad to a multiple of 8, also per
+    user tile).
+    """
+
+    def __init__(self, model: Any, scale: int = 1, protocol: str = "tile", device: str = "cpu",
+                 tile: int | None = None, tile_overlap: int = 32, self_ensemble: bool = False,
+                 tile_blend: bool = True) -> None:
+        if protocol not in ("tile", "pad8"):
+            raise ValueError(f"protocol must be 'tile' or 'pad8', got {protocol!r}")
+        if tile is not None and tile <= tile_overlap:
+            raise ValueError(f"--tile ({tile}) must be larger than --tile-overlap ({tile_overlap})")
+        self.model = model
+        self.scale = int(scale)
+        self.protocol = protocol
+        self.device = device
+        self.tile = tile
+        self.tile_overlap = tile_overlap
+        self.tile_blend = tile_blend
+        self.self_ensemble = self_ensemble
+
+    def _net(self, t: Any) -> Any:
+        from mair.evaluate.protocol import pad_forward
+
+        if self.protocol == "pad8":
+            return pad_forward(self.model, t, 8)
+        return self.model(t)
+
+    def _forward(self, x: Any) -> Any:
+        """One (possibly ensemble-transformed) image through the chosen tiling."""
+        from mair.evaluate.protocol import official_tile_forward, tiled_forward
+
+        if self.tile is not None:
+            return tiled_forward(self._net, x, self.tile, self.tile_overlap, scale=self.scale,
+                                 blend=self.tile_blend, device=self.device)
+        x = x.to(self.device)
+        if self.protocol == "tile":
+            return official_tile_forward(self.model, x, scale=self.scale).cpu()
+        return self._net(x).cpu()
+
+    def restore_array(self, rgb: np.ndarray) -> np.ndarray:
+        """Restore a float32 HWC RGB image in [0, 1]; returns float32 HWC (unclamped) on the CPU."""
+        import torch
+
+        from mair.evaluate.protocol import ensemble_inverse, ensemble_transform
+
+        x = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))[None].float()
+        with torch.no_grad():
+            if self.self_ensemble:
+                total = None
+                for idx in range(8):
+                    y = ensemble_inverse(self._forward(ensemble_transform(x, idx).contiguous()), idx)
+                    total = y.float() if total is None else total + y.float()
+                assert total is not None
+                out = total / 8
+            else:
+                out = self._forward(x)
+        return out[0].float().cpu().numpy().transpose(1, 2, 0)
+
+    def restore_file(self, src: Path, dst: Path, keep_alpha: bool = True) -> str:
+        """Restore one file into ``dst``; returns a short note (e.g. about the alpha channel)."""
+        img = read_image(src)
+        out = self.restore_array(img.rgb)
+        expected = (img.rgb.shape[0] * self.scale, img.rgb.shape[1] * self.scale)
+        if out.shape[:2] != expected:
+            raise RuntimeError(f"network output {out.shape[:2]} is not {expected} (wrong scale?)")
+        note = ""
+        alpha = None
+        if img.alpha is not None:
+            if keep_alpha:
+                alpha = img.alpha
+                if self.scale != 1:
+                    alpha = np.clip(cv2.resize(alpha, (expected[1], expected[0]),
+                                               interpolation=cv2.INTER_CUBIC), 0.0, 1.0)
+                    note = f"alpha channel kept (bicubic-upscaled x{self.scale} and re-attached)"
+                else:
+                    note = "alpha channel kept unchanged"
+            else:
+                note = "alpha channel dropped (written without alpha)"
+        write_image(dst, out, alpha, img.dtype, img.grey)
+        return note
+
+
+def find_experiment_for_weights(state: Mapping[str, Any], scope: str = "paper") -> str:
+    """The id of an experiment whose network has exactly the key names and shapes of ``state``.
+
+    Experiments with identical network sections are interchangeable; networks that differ but fit the same
+    tensors (e.g. only ``scan_len`` differs) make the choice ambiguous and raise. ``scope`` ``demo`` compares
+    with the demo-size networks.
+    """
+    from mair import experiments
+    from mair.models import from_official
+
+    ids = _experiment_ids(experiments)
+    arch = "MaIRUNet" if any(k.startswith("encoder_level1.") for k in state) else "MaIR"
+    width_key = "patch_embed.proj.weight" if arch == "MaIRUNet" else "conv_first.weight"
+    width = int(state[width_key].shape[0]) if width_key in state else None
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
+    groups: dict[str, list[str]] = {}
+    networks: dict[str, Mapping[str, Any]] = {}
+    for exp_id in ids:
+        net = load_experiment(exp_id, scope)["network"]
+        if net["arch"] != arch:
+            continue
+        kw = net["kwargs"]
+        if width is not None and int(kw.get("embed_dim" if arch == "MaIR" else "dim", -1)) != width:
+            continue
+        key = json.dumps(net, sort_keys=True, default=str)
+        groups.setdefault(key, []).append(exp_id)
+        networks[key] = net
+    matches = []
+    for key, net in networks.items():
+        model = from_official(net["arch"], **dict(net["kwargs"]))
+        if {k: tuple(v.shape) for k, v in model.state_dict().items()} == shapes:
+            matches.append(groups[key])
+        del model
+    if not matches:
+        raise EvaluationError("these weights fit no experiment's network; name the experiment with "
+                              "--experiment ID or --arch-from ID")
+    if len(matches) > 1:
+        raise EvaluationError("these weights fit several different networks ("
+                              + "; ".join(", ".join(m) for m in matches)
+                              + "); choose one with --arch-from ID")
+    return matches[0][0]
+
+
+def _experiment_ids(experiments: Any) -> list[str]:
+    for name in ("experiment_ids", "list_experiments"):
+        fn = getattr(experiments, name, None)
+        if callable(fn):
+            return sorted(str(i) for i in fn())
+    folder = Path(__file__).resolve().parents[2] / "params" / "experiments"
+    return sorted(p.stem for p in folder.glob("*.yaml"))
+
+
+def load_restorer(experiment: str | None = None, weights: str | os.PathLike[str] | None = None,
+                  arch_from: str | None = None, *, scope: str = "paper", results_dir: str = "results",
+                  device: str | None = None, tile: int | None = None, tile_overlap: int = 32,
+                  self_ensemble: bool = False, tile_blend: bool = True,
+                  log: Callable[[str], None] | None = None) -> Restorer:
+    """Build a :class:`Restorer` from an experiment and/or a weights file (official or ours)."""
+    from mair.evaluate.runner import build_model, default_weights, resolve_device
+    from mair.models.checkpoint import CheckpointError, read_state_dict
+
+    say = log or (lambda msg: print(msg, file=sys.stderr))
+    if experiment and arch_from and experiment != arch_from:
+        raise EvaluationError("give either --experiment or --arch-from, not both")
+    exp_id = experiment or arch_from
+    if weights is None:
+        if exp_id is None:
+            raise EvaluationError("name the network: --experiment ID, or --weights PATH [--arch-from ID]")
+        path = default_weights(exp_id, scope, results_dir)
+        if not path.is_file():
+            raise EvaluationError(
+                f"no weights for {exp_id}: expected {path}. Put the trained or official weights there "
+                f"(e.g. the released checkpoint of this experiment), or pass --weights PATH.")
+    else:
+        path = Path(weights)
+        if not path.is_file():
+            raise EvaluationError(f"weights file {path} not found")
+    if exp_id is None:
+        try:
+            state, _ = read_state_dict(path)
+        except CheckpointError as error:
+            raise EvaluationError(str(error)) from None
+        exp_id = find_experiment_for_weights(state, scope)
+        say(f"weights {path.name} fit the network of experiment {exp_id}")
+    spec = eval_spec(load_experiment(exp_id, scope))
+    dev = resolve_device(device)
+    model = build_model(spec, path, dev)
+    return Restorer(model, scale=spec.scale, protocol=spec.protocol, device=dev, tile=tile,
+                    tile_overlap=tile_overlap, self_ensemble=self_ensemble, tile_blend=tile_blend)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The loop over files
+
+
+def _progress(total: int) -> tuple[Callable[[], None], Callable[[str], None], Callable[[], None]]:
+    """(advance, write a message, close): tqdm when installed, else a counter on stderr."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        state = {"n": 0}
+
+        def advance() -> None:
+            state["n"] += 1
+            print(f"\r[{state['n']}/{total}]", end="", file=sys.stderr, flush=True)
+
+        def write(msg: str) -> None:
+            print(("\n" if state["n"] else "") + msg, file=sys.stderr)
+
+        return advance, write, lambda: print(file=sys.stderr)
+    bar = tqdm(total=total, unit="img", file=sys.stderr)
+    return (lambda: bar.update(1)), (lambda msg: bar.write(msg, file=sys.stderr)), bar.close
+
+
+def restore_files(restorer: Restorer, inputs: Sequence[str | os.PathLike[str]],
+                  outdir: str | os.PathLike[str], keep_alpha: bool = True,
+                  progress: bool = True) -> tuple[int, list[tuple[Path, str]]]:
+    """Restore every input into ``outdir``; returns ``(number written, [(file, error), ...])``."""
+    files = collect_inputs(inputs)
+    out_root = Path(outdir)
+    failures: list[tuple[Path, str]] = []
+    written = 0
+    if progress:
+        advance, write, close = _progress(len(files))
+    else:
+        def advance() -> None:
+            return None
+
+        def write(msg: str) -> None:
+            print(msg, file=sys.stderr)
+
+        def close() -> None:
+            return None
+
+    try:
+        for src, rel in files:
+            dst = out_root / rel
+            try:
+                if not src.is_file():
+                    raise ValueError("no such file")
+                if dst.resolve() == src.resolve():
+                    raise ValueError("output would overwrite the input; choose another -o folder")
+                note = restorer.restore_file(src, dst, keep_alpha=keep_alpha)
+                written += 1
+                if note:
+                    write(f"{src}: {note}")
+            except (ValueError, OSError, RuntimeError, cv2.error) as error:
+                failures.append((src, str(error)))
+                write(f"{src}: FAILED: {error}")
+            advance()
+    finally:
+        close()
+    return written, failures
+
+
+def iter_errors(failures: Sequence[tuple[Path, str]]) -> Iterator[str]:
+    """Lines describing failed files."""
+    for path, msg in failures:
+        yield f"  {path}: {msg}"

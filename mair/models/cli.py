@@ -1,0 +1,107 @@
+"""``mair info <experiment> [--input-size HxW] [--demo]``: parameters and FLOPs of an experiment's network.
+
+Prints JSON with the counts (paper convention, :mod:`mair.models.flops`) beside the values the spec expects.
+Registration imports nothing heavy; the handler imports torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from typing import Any
+
+_SIZE = re.compile(r"^\s*(\d+)\s*[xX,]\s*(\d+)\s*$")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``info`` command."""
+    parser = subparsers.add_parser(
+        "info",
+        help="parameters and FLOPs of an experiment's network",
+        description="Build the experiment's network (no weights, no data) and print its parameter count and "
+        "FLOPs (fvcore convention of the paper: one per multiply-add) as JSON, beside the expected values.",
+    )
+    parser.add_argument("experiment", help="experiment id (see params/experiments) or path to its YAML file")
+    parser.add_argument("--input-size", metavar="HxW", default=None,
+                        help="network input size for the FLOPs (default: the paper's size for it)")
+    parser.add_argument("--demo", action="store_true", help="the demo-scale network instead of the paper's")
+    parser.set_defaults(handler=run_info)
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``"720x1280"`` -> (720, 1280); raises ``CommandError`` on anything else."""
+    from mair.cli import CommandError
+
+    match = _SIZE.match(text)
+    if not match or int(match.group(1)) < 1 or int(match.group(2)) < 1:
+        raise CommandError(f"--input-size expects HxW with positive integers (e.g. 360x640), got {text!r}")
+    return int(match.group(1)), int(match.group(2))
+
+
+def default_input_size(exp: dict[str, Any]) -> tuple[int, int]:
+    """The spec's FLOPs input size, else the training input patch (the LR/noisy patch the network sees)."""
+    size = exp["complexity"]["flops_input_size"]
+    if size:
+        return int(size[0]), int(size[1])
+    lq = int(exp["train"]["patch"]["lq_size"])
+    return lq, lq
+
+
+def expected_flops_g(exp: dict[str, Any], size: tuple[int, int]) -> float | None:
+    """The spec's GFLOPs for ``size``: the table value at its own size, or MFLOPs/px x pixels."""
+    comp = exp["complexity"]
+    if comp["flops_g"] is not None and tuple(comp["flops_input_size"]) == size:
+        return float(comp["flops_g"])
+    if comp["flops_mflops_per_pixel"] is not None:
+        return float(comp["flops_mflops_per_pixel"]) * size[0] * size[1] / 1e3
+    return None
+
+
+def experiment_info(exp: dict[str, Any], input_size: tuple[int, int] | None = None) -> dict[str, Any]:
+    """Counts for one (loaded) experiment: params, FLOPs at ``input_size`` and the expected values."""
+    import torch
+
+    from mair.models.flops import build_for_counting, count_flops, count_params
+
+    size = input_size or default_input_size(exp)
+    network = exp["network"]
+    model = build_for_counting(network["arch"], network["kwargs"])
+    params = count_params(model)
+    in_channels = network["kwargs"].get("in_chans", network["kwargs"].get("inp_channels", 3))
+    flops = count_flops(model.to(torch.device("meta")), size, in_channels=in_channels)
+    expected_g = expected_flops_g(exp, size)
+    return {
+        "experiment": exp["id"],
+        "scope": exp["scope"],
+        "arch": network["arch"],
+        "params": params,
+        "expected_params": exp["complexity"]["params"],
+        "input_size": list(size),
+        "flops_g": round(flops.gflops, 4),
+        "expected_flops_g": expected_g,
+        "mflops_per_pixel": round(flops.total / (size[0] * size[1]) / 1e6, 4),
+        "expected_mflops_per_pixel": exp["complexity"]["flops_mflops_per_pixel"],
+        "flops_by_kind_g": {k: round(v / 1e9, 4) for k, v in sorted(flops.by_kind.items())},
+        "convention": "fvcore (spec 9): 1 per multiply-add; LayerNorm 5/elem; pool 1/elem; scan 9BLDN + BDL",
+    }
+
+
+def run_info(args: argparse.Namespace) -> int:
+    """Handler of ``mair info``."""
+    from mair.cli import CommandError
+    from mair.experiments import ExperimentError, demo_experiment, load_experiment
+
+    size = parse_size(args.input_size) if args.input_size is not None else None
+    try:
+        exp = load_experiment(args.experiment)
+        if args.demo:
+            exp = demo_experiment(exp)
+    except ExperimentError as error:
+        raise CommandError(str(error)) from error
+    try:
+        info = experiment_info(exp, size)
+    except (ValueError, RuntimeError) as error:
+        raise CommandError(f"cannot count {exp['id']} at {size}: {error}") from error
+    print(json.dumps(info, indent=2))
+    return 0

@@ -1,0 +1,305 @@
+"""The selective scan as PyTorch custom ops, so that ``torch.compile`` of a whole network has no graph break.
+
+Four ops in the ``mair`` namespace, each opaque to the compiler (it sees only the shapes from the fake
+implementations) and running the eager scan code inside:
+
+* ``mair::selective_scan(u, delta, A, B, C, D?, delta_bias?, delta_softplus, backend) -> y`` — mamba_ssm's
+  layout, :func:`mair.models.scan.selective_scan` on the backend named by ``backend`` (a resolved name such as
+  ``"torch"``, never ``None``/``"auto"``: the choice is made eagerly, outside the compiled region);
+* ``mair::nss_scan(x, delta, A, B, C, D?, delta_bias?, ids, delta_softplus) -> y`` — the Triton NSS-fused
+  layout, :func:`mair.models.scan.triton_backend.nss_scan`;
+* ``mair::selective_scan_bwd`` / ``mair::nss_scan_bwd`` — their backwards, registered through
+  ``register_autograd``. A backward op recomputes the scan forward of its backend under autograd and
+  differentiates it (``torch.autograd.grad``), so it runs the backend's own hand-written backward and works
+  for every backend, at the cost of one extra scan forward per backward. Gradients of inputs that need none
+  come back as empty tensors (shape ``(0,)``), and the autograd formula turns them into ``None``.
+
+The model uses the ops only when the switch is on: :func:`enable` (``enable(True)``/``enable(False)``;
+``enable(None)`` defers to the environment) or ``MAIR_SCAN_CUSTOM_OP=1``. Off (the default), the VMM calls the
+eager functions exactly as before. :func:`compile_model` turns the switch on and compiles a model, by default
+with ``fullgraph=True``. The backend is resolved when the graph is traced (:func:`resolved_backend`), so set
+``MAIR_SCAN_BACKEND`` (or ``scan_backend`` of the VMMs) before the first compiled call.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .api import _validate
+from .api import selective_scan as _eager_selective_scan
+from .registry import resolve_backend
+
+__all__ = ["ENV_VAR", "compile_model", "enable", "is_enabled", "nss_scan", "resolved_backend", "selective_scan"]
+
+ENV_VAR = "MAIR_SCAN_CUSTOM_OP"
+_NUM_INPUTS = 7  # u/x, delta, A, B, C, D, delta_bias: the differentiable inputs of both ops
+
+_enabled: bool | None = None  # None: follow $MAIR_SCAN_CUSTOM_OP
+
+
+def enable(on: bool | None = True) -> None:
+    """Route the VMM's scans through the custom ops (``True``), the eager functions (``False``) or whatever
+    ``$MAIR_SCAN_CUSTOM_OP`` says (``None``, the initial state)."""
+    global _enabled
+    _enabled = None if on is None else bool(on)
+    if is_enabled():
+        _scan_orders_as_constants()
+
+
+def _env_enabled() -> bool:
+    return os.environ.get(ENV_VAR, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _scan_orders_as_constants() -> None:
+    """Let ``torch.compile`` treat :func:`mair.models.nss.scan_orders` as a constant of the traced shapes.
+
+    Its cache lock is a graph break for Dynamo; marked, the orders are computed eagerly when the graph is
+    traced and baked into it (they depend only on the static H, W, scan_len, shift and device it guards on).
+    Only Dynamo reads the mark; eager calls are unchanged. With dynamic shapes (symbolic H, W) the mark cannot
+    apply and Dynamo breaks the graph there, hence ``dynamic=False`` in :func:`compile_model`.
+    """
+    from mair.models import nss
+
+    torch.compiler.assume_constant_result(nss.scan_orders)
+
+
+@torch.compiler.assume_constant_result
+def _env_switch() -> bool:
+    return _env_enabled()
+
+
+def is_enabled() -> bool:
+    """Whether the VMM calls the custom ops: :func:`enable`'s setting, else ``$MAIR_SCAN_CUSTOM_OP``."""
+    if _enabled is not None:
+        return _enabled
+    return _env_switch()
+
+
+@torch.compiler.assume_constant_result
+def resolved_backend(name: str | None, device: torch.device) -> str:
+    """:func:`mair.models.scan.resolve_backend`, seen by ``torch.compile`` as a constant (evaluated eagerly when
+    the graph is traced), so that the registry's lookups never enter the compiled graph."""
+    return resolve_backend(name, device)
+
+
+def _fresh(outputs: Sequence[Tensor], inputs: Sequence[Tensor | None]) -> list[Tensor]:
+    """``outputs`` made contiguous and owning their memory: a custom op may not return a view of an input."""
+    taken = {t.untyped_storage().data_ptr() for t in inputs if t is not None and t.numel()}
+    fresh = []
+    for t in outputs:
+        t = t.contiguous()
+        if t.numel() and t.untyped_storage().data_ptr() in taken:
+            t = t.clone()
+        taken.add(t.untyped_storage().data_ptr())
+        fresh.append(t)
+    return fresh
+
+
+_AUTOGRAD_KEYS = (torch._C.DispatchKey.AutogradFunctionality, torch._C.DispatchKey.AutogradOther,
+                  torch._C.DispatchKey.AutogradNestedTensor)
+
+
+@contextmanager
+def _autograd_recording() -> Iterator[None]:
+    """Grad mode on and the autograd dispatch keys included again.
+
+    A compiled backward (AOTAutograd's runtime) calls the backward op below autograd, with those keys excluded
+    from dispatch; plain tensor ops (the ``reference`` backend) would then record no graph to differentiate.
+    """
+    keys = [k for k in _AUTOGRAD_KEYS if torch._C._dispatch_tls_is_dispatch_key_excluded(k)]
+    for key in keys:
+        torch._C._dispatch_tls_set_dispatch_key_excluded(key, False)
+    try:
+        with torch.enable_grad():
+            yield
+    finally:
+        for key in keys:
+            torch._C._dispatch_tls_set_dispatch_key_excluded(key, True)
+
+
+def _grads(forward: Any, inputs: Sequence[Tensor | None], needs: Sequence[bool], dy: Tensor) -> list[Tensor]:
+    """Gradients of ``forward(*inputs)`` for the inputs flagged in ``needs`` (empty tensors for the others),
+    by recomputing ``forward`` under autograd on detached copies of the inputs."""
+    with _autograd_recording():
+        leaves = [None if t is None else t.detach().requires_grad_(bool(n) and t.is_floating_point())
+                  for t, n in zip(inputs, needs, strict=True)]
+        wanted = [t for t in leaves if t is not None and t.requires_grad]
+        found = iter(torch.autograd.grad(forward(*leaves), wanted, dy, allow_unused=True) if wanted else ())
+    grads = []
+    for t in leaves:
+        g = next(found) if t is not None and t.requires_grad else None
+        if g is None:
+            g = torch.zeros_like(t) if t is not None and t.requires_grad else dy.new_empty(0)
+        grads.append(g)
+    return _fresh(grads, [dy, *inputs])
+
+
+def _fake_grads(inputs: Sequence[Tensor | None], needs: Sequence[bool], dy: Tensor) -> list[Tensor]:
+    return [torch.empty_like(t, memory_format=torch.contiguous_format) if t is not None and n else dy.new_empty(0)
+            for t, n in zip(inputs, needs, strict=True)]
+
+
+def _needs(ctx: Any) -> list[bool]:
+    return [bool(n) for n in ctx.needs_input_grad[:_NUM_INPUTS]]
+
+
+def _as_grads(ctx: Any, grads: Sequence[Tensor], extra: int) -> tuple[Tensor | None, ...]:
+    """The backward op's outputs as autograd's gradients: ``None`` where no gradient was asked for."""
+    out = tuple(g if n else None for g, n in zip(grads, _needs(ctx), strict=True))
+    return out + (None,) * extra
+
+
+# --------------------------------------------------------------------------------------------------------------
+# mair::selective_scan
+
+
+@torch.library.custom_op("mair::selective_scan", mutates_args=())
+def _selective_scan_op(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
+                       delta_bias: Tensor | None, delta_softplus: bool, backend: str) -> Tensor:
+    y = _eager_selective_scan(u, delta, A, B, C, D, delta_bias, delta_softplus, backend=backend)
+    return _fresh([y], [u, delta, A, B, C, D, delta_bias])[0]
+
+
+@_selective_scan_op.register_fake
+def _(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None, delta_bias: Tensor | None,
+      delta_softplus: bool, backend: str) -> Tensor:
+    _validate(u, delta, A, B, C, D, delta_bias)
+    return torch.empty_like(u, memory_format=torch.contiguous_format)
+
+
+@torch.library.custom_op("mair::selective_scan_bwd", mutates_args=())
+def _selective_scan_bwd_op(dy: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
+                           D: Tensor | None, delta_bias: Tensor | None, delta_softplus: bool, backend: str,
+                           needs: list[bool]) -> list[Tensor]:
+    def forward(*args: Tensor | None) -> Tensor:
+        return _eager_selective_scan(*args, delta_softplus=delta_softplus, backend=backend)
+
+    return _grads(forward, [u, delta, A, B, C, D, delta_bias], needs, dy)
+
+
+@_selective_scan_bwd_op.register_fake
+def _(dy: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
+      delta_bias: Tensor | None, delta_softplus: bool, backend: str, needs: list[bool]) -> list[Tensor]:
+    return _fake_grads([u, delta, A, B, C, D, delta_bias], needs, dy)
+
+
+def _selective_scan_setup(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+    u, delta, A, B, C, D, delta_bias, delta_softplus, backend = inputs
+    ctx.save_for_backward(u, delta, A, B, C, D, delta_bias)
+    ctx.delta_softplus, ctx.backend = delta_softplus, backend
+
+
+def _selective_scan_backward(ctx: Any, dy: Tensor) -> tuple[Tensor | None, ...]:
+    grads = _selective_scan_bwd_op(dy, *ctx.saved_tensors, ctx.delta_softplus, ctx.backend, _needs(ctx))
+    return _as_grads(ctx, grads, extra=2)
+
+
+_selective_scan_op.register_autograd(_selective_scan_backward, setup_context=_selective_scan_setup)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# mair::nss_scan
+
+
+def _eager_nss_scan(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
+                    delta_bias: Tensor | None, ids: Tensor, delta_softplus: bool) -> Tensor:
+    from .triton_backend import nss_scan
+
+    return nss_scan(x, delta, A, B, C, D, delta_bias, ids, delta_softplus)
+
+
+@torch.library.custom_op("mair::nss_scan", mutates_args=())
+def _nss_scan_op(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
+                 delta_bias: Tensor | None, ids: Tensor, delta_softplus: bool) -> Tensor:
+    y = _eager_nss_scan(x, delta, A, B, C, D, delta_bias, ids, delta_softplus)
+    return _fresh([y], [x, delta, A, B, C, D, delta_bias, ids])[0]
+
+
+def _check_nss(x: Tensor, delta: Tensor, ids: Tensor) -> None:
+    if x.dim() != 3 or delta.dim() != 4 or delta.shape[0] != x.shape[0] or delta.shape[2:] != x.shape[1:]:
+        raise ValueError(f"nss_scan: x must be (batch, L, D) and delta (batch, K, L, D); got "
+                         f"{tuple(x.shape)} and {tuple(delta.shape)}")
+    if ids.dim() != 2 or ids.shape[0] != delta.shape[1] or ids.shape[1] != x.shape[1]:
+        raise ValueError(f"nss_scan: ids must be (K, L) = ({delta.shape[1]}, {x.shape[1]}); "
+                         f"got {tuple(ids.shape)}")
+
+
+@_nss_scan_op.register_fake
+def _(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None, delta_bias: Tensor | None,
+      ids: Tensor, delta_softplus: bool) -> Tensor:
+    _check_nss(x, delta, ids)
+    return x.new_empty(x.shape[0], delta.shape[1], x.shape[1], x.shape[2])
+
+
+@torch.library.custom_op("mair::nss_scan_bwd", mutates_args=())
+def _nss_scan_bwd_op(dy: Tensor, x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
+                     delta_bias: Tensor | None, ids: Tensor, delta_softplus: bool,
+                     needs: list[bool]) -> list[Tensor]:
+    def forward(*args: Tensor | None) -> Tensor:
+        return _eager_nss_scan(*args, ids, delta_softplus)
+
+    return _grads(forward, [x, delta, A, B, C, D, delta_bias], needs, dy)
+
+
+@_nss_scan_bwd_op.register_fake
+def _(dy: Tensor, x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
+      delta_bias: Tensor | None, ids: Tensor, delta_softplus: bool, needs: list[bool]) -> list[Tensor]:
+    return _fake_grads([x, delta, A, B, C, D, delta_bias], needs, dy)
+
+
+def _nss_scan_setup(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+    x, delta, A, B, C, D, delta_bias, ids, delta_softplus = inputs
+    ctx.save_for_backward(x, delta, A, B, C, D, delta_bias, ids)
+    ctx.delta_softplus = delta_softplus
+
+
+def _nss_scan_backward(ctx: Any, dy: Tensor) -> tuple[Tensor | None, ...]:
+    *saved, ids = ctx.saved_tensors
+    grads = _nss_scan_bwd_op(dy, *saved, ids, ctx.delta_softplus, _needs(ctx))
+    return _as_grads(ctx, grads, extra=2)
+
+
+_nss_scan_op.register_autograd(_nss_scan_backward, setup_context=_nss_scan_setup)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# What the model calls
+
+
+def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
+                   delta_bias: Tensor | None = None, delta_softplus: bool = False,
+                   backend: str | None = None) -> Tensor:
+    """:func:`mair.models.scan.selective_scan` through ``mair::selective_scan`` (same arguments and result);
+    ``backend`` is resolved here (a compile-time constant under ``torch.compile``)."""
+    name = resolved_backend(backend, u.device)
+    return _selective_scan_op(u, delta, A, B, C, D, delta_bias, bool(delta_softplus), name)
+
+
+def nss_scan(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
+             delta_bias: Tensor | None, ids: Tensor, delta_softplus: bool = True) -> Tensor:
+    """:func:`mair.models.scan.triton_backend.nss_scan` through ``mair::nss_scan`` (same arguments and result)."""
+    return _nss_scan_op(x, delta, A, B, C, D, delta_bias, ids, bool(delta_softplus))
+
+
+def compile_model(model: nn.Module, fullgraph: bool = True, dynamic: bool | None = False,
+                  **compile_kwargs: Any) -> nn.Module:
+    """Turn the custom-op switch on (:func:`enable`) and return ``torch.compile(model, fullgraph=fullgraph,
+    dynamic=dynamic, **compile_kwargs)``.
+
+    ``dynamic=False`` (static shapes) because the NSS scan orders are graph constants of the input size: each
+    new input size compiles a new graph (up to ``torch._dynamo.config.recompile_limit`` sizes). The switch is
+    process-wide: eager calls of the model also go through the ops afterwards (same results).
+    """
+    enable(True)
+    compiled: nn.Module = torch.compile(model, fullgraph=fullgraph, dynamic=dynamic, **compile_kwargs)
+    return compiled
+
+
+if _env_enabled():
+    _scan_orders_as_constants()

@@ -1,0 +1,422 @@
+"""MLflow tracking for training and evaluation; the only module of mair that knows MLflow's API.
+
+* The store is ``$MLFLOW_TRACKING_URI`` or, by default, ``sqlite:///mlflow.db`` in the working directory.
+  For a SQLite store the artifacts of new MLflow experiments go to ``mlartifacts/`` beside the database file.
+* MLflow never stops a training or an evaluation: every call is guarded. A locked SQLite database (several
+  processes logging at once) is retried with back-off for up to ``lock_timeout`` seconds; any other failure
+  (unreachable server, broken store, missing mlflow package) warns once with :class:`TrackingWarning` and
+  turns the tracker off for the rest of the process. The run's own files stay the record.
+* An HTTP store is probed with a short TCP connection first, so an unreachable server costs seconds, not
+  MLflow's minutes of HTTP retries.
+* MLflow experiments are named ``mair/<scope>/<experiment>``; training runs and evaluation runs of one paper
+  experiment land in the same MLflow experiment.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import socket
+import time
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlparse
+
+__all__ = [
+    "DEFAULT_TRACKING_URI",
+    "Tracker",
+    "TrackingWarning",
+    "eval_summaries",
+    "flatten_params",
+    "log_evaluation",
+    "mlflow_experiment_name",
+    "tracking_uri",
+]
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+_MAX_PARAM_VALUE = 6000
+_BATCH = 100  # MLflow accepts at most 100 params / 1000 metrics per log_batch call
+
+T = TypeVar("T")
+
+
+class TrackingWarning(UserWarning):
+    """MLflow could not be used; training or evaluation goes on without it."""
+
+
+def tracking_uri(uri: str | None = None) -> str:
+    """``uri`` if given, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db``."""
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def mlflow_experiment_name(scope: str, experiment: str) -> str:
+    """The MLflow experiment of a paper experiment in a scope: ``mair/<scope>/<experiment>``."""
+    return f"mair/{scope}/{experiment}"
+
+
+def flatten_params(obj: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested mappings as ``a.b.c -> str(value)`` (lists and scalars as text), for MLflow params."""
+    out: dict[str, str] = {}
+    for key, value in obj.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flatten_params(value, name + "."))
+        else:
+            out[name] = str(value)[:_MAX_PARAM_VALUE]
+    return out
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri[len("sqlite:///"):]).expanduser().absolute()
+
+
+def _is_lock_error(error: BaseException) -> bool:
+    text = f"{type(error).__name__}: {error}".lower()
+    return "database is locked" in text or "database table is locked" in text
+
+
+def _is_race_error(error: BaseException) -> bool:
+    """Errors of concurrent first use of a fresh SQLite store (tables being created by another process)."""
+    text = str(error).lower()
+    return "already exists" in text or "no such table" in text or "unique constraint" in text
+
+
+@contextlib.contextmanager
+def _sqlite_init_lock(uri: str) -> Iterator[None]:
+    """An exclusive lock on ``<database>.lock`` for SQLite URIs (no-op otherwise or without ``fcntl``)."""
+    path = _sqlite_path(uri)
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        fcntl = None  # type: ignore[assignment]
+    if path is None or fcntl is None:
+        yield
+        return
+    with open(path.with_name(path.name + ".lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+class Tracker:
+    """One MLflow run, used from a single process (rank 0). Every method is safe to call when disabled."""
+
+    def __init__(self, uri: str | None = None, enabled: bool = True, lock_timeout: float = 60.0,
+                 probe_timeout: float = 3.0) -> None:
+        self.uri = tracking_uri(uri)
+        self.enabled = enabled
+        self.lock_timeout = lock_timeout
+        self.probe_timeout = probe_timeout
+        self.run_id: str | None = None
+        self.experiment_id: str | None = None
+        self._client: Any = None
+        self._warned = False
+
+    # -------------------------------------------------------------------------------------------- plumbing
+
+    def _disable(self, what: str, error: BaseException | str) -> None:
+        self.enabled = False
+        if not self._warned:
+            self._warned = True
+            if isinstance(error, str):
+                detail = error
+            else:
+                detail = f"{type(error).__name__}: {(str(error).splitlines() or [''])[0]}"
+            warnings.warn(f"MLflow tracking off ({what} failed on {self.uri}: {detail}); "
+                          f"the run's own files stay complete", TrackingWarning, stacklevel=3)
+
+    def _probe(self) -> str | None:
+        """A reason the store cannot be reached, or None."""
+        parsed = urlparse(self.uri)
+        if parsed.scheme in ("http", "https"):
+            port = parsed.port or (443 if parsed.scheme == "https" else 80)
+            try:
+                host = parsed.hostname or "localhost"
+                with socket.create_connection((host, port), timeout=self.probe_timeout):
+                    return None
+            except OSError as error:
+                return f"cannot connect to {parsed.hostname}:{port} ({error})"
+        path = _sqlite_path(self.uri)
+        if path is not None and not path.parent.is_dir():
+            return f"folder {path.parent} of the SQLite store does not exist"
+        return None
+
+    def _connect(self) -> bool:
+        if not self.enabled:
+            return False
+        if self._client is not None:
+            return True
+        reason = self._probe()
+        if reason is not None:
+            self._disable("connecting", reason)
+            return False
+        # Keep MLflow's HTTP retries short: a dead server must not stall training for minutes.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+        try:
+            from mlflow.tracking import MlflowClient
+        except ImportError as error:
+            self._disable("importing mlflow", error)
+            return False
+
+        def make_client() -> Any:
+            # Creating the client initialises (migrates) a fresh SQLite store; concurrent migrations of one
+            # file break each other, so they are serialised with a lock file beside the database.
+            with _sqlite_init_lock(self.uri):
+                return MlflowClient(tracking_uri=self.uri)
+
+        self._client = self._retry("opening the store", make_client)
+        return self._client is not None
+
+    def _call(self, what: str, fn: Callable[[], T]) -> T | None:
+        """Run ``fn`` once connected (see :meth:`_retry`)."""
+        if not self._connect():
+            return None
+        return self._retry(what, fn)
+
+    def _retry(self, what: str, fn: Callable[[], T]) -> T | None:
+        """Run ``fn``; retry lock errors and first-use races until ``lock_timeout``; else warn once, disable."""
+        deadline = time.monotonic() + self.lock_timeout
+        delay = 0.05
+        while True:
+            try:
+                return fn()
+            except Exception as error:
+                retry = _is_lock_error(error) or _is_race_error(error)
+                if retry and time.monotonic() < deadline:
+                    time.sleep(delay * (1.0 + random.random()))
+                    delay = min(delay * 2, 2.0)
+                    continue
+                self._disable(what, error)
+                return None
+
+    def _experiment(self, name: str) -> str | None:
+        client = self._client
+
+        def get_or_create() -> str:
+            found = client.get_experiment_by_name(name)
+            if found is not None:
+                return str(found.experiment_id)
+            db = _sqlite_path(self.uri)
+            location = (db.parent / "mlartifacts").as_uri() if db is not None else None
+            try:
+                return str(client.create_experiment(name, artifact_location=location))
+            except Exception as error:  # created meanwhile by another process
+                again = client.get_experiment_by_name(name)
+                if again is None:
+                    raise error from None
+                return str(again.experiment_id)
+
+        return self._call("creating the MLflow experiment", get_or_create)
+
+    # -------------------------------------------------------------------------------------------- runs
+
+    def start(self, experiment: str, run_name: str, tags: Mapping[str, Any] | None = None,
+              run_id: str | None = None) -> str | None:
+        """Start a run in MLflow experiment ``experiment``, or continue ``run_id`` if the store has it.
+
+        Returns the run id, or None when tracking is off.
+        """
+        if not self._connect():
+            return None
+        if run_id is not None:
+            def resume() -> str | None:
+                try:
+                    run = self._client.get_run(run_id)
+                except Exception as error:
+                    if _is_lock_error(error):
+                        raise
+                    return None  # not in this store: start a new run
+                self._client.update_run(run_id, status="RUNNING")
+                return str(run.info.experiment_id)
+
+            experiment_id = self._call("resuming the MLflow run", resume)
+            if experiment_id is not None:
+                self.run_id, self.experiment_id = run_id, experiment_id
+                self.set_tags(tags or {})
+                return run_id
+            if not self.enabled:
+                return None
+        experiment_id = self._experiment(experiment)
+        if experiment_id is None:
+            return None
+        clean_tags = {k: str(v) for k, v in (tags or {}).items()}
+        run = self._call("creating the MLflow run",
+                         lambda: self._client.create_run(experiment_id, tags=clean_tags, run_name=run_name))
+        if run is None:
+            return None
+        self.run_id, self.experiment_id = str(run.info.run_id), experiment_id
+        return self.run_id
+
+    @property
+    def active(self) -> bool:
+        """True while a run is open and tracking works."""
+        return self.enabled and self.run_id is not None
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """Log params (values as text, truncated to MLflow's limit); params already logged are kept."""
+        if not self.active:
+            return
+        from mlflow.entities import Param
+
+        items = [Param(str(k), str(v)[:_MAX_PARAM_VALUE]) for k, v in params.items()]
+        for i in range(0, len(items), _BATCH):
+            chunk = items[i:i + _BATCH]
+            self._call("logging params", lambda chunk=chunk: self._log_params_chunk(chunk))
+
+    def _log_params_chunk(self, chunk: list[Any]) -> None:
+        try:
+            self._client.log_batch(self.run_id, params=chunk, synchronous=True)
+        except Exception as error:
+            if _is_lock_error(error):
+                raise
+            # A resumed run may already hold some params: log the new ones one by one, skip the rest.
+            existing = self._client.get_run(self.run_id).data.params
+            for param in chunk:
+                if param.key not in existing:
+                    self._client.log_param(self.run_id, param.key, param.value)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        """Log metrics at ``step`` (one batch call)."""
+        if not self.active:
+            return
+        from mlflow.entities import Metric
+
+        stamp = int(time.time() * 1000)
+        items = [Metric(str(k), float(v), stamp, int(step)) for k, v in metrics.items()]
+        self._call("logging metrics",
+                   lambda: self._client.log_batch(self.run_id, metrics=items, synchronous=True))
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        """Set (or overwrite) run tags."""
+        if not self.active or not tags:
+            return
+        from mlflow.entities import RunTag
+
+        items = [RunTag(str(k), str(v)) for k, v in tags.items()]
+        self._call("setting tags", lambda: self._client.log_batch(self.run_id, tags=items, synchronous=True))
+
+    def log_artifact(self, path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
+        """Copy a file into the run's artifacts (skipped when it does not exist)."""
+        if not self.active or not Path(path).is_file():
+            return
+        self._call("logging an artifact",
+                   lambda: self._client.log_artifact(self.run_id, str(path), artifact_path))
+
+    def end(self, status: str = "FINISHED") -> None:
+        """Mark the run ``FINISHED``, ``FAILED`` or ``KILLED`` (an interrupted run that will resume)."""
+        if not self.active:
+            return
+        self._call("ending the run", lambda: self._client.set_terminated(self.run_id, status=status))
+
+    def run_tags(self) -> dict[str, str]:
+        """The run's tags as stored (empty when tracking is off)."""
+        if not self.active:
+            return {}
+        run = self._call("reading the run", lambda: self._client.get_run(self.run_id))
+        return dict(run.data.tags) if run is not None else {}
+
+
+# ------------------------------------------------------------------------------------------------ evaluation
+
+
+def _flat_metrics(summary: Mapping[str, Any]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for name, value in (summary.get("metrics") or {}).items():
+        if isinstance(value, int | float):
+            out[name] = float(value)
+    for space, values in (summary.get("extra_metrics") or {}).items():
+        for name, value in (values or {}).items():
+            if isinstance(value, int | float):
+                out[f"{name}_{space}"] = float(value)
+    if isinstance(summary.get("n_images"), int):
+        out["n_images"] = float(summary["n_images"])
+    return out
+
+
+def log_evaluation(summary: Mapping[str, Any], params: Mapping[str, Any] | None = None,
+                   artifacts: Iterable[str | os.PathLike[str]] = (), uri: str | None = None) -> str | None:
+    """Log one evaluation summary (docs/contracts.md, "Evaluation results") as its own MLflow run.
+
+    The run goes to ``mair/<scope>/<experiment>``, is named ``eval <dataset>`` (``+`` for MaIR+), holds the
+    metrics (extra spaces as ``psnr_<space>``), ``params``, tags (experiment, dataset, variant, scope,
+    weights) and the ``artifacts`` files. Returns the run id, or None when MLflow is unavailable (after one warning).
+    """
+    experiment = str(summary.get("experiment", "unknown"))
+    scope = str(summary.get("scope", "paper"))
+    dataset = str(summary.get("dataset", "unknown"))
+    variant = str(summary.get("variant", "MaIR"))
+    tracker = Tracker(uri)
+    tags = {"mair.kind": "evaluation", "mair.experiment": experiment, "mair.dataset": dataset,
+            "mair.variant": variant, "mair.scope": scope}
+    for key in ("weights", "complete", "metric_space", "crop_border", "created", "submission"):
+        if summary.get(key) is not None:
+            tags[f"mair.{key}"] = summary[key]
+    suffix = "+" if variant.endswith("+") else ""
+    run_id = tracker.start(mlflow_experiment_name(scope, experiment), f"eval {dataset}{suffix}", tags)
+    if run_id is None:
+        return None
+    tracker.log_params(dict(params or {}))
+    tracker.log_metrics(_flat_metrics(summary), step=0)
+    for path in artifacts:
+        tracker.log_artifact(path)
+    tracker.end("FINISHED")
+    return run_id if tracker.enabled else None
+
+
+def _parse_tag(value: str) -> Any:
+    if value in ("True", "False"):
+        return value == "True"
+    try:
+        return int(value)
+    except ValueError:
+        return value
+
+
+def eval_summaries(uri: str | None = None, scope: str = "paper") -> list[dict[str, Any]]:
+    """The evaluation summaries logged by :func:`log_evaluation` in ``scope``, newest first, as dicts in the
+    summary layout of docs/contracts.md plus ``run_id``. Empty (after one warning) when MLflow is unavailable.
+    """
+    tracker = Tracker(uri)
+    if not tracker._connect():
+        return []
+    client = tracker._client
+
+    def fetch() -> list[Any]:
+        prefix = f"mair/{scope}/"
+        ids = [e.experiment_id for e in client.search_experiments(max_results=1000)
+               if str(e.name).startswith(prefix)]
+        if not ids:
+            return []
+        return list(client.search_runs(ids, filter_string="tags.`mair.kind` = 'evaluation'",
+                                       order_by=["attributes.start_time DESC"], max_results=5000))
+
+    runs = tracker._retry("reading evaluation runs", fetch) or []
+    out = []
+    for run in runs:
+        tags, metrics = run.data.tags, dict(run.data.metrics)
+        summary: dict[str, Any] = {
+            "experiment": tags.get("mair.experiment"), "dataset": tags.get("mair.dataset"),
+            "variant": tags.get("mair.variant", "MaIR"), "scope": tags.get("mair.scope", scope),
+            "metrics": {}, "extra_metrics": {}, "run_id": run.info.run_id,
+        }
+        for key in ("weights", "complete", "metric_space", "crop_border", "created", "submission"):
+            if f"mair.{key}" in tags:
+                summary[key] = _parse_tag(tags[f"mair.{key}"])
+        if "n_images" in metrics:
+            summary["n_images"] = int(metrics.pop("n_images"))
+        for name, value in metrics.items():
+            base, _, space = name.partition("_")
+            if space:
+                summary["extra_metrics"].setdefault(space, {})[base] = value
+            else:
+                summary["metrics"][name] = value
+        out.append(summary)
+    return out

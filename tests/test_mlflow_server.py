@@ -1,0 +1,143 @@
+"""A real ``mlflow server`` on 127.0.0.1 (free port, SQLite store in a temporary folder, bounded wait): runs logged
+over HTTP by mair.tracking are read back through the server's REST API, as the MLflow UI shows them."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+STARTUP_TIMEOUT = 90.0
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _request(url: str, body: dict[str, Any] | None = None, timeout: float = 10.0) -> Any:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"},
+                                     method="GET" if body is None else "POST")
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never through a proxy
+    with opener.open(request, timeout=timeout) as response:
+        text = response.read().decode()
+    return json.loads(text) if text.strip().startswith(("{", "[")) else text
+
+
+@contextlib.contextmanager
+def mlflow_server(db: Path, artifacts: Path) -> Iterator[str]:
+    """Start ``mlflow server`` on a free local port over the SQLite file ``db``; yield its URL; stop it."""
+    if shutil.which("mlflow") is None:
+        pytest.skip("mlflow is not installed")
+    port = free_port()
+    log = artifacts.parent / f"mlflow_server_{port}.log"
+    artifacts.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            ["mlflow", "server", "--backend-store-uri", f"sqlite:///{db}", "--artifacts-destination",
+             str(artifacts), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+            stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=artifacts.parent,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while True:
+            if proc.poll() is not None:
+                raise AssertionError(f"mlflow server exited {proc.returncode}:\n{log.read_text()[-4000:]}")
+            try:
+                if str(_request(f"{url}/health", timeout=2)).strip() == "OK":
+                    break
+            except (urllib.error.URLError, OSError):
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"mlflow server not up after {STARTUP_TIMEOUT:.0f} s:\n{log.read_text()[-4000:]}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, 15)  # the server and its worker processes (own session)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+            proc.wait()
+
+
+def search_runs(url: str) -> list[dict[str, Any]]:
+    """Every run of every experiment through the REST API, with params, metrics and tags as plain dicts."""
+    experiments = _request(f"{url}/api/2.0/mlflow/experiments/search", {"max_results": 1000})
+    ids = [e["experiment_id"] for e in experiments.get("experiments", [])]
+    if not ids:
+        return []
+    found = _request(f"{url}/api/2.0/mlflow/runs/search", {"experiment_ids": ids, "max_results": 1000})
+    runs = []
+    for run in found.get("runs", []):
+        data = run.get("data", {})
+        runs.append({
+            "info": run["info"],
+            "params": {p["key"]: p["value"] for p in data.get("params", [])},
+            "metrics": {m["key"]: m["value"] for m in data.get("metrics", [])},
+            "tags": {t["key"]: t["value"] for t in data.get("tags", [])},
+        })
+    return runs
+
+
+def test_runs_logged_over_http_are_read_back_through_rest(tmp_path: Path) -> None:
+    """A training-style run and an evaluation logged by mair.tracking to http://127.0.0.1:port come back
+    through the REST API with their params, metrics, tags and artifact."""
+    with mlflow_server(tmp_path / "mlflow.db", tmp_path / "mlartifacts") as url:
+        csv = tmp_path / "set5.csv"
+        csv.write_text("name,psnr,ssim\nbaby,38.1,0.96\n")
+        code = f"""
+import json, sys
+from mair import tracking
+tracker = tracking.Tracker({url!r})
+run = tracker.start(tracking.mlflow_experiment_name("demo", "sr_classic_x2"), "train sr_classic_x2",
+                    {{"mair.kind": "training", "mair.experiment": "sr_classic_x2"}})
+tracker.log_params(tracking.flatten_params({{"train": {{"total_iter": 30, "optimizer": {{"lr": 2e-4}}}}}}))
+for step in (10, 20, 30):
+    tracker.log_metrics({{"loss": 1.0 / step}}, step=step)
+tracker.end("FINISHED")
+summary = {{"experiment": "sr_classic_x2", "dataset": "set5", "variant": "MaIR", "scope": "demo",
+           "metrics": {{"psnr": 38.1, "ssim": 0.96}}, "n_images": 1, "complete": True, "weights": "w.pth"}}
+ev = tracking.log_evaluation(summary, {{"self_ensemble": False}}, [{str(csv)!r}], uri={url!r})
+print(json.dumps({{"train": run, "eval": ev, "enabled": tracker.enabled}}))
+"""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+        env["MLFLOW_TRACKING_URI"] = url
+        env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
+        proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        ids = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert ids["enabled"] and ids["train"] and ids["eval"], proc.stderr[-4000:]
+
+        runs = {r["info"]["run_id"]: r for r in search_runs(url)}
+        train, evaluation = runs[ids["train"]], runs[ids["eval"]]
+        assert train["info"]["status"] == "FINISHED" and train["info"]["run_name"] == "train sr_classic_x2"
+        assert train["params"]["train.total_iter"] == "30" and train["params"]["train.optimizer.lr"] == "0.0002"
+        assert train["metrics"]["loss"] == pytest.approx(1.0 / 30)
+        history = _request(f"{url}/api/2.0/mlflow/metrics/get-history?run_id={ids['train']}&metric_key=loss")
+        assert sorted(m["step"] for m in history["metrics"]) == [10, 20, 30]
+
+        assert evaluation["metrics"]["psnr"] == pytest.approx(38.1)
+        assert evaluation["tags"]["mair.kind"] == "evaluation" and evaluation["tags"]["mair.dataset"] == "set5"
+        assert evaluation["params"]["self_ensemble"] == "False"
+        exp = _request(f"{url}/api/2.0/mlflow/experiments/get?experiment_id={evaluation['info']['experiment_id']}")
+        assert exp["experiment"]["name"] == "mair/demo/sr_classic_x2"
+        listed = _request(f"{url}/api/2.0/mlflow/artifacts/list?run_id={ids['eval']}")
+        assert "set5.csv" in [f["path"] for f in listed.get("files", [])]

@@ -1,0 +1,56 @@
+# Settings, validation and the target lists shared by every rule. The lists come from mair.pipeline; rules only
+# name files and call the `mair` command.
+import mair.pipeline as P
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
+
+
+def _check_config():
+    """Validate the config against workflow/schemas/config.schema.yaml with a one-line message on error."""
+    schema = workflow.source_path("../schemas/config.schema.yaml")
+    P.coerce_cli_config(config, schema)
+    try:
+        validate(config, "../schemas/config.schema.yaml")
+    except WorkflowError as error:
+        raise WorkflowError(P.config_error_message(str(error), schema)) from None
+    try:
+        return P.selected_experiments(config)
+    except P.PipelineError as error:
+        raise WorkflowError(f"invalid pipeline config: {error}") from None
+
+
+EXPS = _check_config()
+SCOPE = config["scope"]
+DATA = config["data_dir"].rstrip("/")
+RESULTS = config["results_dir"].rstrip("/")
+RUNS = config["runs_dir"].rstrip("/")
+SLURM = config["slurm"]
+RETRIES = config["retries"]
+
+# Every dataset any experiment uses: the demo set builds them all at once.
+ALL_DATASETS = P.needed_datasets(P.all_experiments())
+# Datasets that are downloaded (derived sets such as df2k are built from others by `mair data prepare`).
+DOWNLOADABLE = P.downloads(ALL_DATASETS)
+
+# Extra environment of the jobs that log to MLflow.
+MLFLOW_ENV = f"MLFLOW_TRACKING_URI='{config['mlflow_uri']}' " if config["mlflow_uri"] else ""
+
+
+wildcard_constraints:
+    scope="demo|paper",
+    exp="|".join(P.all_experiments()),
+    dataset="[a-z0-9][a-z0-9_]*",
+
+
+# Locally, never run more cards' worth of jobs at once than the machine has (local_gpus: auto counts them).
+# Snakemake scales a job asking for more down to the limit (mair train keeps the paper's effective batch by
+# accumulation); run-with-gpus gives each job cards of its own. An explicit `--resources gpu=N` (the slurm
+# profile sets one: GPUs in use at once on the cluster) wins.
+_gpu_limit = P.local_gpu_limit(config)
+if _gpu_limit is not None and workflow.is_main_process and "gpu" not in workflow.global_resources:
+    workflow.register_resource("gpu", _gpu_limit)
+
+
+def job_env(wc, resources, threads):
+    """Environment of a training or evaluation: the MLflow store, and on CPU one BLAS/OpenMP pool per core."""
+    return MLFLOW_ENV + (f"OMP_NUM_THREADS={threads} " if resources.gpu == 0 else "")

@@ -1,0 +1,70 @@
+# Data: download (verified, extracted), prepare (the contract layouts), or the embedded demo set.
+# Each rule's output is the completion marker that the `mair data` command writes last and atomically, so a
+# half-done step never looks finished and the files it already fetched survive a failure (downloads resume).
+
+
+rule demo_data:
+    """The embedded demo set, every dataset at tiny size (scope demo)."""
+    output:
+        P.data_markers(DATA, ALL_DATASETS, "demo"),
+    log:
+        f"{RESULTS}/demo/logs/data/demo.log",
+    localrule: True
+    shell:
+        "mair data demo --data-dir {DATA} > {log} 2>&1"
+
+
+rule download:
+    """Fetch, verify and extract one dataset (login/manual sets: place the files with `mair data add`)."""
+    output:
+        P.extracted_marker(DATA, "{dataset}"),
+    log:
+        f"{RESULTS}/paper/logs/data/download_{{dataset}}.log",
+    wildcard_constraints:
+        dataset="|".join(DOWNLOADABLE),
+    params:
+        mirror=f"--mirror {config['download']['mirror']} " if config["download"]["mirror"] else "",
+        timeout=config["download"]["timeout"],
+    retries: RETRIES["download"]
+    localrule: SLURM["downloads_on_login_node"]
+    resources:
+        runtime=SLURM["data_runtime"],
+        mem_mb=SLURM["data_mem_mb"],
+        cpus_per_task=1,
+        slurm_partition=SLURM["partition"],
+        slurm_account=SLURM["account"],
+        qos=SLURM["qos"],
+    shell:
+        "mair data download {wildcards.dataset} --data-dir {DATA} {params.mirror}--timeout {params.timeout} "
+        "> {log} 2>&1"
+
+
+rule prepare:
+    """Build data/prepared/<id>/ from the extracted files (derived sets: from the sets they merge)."""
+    input:
+        lambda wc: P.prepare_inputs(DATA, wc.dataset),
+    output:
+        P.prepared_marker(DATA, "{dataset}", "paper"),
+    log:
+        f"{RESULTS}/paper/logs/data/prepare_{{dataset}}.log",
+    retries: RETRIES["prepare"]
+    threads: SLURM["data_cpus"]
+    resources:
+        runtime=SLURM["data_runtime"],
+        mem_mb=SLURM["data_mem_mb"],
+        slurm_partition=SLURM["partition"],
+        slurm_account=SLURM["account"],
+        qos=SLURM["qos"],
+    shell:
+        "mair data prepare {wildcards.dataset} --data-dir {DATA} > {log} 2>&1"
+
+
+rule data_manifest:
+    """One JSON file listing the prepared sets of a scope with their image counts (what DVC records)."""
+    input:
+        lambda wc: P.data_markers(DATA, P.needed_datasets(EXPS), wc.scope),
+    output:
+        P.manifest_file(RESULTS, "{scope}"),
+    localrule: True
+    shell:
+        "python -m mair.pipeline data-manifest --out {output} {input}"

@@ -1,0 +1,44 @@
+# Evaluation: one job per experiment and variant (MaIR, or MaIR+ = 8x self-ensemble, files <dataset>+.json) over
+# all of the experiment's test sets, so that the network is built once. `mair evaluate` writes each per-image CSV
+# as it goes (a rerun skips finished images) and each summary JSON last, atomically: the JSONs are the outputs.
+# Rules: evaluate_<exp> and evaluate_plus_<exp>, for every experiment (which variants run: self_ensemble).
+
+
+def evaluate_rule_name(exp, plus):
+    return f"evaluate_plus_{exp}" if plus else f"evaluate_{exp}"
+
+
+for _exp in P.all_experiments():
+    for _plus in ("", "+"):
+
+        rule:
+            name:
+                evaluate_rule_name(_exp, _plus)
+            input:
+                weights=P.weights_file(RESULTS, "{scope}", _exp),
+                data=lambda wc, exp=_exp: P.data_markers(DATA, P.test_datasets(exp), wc.scope),
+            output:
+                [f"{RESULTS}/{{scope}}/eval/{_exp}/{d}{_plus}.json" for d in P.test_datasets(_exp)],
+            log:
+                f"{RESULTS}/{{scope}}/logs/evaluate/{_exp}{_plus}.log",
+            params:
+                env=job_env,
+                exp=_exp,
+                datasets=" ".join(P.test_datasets(_exp)),
+                ensemble=" --self-ensemble" if _plus else "",
+            retries: RETRIES["evaluate"]
+            threads: 1
+            resources:
+                gpu=lambda wc: P.eval_gpus(wc.scope, config),
+                runtime=SLURM["eval_runtime"],
+                mem_mb=SLURM["mem_mb_per_gpu"],
+                cpus_per_gpu=SLURM["cpus_per_gpu"],
+                slurm_partition=SLURM["partition"],
+                slurm_account=SLURM["account"],
+                qos=SLURM["qos"],
+                constraint=SLURM["constraint"],
+                slurm_extra=SLURM["extra"],
+            shell:
+                "{params.env}python -m mair.pipeline run-with-gpus {resources.gpu} -- "
+                "mair evaluate {params.exp} --weights {input.weights} --datasets {params.datasets}{params.ensemble} "
+                "--scope {wildcards.scope} --results-dir {RESULTS} --data-dir {DATA} --quiet > {log} 2>&1"

@@ -1,0 +1,14 @@
+# Tables: every paper table from the evaluation summaries, beside the published numbers (results/<scope>/tables/;
+# demo-scope tables say so). tables.tex and tables.md are written last.
+
+
+rule tables:
+    input:
+        lambda wc: [f for e in EXPS for f in P.eval_files(RESULTS, wc.scope, e, config)],
+    output:
+        P.table_files(RESULTS, "{scope}"),
+    log:
+        f"{RESULTS}/{{scope}}/logs/tables.log",
+    localrule: True
+    shell:
+        "mair tables --scope {wildcards.scope} --results-dir {RESULTS} --runs-dir {RUNS} > {log} 2>&1"

@@ -1,0 +1,91 @@
+# Targets. The scope (demo | paper) comes from the config: --config scope=paper or the slurm profile.
+# `experiments` in the config narrows every target to those experiments.
+
+
+def evals_of(exps):
+    return [f for e in exps for f in P.eval_files(RESULTS, SCOPE, e, config)]
+
+
+def task_evals(target):
+    return evals_of(P.experiments_of_tasks(P.TASK_TARGETS[target], config))
+
+
+rule reproduce_tables:
+    """Every table of the paper, ours beside the published numbers: results/<scope>/tables/."""
+    localrule: True
+    input:
+        P.table_files(RESULTS, SCOPE),
+
+
+rule reproduce_sr:
+    """Classic SR x2/x3/x4 (MaIR and MaIR+) on Set5, Set14, B100, Urban100, Manga109."""
+    localrule: True
+    input:
+        task_evals("reproduce_sr"),
+
+
+rule reproduce_light_sr:
+    """Lightweight SR, MaIR-S and MaIR-T x2/x3/x4."""
+    localrule: True
+    input:
+        task_evals("reproduce_light_sr"),
+
+
+rule reproduce_denoising:
+    """Colour denoising, sigma 15/25/50, on McMaster, Kodak24, CBSD68, Urban100."""
+    localrule: True
+    input:
+        task_evals("reproduce_denoising"),
+
+
+rule reproduce_real_denoising:
+    """Real denoising: SIDD validation and the DND submission bundle."""
+    localrule: True
+    input:
+        task_evals("reproduce_real_denoising"),
+
+
+rule reproduce_deblurring:
+    """Motion deblurring: GoPro and HIDE."""
+    localrule: True
+    input:
+        task_evals("reproduce_deblurring"),
+
+
+rule reproduce_dehazing:
+    """Dehazing: SOTS indoor (ITS), SOTS outdoor (OTS), RESIDE-6K."""
+    localrule: True
+    input:
+        task_evals("reproduce_dehazing"),
+
+
+rule download_all:
+    """Every download of the selected experiments (demo scope: the embedded demo set)."""
+    localrule: True
+    input:
+        (
+            [P.extracted_marker(DATA, d) for d in P.downloads(P.needed_datasets(EXPS))]
+            if SCOPE == "paper"
+            else P.data_markers(DATA, P.needed_datasets(EXPS), "demo")
+        ),
+
+
+rule prepare_all:
+    """Every prepared dataset of the selected experiments, summed up in results/<scope>/data/manifest.json."""
+    localrule: True
+    input:
+        P.manifest_file(RESULTS, SCOPE),
+
+
+rule train_all:
+    """Every training (final weights in results/<scope>/weights/)."""
+    localrule: True
+    input:
+        [P.weights_file(RESULTS, SCOPE, e) for e in EXPS],
+
+
+rule evaluate_all:
+    """Every evaluation (results/<scope>/eval/)."""
+    localrule: True
+    input:
+        evals_of(EXPS),

@@ -1,0 +1,47 @@
+# Training: one job per experiment and scope. Checkpoints live in runs/<scope>/<exp>/ and are no declared
+# output, so Snakemake never deletes them: a failed, preempted or timed-out job is retried (retries:) and
+# `mair train` resumes from its newest checkpoint. The weights file is written atomically at the very end.
+
+
+def train_init(wc):
+    """The weights this training starts from (x3/x4 from x2, sigma 25/50 from sigma 15), if any."""
+    init = P.init_experiment(wc.exp, config)
+    return [P.weights_file(RESULTS, wc.scope, init)] if init else []
+
+
+def train_device(wc, resources):
+    return f"--gpus {resources.gpu}" if resources.gpu > 0 else "--device cpu"
+
+
+rule train:
+    input:
+        data=lambda wc: P.data_markers(DATA, P.train_datasets(wc.exp), wc.scope),
+        init=train_init,
+        experiment="params/experiments/{exp}.yaml",
+    output:
+        P.weights_file(RESULTS, "{scope}", "{exp}"),
+    log:
+        f"{RESULTS}/{{scope}}/logs/train/{{exp}}.log",
+    params:
+        env=job_env,
+        run_dir=f"{RUNS}/{{scope}}/{{exp}}",
+        device=train_device,
+        # init_quirk: fixed (MaIR-T x3 from T x2 instead of the official S x2, spec 8.19)
+        init=lambda wc: " --init-fix-t-x3" if P.init_override(wc.exp, config) else "",
+    retries: RETRIES["train"]
+    threads: 1
+    resources:
+        gpu=lambda wc: P.train_gpus(wc.exp, wc.scope, config),
+        runtime=SLURM["train_runtime"],
+        mem_mb=lambda wc: SLURM["mem_mb_per_gpu"] * max(1, P.train_gpus(wc.exp, wc.scope, config)),
+        cpus_per_gpu=SLURM["cpus_per_gpu"],
+        slurm_partition=SLURM["partition"],
+        slurm_account=SLURM["account"],
+        qos=SLURM["qos"],
+        constraint=SLURM["constraint"],
+        # SIGTERM 5 minutes before the time limit: mair train checkpoints and exits 75, the retry resumes.
+        slurm_extra=" ".join(filter(None, [f"--signal=TERM@{SLURM['stop_signal_s']}", SLURM["extra"]])),
+    shell:
+        "{params.env}python -m mair.pipeline run-with-gpus {resources.gpu} -- "
+        "mair train {wildcards.exp} --scope {wildcards.scope} {params.device} --run-dir {params.run_dir} "
+        "--data-dir {DATA} --results-dir {RESULTS}{params.init} >> {log} 2>&1"
