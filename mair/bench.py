@@ -115,7 +115,12 @@ def run_workload(workload: Workload, backend: str | None, precision: str, device
     else:
         model, scale = _build(workload, device)
         set_scan_backend(model, backend)
-        step_model = torch.compile(model) if compile_model else model
+        if compile_model:  # the scan as custom ops, whole network in one graph (mair.models.scan.custom_ops)
+            from mair.models.scan.custom_ops import compile_model as compile_network
+
+            step_model = compile_network(model)
+        else:
+            step_model = model
         x = torch.rand(workload.batch, 3, workload.size, workload.size, generator=gen).to(device)
         if workload.kind == "train":
             model.train()

@@ -24,6 +24,7 @@ import functools
 import json
 import os
 import random
+import re
 import shutil
 import socket
 import subprocess
@@ -33,9 +34,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-SCOPES = ("demo", "paper")
-PREPARED_MARKER = ".prepared.json"
-EXTRACTED_MARKER = ".extracted.json"
+from mair.data.paths import EXTRACTED_MARKER, PREPARED_MARKER
 
 #: Snakemake per-task targets -> experiment ``task`` values (params/experiments/<id>.yaml).
 TASK_TARGETS: dict[str, tuple[str, ...]] = {
@@ -53,6 +52,13 @@ class PipelineError(ValueError):
 
 
 # ------------------------------------------------------------------------------------------------ config
+
+
+@functools.cache
+def _schema(path: str) -> dict[str, Any]:
+    import yaml
+
+    return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
 
 
 def coerce_cli_config(config: dict[str, Any], schema_file: str | os.PathLike[str]) -> dict[str, Any]:
@@ -81,7 +87,7 @@ def coerce_cli_config(config: dict[str, Any], schema_file: str | os.PathLike[str
                     return node
         return node
 
-    schema = yaml.safe_load(Path(schema_file).read_text(encoding="utf-8"))
+    schema = _schema(str(schema_file))
     for key, value in config.items():
         if isinstance(value, dict):
             walk(value, (schema.get("properties") or {}).get(key))
@@ -94,8 +100,6 @@ def config_error_message(text: str, schema_file: str | os.PathLike[str] | None =
     ``Error validating config file. ValidationError: 'papr' is not one of ['demo', 'paper'] ... On
     instance['scope']: ...`` becomes ``invalid pipeline config: scope: 'papr' is not one of ['demo', 'paper']``.
     """
-    import re
-
     lines = text.splitlines()
     what = next((ln.split("ValidationError:", 1)[1].strip() for ln in lines if "ValidationError:" in ln), "")
     where = ""
@@ -105,9 +109,7 @@ def config_error_message(text: str, schema_file: str | os.PathLike[str] | None =
             where = ".".join(k.strip("'\"") for k in re.findall(r"\[([^\]]*)\]", match.group(1)))
     expected = ""
     if schema_file is not None and where:
-        import yaml
-
-        node: Any = yaml.safe_load(Path(schema_file).read_text(encoding="utf-8"))
+        node: Any = _schema(str(schema_file))
         for key in where.split("."):
             node = (node.get("properties") or {}).get(key) if isinstance(node, dict) else None
         if isinstance(node, dict) and node.get("description"):
@@ -268,12 +270,15 @@ def weights_file(results_dir: str, scope: str, exp_id: str) -> str:
     return f"{results_dir}/{scope}/weights/{exp_id}.pth"
 
 
+def eval_file(results_dir: str, scope: str, exp_id: str, dataset: str, variant: str = "") -> str:
+    """The summary ``results/<scope>/eval/<exp>/<dataset>[+].json`` that ``mair evaluate`` writes last."""
+    return f"{results_dir}/{scope}/eval/{exp_id}/{dataset}{variant}.json"
+
+
 def eval_files(results_dir: str, scope: str, exp_id: str, config: Mapping[str, Any]) -> list[str]:
-    """``results/<scope>/eval/<exp>/<dataset>[+].json`` for every test set and variant."""
+    """The summaries of every test set and variant of an experiment."""
     return [
-        f"{results_dir}/{scope}/eval/{exp_id}/{d}{v}.json"
-        for v in variants(exp_id, config)
-        for d in test_datasets(exp_id)
+        eval_file(results_dir, scope, exp_id, d, v) for v in variants(exp_id, config) for d in test_datasets(exp_id)
     ]
 
 
@@ -492,18 +497,19 @@ DVC_HEADER = """\
 #: Snakemake command of a DVC stage: only ``rules`` may run, up-to-date checks by modification time only.
 DVC_SNAKEMAKE = "snakemake --cores all --rerun-triggers mtime --allowed-rules {rules} --config {config}-- {targets}"
 
-#: The Snakemake rules behind each kind of DVC stage.
+#: The Snakemake rules behind each kind of DVC stage (evaluation rules are per experiment, see evaluate.smk).
 DVC_STAGE_RULES: dict[str, tuple[str, ...]] = {
     "data": ("demo_data", "download", "prepare", "data_manifest"),
     "train": ("train",),
-    "evaluate": ("evaluate",),
+    "evaluate": ("evaluate_{exp}", "evaluate_plus_{exp}"),
     "tables": ("tables",),
 }
 
 
 def _dvc_cmd(kind: str, targets: str, experiments: str | None = None) -> str:
     config = f"'experiments=[{experiments}]' " if experiments else "experiments=all "
-    return DVC_SNAKEMAKE.format(rules=" ".join(DVC_STAGE_RULES[kind]), config=config, targets=targets)
+    rules = " ".join(r.format(exp=experiments) for r in DVC_STAGE_RULES[kind])
+    return DVC_SNAKEMAKE.format(rules=rules, config=config, targets=targets)
 
 
 def dvc_stages(config: Mapping[str, Any]) -> dict[str, Any]:

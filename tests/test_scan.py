@@ -228,8 +228,18 @@ def test_large_decay_is_stable(dtype: torch.dtype) -> None:
     inp = {k: v.detach().to(dtype).requires_grad_() for k, v in inp.items()}
     want = run(ref_fn, {k: v.detach().double().requires_grad_() for k, v in inp.items()}, True)
     got = run(torch_fn, inp, True)
-    tol = 1e-10 if dtype == torch.float64 else 1e-5
-    assert_matches(got, want, tol, f"seed={seed} dtype={dtype}")
+    context = f"seed={seed} dtype={dtype}"
+    if dtype == torch.float64:
+        assert_matches(got, want, 1e-10, context)
+        return
+    # In float32 the gradient of A is ill-conditioned here (up to ~7e-5 even for the sequential loop): ask for
+    # 1e-5 or the float32 reference's own error, whichever is larger (with a margin).
+    ref32 = run(ref_fn, inp, True)
+    assert_matches(got, want, 1e-3, context)  # finite everywhere, and close
+    for name in got[1]:
+        limit = max(1e-5, 3 * rel(ref32[1][name], want[1][name]))
+        assert rel(got[1][name], want[1][name]) <= limit, f"grad {name} ({context})"
+    assert rel(got[0], want[0]) <= max(1e-5, 3 * rel(ref32[0], want[0])), context
 
 
 def test_float32_against_float64_reference_mair_init() -> None:
@@ -449,3 +459,13 @@ def test_cpu_workspace_reuses_buffers_without_aliasing(monkeypatch: pytest.Monke
     tb.clear_workspace()
     run(torch_fn, second, True)
     assert tb._WORKSPACE._free() == []
+
+
+def test_multiply_and_sum_path_used_off_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The contractions GPUs use (multiply-and-sum instead of matmul) give the same results, checked on the CPU."""
+    from mair.models.scan import torch_backend as tb
+
+    monkeypatch.setattr(tb, "MATMUL_DEVICES", ())
+    seed = secrets.randbits(31)
+    inp = make_inputs(seed, length=45, n_state=5)
+    assert_matches(run(torch_fn, inp, True), run(ref_fn, inp, True), 1e-10, f"seed={seed}")

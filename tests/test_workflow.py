@@ -156,8 +156,9 @@ def test_paper_dry_run_lists_every_step_offline_and_fast(repo_copy: Path) -> Non
 
     jobs = parse_dry_run(proc.stdout)
     by_rule: dict[str, list[dict[str, Any]]] = {}
-    for job in jobs:
-        by_rule.setdefault(job["rule"], []).append(job)
+    for job in jobs:  # evaluate_<exp> and evaluate_plus_<exp> together as "evaluate"
+        kind = "evaluate" if job["rule"].startswith("evaluate_") and job["rule"] != "evaluate_all" else job["rule"]
+        by_rule.setdefault(kind, []).append(job)
 
     # 17 trainings, one per experiment file, each on its paper GPU count, resumable under retries.
     trains = {j["wildcards"]["exp"]: j for j in by_rule["train"]}
@@ -183,15 +184,19 @@ def test_paper_dry_run_lists_every_step_offline_and_fast(repo_copy: Path) -> Non
         doc = experiment_file(exp)
         suffixes = ["", "+"] if doc["test"]["self_ensemble_reported"] else [""]
         expected |= {f"results/paper/eval/{exp}/{d['id']}{s}.json" for d in doc["test"]["datasets"] for s in suffixes}
-    evals = {out for j in by_rule["evaluate"] for out in j["output"]}
-    assert evals == expected
-    tested = {j["wildcards"]["dataset"] for j in by_rule["evaluate"]}
+    evals = [out for j in by_rule["evaluate"] for out in j["output"]]
+    assert sorted(evals) == sorted(expected)
+    tested = {Path(f).stem.rstrip("+") for f in evals}
     assert {"set5", "set14", "b100", "urban100", "manga109", "mcmaster", "kodak24", "cbsd68", "sidd_val", "dnd",
             "gopro", "hide", "sots_indoor", "sots_outdoor", "reside_6k"} <= tested
-    plus = {j["wildcards"]["exp"] for j in by_rule["evaluate"] if j["wildcards"]["plus"] == "+"}
+    plus = {j["rule"].removeprefix("evaluate_plus_") for j in by_rule["evaluate"] if "_plus_" in j["rule"]}
     assert plus == {"sr_classic_x2", "sr_classic_x3", "sr_classic_x4"}
-    for job in by_rule["evaluate"]:
-        assert ("--self-ensemble" in job["shell"]) == (job["wildcards"]["plus"] == "+")
+    for job in by_rule["evaluate"]:  # one job per experiment and variant: the network is built once
+        exp = job["rule"].removeprefix("evaluate_").removeprefix("plus_")
+        sets = " ".join(d["id"] for d in experiment_file(exp)["test"]["datasets"])
+        assert f"mair evaluate {exp} --weights results/paper/weights/{exp}.pth --datasets {sets}" in job["shell"]
+        assert ("--self-ensemble" in job["shell"]) == ("_plus_" in job["rule"])
+        assert f"results/paper/weights/{exp}.pth" in job["input"]
 
     # Every download and preparation of the catalog's sets that the experiments use.
     catalog = yaml_file(REPO / "params" / "datasets.yaml")["datasets"]
@@ -234,6 +239,21 @@ def test_targets_and_quirk_switch(repo_copy: Path) -> None:
                for j in trains)
     tables = next(j for j in jobs if j["rule"] == "tables")
     assert tables["output"] == ["results/demo/tables/tables.tex", "results/demo/tables/tables.md"]
+
+
+@needs_snakemake
+def test_local_gpu_limit_scales_jobs_to_the_machine(repo_copy: Path) -> None:
+    """On a machine with 2 cards an 8-GPU training is scaled to 2 (local_gpus: auto); --resources wins."""
+    target = "results/paper/weights/sr_classic_x2.pth"
+
+    def train_shell(*extra: str) -> str:
+        env = run_env(repo_copy, MAIR_GPU_IDS="0,1")
+        proc = snakemake(repo_copy, "-n", "-p", target, *extra, "--config", "scope=paper", env=env)
+        jobs = parse_dry_run(proc.stdout)
+        return next(j["shell"] for j in jobs if j["rule"] == "train")
+
+    assert "run-with-gpus 2 -- mair train sr_classic_x2 --scope paper --gpus 2 " in train_shell()
+    assert "run-with-gpus 8 -- mair train sr_classic_x2 --scope paper --gpus 8 " in train_shell("--resources", "gpu=8")
 
 
 @needs_snakemake
@@ -448,8 +468,8 @@ def test_demo_dehazing_end_to_end(tmp_path: Path) -> None:
     again = snakemake(work, "--cores", "2", "reproduce_dehazing", timeout=1200)
     timings["rerun"] = time.monotonic() - start
     redone = [(j["rule"], j["wildcards"].get("exp")) for j in parse_dry_run(again.stdout + again.stderr)]
-    assert sorted(r for r in redone if r[0] in {"train", "evaluate", "demo_data"}) == [
-        ("evaluate", "dehaze_ots"), ("train", "dehaze_ots")]
+    assert sorted(r for r in redone if r[0] not in {"reproduce_dehazing"}) == [
+        ("evaluate_dehaze_ots", None), ("train", "dehaze_ots")]
     assert "Nothing to be done" in snakemake(work, "--cores", "2", "reproduce_dehazing").stderr
     print("demo dehazing:", {k: f"{v:.0f} s" for k, v in timings.items()})
 

@@ -117,15 +117,29 @@ def detect_env(environ: Mapping[str, str] | None = None) -> DistEnv:
     return DistEnv()
 
 
+def _torchrun_options() -> set[str]:
+    """Option names the installed torchrun accepts (they differ between torch releases)."""
+    from torch.distributed.run import get_args_parser
+
+    return {opt for action in get_args_parser()._actions for opt in action.option_strings}
+
+
 def torchrun_command(nproc: int, argv: Sequence[str], python: str | None = None) -> list[str]:
-    """The torchrun command that runs ``python -m mair.cli <argv>`` on ``nproc`` local processes."""
+    """The torchrun command that runs ``python -m mair.cli <argv>`` on ``nproc`` local processes.
+
+    ``--signals-to-handle`` and ``--shutdown-timeout`` are passed only where this torch's torchrun has them
+    (``--shutdown-timeout`` is newer than torch 2.11)."""
+    options = _torchrun_options()
+    optional = []
+    if "--signals-to-handle" in options:
+        optional += ["--signals-to-handle", "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"]
+    if "--shutdown-timeout" in options:
+        optional += ["--shutdown-timeout", str(SHUTDOWN_TIMEOUT)]
     return [
         python or sys.executable, "-m", "torch.distributed.run",
         "--nnodes", "1", "--nproc_per_node", str(nproc),
         "--rdzv-backend", "c10d", "--rdzv-endpoint", "localhost:0",
-        "--max-restarts", "0",
-        "--signals-to-handle", "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1",
-        "--shutdown-timeout", str(SHUTDOWN_TIMEOUT),
+        "--max-restarts", "0", *optional,
         "-m", "mair.cli", *argv,
     ]
 

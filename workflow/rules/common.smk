@@ -46,9 +46,10 @@ wildcard_constraints:
 # Snakemake scales a job asking for more down to the limit (mair train keeps the paper's effective batch by
 # accumulation); run-with-gpus gives each job cards of its own. An explicit `--resources gpu=N` (the slurm
 # profile sets one: GPUs in use at once on the cluster) wins.
-_gpu_limit = P.local_gpu_limit(config)
-if _gpu_limit is not None and workflow.is_main_process and "gpu" not in workflow.global_resources:
-    workflow.register_resource("gpu", _gpu_limit)
+if workflow.is_main_process and "gpu" not in workflow.global_resources:
+    _gpu_limit = P.local_gpu_limit(config)
+    if _gpu_limit is not None:
+        workflow.register_resource("gpu", _gpu_limit)
 
 
 def job_env(wc, resources, threads):

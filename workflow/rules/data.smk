@@ -9,9 +9,11 @@ rule demo_data:
         P.data_markers(DATA, ALL_DATASETS, "demo"),
     log:
         f"{RESULTS}/demo/logs/data/demo.log",
+    params:
+        data_dir=DATA,
     localrule: True
     shell:
-        "mair data demo --data-dir {DATA} > {log} 2>&1"
+        "mair data demo --data-dir {params.data_dir} > {log} 2>&1"
 
 
 rule download:
@@ -23,6 +25,7 @@ rule download:
     wildcard_constraints:
         dataset="|".join(DOWNLOADABLE),
     params:
+        data_dir=DATA,
         mirror=f"--mirror {config['download']['mirror']} " if config["download"]["mirror"] else "",
         timeout=config["download"]["timeout"],
     retries: RETRIES["download"]
@@ -35,7 +38,7 @@ rule download:
         slurm_account=SLURM["account"],
         qos=SLURM["qos"],
     shell:
-        "mair data download {wildcards.dataset} --data-dir {DATA} {params.mirror}--timeout {params.timeout} "
+        "mair data download {wildcards.dataset} --data-dir {params.data_dir} {params.mirror}--timeout {params.timeout} "
         "> {log} 2>&1"
 
 
@@ -47,6 +50,8 @@ rule prepare:
         P.prepared_marker(DATA, "{dataset}", "paper"),
     log:
         f"{RESULTS}/paper/logs/data/prepare_{{dataset}}.log",
+    params:
+        data_dir=DATA,
     retries: RETRIES["prepare"]
     threads: SLURM["data_cpus"]
     resources:
@@ -56,7 +61,7 @@ rule prepare:
         slurm_account=SLURM["account"],
         qos=SLURM["qos"],
     shell:
-        "mair data prepare {wildcards.dataset} --data-dir {DATA} > {log} 2>&1"
+        "mair data prepare {wildcards.dataset} --data-dir {params.data_dir} > {log} 2>&1"
 
 
 rule data_manifest:

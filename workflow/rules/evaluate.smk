@@ -18,7 +18,7 @@ for _exp in P.all_experiments():
                 weights=P.weights_file(RESULTS, "{scope}", _exp),
                 data=lambda wc, exp=_exp: P.data_markers(DATA, P.test_datasets(exp), wc.scope),
             output:
-                [f"{RESULTS}/{{scope}}/eval/{_exp}/{d}{_plus}.json" for d in P.test_datasets(_exp)],
+                [P.eval_file(RESULTS, "{scope}", _exp, d, _plus) for d in P.test_datasets(_exp)],
             log:
                 f"{RESULTS}/{{scope}}/logs/evaluate/{_exp}{_plus}.log",
             params:
@@ -26,6 +26,8 @@ for _exp in P.all_experiments():
                 exp=_exp,
                 datasets=" ".join(P.test_datasets(_exp)),
                 ensemble=" --self-ensemble" if _plus else "",
+                data_dir=DATA,
+                results_dir=RESULTS,
             retries: RETRIES["evaluate"]
             threads: 1
             resources:
@@ -41,4 +43,5 @@ for _exp in P.all_experiments():
             shell:
                 "{params.env}python -m mair.pipeline run-with-gpus {resources.gpu} -- "
                 "mair evaluate {params.exp} --weights {input.weights} --datasets {params.datasets}{params.ensemble} "
-                "--scope {wildcards.scope} --results-dir {RESULTS} --data-dir {DATA} --quiet > {log} 2>&1"
+                "--scope {wildcards.scope} --results-dir {params.results_dir} --data-dir {params.data_dir} --quiet "
+                "> {log} 2>&1"

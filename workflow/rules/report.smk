@@ -9,6 +9,10 @@ rule tables:
         P.table_files(RESULTS, "{scope}"),
     log:
         f"{RESULTS}/{{scope}}/logs/tables.log",
+    params:
+        results_dir=RESULTS,
+        runs_dir=RUNS,
     localrule: True
     shell:
-        "mair tables --scope {wildcards.scope} --results-dir {RESULTS} --runs-dir {RUNS} > {log} 2>&1"
+        "mair tables --scope {wildcards.scope} --results-dir {params.results_dir} --runs-dir {params.runs_dir} "
+        "> {log} 2>&1"

@@ -25,6 +25,8 @@ rule train:
     params:
         env=job_env,
         run_dir=f"{RUNS}/{{scope}}/{{exp}}",
+        data_dir=DATA,
+        results_dir=RESULTS,
         device=train_device,
         # init_quirk: fixed (MaIR-T x3 from T x2 instead of the official S x2, spec 8.19)
         init=lambda wc: " --init-fix-t-x3" if P.init_override(wc.exp, config) else "",
@@ -44,4 +46,4 @@ rule train:
     shell:
         "{params.env}python -m mair.pipeline run-with-gpus {resources.gpu} -- "
         "mair train {wildcards.exp} --scope {wildcards.scope} {params.device} --run-dir {params.run_dir} "
-        "--data-dir {DATA} --results-dir {RESULTS}{params.init} >> {log} 2>&1"
+        "--data-dir {params.data_dir} --results-dir {params.results_dir}{params.init} >> {log} 2>&1"

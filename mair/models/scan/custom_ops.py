@@ -17,14 +17,16 @@ implementations) and running the eager scan code inside:
 The model uses the ops only when the switch is on: :func:`enable` (``enable(True)``/``enable(False)``;
 ``enable(None)`` defers to the environment) or ``MAIR_SCAN_CUSTOM_OP=1``. Off (the default), the VMM calls the
 eager functions exactly as before. :func:`compile_model` turns the switch on and compiles a model, by default
-with ``fullgraph=True``. The backend is resolved when the graph is traced (:func:`resolved_backend`), so set
-``MAIR_SCAN_BACKEND`` (or ``scan_backend`` of the VMMs) before the first compiled call.
+with ``fullgraph=True`` and ``dynamic=False``. The backend is resolved when the graph is traced
+(:func:`resolved_backend`), so set ``MAIR_SCAN_BACKEND`` (or ``scan_backend`` of the VMMs) before the first
+compiled call. Switching on also marks :func:`mair.models.nss.scan_orders` as a compile-time constant (its cache
+lock would otherwise break the graph; see :func:`_scan_orders_as_constants`).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -123,7 +125,8 @@ def _autograd_recording() -> Iterator[None]:
             torch._C._dispatch_tls_set_dispatch_key_excluded(key, True)
 
 
-def _grads(forward: Any, inputs: Sequence[Tensor | None], needs: Sequence[bool], dy: Tensor) -> list[Tensor]:
+def _grads(forward: Callable[..., Tensor], inputs: Sequence[Tensor | None], needs: Sequence[bool],
+           dy: Tensor) -> list[Tensor]:
     """Gradients of ``forward(*inputs)`` for the inputs flagged in ``needs`` (empty tensors for the others),
     by recomputing ``forward`` under autograd on detached copies of the inputs."""
     with _autograd_recording():

@@ -31,6 +31,9 @@ from .registry import ScanFn
 SOFTPLUS_THRESHOLD = 20.0  # torch.nn.functional.softplus's default, and the CUDA kernel's
 WORKSPACE_ENV = "MAIR_SCAN_CPU_WORKSPACE_MB"
 DEFAULT_WORKSPACE_MB = 256
+# Device types whose small contractions run as matrix products (faster on the CPU); elsewhere they are
+# multiply-and-sum, so that a global TF32 matmul setting on a GPU never lowers the scan's precision.
+MATMUL_DEVICES = ("cpu",)
 
 
 class _CpuWorkspace:
@@ -242,14 +245,20 @@ class _Layout:
 
     def contract_state(self, bc: Tensor, state: Tensor) -> Tensor:
         """``Σ_n bc_n state_n`` for B or C ``(T, b, G, nc, 1, N)``: ``(T, b, G, nc, Dg)``."""
+        if state.device.type not in MATMUL_DEVICES:
+            return (bc * state).sum(-1)
         return torch.matmul(bc, state.transpose(-1, -2)).squeeze(-2)
 
     def sum_states(self, state: Tensor) -> Tensor:
-        """``Σ_n state_n``, ``(T, b, G, nc, Dg)`` (a matrix product: faster than ``sum(-1)`` on the CPU)."""
+        """``Σ_n state_n``: ``(T, b, G, nc, Dg)``."""
+        if state.device.type not in MATMUL_DEVICES:
+            return state.sum(-1)
         return torch.matmul(state, state.new_ones(state.shape[-1], 1)).squeeze(-1)
 
     def contract_channels(self, weight: Tensor, state: Tensor) -> Tensor:
         """``Σ_d weight_d state_d`` over the channels of each group, for ``weight`` ``(T, b, G, nc, Dg)``."""
+        if state.device.type not in MATMUL_DEVICES:
+            return (weight.unsqueeze(-1) * state).sum(-2)
         return torch.matmul(weight.unsqueeze(-2), state).squeeze(-2)
 
 
