@@ -71,7 +71,8 @@ def main() -> None:
         secs = [r["seconds"] for r in log[args.skip:]]
         per_iter = statistics.median(secs)
         curves[gpus] = [r["loss"] for r in log]
-        checkpoints = sorted(p.name for p in (run_dir / "models").glob("*.pth")) if (run_dir / "models").is_dir() else []
+        models = run_dir / "models"
+        checkpoints = sorted(p.name for p in models.glob("*.pth")) if models.is_dir() else []
         rows.append({"gpus": gpus, "accumulation": effective // (exp["train"]["batch_per_gpu"] * gpus),
                      "iterations": len(log), "s_per_iter": per_iter, "iters_per_s": 1 / per_iter,
                      "images_per_s": effective / per_iter, "wall_s": wall, "checkpoints": checkpoints})
