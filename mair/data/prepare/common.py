@@ -256,3 +256,24 @@ def write_marker(ctx: Context, counts: dict[str, int], deterministic: bool = Fal
         marker["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     atomic_write_json(ctx.out / MARKER, marker)
     return marker
+
+
+def write_pair_crops(src_in: Path, src_gt: Path, boxes: Sequence[tuple[int, int]], names: Sequence[str],
+                     size: int, out_in: Path, out_gt: Path) -> tuple[int, int]:
+    """Cut the same ``size`` x ``size`` boxes (top, left) out of an input/target pair into ``out_in`` and
+    ``out_gt`` under ``names``; crops that already exist are kept. Returns (written, reused) file counts."""
+    todo = [i for i, n in enumerate(names) if not ((out_in / n).exists() and (out_gt / n).exists())]
+    if not todo:
+        return 0, 2 * len(names)
+    a, b = read_image(src_in), read_image(src_gt)
+    if a.shape != b.shape:
+        raise PrepareError(f"{src_in} {a.shape} and {src_gt} {b.shape} differ in size")
+    written = 0
+    for i in todo:
+        t, s = boxes[i]
+        for img, folder in ((a, out_in), (b, out_gt)):
+            dst = folder / names[i]
+            if not dst.exists():
+                write_png(dst, img[t : t + size, s : s + size])
+                written += 1
+    return written, 2 * len(names) - written

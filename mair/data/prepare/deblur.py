@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mair.data.image_io import image_size, list_images, read_image, write_png
+from mair.data.image_io import image_size, list_images
 from mair.data.prepare.common import (
     Context,
     PrepareError,
@@ -27,6 +27,7 @@ from mair.data.prepare.common import (
     sample,
     show,
     unique_stems,
+    write_pair_crops,
 )
 from mair.data.prepare.realnoise import link_pairs, paired_names
 
@@ -62,21 +63,7 @@ def crop_subimages(
     h, w = image_size(blur)
     boxes = [(t, s) for t in basicsr_grid(h, crop, step) for s in basicsr_grid(w, crop, step)]
     names = [subimage_name(stem, k) for k in range(1, len(boxes) + 1)]
-    todo = [i for i, n in enumerate(names) if not ((out_in / n).exists() and (out_gt / n).exists())]
-    if not todo:
-        return 0, 2 * len(names)
-    a, b = read_image(blur), read_image(sharp)
-    if a.shape != b.shape:
-        raise PrepareError(f"{blur} {a.shape} and {sharp} {b.shape} differ in size")
-    written = 0
-    for i in todo:
-        t, s = boxes[i]
-        for img, folder in ((a, out_in), (b, out_gt)):
-            dst = folder / names[i]
-            if not dst.exists():
-                write_png(dst, img[t : t + crop, s : s + crop])
-                written += 1
-    return written, 2 * len(names) - written
+    return write_pair_crops(blur, sharp, boxes, names, crop, out_in, out_gt)
 
 
 def gopro_frames(split: Path, where: str) -> dict[str, tuple[Path, Path]]:

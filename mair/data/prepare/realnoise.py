@@ -18,7 +18,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from mair.data.image_io import image_size, list_images, read_image, write_png
+from mair.data.image_io import image_size, list_images, write_png
 from mair.data.prepare.common import (
     Context,
     PrepareError,
@@ -34,6 +34,7 @@ from mair.data.prepare.common import (
     sample,
     show,
     unique_stems,
+    write_pair_crops,
 )
 
 SIDD_CROP = 512
@@ -69,21 +70,7 @@ def crop_pair(
     h, w = image_size(noisy)
     boxes = grid_crops(h, w, patch, stride)
     names = [sidd_crop_name(name_stem, k) for k in range(1, len(boxes) + 1)]
-    todo = [i for i, n in enumerate(names) if not ((out_in / n).exists() and (out_gt / n).exists())]
-    if not todo:
-        return 0, 2 * len(names)
-    a, b = read_image(noisy), read_image(clean)
-    if a.shape != b.shape:
-        raise PrepareError(f"{noisy.name} {a.shape} and {clean.name} {b.shape} differ in size")
-    written = 0
-    for i in todo:
-        t, s = boxes[i]
-        for img, folder in ((a, out_in), (b, out_gt)):
-            dst = folder / names[i]
-            if not dst.exists():
-                write_png(dst, img[t : t + patch, s : s + patch])
-                written += 1
-    return written, 2 * len(names) - written
+    return write_pair_crops(noisy, clean, boxes, names, patch, out_in, out_gt)
 
 
 def _sidd_pairs(root: Path) -> list[tuple[Path, Path]]:
