@@ -55,11 +55,14 @@ def copy_repo(dest: Path) -> Path:
     for name in filter(None, listed):
         if name.split("/")[0] in _NOT_COPIED or "/".join(name.split("/")[:2]) in _NOT_COPIED:
             continue
-        if "__pycache__" in name or not (REPO / name).is_file():
+        source, target = REPO / name, dest / name
+        if "__pycache__" in name or not (source.is_file() or source.is_symlink()):
             continue
-        target = dest / name
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(REPO / name, target)
+        if source.is_symlink():  # as git stores it (e.g. mair/resources/params -> ../../params)
+            target.symlink_to(os.readlink(source))
+        else:
+            shutil.copy2(source, target)
     return dest
 
 

@@ -9,12 +9,26 @@ than the official grouped conv1d, which computes the same sums.
 from __future__ import annotations
 
 import math
+import os
+import sys
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mair.models.scan import custom_ops, resolve_backend, selective_scan
+from mair.models.scan import resolve_backend, selective_scan
+
+
+def _custom_ops():
+    """The custom-op module when the torch.compile switch is on, else None.
+
+    Registering torch custom ops imports torch._dynamo (over a second), so the module is imported only when
+    ``$MAIR_SCAN_CUSTOM_OP`` asks for it or someone already imported it to call ``enable``."""
+    module = sys.modules.get("mair.models.scan.custom_ops")
+    if module is None and os.environ.get("MAIR_SCAN_CUSTOM_OP", "0") not in ("", "0"):
+        from mair.models.scan import custom_ops as module
+    return module if module is not None and module.is_enabled() else None
+
 
 NUM_SCANS = 4  # K: the four NSS sequences (spec §1.0)
 
@@ -120,7 +134,8 @@ class VMM(nn.Module):
         batch, height, width, _ = x.shape
         x, z = self.in_proj(x).chunk(2, dim=-1)
         x = self.act(self.conv2d(x.permute(0, 3, 1, 2)))  # (B, D, H, W)
-        resolve = custom_ops.resolved_backend if custom_ops.is_enabled() else resolve_backend
+        ops = _custom_ops()
+        resolve = ops.resolved_backend if ops is not None else resolve_backend
         if resolve(self.scan_backend, x.device) == "triton":
             y = self._scan_fused(x, ids[0])
         else:
@@ -140,7 +155,8 @@ class VMM(nn.Module):
         x_dbl = torch.einsum("kcd,bkdl->bkcl", self.x_proj_weight, xs)
         dts, bs, cs = torch.split(x_dbl, [rank, state, state], dim=2)
         dts = torch.einsum("kdr,bkrl->bkdl", self.dt_projs_weight, dts)
-        scan = custom_ops.selective_scan if custom_ops.is_enabled() else selective_scan
+        ops = _custom_ops()
+        scan = ops.selective_scan if ops is not None else selective_scan
         ys = scan(
             xs.reshape(batch, NUM_SCANS * inner, length).float(),
             dts.reshape(batch, NUM_SCANS * inner, length).float(),
@@ -168,7 +184,8 @@ class VMM(nn.Module):
         x_dbl = torch.einsum("bld,kcd->bklc", raster, self.x_proj_weight)  # (B, K, L, R+2N)
         dts, bs, cs = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=3)
         dts = torch.einsum("bklr,kdr->bkld", dts, self.dt_projs_weight)
-        fused = custom_ops.nss_scan if custom_ops.is_enabled() else nss_scan
+        ops = _custom_ops()
+        fused = ops.nss_scan if ops is not None else nss_scan
         ys = fused(raster, dts, -torch.exp(self.A_logs.float()), bs, cs, self.Ds.float(),
                    self.dt_projs_bias.float().reshape(-1), scan_ids, delta_softplus=True)  # (B, K, L, D)
         gate = self.gating.gate(ys.float().mean(dim=2))  # (B, K, D)
