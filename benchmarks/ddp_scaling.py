@@ -60,15 +60,21 @@ def main() -> None:
                "--results-dir", str(work / "results"), "--no-val", "--no-mlflow", "--no-resume",
                "--precision", args.precision, "--checkpoint-every", str(args.iters), "--log-every", "1"]
         start = time.time()
-        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True,
-                              env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        print(f"{gpus} GPU(s): {' '.join(cmd)}", flush=True)
+        log_path = args.out.parent / f"train_{gpus}gpu.log"
+        with log_path.open("w") as log_file:  # streamed, so a run that hangs still leaves its output
+            proc = subprocess.run(cmd, cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT, text=True,
+                                  env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        tail = log_path.read_text()[-2000:]
         wall = time.time() - start
         if proc.returncode != 0:
-            rows.append({"gpus": gpus, "error": proc.stderr[-2000:]})
-            print(f"{gpus} GPU(s): failed\n{proc.stderr[-2000:]}", flush=True)
+            rows.append({"gpus": gpus, "error": tail})
+            print(f"{gpus} GPU(s): failed\n{tail}", flush=True)
             continue
         log = _read_log(run_dir / "train_log.csv")
-        secs = [r["seconds"] for r in log[args.skip:]]
+        # The log's "seconds" column is the run's elapsed time: per-iteration times are its differences.
+        elapsed = [r["seconds"] for r in log]
+        secs = [b - a for a, b in zip(elapsed[args.skip:], elapsed[args.skip + 1:], strict=False)]
         per_iter = statistics.median(secs)
         curves[gpus] = [r["loss"] for r in log]
         models = run_dir / "models"
@@ -77,18 +83,25 @@ def main() -> None:
                      "iterations": len(log), "s_per_iter": per_iter, "iters_per_s": 1 / per_iter,
                      "images_per_s": effective / per_iter, "wall_s": wall, "checkpoints": checkpoints})
         print(json.dumps(rows[-1]), flush=True)
-    base = rows[0].get("iters_per_s") if rows and "iters_per_s" in rows[0] else None
-    for row in rows:
-        if base and "iters_per_s" in row:
-            row["speedup"] = row["iters_per_s"] / base
-    ref = curves.get(min(curves)) if curves else None
-    diffs = {g: max(abs(a - b) for a, b in zip(c, ref, strict=False)) for g, c in curves.items()} if ref else {}
-    result = {"experiment": args.experiment, "effective_batch": effective, "rows": rows,
-              "max_abs_loss_diff_vs_fewest_gpus": diffs, "loss_curves": curves}
-    args.out.write_text(json.dumps(result, indent=2))
+        _write(args.out, args.experiment, effective, rows, curves)  # after every run: a timed-out job keeps these
+    result = _write(args.out, args.experiment, effective, rows, curves)
     for row in rows:
         print(row)
-    print("max |loss - loss(fewest GPUs)|:", diffs)
+    print("max |loss - loss(fewest GPUs)|:", result["max_abs_loss_diff_vs_fewest_gpus"])
+
+
+def _write(out: Path, experiment: str, effective: int, rows: list[dict], curves: dict[int, list[float]]) -> dict:
+    """Speed-ups against the run with the fewest GPUs, loss differences, all written to ``out``."""
+    timed = [r for r in rows if "iters_per_s" in r]
+    base = min(timed, key=lambda r: r["gpus"])["iters_per_s"] if timed else None
+    for row in timed:
+        row["speedup"] = row["iters_per_s"] / base
+    ref = curves.get(min(curves)) if curves else None
+    diffs = {g: max(abs(a - b) for a, b in zip(c, ref, strict=False)) for g, c in curves.items()} if ref else {}
+    result = {"experiment": experiment, "effective_batch": effective, "rows": rows,
+              "max_abs_loss_diff_vs_fewest_gpus": diffs, "loss_curves": curves}
+    out.write_text(json.dumps(result, indent=2))
+    return result
 
 
 if __name__ == "__main__":

@@ -338,3 +338,29 @@ def test_gpu_benchmark_dry_run(tmp_path: Path) -> None:
     entries = report["throughput"]
     assert [e["experiment"] for e in entries] == ["sr_light_t_x2", "dn_real", "dn_real", "dn_real"]
     assert all(e["it_per_s"] > 0 for e in entries) and "ddp_vs_accum" not in report
+
+
+class _KeyDataset(torch.utils.data.Dataset):
+    """Returns its (epoch, k) key as a tensor: enough to drive a BatchStream."""
+
+    def __len__(self) -> int:
+        return 5
+
+    def __getitem__(self, key):
+        return {"key": torch.tensor(key)}
+
+
+def test_batch_stream_close_stops_its_worker_processes():
+    from mair.train.sampler import EnlargedSampler
+    from mair.train.trainer import BatchStream
+
+    stream = BatchStream(_KeyDataset(), EnlargedSampler(5, ratio=2), batch_size=2, num_workers=2, pin_memory=False)
+    for _ in range(7):  # crosses an epoch boundary (5 batches of 2 per epoch): the persistent workers are reused
+        batch = stream.next()
+    assert batch["key"].shape == (2, 2)
+    workers = list(stream.loader._iterator._workers)
+    assert len(workers) == 2 and all(w.is_alive() for w in workers)
+    stream.close()
+    assert not any(w.is_alive() for w in workers)
+    assert stream.loader._iterator is None
+    stream.close()  # closing twice is harmless
