@@ -254,3 +254,26 @@ def test_restore_with_a_real_demo_experiment(tmp_path: Path, inputs: Path) -> No
                  "--experiment", "sr_classic_x2", "--scope", "demo",
                  "--results-dir", str(tmp_path / "results"), "--device", "cpu", "--quiet"])
     assert code == 0 and cv2.imread(str(tmp_path / "o" / "rgb8.png")).shape == (36, 44, 3)
+
+
+@pytest.mark.parametrize("ensemble", [False, True])
+def test_tile_progress_counts_every_tile_of_every_pass(ensemble: bool) -> None:
+    """40x50 in 24-px tiles with 8 px overlap: 2 x 3 tiles (3 x 2 when transposed), times 8 passes for MaIR+."""
+    calls: list[tuple[int, int]] = []
+    restorer = R.Restorer(nn.Upsample(scale_factor=2, mode="nearest"), scale=2, protocol="tile", tile=24,
+                          tile_overlap=8, self_ensemble=ensemble)
+    restorer.on_tile = lambda done, total: calls.append((done, total))
+    out = restorer.restore_array(np.random.default_rng(0).random((40, 50, 3), dtype=np.float32))
+    assert out.shape == (80, 100, 3)
+    total = 6 * (8 if ensemble else 1)
+    assert calls == [(k, total) for k in range(1, total + 1)]
+
+
+def test_restore_files_shows_tile_progress(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cv2.imwrite(str(tmp_path / "a.png"), np.full((40, 50, 3), 90, np.uint8))
+    restorer = R.Restorer(nn.Upsample(scale_factor=2, mode="nearest"), scale=2, protocol="tile", tile=24,
+                          tile_overlap=8)
+    written, failures = R.restore_files(restorer, [tmp_path / "a.png"], tmp_path / "out", progress=True)
+    assert (written, failures) == (1, [])
+    assert "tiles" in capsys.readouterr().err
+    assert restorer.on_tile is None  # detached after the run

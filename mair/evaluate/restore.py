@@ -163,6 +163,16 @@ class Restorer:
         self.tile_overlap = tile_overlap
         self.tile_blend = tile_blend
         self.self_ensemble = self_ensemble
+        #: Called as ``on_tile(done, total)`` after every user tile of the current image, counted over all
+        #: self-ensemble passes (for a progress display of large images); ``None``: not called.
+        self.on_tile: Callable[[int, int], None] | None = None
+        self._pass, self._passes = 0, 1
+
+    def _tile_progress(self) -> Callable[[int, int], None] | None:
+        if self.on_tile is None:
+            return None
+        report, index, passes = self.on_tile, self._pass, self._passes
+        return lambda done, total: report(index * total + done, passes * total)
 
     def _net(self, t: Any) -> Any:
         from mair.evaluate.protocol import pad_forward
@@ -177,7 +187,7 @@ class Restorer:
 
         if self.tile is not None:
             return tiled_forward(self._net, x, self.tile, self.tile_overlap, scale=self.scale,
-                                 blend=self.tile_blend, device=self.device)
+                                 blend=self.tile_blend, device=self.device, progress=self._tile_progress())
         x = x.to(self.device)
         if self.protocol == "tile":
             return official_tile_forward(self.model, x, scale=self.scale).cpu()
@@ -193,12 +203,15 @@ class Restorer:
         with torch.no_grad():
             if self.self_ensemble:
                 total = None
+                self._passes = 8
                 for idx in range(8):
+                    self._pass = idx
                     y = ensemble_inverse(self._forward(ensemble_transform(x, idx).contiguous()), idx)
                     total = y.float() if total is None else total + y.float()
                 assert total is not None
                 out = total / 8
             else:
+                self._pass, self._passes = 0, 1
                 out = self._forward(x)
         return out[0].float().cpu().numpy().transpose(1, 2, 0)
 
@@ -340,6 +353,36 @@ def _progress(total: int) -> tuple[Callable[[], None], Callable[[str], None], Ca
     return (lambda: bar.update(1)), (lambda msg: bar.write(msg, file=sys.stderr)), bar.close
 
 
+class _TileProgress:
+    """A second progress line for the tiles of one large image (tqdm), or a line per 10 % without tqdm."""
+
+    def __init__(self) -> None:
+        self.bar: Any = None
+        self.last_decile = -1
+
+    def __call__(self, done: int, total: int) -> None:
+        if total <= 1:
+            return
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            decile = 10 * done // total
+            if decile != self.last_decile:
+                self.last_decile = decile
+                print(f"  tiles {done}/{total}", file=sys.stderr, flush=True)
+        else:
+            if self.bar is None:
+                self.bar = tqdm(total=total, unit="tile", desc="  tiles", leave=False, position=1, file=sys.stderr)
+            self.bar.update(done - self.bar.n)
+        if done >= total:
+            self.close()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        self.bar, self.last_decile = None, -1
+
+
 def restore_files(restorer: Restorer, inputs: Sequence[str | os.PathLike[str]],
                   outdir: str | os.PathLike[str], keep_alpha: bool = True,
                   progress: bool = True) -> tuple[int, list[tuple[Path, str]]]:
@@ -349,7 +392,14 @@ def restore_files(restorer: Restorer, inputs: Sequence[str | os.PathLike[str]],
     failures: list[tuple[Path, str]] = []
     written = 0
     if progress:
-        advance, write, close = _progress(len(files))
+        advance, write, close_bar = _progress(len(files))
+        tiles = _TileProgress()
+        restorer.on_tile = tiles
+
+        def close() -> None:
+            tiles.close()
+            restorer.on_tile = None
+            close_bar()
     else:
         def advance() -> None:
             return None
