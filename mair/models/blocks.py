@@ -136,8 +136,13 @@ class VMM(nn.Module):
         x = self.act(self.conv2d(x.permute(0, 3, 1, 2)))  # (B, D, H, W)
         ops = _custom_ops()
         resolve = ops.resolved_backend if ops is not None else resolve_backend
-        if resolve(self.scan_backend, x.device) == "triton":
+        backend = resolve(self.scan_backend, x.device)
+        if backend == "triton":
             y = self._scan_fused(x, ids[0])
+        elif backend == "torch" and ops is None and not torch.is_grad_enabled():
+            from mair.models.scan.torch_nss import nss_scan_torch
+
+            y = self._scan_fused(x, ids[0], nss_scan_torch)  # inference: order folded into the chunk layout
         else:
             y = self._scan_gathered(x, ids)
         y = self.out_norm(y.view(batch, height, width, self.d_inner).to(z.dtype)) * F.silu(z)
@@ -173,10 +178,11 @@ class VMM(nn.Module):
         gate = self.gating.gate(ys.mean(dim=3))  # (B, K, D)
         return torch.einsum("bkd,bkdl->bld", gate.to(ys.dtype), ys)
 
-    def _scan_fused(self, x: Tensor, scan_ids: Tensor) -> Tensor:
-        """The same computation with the scan order fused into the Triton kernel: projections stay in raster
-        order (they act per position), the kernel reads through ``scan_ids`` and writes back in raster order,
-        so no permuted copies or inverse gathers exist. Returns (B, L, D)."""
+    def _scan_fused(self, x: Tensor, scan_ids: Tensor, scan_fn=None) -> Tensor:
+        """The same computation with the scan order fused into the scan: projections stay in raster order
+        (they act per position), the scan reads through ``scan_ids`` and writes back in raster order, so no
+        permuted copies or inverse gathers exist. ``scan_fn``: the Triton ``nss_scan`` (default) or the
+        inference-only ``torch_nss.nss_scan_torch``. Returns (B, L, D)."""
         from mair.models.scan.triton_backend import nss_scan
 
         batch, inner, height, width = x.shape
@@ -185,11 +191,16 @@ class VMM(nn.Module):
         dts, bs, cs = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=3)
         dts = torch.einsum("bklr,kdr->bkld", dts, self.dt_projs_weight)
         ops = _custom_ops()
-        fused = ops.nss_scan if ops is not None else nss_scan
+        fused = scan_fn or (ops.nss_scan if ops is not None else nss_scan)
         ys = fused(raster, dts, -torch.exp(self.A_logs.float()), bs, cs, self.Ds.float(),
                    self.dt_projs_bias.float().reshape(-1), scan_ids, delta_softplus=True)  # (B, K, L, D)
-        gate = self.gating.gate(ys.float().mean(dim=2))  # (B, K, D)
-        return torch.einsum("bkd,bkld->bld", gate.to(ys.dtype), ys)
+        gate = self.gating.gate(ys.float().mean(dim=2)).to(ys.dtype)  # (B, K, D)
+        # Σ_k gate_k · y_k as a chain of multiply-adds: einsum would make D a batch dimension and copy ys
+        # into (B, D, L, K) first (on the CPU that copy cost as much as the scan's own gathers).
+        out = ys[:, 0] * gate[:, 0, None]
+        for k in range(1, ys.shape[1]):
+            out = out.addcmul_(ys[:, k], gate[:, k, None])
+        return out
 
 
 def _dt_init(rank: int, inner: int, dt_min: float = 1e-3, dt_max: float = 0.1,
