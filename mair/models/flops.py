@@ -150,7 +150,10 @@ def build_for_counting(arch: str, kwargs: dict[str, Any]) -> nn.Module:
 
 @contextmanager
 def _scan_stub(count: FlopCount) -> Iterator[None]:
-    """Replace ``selective_scan`` where the models bound it by a zero-output stub that adds the scan rule."""
+    """Replace ``selective_scan`` where the models bound it by a zero-output stub that adds the scan rule.
+
+    The VMM's inference-only torch path (``torch_nss``) is switched off meanwhile, so every scan goes through
+    ``selective_scan`` (and so through the stub)."""
     from mair.models import scan as scan_pkg
 
     original = scan_pkg.selective_scan
@@ -164,9 +167,12 @@ def _scan_stub(count: FlopCount) -> Iterator[None]:
                if name.startswith("mair.models") and getattr(m, "selective_scan", None) is original]
     for module in patched:
         module.selective_scan = stub  # type: ignore[attr-defined]
+    fused = VMM.torch_inference_fused
+    VMM.torch_inference_fused = False
     try:
         yield
     finally:
+        VMM.torch_inference_fused = fused
         for module in patched:
             module.selective_scan = original  # type: ignore[attr-defined]
 
