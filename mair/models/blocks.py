@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -182,7 +183,7 @@ class VMM(nn.Module):
         gate = self.gating.gate(ys.mean(dim=3))  # (B, K, D)
         return torch.einsum("bkd,bkdl->bld", gate.to(ys.dtype), ys)
 
-    def _scan_fused(self, x: Tensor, scan_ids: Tensor, scan_fn=None) -> Tensor:
+    def _scan_fused(self, x: Tensor, scan_ids: Tensor, scan_fn: Callable[..., Tensor] | None = None) -> Tensor:
         """The same computation with the scan order fused into the scan: projections stay in raster order
         (they act per position), the scan reads through ``scan_ids`` and writes back in raster order, so no
         permuted copies or inverse gathers exist. ``scan_fn``: the Triton ``nss_scan`` (default) or the
