@@ -104,6 +104,9 @@ def _build(workload: Workload, device: torch.device) -> tuple[torch.nn.Module, i
 def run_workload(workload: Workload, backend: str | None, precision: str, device: torch.device,
                  warmup: int = 3, repeat: int = 10, compile_model: bool = False) -> dict[str, Any]:
     """Time one workload; returns a result row."""
+    from mair.precision import check_precision, matmul_precision
+
+    check_precision(precision)
     timer = _timer(device, warmup, repeat)
     dtype = torch.bfloat16 if precision == "bf16" else None
     if device.type == "cuda":
@@ -140,7 +143,8 @@ def run_workload(workload: Workload, backend: str | None, precision: str, device
             def fn() -> None:
                 with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
                     step_model(x)
-    times = timer(fn)
+    with matmul_precision(precision):
+        times = timer(fn)
     row = {"workload": workload.name, "kind": workload.kind, "experiment": workload.experiment,
            "batch": workload.batch, "size": workload.size, "backend": backend or "auto", "precision": precision,
            "compiled": compile_model, "ms_median": statistics.median(times), "ms_min": min(times),
@@ -233,7 +237,7 @@ def main(args: argparse.Namespace) -> int:
     for workload in workloads:
         for backend in args.backends.split(","):
             for precision in args.precision.split(","):
-                if workload.kind == "scan" and precision != "fp32":
+                if workload.kind == "scan" and precision != "fp32":  # the scan has no matmuls
                     continue
                 try:
                     row = run_workload(workload, None if backend == "auto" else backend, precision, device,

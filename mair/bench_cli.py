@@ -18,7 +18,8 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
                         "sr_light_s_x4_train, dn_color_train, sr_classic_x2_infer, scan_fwd) or experiment ids; "
                         "default: all workloads")
     parser.add_argument("--backends", default="auto", help="comma-separated scan backends: auto, torch, mamba, triton")
-    parser.add_argument("--precision", default="fp32", help="comma-separated: fp32, bf16")
+    parser.add_argument("--precision", default="fp32", help="comma-separated: fp32 (PyTorch's defaults: TF32 "
+                        "convolutions, full-fp32 matmuls), tf32 (TF32 matmuls too), bf16 (autocast)")
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeat", type=int, default=10)

@@ -31,8 +31,8 @@ def register(subparsers: Any) -> None:
                    help="default: cuda when available, else cpu (gloo)")
     p.add_argument("--max-iters", type=int, default=None, metavar="K",
                    help="stop after iteration K (the schedule stays the experiment's)")
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
-                   help="fp32 as the paper (default) or bf16 autocast")
+    p.add_argument("--precision", choices=("fp32", "tf32", "bf16"), default="fp32",
+                   help="fp32 as the paper (default), tf32 matmuls on GPUs, or bf16 autocast")
     p.add_argument("--run-dir", type=Path, default=None, metavar="DIR",
                    help="run folder (default runs/<scope>/<experiment>)")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,

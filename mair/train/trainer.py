@@ -43,6 +43,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from mair.atomic import atomic_torch_save, atomic_write_json, atomic_write_text
+from mair.precision import PRECISIONS, apply_matmul_precision, autocast
 from mair.train import datasets as train_data
 from mair.train.launch import EXIT_STOPPED, STOP_MARKER, DistEnv, detect_env
 from mair.train.losses import build_loss
@@ -257,8 +258,8 @@ class Preflight:
 
 def preflight(opts: TrainOptions, world_size: int) -> Preflight:
     """Check the options, the experiment and the data for ``world_size`` processes; raise clear errors."""
-    if opts.precision not in ("fp32", "bf16"):
-        raise TrainError(f"--precision must be fp32 or bf16, got {opts.precision!r}")
+    if opts.precision not in PRECISIONS:
+        raise TrainError(f"--precision must be one of {', '.join(PRECISIONS)}, got {opts.precision!r}")
     if opts.keep < 1:
         raise TrainError(f"--keep must be >= 1, got {opts.keep}")
     if opts.max_iters is not None and opts.max_iters < 1:
@@ -468,6 +469,7 @@ class Trainer:
             torch.cuda.set_device(index)
             self.device = torch.device("cuda", index)
             torch.backends.cudnn.benchmark = True  # official setting
+            apply_matmul_precision(opts.precision)
         elif device_type == "cpu":
             self.device = torch.device("cpu")
         else:
@@ -686,9 +688,7 @@ class Trainer:
     # -------------------------------------------------------------------------------------------- steps
 
     def _autocast(self) -> Any:
-        if self.opts.precision == "bf16":
-            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return autocast(self.opts.precision, self.device.type)
 
     def _train_step(self, iteration: int) -> torch.Tensor:
         train = self.train_cfg

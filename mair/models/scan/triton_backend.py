@@ -134,9 +134,37 @@ def _fwd(pb: _Problem, out: Tensor, os_: Strides) -> Tensor:
     return hs
 
 
+BACKWARD_VARIANTS = ("split", "single")
+
+
+def backward_variant() -> str:
+    """The backward kernels to use: ``split`` (default; a carry pass, then one program per chunk) or ``single``
+    (the first kernel: one program walks the whole sequence with 3-D tiles). ``MAIR_TRITON_BWD`` overrides."""
+    variant = os.environ.get("MAIR_TRITON_BWD", "split")
+    if variant not in BACKWARD_VARIANTS:
+        raise ValueError(f"MAIR_TRITON_BWD must be one of {', '.join(BACKWARD_VARIANTS)}, got {variant!r}")
+    return variant
+
+
+def chunk_tile(channels: int) -> tuple[int, int]:
+    """Channels per program and warps of the split backward's per-chunk kernel (2-D tiles, loop over N)."""
+    override = os.environ.get("MAIR_TRITON_BWD_TILE")  # "BD,warps" (tuning only)
+    if override:
+        bd, warps = (int(v) for v in override.split(","))
+    else:
+        bd, warps = 32, 4
+    while bd > 2 and bd >= 2 * channels:
+        bd //= 2
+    if interpreting():
+        bd = min(bd, 8)
+    return bd, warps
+
+
 def _bwd(pb: _Problem, dy: Tensor, dys: Strides, hs: Tensor, du: Tensor, dus: Strides, ddt: Tensor,
-         ddts: Strides) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+         ddts: Strides, variant: str | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
     """Launch the backward; returns dB, dC (batch, K, L, N), dA (K·D, N), dD (K·D) or None."""
+    if (variant or backward_variant()) == "split":
+        return _bwd_split(pb, dy, dys, hs, du, dus, ddt, ddts)
     from .triton_kernels import scan_bwd_kernel
 
     cfg = tile_config(pb.d_state, pb.channels, backward=True, parallel=pb.batch * pb.groups)
@@ -161,6 +189,48 @@ def _bwd(pb: _Problem, dy: Tensor, dys: Strides, hs: Tensor, du: Tensor, dus: St
     )
     dD = dD_part.sum(0) if pb.D is not None else None
     return dB_part.sum(2), dC_part.sum(2), dA_part.sum(0), dD
+
+
+def _bwd_split(pb: _Problem, dy: Tensor, dys: Strides, hs: Tensor, du: Tensor, dus: Strides, ddt: Tensor,
+               ddts: Strides) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """The split backward: adjoint carries per chunk, then every chunk in parallel."""
+    from .triton_kernels import scan_bwd_carry_kernel, scan_bwd_chunk_kernel
+
+    fwd_cfg = tile_config(pb.d_state, pb.channels, backward=False, parallel=pb.batch * pb.groups)
+    n_chunks, bl = hs.shape[2], fwd_cfg.bl  # the forward's chunks (its stored states hs)
+    if n_chunks != -(-pb.length // bl):
+        raise RuntimeError(f"triton scan backward: {n_chunks} stored chunk states, expected {-(-pb.length // bl)}")
+    dev = pb.x.device
+    f32 = torch.float32
+    dummy = pb.A
+    bias = pb.bias if pb.bias is not None else dummy
+    ids = pb.ids if pb.ids is not None else dummy
+    gs = torch.empty_like(hs)
+    scan_bwd_carry_kernel[(-(-pb.channels // fwd_cfg.bd), pb.batch * pb.groups)](
+        pb.dt, *pb.dts, pb.A, pb.C, *pb.cs, bias, ids, dy, *dys, gs,
+        pb.length, pb.channels, pb.d_state, pb.groups, n_chunks,
+        HAS_IDS=pb.ids is not None, HAS_BIAS=pb.bias is not None, SOFTPLUS=pb.softplus,
+        BL=bl, BD=fwd_cfg.bd, BN=fwd_cfg.bn, num_warps=fwd_cfg.warps,
+    )
+    bd, warps = chunk_tile(pb.channels)
+    n_dblocks = -(-pb.channels // bd)
+    dB_part = torch.empty(pb.batch, pb.groups, n_dblocks, pb.length, pb.d_state, device=dev, dtype=f32)
+    dC_part = torch.empty_like(dB_part)
+    dA_part = torch.empty(pb.batch, n_chunks, pb.groups * pb.channels, pb.d_state, device=dev, dtype=f32)
+    dD_part = torch.empty(pb.batch, n_chunks, pb.groups * pb.channels, device=dev, dtype=f32)
+    scan_bwd_chunk_kernel[(n_dblocks, n_chunks, pb.batch * pb.groups)](
+        pb.x, *pb.xs, pb.dt, *pb.dts, pb.A, pb.B, *pb.bs, pb.C, *pb.cs,
+        pb.D if pb.D is not None else dummy, bias, ids,
+        dy, *dys, hs, gs, du, *dus, ddt, *ddts,
+        dB_part, dC_part, dA_part, dD_part,
+        pb.length, pb.channels, pb.d_state, pb.groups, n_chunks, n_dblocks,
+        HAS_IDS=pb.ids is not None, HAS_D=pb.D is not None, HAS_BIAS=pb.bias is not None,
+        SOFTPLUS=pb.softplus, BL=bl, BD=bd, num_warps=warps,
+    )
+    dD = dD_part.sum((0, 1)) if pb.D is not None else None
+    dB = dB_part[:, :, 0] if n_dblocks == 1 else dB_part.sum(2)
+    dC = dC_part[:, :, 0] if n_dblocks == 1 else dC_part.sum(2)
+    return dB, dC, dA_part.sum((0, 1)), dD
 
 
 def _bkl_strides(t: Tensor) -> Strides:

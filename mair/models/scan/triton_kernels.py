@@ -258,3 +258,149 @@ def scan_bwd_kernel(
     tl.store(dA_ptr + (b * K * D + e[:, None]) * N + n[None, :], dA_acc, mask=dn_mask)
     if HAS_D:
         tl.store(dD_ptr + b * K * D + e, dD_acc, mask=dmask)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Split backward: the same gradients as ``scan_bwd_kernel`` in two kernels.
+#
+# ``scan_bwd_carry_kernel`` walks each sequence backwards once and stores the adjoint entering every chunk from
+# the right (``gs``), as the forward stores the state entering it from the left (``hs``). With both carries known
+# every chunk is independent, so ``scan_bwd_chunk_kernel`` runs one program per (chunk, channel block, batch,
+# group) and loops over the state index n with 2-D (BL, BD) tiles instead of one 3-D (BL, BD, BN) tile: far
+# fewer live registers, so wide channel blocks (fewer dB/dC partial sums) and no serial walk over the sequence.
+# ------------------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def scan_bwd_carry_kernel(
+    dt_ptr, stb, stk, stl, std,
+    A_ptr, C_ptr, scb, sck, scl, scn,
+    bias_ptr, ids_ptr,
+    dy_ptr, syb, syk, syl, syd,
+    gs_ptr,  # (batch, K, NCH, D, N) float32: adjoint at the first position after chunk c
+    L, D, N, K, NCH,
+    HAS_IDS: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    BL: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr,
+):
+    pid_d = tl.program_id(0)
+    pid_bk = tl.program_id(1)
+    b = pid_bk // K
+    k = pid_bk % K
+    d = pid_d * BD + tl.arange(0, BD)
+    dmask = d < D
+    n = tl.arange(0, BN)
+    nmask = n < N
+    dn_mask = dmask[:, None] & nmask[None, :]
+    e = k * D + d
+    A2 = tl.load(A_ptr + e[:, None] * N + n[None, :], mask=dn_mask, other=0.0).to(tl.float32) * 1.4426950408889634
+    bias = tl.zeros((BD,), tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + e, mask=dmask, other=0.0).to(tl.float32)
+    first = (tl.arange(0, BL) == 0)[:, None, None]
+    g_next = tl.zeros((BD, BN), tl.float32)
+    gs_base = ((b * K + k) * NCH) * D * N
+    dt_base = b * stb + k * stk
+    for ci in range(0, NCH - 1):  # chunk 0's carry-out is not needed
+        c = NCH - 1 - ci
+        tl.store(gs_ptr + gs_base + (c * D + d[:, None]) * N + n[None, :], g_next, mask=dn_mask)
+        l = c * BL + tl.arange(0, BL)
+        lmask = l < L
+        p = _positions(ids_ptr, k, l, lmask, L, HAS_IDS)
+        m2 = lmask[:, None] & dmask[None, :]
+        l1 = l + 1
+        l1mask = l1 < L
+        p1 = _positions(ids_ptr, k, l1, l1mask, L, HAS_IDS)
+        _, dt1 = _load_delta(dt_ptr, dt_base, p1, d, l1mask[:, None] & dmask[None, :], stl, std, bias,
+                             HAS_BIAS, SOFTPLUS)
+        decay1 = tl.where(l1mask[:, None, None], tl.exp2(dt1[:, :, None] * A2[None, :, :]), 0.0)
+        Cv = tl.load(C_ptr + b * scb + k * sck + p[:, None] * scl + n[None, :] * scn,
+                     mask=lmask[:, None] & nmask[None, :], other=0.0).to(tl.float32)
+        dy = tl.load(dy_ptr + b * syb + k * syk + p[:, None] * syl + d[None, :] * syd,
+                     mask=m2, other=0.0).to(tl.float32)
+        src = Cv[:, None, :] * dy[:, :, None]
+        acc_a, acc_g = tl.associative_scan((decay1, src), 0, _combine, reverse=True)
+        g = acc_g + acc_a * g_next[None, :, :]
+        g_next = tl.sum(tl.where(first, g, 0.0), axis=0)
+    tl.store(gs_ptr + gs_base + d[:, None] * N + n[None, :], g_next, mask=dn_mask)
+
+
+@triton.jit
+def scan_bwd_chunk_kernel(
+    x_ptr, sxb, sxk, sxl, sxd,
+    dt_ptr, stb, stk, stl, std,
+    A_ptr, B_ptr, sbb, sbk, sbl, sbn,
+    C_ptr, scb, sck, scl, scn,
+    D_ptr, bias_ptr, ids_ptr,
+    dy_ptr, syb, syk, syl, syd,
+    hs_ptr, gs_ptr,  # (batch, K, NCH, D, N): state entering chunk c from the left, adjoint from the right
+    du_ptr, sub, suk, sul, sud,
+    ddt_ptr, sdb, sdk, sdl, sdd,
+    dB_ptr, dC_ptr,  # (batch, K, NDB, L, N) float32 partial sums over the channel block
+    dA_ptr, dD_ptr,  # (batch, NCH, K·D, N) and (batch, NCH, K·D) float32 partial sums over the chunk
+    L, D, N, K, NCH, NDB,
+    HAS_IDS: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    BL: tl.constexpr, BD: tl.constexpr,
+):
+    pid_d = tl.program_id(0)
+    c = tl.program_id(1)
+    pid_bk = tl.program_id(2)
+    b = pid_bk // K
+    k = pid_bk % K
+    d = pid_d * BD + tl.arange(0, BD)
+    dmask = d < D
+    e = k * D + d
+    bias = tl.zeros((BD,), tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + e, mask=dmask, other=0.0).to(tl.float32)
+    l = c * BL + tl.arange(0, BL)
+    lmask = l < L
+    p = _positions(ids_ptr, k, l, lmask, L, HAS_IDS)
+    m2 = lmask[:, None] & dmask[None, :]
+    u = tl.load(x_ptr + b * sxb + k * sxk + p[:, None] * sxl + d[None, :] * sxd, mask=m2, other=0.0).to(tl.float32)
+    dt_base = b * stb + k * stk
+    raw, dt = _load_delta(dt_ptr, dt_base, p, d, m2, stl, std, bias, HAS_BIAS, SOFTPLUS)
+    l1 = l + 1
+    l1mask = l1 < L
+    p1 = _positions(ids_ptr, k, l1, l1mask, L, HAS_IDS)
+    _, dt1 = _load_delta(dt_ptr, dt_base, p1, d, l1mask[:, None] & dmask[None, :], stl, std, bias,
+                         HAS_BIAS, SOFTPLUS)
+    dy = tl.load(dy_ptr + b * syb + k * syk + p[:, None] * syl + d[None, :] * syd,
+                 mask=m2, other=0.0).to(tl.float32)
+    dtu = dt * u
+    gB = tl.zeros((BL, BD), tl.float32)  # sum over n of g B
+    qA = tl.zeros((BL, BD), tl.float32)  # sum over n of q A
+    carry = (((b * K + k) * NCH + c) * D + d) * N
+    part = ((b * K + k) * NDB + pid_d) * L * N + p * N
+    row = ((b * NCH + c) * K * D + e)
+    b_base = B_ptr + b * sbb + k * sbk + p * sbl
+    c_base = C_ptr + b * scb + k * sck + p * scl
+    for n in range(0, N):
+        A_n = tl.load(A_ptr + e * N + n, mask=dmask, other=0.0).to(tl.float32)
+        A2_n = A_n * 1.4426950408889634
+        B_n = tl.load(b_base + n * sbn, mask=lmask, other=0.0).to(tl.float32)
+        C_n = tl.load(c_base + n * scn, mask=lmask, other=0.0).to(tl.float32)
+        h0 = tl.load(hs_ptr + carry + n, mask=dmask, other=0.0)
+        g1 = tl.load(gs_ptr + carry + n, mask=dmask, other=0.0)
+        decay = tl.exp2(dt * A2_n[None, :])
+        drive = dtu * B_n[:, None]
+        acc_a, acc_h = tl.associative_scan((decay, drive), 0, _combine)
+        hh = acc_h + acc_a * h0[None, :]
+        decay1 = tl.where(l1mask[:, None], tl.exp2(dt1 * A2_n[None, :]), 0.0)
+        acc_a, acc_g = tl.associative_scan((decay1, C_n[:, None] * dy), 0, _combine, reverse=True)
+        g = acc_g + acc_a * g1[None, :]
+        gB += g * B_n[:, None]
+        q = g * (hh - drive)  # adjoint times the part of h_l that came through the decay
+        qA += q * A_n[None, :]
+        tl.store(dA_ptr + row * N + n, tl.sum(q * dt, axis=0), mask=dmask)
+        tl.store(dB_ptr + part + n, tl.sum(g * dtu, axis=1), mask=lmask)
+        tl.store(dC_ptr + part + n, tl.sum(hh * dy, axis=1), mask=lmask)
+    du = gB * dt
+    if HAS_D:
+        Dv = tl.load(D_ptr + e, mask=dmask, other=0.0).to(tl.float32)
+        du = du + Dv[None, :] * dy
+        tl.store(dD_ptr + row, tl.sum(dy * u, axis=0), mask=dmask)
+    ddt = gB * u + qA
+    if SOFTPLUS:
+        ddt = tl.where(raw <= 20.0, ddt / (1.0 + tl.exp2(-raw * 1.4426950408889634)), ddt)
+    tl.store(du_ptr + b * sub + k * suk + p[:, None] * sul + d[None, :] * sud, du, mask=m2)
+    tl.store(ddt_ptr + b * sdb + k * sdk + p[:, None] * sdl + d[None, :] * sdd, ddt, mask=m2)
