@@ -1,7 +1,9 @@
 """Sweep the Triton scan's tile sizes on the GPU at the classic-SR VMM shape (B 4, K 4, D 360, 64x64, N 16)
-and print forward and forward+backward times per configuration (MAIR_TRITON_TILES override).
+and print forward and forward+backward times per configuration (MAIR_TRITON_TILES override) and backward
+variant (MAIR_TRITON_BWD single | split, MAIR_TRITON_BWD_TILE for the split backward's per-chunk kernel).
 
     python benchmarks/triton_tiles.py --configs "16,16,8,4,4;16,16,4,4,4"
+    python benchmarks/triton_tiles.py --variants "single;split;split:64,4;split:16,2"
 """
 
 from __future__ import annotations
@@ -39,20 +41,34 @@ print(f"RESULT {{f:.3f}} {{fb:.3f}}")
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--configs", required=True, help="';'-separated BL,BD_fwd,BD_bwd,warps_fwd,warps_bwd")
+    parser.add_argument("--configs", default="default",
+                        help="';'-separated BL,BD_fwd,BD_bwd,warps_fwd,warps_bwd ('default': tile_config's choice)")
+    parser.add_argument("--variants", default="split",
+                        help="';'-separated backward variants: single, split or split:BD,warps")
     parser.add_argument("--channels", type=int, default=360)
     parser.add_argument("--state", type=int, default=16)
     args = parser.parse_args()
     code = CHILD.format(channels=args.channels, state=args.state)
     for config in [c for c in args.configs.split(";") if c.strip()]:
-        env = dict(os.environ, MAIR_TRITON_TILES=config)
-        proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-        line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")), None)
-        if line is None:
-            print(f"{config:>20}: failed: {proc.stderr.strip().splitlines()[-1:]}", flush=True)
-        else:
-            f, fb = line.split()[1:]
-            print(f"{config:>20}: fwd {f} ms  fwd+bwd {fb} ms", flush=True)
+        for variant in [v.strip() for v in args.variants.split(";") if v.strip()]:
+            env = dict(os.environ)
+            env.pop("MAIR_TRITON_TILES", None)
+            env.pop("MAIR_TRITON_BWD_TILE", None)
+            if config != "default":
+                env["MAIR_TRITON_TILES"] = config
+            name, _, tile = variant.partition(":")
+            env["MAIR_TRITON_BWD"] = name
+            if tile:
+                env["MAIR_TRITON_BWD_TILE"] = tile
+            proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                                  timeout=300)
+            line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")), None)
+            label = f"{config} {variant}"
+            if line is None:
+                print(f"{label:>28}: failed: {proc.stderr.strip().splitlines()[-3:]}", flush=True)
+            else:
+                f, fb = line.split()[1:]
+                print(f"{label:>28}: fwd {f} ms  fwd+bwd {fb} ms", flush=True)
 
 
 if __name__ == "__main__":
