@@ -12,6 +12,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from mair.experiments import load_experiment
 from mair.models import from_official, set_scan_backend
+from mair.precision import apply_matmul_precision, autocast
 
 
 def main() -> None:
@@ -21,8 +22,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--rows", type=int, default=25)
-    parser.add_argument("--bf16", action="store_true")
+    parser.add_argument("--precision", default="fp32", help="fp32, tf32 or bf16 (mair.precision)")
     args = parser.parse_args()
+    apply_matmul_precision(args.precision)
     net = load_experiment(args.experiment)["network"]
     model = from_official(net["arch"], **net["kwargs"]).cuda().train()
     set_scan_backend(model, args.backend)
@@ -33,7 +35,7 @@ def main() -> None:
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=args.bf16):
+        with autocast(args.precision, "cuda"):
             loss = torch.nn.functional.l1_loss(model(x).float(), target)
         loss.backward()
         optimizer.step()
