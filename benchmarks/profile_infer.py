@@ -36,8 +36,12 @@ def main() -> None:
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
             model(x)
             torch.cuda.synchronize()
-    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=args.rows, max_name_column_width=60)
-    print(table)
+    events = [e for e in prof.key_averages() if e.device_time_total > 0]
+    events.sort(key=lambda e: e.self_device_time_total, reverse=True)
+    total = sum(e.self_device_time_total for e in events) / 1e3
+    print(f"GPU time {total:.1f} ms; top kernels (self ms, calls, name):")
+    for e in events[: args.rows]:
+        print(f"{e.self_device_time_total / 1e3:9.2f} {e.count:6d}  {e.key[:100]}")
 
 
 if __name__ == "__main__":
