@@ -17,7 +17,7 @@ CHILD = r'''
 import torch, triton
 from mair.models.nss import scan_orders
 from mair.models.scan.triton_backend import nss_scan
-B, K, D, N, S = 4, 4, {channels}, {state}, 64
+B, K, D, N, S = {batch}, 4, {channels}, {state}, {side}
 L = S * S
 ids = scan_orders(S, S, 8, 0, "cuda")[0]
 g = torch.Generator(device="cuda").manual_seed(0)
@@ -45,13 +45,18 @@ def main() -> None:
                         help="';'-separated BL,BD_fwd,BD_bwd,warps_fwd,warps_bwd ('default': tile_config's choice)")
     parser.add_argument("--variants", default="split",
                         help="';'-separated backward variants: single, split or split:BD,warps")
+    parser.add_argument("--fwd-modes", default="auto", help="';'-separated forward modes: auto, sequential, chunked")
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--side", type=int, default=64, help="feature map side (L = side^2)")
     parser.add_argument("--channels", type=int, default=360)
     parser.add_argument("--state", type=int, default=16)
     args = parser.parse_args()
-    code = CHILD.format(channels=args.channels, state=args.state)
+    code = CHILD.format(channels=args.channels, state=args.state, batch=args.batch, side=args.side)
     for config in [c for c in args.configs.split(";") if c.strip()]:
-        for variant in [v.strip() for v in args.variants.split(";") if v.strip()]:
-            env = dict(os.environ)
+        combos = [(m.strip(), v.strip()) for m in args.fwd_modes.split(";") if m.strip()
+                  for v in args.variants.split(";") if v.strip()]
+        for mode, variant in combos:
+            env = dict(os.environ, MAIR_TRITON_FWD=mode)
             env.pop("MAIR_TRITON_TILES", None)
             env.pop("MAIR_TRITON_BWD_TILE", None)
             if config != "default":
@@ -63,7 +68,7 @@ def main() -> None:
             proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                                   timeout=300)
             line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")), None)
-            label = f"{config} {variant}"
+            label = f"{config} {mode} {variant}"
             if line is None:
                 print(f"{label:>28}: failed: {proc.stderr.strip().splitlines()[-3:]}", flush=True)
             else:

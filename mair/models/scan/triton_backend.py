@@ -113,25 +113,82 @@ class _Problem:
     softplus: bool
 
 
-def _fwd(pb: _Problem, out: Tensor, os_: Strides) -> Tensor:
-    from .triton_kernels import scan_fwd_kernel
+FORWARD_MODES = ("auto", "sequential", "chunked")
 
-    cfg = tile_config(pb.d_state, pb.channels, backward=False, parallel=pb.batch * pb.groups)
-    n_chunks = -(-pb.length // cfg.bl)
-    hs = torch.empty(pb.batch, pb.groups, n_chunks, pb.channels, pb.d_state, device=pb.x.device,
-                     dtype=torch.float32)
-    grid = (-(-pb.channels // cfg.bd), pb.batch * pb.groups)
+
+def forward_mode(parallel: int, channels: int, length: int, cfg: TileConfig) -> str:
+    """``sequential`` (one program walks a whole sequence) when there are enough programs to fill the GPU,
+    else ``chunked`` (chunk summaries in parallel, a light sequential pass over them, then every chunk in
+    parallel): batch-1 inference and long sequences. ``MAIR_TRITON_FWD`` overrides."""
+    mode = os.environ.get("MAIR_TRITON_FWD", "auto")
+    if mode not in FORWARD_MODES:
+        raise ValueError(f"MAIR_TRITON_FWD must be one of {', '.join(FORWARD_MODES)}, got {mode!r}")
+    if mode != "auto":
+        return mode
+    n_chunks = -(-length // cfg.bl)
+    few_programs = parallel * -(-channels // cfg.bd) < TARGET_PROGRAMS
+    return "chunked" if few_programs and n_chunks >= 8 else "sequential"
+
+
+def _launch_meta(pb: _Problem) -> dict:
+    return dict(HAS_IDS=pb.ids is not None, HAS_BIAS=pb.bias is not None, SOFTPLUS=pb.softplus)
+
+
+def _chain_summaries(pb: _Problem, cfg: TileConfig, n_chunks: int, adjoint: bool, dy: Tensor | None = None,
+                     dys: Strides | None = None) -> Tensor:
+    """Carries at every chunk boundary from chunk summaries: the state entering each chunk from the left, or
+    (``adjoint``) the adjoint entering it from the right. Returns (batch, K, NCH, D, N) float32."""
+    from .triton_kernels import scan_state_carry_kernel, scan_state_summary_kernel
+
+    dev, f32 = pb.x.device, torch.float32
+    shape = (pb.batch, pb.groups, n_chunks, pb.channels)
+    summary = torch.empty(*shape, pb.d_state, device=dev, dtype=f32)
+    total = torch.empty(*shape, device=dev, dtype=f32)
     dummy = pb.A
-    scan_fwd_kernel[grid](
-        pb.x, *pb.xs, pb.dt, *pb.dts, pb.A, pb.B, *pb.bs, pb.C, *pb.cs,
-        pb.D if pb.D is not None else dummy, pb.bias if pb.bias is not None else dummy,
-        pb.ids if pb.ids is not None else dummy,
-        out, *os_, hs,
+    mat, mat_strides = (pb.C, pb.cs) if adjoint else (pb.B, pb.bs)
+    grad, grad_strides = (dy, dys) if adjoint else (dummy, (0, 0, 0, 0))
+    scan_state_summary_kernel[(-(-pb.channels // cfg.bd), n_chunks, pb.batch * pb.groups)](
+        pb.x, *pb.xs, pb.dt, *pb.dts, pb.A, mat, *mat_strides,
+        pb.bias if pb.bias is not None else dummy, pb.ids if pb.ids is not None else dummy,
+        grad, *grad_strides, summary, total,
         pb.length, pb.channels, pb.d_state, pb.groups, n_chunks,
-        HAS_IDS=pb.ids is not None, HAS_D=pb.D is not None, HAS_BIAS=pb.bias is not None,
-        SOFTPLUS=pb.softplus, BL=cfg.bl, BD=cfg.bd, BN=cfg.bn, num_warps=cfg.warps,
+        ADJOINT=adjoint, **_launch_meta(pb), BL=cfg.bl, BD=cfg.bd, BN=cfg.bn, num_warps=cfg.warps,
     )
-    return hs
+    carries = torch.empty_like(summary)
+    carry_bd = min(32, max(2, 1 << (pb.channels - 1).bit_length()))
+    scan_state_carry_kernel[(-(-pb.channels // carry_bd), pb.batch * pb.groups)](
+        pb.A, summary, total, carries, pb.channels, pb.d_state, pb.groups, n_chunks,
+        REVERSE=adjoint, BD=carry_bd, BN=cfg.bn, num_warps=4,
+    )
+    return carries
+
+
+def _fwd(pb: _Problem, out: Tensor, os_: Strides) -> tuple[Tensor, int]:
+    """Launch the forward; returns the states entering every chunk (batch, K, NCH, D, N) and the chunk length."""
+    from .triton_kernels import scan_fwd_chunk_kernel, scan_fwd_kernel
+
+    parallel = pb.batch * pb.groups
+    cfg = tile_config(pb.d_state, pb.channels, backward=False, parallel=parallel)
+    mode = forward_mode(parallel, pb.channels, pb.length, cfg)
+    if mode == "chunked":  # wide tiles: parallelism comes from the chunks
+        cfg = tile_config(pb.d_state, pb.channels, backward=False, parallel=TARGET_PROGRAMS)
+    n_chunks = -(-pb.length // cfg.bl)
+    dummy = pb.A
+    args = (pb.x, *pb.xs, pb.dt, *pb.dts, pb.A, pb.B, *pb.bs, pb.C, *pb.cs,
+            pb.D if pb.D is not None else dummy, pb.bias if pb.bias is not None else dummy,
+            pb.ids if pb.ids is not None else dummy, out, *os_)
+    meta = dict(HAS_D=pb.D is not None, **_launch_meta(pb), BL=cfg.bl, BD=cfg.bd, BN=cfg.bn, num_warps=cfg.warps)
+    n_dblocks = -(-pb.channels // cfg.bd)
+    if mode == "chunked":
+        hs = _chain_summaries(pb, cfg, n_chunks, adjoint=False)
+        scan_fwd_chunk_kernel[(n_dblocks, n_chunks, parallel)](
+            *args, hs, pb.length, pb.channels, pb.d_state, pb.groups, n_chunks, **meta)
+    else:
+        hs = torch.empty(pb.batch, pb.groups, n_chunks, pb.channels, pb.d_state, device=pb.x.device,
+                         dtype=torch.float32)
+        scan_fwd_kernel[(n_dblocks, parallel)](
+            *args, hs, pb.length, pb.channels, pb.d_state, pb.groups, n_chunks, **meta)
+    return hs, cfg.bl
 
 
 BACKWARD_VARIANTS = ("split", "single")
@@ -160,15 +217,19 @@ def chunk_tile(channels: int) -> tuple[int, int]:
     return bd, warps
 
 
-def _bwd(pb: _Problem, dy: Tensor, dys: Strides, hs: Tensor, du: Tensor, dus: Strides, ddt: Tensor,
+def _bwd(pb: _Problem, dy: Tensor, dys: Strides, hs: Tensor, bl: int, du: Tensor, dus: Strides, ddt: Tensor,
          ddts: Strides, variant: str | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-    """Launch the backward; returns dB, dC (batch, K, L, N), dA (K·D, N), dD (K·D) or None."""
+    """Launch the backward from the forward's chunk states ``hs`` of chunk length ``bl``; returns dB, dC
+    (batch, K, L, N), dA (K·D, N), dD (K·D) or None."""
+    n_chunks = hs.shape[2]
+    if n_chunks != -(-pb.length // bl):
+        raise RuntimeError(f"triton scan backward: {n_chunks} stored chunk states, expected {-(-pb.length // bl)}")
     if (variant or backward_variant()) == "split":
-        return _bwd_split(pb, dy, dys, hs, du, dus, ddt, ddts)
+        return _bwd_split(pb, dy, dys, hs, bl, du, dus, ddt, ddts)
     from .triton_kernels import scan_bwd_kernel
 
     cfg = tile_config(pb.d_state, pb.channels, backward=True, parallel=pb.batch * pb.groups)
-    n_chunks = hs.shape[2]
+    cfg = TileConfig(bl=bl, bd=max(2, min(cfg.bd, 1024 // (bl * cfg.bn))), bn=cfg.bn, warps=cfg.warps)
     n_dblocks = -(-pb.channels // cfg.bd)
     dev = pb.x.device
     f32 = torch.float32
@@ -191,27 +252,20 @@ def _bwd(pb: _Problem, dy: Tensor, dys: Strides, hs: Tensor, du: Tensor, dus: St
     return dB_part.sum(2), dC_part.sum(2), dA_part.sum(0), dD
 
 
-def _bwd_split(pb: _Problem, dy: Tensor, dys: Strides, hs: Tensor, du: Tensor, dus: Strides, ddt: Tensor,
-               ddts: Strides) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-    """The split backward: adjoint carries per chunk, then every chunk in parallel."""
-    from .triton_kernels import scan_bwd_carry_kernel, scan_bwd_chunk_kernel
+def _bwd_split(pb: _Problem, dy: Tensor, dys: Strides, hs: Tensor, bl: int, du: Tensor, dus: Strides,
+               ddt: Tensor, ddts: Strides) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """The split backward: adjoint carries from chunk summaries, then every chunk in parallel."""
+    from .triton_kernels import scan_bwd_chunk_kernel
 
-    fwd_cfg = tile_config(pb.d_state, pb.channels, backward=False, parallel=pb.batch * pb.groups)
-    n_chunks, bl = hs.shape[2], fwd_cfg.bl  # the forward's chunks (its stored states hs)
-    if n_chunks != -(-pb.length // bl):
-        raise RuntimeError(f"triton scan backward: {n_chunks} stored chunk states, expected {-(-pb.length // bl)}")
+    n_chunks = hs.shape[2]
     dev = pb.x.device
     f32 = torch.float32
     dummy = pb.A
     bias = pb.bias if pb.bias is not None else dummy
     ids = pb.ids if pb.ids is not None else dummy
-    gs = torch.empty_like(hs)
-    scan_bwd_carry_kernel[(-(-pb.channels // fwd_cfg.bd), pb.batch * pb.groups)](
-        pb.dt, *pb.dts, pb.A, pb.C, *pb.cs, bias, ids, dy, *dys, gs,
-        pb.length, pb.channels, pb.d_state, pb.groups, n_chunks,
-        HAS_IDS=pb.ids is not None, HAS_BIAS=pb.bias is not None, SOFTPLUS=pb.softplus,
-        BL=bl, BD=fwd_cfg.bd, BN=fwd_cfg.bn, num_warps=fwd_cfg.warps,
-    )
+    wide = tile_config(pb.d_state, pb.channels, backward=False, parallel=TARGET_PROGRAMS)
+    summary_cfg = TileConfig(bl=bl, bd=max(2, min(wide.bd, 4096 // (bl * wide.bn))), bn=wide.bn, warps=wide.warps)
+    gs = _chain_summaries(pb, summary_cfg, n_chunks, adjoint=True, dy=dy, dys=dys)
     bd, warps = chunk_tile(pb.channels)
     n_dblocks = -(-pb.channels // bd)
     dB_part = torch.empty(pb.batch, pb.groups, n_dblocks, pb.length, pb.d_state, device=dev, dtype=f32)
@@ -249,7 +303,7 @@ class _NSSScan(torch.autograd.Function):
                       None if D is None else D.contiguous(), None if delta_bias is None else delta_bias.contiguous(),
                       ids.contiguous(), bool(softplus))
         out = torch.empty(batch, groups, length, channels, device=x.device, dtype=x.dtype)
-        hs = _fwd(pb, out, _bkl_strides(out))
+        hs, ctx.chunk = _fwd(pb, out, _bkl_strides(out))
         ctx.save_for_backward(x, delta, pb.A, B, C, pb.D, pb.bias, pb.ids, hs)
         ctx.softplus = pb.softplus
         return out
@@ -265,7 +319,7 @@ class _NSSScan(torch.autograd.Function):
         f32 = torch.float32
         du_k = torch.empty(batch, groups, length, channels, device=x.device, dtype=f32)
         ddt = torch.empty(batch, groups, length, channels, device=x.device, dtype=f32)
-        dB, dC, dA, dD = _bwd(pb, dy, _bkl_strides(dy), hs, du_k, _bkl_strides(du_k), ddt, _bkl_strides(ddt))
+        dB, dC, dA, dD = _bwd(pb, dy, _bkl_strides(dy), hs, ctx.chunk, du_k, _bkl_strides(du_k), ddt, _bkl_strides(ddt))
         dbias = ddt.sum(dim=(0, 2)).reshape(-1) if bias is not None else None
         return (du_k.sum(1).to(x.dtype), ddt.to(delta.dtype), dA.to(A.dtype), dB.to(B.dtype), dC.to(C.dtype),
                 None if D is None else dD.to(D.dtype), None if bias is None else dbias.to(bias.dtype), None, None)
@@ -315,7 +369,7 @@ class _GenericScan(torch.autograd.Function):
     def forward(ctx, u, delta, A, B, C, D, delta_bias, softplus):
         pb = _generic_problem(u, delta, A, B, C, D, delta_bias, softplus)
         out = torch.empty_like(u)
-        hs = _fwd(pb, out, pb.xs)
+        hs, ctx.chunk = _fwd(pb, out, pb.xs)
         ctx.save_for_backward(u, delta, pb.A, B, C, pb.D, pb.bias, hs)
         ctx.softplus = bool(softplus)
         return out
@@ -327,7 +381,7 @@ class _GenericScan(torch.autograd.Function):
         dy = dy.contiguous()
         du = torch.empty(u.shape, device=u.device, dtype=torch.float32)
         ddt = torch.empty_like(du)
-        dB, dC, dA, dD = _bwd(pb, dy, _gen_strides(dy, pb.channels), hs, du, _gen_strides(du, pb.channels),
+        dB, dC, dA, dD = _bwd(pb, dy, _gen_strides(dy, pb.channels), hs, ctx.chunk, du, _gen_strides(du, pb.channels),
                               ddt, _gen_strides(ddt, pb.channels))
         dbias = ddt.sum(dim=(0, 2)) if bias is not None else None
         return (du.to(u.dtype), ddt.to(delta.dtype), dA.to(A.dtype), dB.transpose(2, 3).to(B.dtype),

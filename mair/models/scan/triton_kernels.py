@@ -101,22 +101,43 @@ def _load_delta(dt_ptr, base, p, d, mask2, stl, std, bias, HAS_BIAS: tl.constexp
 
 
 @triton.jit
-def scan_fwd_kernel(
+def _fwd_chunk(
     x_ptr, sxb, sxk, sxl, sxd,
     dt_ptr, stb, stk, stl, std,
-    A_ptr, B_ptr, sbb, sbk, sbl, sbn,
+    B_ptr, sbb, sbk, sbl, sbn,
     C_ptr, scb, sck, scl, scn,
-    D_ptr, bias_ptr, ids_ptr,
-    out_ptr, sob, sok, sol, sod,
-    hs_ptr,
-    L, D, N, K, NCH,
+    ids_ptr, out_ptr, sob, sok, sol, sod,
+    b, k, c, d, dmask, n, nmask, A2, bias, Dv, h, L,
     HAS_IDS: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    BL: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr,
+    BL: tl.constexpr,
 ):
-    pid_d = tl.program_id(0)
-    pid_bk = tl.program_id(1)
-    b = pid_bk // K
-    k = pid_bk % K
+    """Scan chunk ``c`` from the state ``h`` entering it, store its outputs, return the state leaving it."""
+    l = c * BL + tl.arange(0, BL)
+    lmask = l < L
+    p = _positions(ids_ptr, k, l, lmask, L, HAS_IDS)
+    m2 = lmask[:, None] & dmask[None, :]
+    mn = lmask[:, None] & nmask[None, :]
+    u = tl.load(x_ptr + b * sxb + k * sxk + p[:, None] * sxl + d[None, :] * sxd, mask=m2, other=0.0).to(tl.float32)
+    _, dt = _load_delta(dt_ptr, b * stb + k * stk, p, d, m2, stl, std, bias, HAS_BIAS, SOFTPLUS)
+    Bv = tl.load(B_ptr + b * sbb + k * sbk + p[:, None] * sbl + n[None, :] * sbn, mask=mn, other=0.0)
+    Cv = tl.load(C_ptr + b * scb + k * sck + p[:, None] * scl + n[None, :] * scn, mask=mn, other=0.0)
+    decay = tl.exp2(dt[:, :, None] * A2[None, :, :])
+    drive = (dt * u)[:, :, None] * Bv.to(tl.float32)[:, None, :]
+    acc_a, acc_h = tl.associative_scan((decay, drive), 0, _combine)
+    hh = acc_h + acc_a * h[None, :, :]
+    y = tl.sum(hh * Cv.to(tl.float32)[:, None, :], axis=2)
+    if HAS_D:
+        y = y + Dv[None, :] * u
+    tl.store(out_ptr + b * sob + k * sok + p[:, None] * sol + d[None, :] * sod,
+             y.to(out_ptr.dtype.element_ty), mask=m2)
+    last = (tl.arange(0, BL) == BL - 1)[:, None, None]
+    return tl.sum(tl.where(last, hh, 0.0), axis=0)
+
+
+@triton.jit
+def _fwd_setup(A_ptr, D_ptr, bias_ptr, k, pid_d, D, N,
+               HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr):
+    """Channel block ``pid_d`` of group ``k``: its indices, A·log2(e), delta bias and D."""
     d = pid_d * BD + tl.arange(0, BD)
     dmask = d < D
     n = tl.arange(0, BN)
@@ -130,33 +151,162 @@ def scan_fwd_kernel(
     Dv = tl.zeros((BD,), tl.float32)
     if HAS_D:
         Dv = tl.load(D_ptr + e, mask=dmask, other=0.0).to(tl.float32)
-    last = (tl.arange(0, BL) == BL - 1)[:, None, None]
+    return d, dmask, n, nmask, A2, bias, Dv
+
+
+@triton.jit
+def scan_fwd_kernel(
+    x_ptr, sxb, sxk, sxl, sxd,
+    dt_ptr, stb, stk, stl, std,
+    A_ptr, B_ptr, sbb, sbk, sbl, sbn,
+    C_ptr, scb, sck, scl, scn,
+    D_ptr, bias_ptr, ids_ptr,
+    out_ptr, sob, sok, sol, sod,
+    hs_ptr,
+    L, D, N, K, NCH,
+    HAS_IDS: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    BL: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr,
+):
+    """Sequential forward: one program walks its sequence chunk by chunk (enough programs to fill the GPU)."""
+    pid_d = tl.program_id(0)
+    pid_bk = tl.program_id(1)
+    b = pid_bk // K
+    k = pid_bk % K
+    d, dmask, n, nmask, A2, bias, Dv = _fwd_setup(A_ptr, D_ptr, bias_ptr, k, pid_d, D, N, HAS_D, HAS_BIAS, BD, BN)
     h = tl.zeros((BD, BN), tl.float32)
     hs_base = ((b * K + k) * NCH) * D * N
-    x_base = b * sxb + k * sxk
-    dt_base = b * stb + k * stk
     for c in range(0, NCH):
         tl.store(hs_ptr + hs_base + (c * D + d[:, None]) * N + n[None, :], h,
                  mask=dmask[:, None] & nmask[None, :])
-        l = c * BL + tl.arange(0, BL)
-        lmask = l < L
-        p = _positions(ids_ptr, k, l, lmask, L, HAS_IDS)
-        m2 = lmask[:, None] & dmask[None, :]
-        mn = lmask[:, None] & nmask[None, :]
-        u = tl.load(x_ptr + x_base + p[:, None] * sxl + d[None, :] * sxd, mask=m2, other=0.0).to(tl.float32)
-        _, dt = _load_delta(dt_ptr, dt_base, p, d, m2, stl, std, bias, HAS_BIAS, SOFTPLUS)
-        Bv = tl.load(B_ptr + b * sbb + k * sbk + p[:, None] * sbl + n[None, :] * sbn, mask=mn, other=0.0)
-        Cv = tl.load(C_ptr + b * scb + k * sck + p[:, None] * scl + n[None, :] * scn, mask=mn, other=0.0)
-        decay = tl.exp2(dt[:, :, None] * A2[None, :, :])
-        drive = (dt * u)[:, :, None] * Bv.to(tl.float32)[:, None, :]
-        acc_a, acc_h = tl.associative_scan((decay, drive), 0, _combine)
-        hh = acc_h + acc_a * h[None, :, :]
-        y = tl.sum(hh * Cv.to(tl.float32)[:, None, :], axis=2)
-        if HAS_D:
-            y = y + Dv[None, :] * u
-        tl.store(out_ptr + b * sob + k * sok + p[:, None] * sol + d[None, :] * sod,
-                 y.to(out_ptr.dtype.element_ty), mask=m2)
-        h = tl.sum(tl.where(last, hh, 0.0), axis=0)
+        h = _fwd_chunk(x_ptr, sxb, sxk, sxl, sxd, dt_ptr, stb, stk, stl, std, B_ptr, sbb, sbk, sbl, sbn,
+                       C_ptr, scb, sck, scl, scn, ids_ptr, out_ptr, sob, sok, sol, sod,
+                       b, k, c, d, dmask, n, nmask, A2, bias, Dv, h, L,
+                       HAS_IDS, HAS_D, HAS_BIAS, SOFTPLUS, BL)
+
+
+@triton.jit
+def scan_fwd_chunk_kernel(
+    x_ptr, sxb, sxk, sxl, sxd,
+    dt_ptr, stb, stk, stl, std,
+    A_ptr, B_ptr, sbb, sbk, sbl, sbn,
+    C_ptr, scb, sck, scl, scn,
+    D_ptr, bias_ptr, ids_ptr,
+    out_ptr, sob, sok, sol, sod,
+    hs_ptr,
+    L, D, N, K, NCH,
+    HAS_IDS: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    BL: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr,
+):
+    """Chunked forward, last pass: every chunk in parallel from its entering state (``hs``, from
+    :func:`scan_state_carry_kernel`)."""
+    pid_d = tl.program_id(0)
+    c = tl.program_id(1)
+    pid_bk = tl.program_id(2)
+    b = pid_bk // K
+    k = pid_bk % K
+    d, dmask, n, nmask, A2, bias, Dv = _fwd_setup(A_ptr, D_ptr, bias_ptr, k, pid_d, D, N, HAS_D, HAS_BIAS, BD, BN)
+    h = tl.load(hs_ptr + (((b * K + k) * NCH + c) * D + d[:, None]) * N + n[None, :],
+                mask=dmask[:, None] & nmask[None, :], other=0.0)
+    _fwd_chunk(x_ptr, sxb, sxk, sxl, sxd, dt_ptr, stb, stk, stl, std, B_ptr, sbb, sbk, sbl, sbn,
+               C_ptr, scb, sck, scl, scn, ids_ptr, out_ptr, sob, sok, sol, sod,
+               b, k, c, d, dmask, n, nmask, A2, bias, Dv, h, L,
+               HAS_IDS, HAS_D, HAS_BIAS, SOFTPLUS, BL)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Chunk summaries. Over one chunk the recurrence h -> decay h + drive composes to h -> exp(A Σ Δ) h + e, with
+# e = Σ_l exp(A Σ_{j>l} Δ_j) Δ_l B_l u_l (state reached from zero). The summaries of all chunks are computed in
+# parallel without a scan (a cumulative sum of Δ and a weighted sum over the chunk); a light sequential pass
+# then chains them into the state entering every chunk. The adjoint recurrence g_l = C_l dy_l + exp(A Δ_{l+1})
+# g_{l+1} is summarised the same way, right to left.
+# ------------------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def scan_state_summary_kernel(
+    x_ptr, sxb, sxk, sxl, sxd,
+    dt_ptr, stb, stk, stl, std,
+    A_ptr, B_ptr, sbb, sbk, sbl, sbn,
+    bias_ptr, ids_ptr,
+    dy_ptr, syb, syk, syl, syd,
+    es_ptr, ts_ptr,  # (batch, K, NCH, D, N) zero-start end state / adjoint; (batch, K, NCH, D) Σ Δ
+    L, D, N, K, NCH,
+    ADJOINT: tl.constexpr, HAS_IDS: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    BL: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr,
+):
+    """Per chunk: forward (ADJOINT False) e = Σ_l exp(A Σ_{j>l} Δ_j) Δ_l u_l B_l and Σ Δ; adjoint (ADJOINT
+    True: B_ptr and its strides point at C, dy_ptr at the output gradient, x_ptr is unused)
+    a = Σ_l exp(A Σ_{l0<=j<l} Δ_{j+1}) C_l dy_l and Σ Δ_{l+1}, over the chunk's positions l0, l0+1, ..."""
+    pid_d = tl.program_id(0)
+    c = tl.program_id(1)
+    pid_bk = tl.program_id(2)
+    b = pid_bk // K
+    k = pid_bk % K
+    d = pid_d * BD + tl.arange(0, BD)
+    dmask = d < D
+    n = tl.arange(0, BN)
+    nmask = n < N
+    e = k * D + d
+    A2 = tl.load(A_ptr + e[:, None] * N + n[None, :], mask=dmask[:, None] & nmask[None, :],
+                 other=0.0).to(tl.float32) * 1.4426950408889634
+    bias = tl.zeros((BD,), tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + e, mask=dmask, other=0.0).to(tl.float32)
+    l = c * BL + tl.arange(0, BL)
+    lmask = l < L
+    p = _positions(ids_ptr, k, l, lmask, L, HAS_IDS)
+    m2 = lmask[:, None] & dmask[None, :]
+    Bv = tl.load(B_ptr + b * sbb + k * sbk + p[:, None] * sbl + n[None, :] * sbn,
+                 mask=lmask[:, None] & nmask[None, :], other=0.0).to(tl.float32)
+    if ADJOINT:
+        l1 = l + 1
+        l1mask = l1 < L
+        p1 = _positions(ids_ptr, k, l1, l1mask, L, HAS_IDS)
+        _, dt = _load_delta(dt_ptr, b * stb + k * stk, p1, d, l1mask[:, None] & dmask[None, :], stl, std, bias,
+                            HAS_BIAS, SOFTPLUS)
+        src = tl.load(dy_ptr + b * syb + k * syk + p[:, None] * syl + d[None, :] * syd,
+                      mask=m2, other=0.0).to(tl.float32)
+        span = tl.cumsum(dt, axis=0) - dt  # Σ of Δ_{j+1} for j before l in the chunk
+    else:
+        _, dt = _load_delta(dt_ptr, b * stb + k * stk, p, d, m2, stl, std, bias, HAS_BIAS, SOFTPLUS)
+        u = tl.load(x_ptr + b * sxb + k * sxk + p[:, None] * sxl + d[None, :] * sxd,
+                    mask=m2, other=0.0).to(tl.float32)
+        src = dt * u
+        span = tl.cumsum(dt, axis=0, reverse=True) - dt  # Σ of Δ_j for j after l in the chunk
+    w = tl.exp2(span[:, :, None] * A2[None, :, :])
+    summary = tl.sum(w * src[:, :, None] * Bv[:, None, :], axis=0)
+    row = ((b * K + k) * NCH + c) * D + d
+    tl.store(es_ptr + row[:, None] * N + n[None, :], summary, mask=dmask[:, None] & nmask[None, :])
+    tl.store(ts_ptr + row, tl.sum(dt, axis=0), mask=dmask)
+
+
+@triton.jit
+def scan_state_carry_kernel(
+    A_ptr, es_ptr, ts_ptr,
+    hs_ptr,  # (batch, K, NCH, D, N) float32 out: state entering chunk c (adjoint: leaving it to the right)
+    D, N, K, NCH,
+    REVERSE: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr,
+):
+    """Chain the chunk summaries: h_{c+1} = exp(A ΣΔ_c) h_c + e_c (REVERSE: from the last chunk down)."""
+    pid_d = tl.program_id(0)
+    pid_bk = tl.program_id(1)
+    k = pid_bk % K
+    d = pid_d * BD + tl.arange(0, BD)
+    dmask = d < D
+    n = tl.arange(0, BN)
+    mask = dmask[:, None] & (n < N)[None, :]
+    A2 = tl.load(A_ptr + (k * D + d)[:, None] * N + n[None, :], mask=mask, other=0.0).to(tl.float32)
+    A2 = A2 * 1.4426950408889634
+    h = tl.zeros((BD, BN), tl.float32)
+    for ci in range(0, NCH):
+        c = ci
+        if REVERSE:
+            c = NCH - 1 - ci
+        row = (pid_bk * NCH + c) * D + d
+        tl.store(hs_ptr + row[:, None] * N + n[None, :], h, mask=mask)
+        total = tl.load(ts_ptr + row, mask=dmask, other=0.0)
+        summary = tl.load(es_ptr + row[:, None] * N + n[None, :], mask=mask, other=0.0)
+        h = tl.exp2(total[:, None] * A2) * h + summary
 
 
 @triton.jit
@@ -263,65 +413,12 @@ def scan_bwd_kernel(
 # ------------------------------------------------------------------------------------------------------------
 # Split backward: the same gradients as ``scan_bwd_kernel`` in two kernels.
 #
-# ``scan_bwd_carry_kernel`` walks each sequence backwards once and stores the adjoint entering every chunk from
-# the right (``gs``), as the forward stores the state entering it from the left (``hs``). With both carries known
-# every chunk is independent, so ``scan_bwd_chunk_kernel`` runs one program per (chunk, channel block, batch,
+# The chunk summaries above give the adjoint entering every chunk from the right (``gs``), as the forward stores
+# the state entering it from the left (``hs``). With both carries known every chunk is independent, so
+# ``scan_bwd_chunk_kernel`` runs one program per (chunk, channel block, batch,
 # group) and loops over the state index n with 2-D (BL, BD) tiles instead of one 3-D (BL, BD, BN) tile: far
 # fewer live registers, so wide channel blocks (fewer dB/dC partial sums) and no serial walk over the sequence.
 # ------------------------------------------------------------------------------------------------------------
-
-
-@triton.jit
-def scan_bwd_carry_kernel(
-    dt_ptr, stb, stk, stl, std,
-    A_ptr, C_ptr, scb, sck, scl, scn,
-    bias_ptr, ids_ptr,
-    dy_ptr, syb, syk, syl, syd,
-    gs_ptr,  # (batch, K, NCH, D, N) float32: adjoint at the first position after chunk c
-    L, D, N, K, NCH,
-    HAS_IDS: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    BL: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr,
-):
-    pid_d = tl.program_id(0)
-    pid_bk = tl.program_id(1)
-    b = pid_bk // K
-    k = pid_bk % K
-    d = pid_d * BD + tl.arange(0, BD)
-    dmask = d < D
-    n = tl.arange(0, BN)
-    nmask = n < N
-    dn_mask = dmask[:, None] & nmask[None, :]
-    e = k * D + d
-    A2 = tl.load(A_ptr + e[:, None] * N + n[None, :], mask=dn_mask, other=0.0).to(tl.float32) * 1.4426950408889634
-    bias = tl.zeros((BD,), tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + e, mask=dmask, other=0.0).to(tl.float32)
-    first = (tl.arange(0, BL) == 0)[:, None, None]
-    g_next = tl.zeros((BD, BN), tl.float32)
-    gs_base = ((b * K + k) * NCH) * D * N
-    dt_base = b * stb + k * stk
-    for ci in range(0, NCH - 1):  # chunk 0's carry-out is not needed
-        c = NCH - 1 - ci
-        tl.store(gs_ptr + gs_base + (c * D + d[:, None]) * N + n[None, :], g_next, mask=dn_mask)
-        l = c * BL + tl.arange(0, BL)
-        lmask = l < L
-        p = _positions(ids_ptr, k, l, lmask, L, HAS_IDS)
-        m2 = lmask[:, None] & dmask[None, :]
-        l1 = l + 1
-        l1mask = l1 < L
-        p1 = _positions(ids_ptr, k, l1, l1mask, L, HAS_IDS)
-        _, dt1 = _load_delta(dt_ptr, dt_base, p1, d, l1mask[:, None] & dmask[None, :], stl, std, bias,
-                             HAS_BIAS, SOFTPLUS)
-        decay1 = tl.where(l1mask[:, None, None], tl.exp2(dt1[:, :, None] * A2[None, :, :]), 0.0)
-        Cv = tl.load(C_ptr + b * scb + k * sck + p[:, None] * scl + n[None, :] * scn,
-                     mask=lmask[:, None] & nmask[None, :], other=0.0).to(tl.float32)
-        dy = tl.load(dy_ptr + b * syb + k * syk + p[:, None] * syl + d[None, :] * syd,
-                     mask=m2, other=0.0).to(tl.float32)
-        src = Cv[:, None, :] * dy[:, :, None]
-        acc_a, acc_g = tl.associative_scan((decay1, src), 0, _combine, reverse=True)
-        g = acc_g + acc_a * g_next[None, :, :]
-        g_next = tl.sum(tl.where(first, g, 0.0), axis=0)
-    tl.store(gs_ptr + gs_base + d[:, None] * N + n[None, :], g_next, mask=dn_mask)
 
 
 @triton.jit
