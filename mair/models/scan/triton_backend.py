@@ -208,8 +208,8 @@ def chunk_tile(channels: int) -> tuple[int, int]:
     override = os.environ.get("MAIR_TRITON_BWD_TILE")  # "BD,warps" (tuning only)
     if override:
         bd, warps = (int(v) for v in override.split(","))
-    else:
-        bd, warps = 32, 4
+    else:  # best of the sweep at the classic-SR shape (docs/benchmarks.md)
+        bd, warps = 16, 2
     while bd > 2 and bd >= 2 * channels:
         bd //= 2
     if interpreting():
