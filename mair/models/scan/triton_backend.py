@@ -126,7 +126,8 @@ def forward_mode(parallel: int, channels: int, length: int, cfg: TileConfig) -> 
     if mode != "auto":
         return mode
     n_chunks = -(-length // cfg.bl)
-    few_programs = parallel * -(-channels // cfg.bd) < TARGET_PROGRAMS
+    full_bd = 8 if cfg.bn >= 16 else 32  # tile_config's channels per program before it shrinks them
+    few_programs = parallel * -(-channels // full_bd) < TARGET_PROGRAMS
     return "chunked" if few_programs and n_chunks >= 8 else "sequential"
 
 
@@ -169,9 +170,7 @@ def _fwd(pb: _Problem, out: Tensor, os_: Strides) -> tuple[Tensor, int]:
 
     parallel = pb.batch * pb.groups
     cfg = tile_config(pb.d_state, pb.channels, backward=False, parallel=parallel)
-    mode = forward_mode(parallel, pb.channels, pb.length, cfg)
-    if mode == "chunked":  # wide tiles: parallelism comes from the chunks
-        cfg = tile_config(pb.d_state, pb.channels, backward=False, parallel=TARGET_PROGRAMS)
+    mode = forward_mode(parallel, pb.channels, pb.length, cfg)  # same tiles: long chunks keep the chain short
     n_chunks = -(-pb.length // cfg.bl)
     dummy = pb.A
     args = (pb.x, *pb.xs, pb.dt, *pb.dts, pb.A, pb.B, *pb.bs, pb.C, *pb.cs,
@@ -205,9 +204,9 @@ def backward_variant() -> str:
 
 def chunk_tile(channels: int) -> tuple[int, int]:
     """Channels per program and warps of the split backward's per-chunk kernel (2-D tiles, loop over N)."""
-    override = os.environ.get("MAIR_TRITON_BWD_TILE")  # "BD,warps" (tuning only)
+    override = os.environ.get("MAIR_TRITON_BWD_TILE")  # "BD,warps[,maxnreg]" (tuning only)
     if override:
-        bd, warps = (int(v) for v in override.split(","))
+        bd, warps = (int(v) for v in override.split(",")[:2])
     else:  # best of the sweep at the classic-SR shape (docs/benchmarks.md)
         bd, warps = 16, 2
     while bd > 2 and bd >= 2 * channels:
@@ -215,6 +214,12 @@ def chunk_tile(channels: int) -> tuple[int, int]:
     if interpreting():
         bd = min(bd, 8)
     return bd, warps
+
+
+def _register_cap() -> dict:
+    """``maxnreg`` for the per-chunk backward kernel from the third field of MAIR_TRITON_BWD_TILE (tuning only)."""
+    fields = os.environ.get("MAIR_TRITON_BWD_TILE", "").split(",")
+    return {"maxnreg": int(fields[2])} if len(fields) > 2 and not interpreting() else {}
 
 
 def _bwd(pb: _Problem, dy: Tensor, dys: Strides, hs: Tensor, bl: int, du: Tensor, dus: Strides, ddt: Tensor,
@@ -279,7 +284,7 @@ def _bwd_split(pb: _Problem, dy: Tensor, dys: Strides, hs: Tensor, bl: int, du: 
         dB_part, dC_part, dA_part, dD_part,
         pb.length, pb.channels, pb.d_state, pb.groups, n_chunks, n_dblocks,
         HAS_IDS=pb.ids is not None, HAS_D=pb.D is not None, HAS_BIAS=pb.bias is not None,
-        SOFTPLUS=pb.softplus, BL=bl, BD=bd, num_warps=warps,
+        SOFTPLUS=pb.softplus, BL=bl, BD=bd, num_warps=warps, **_register_cap(),
     )
     dD = dD_part.sum((0, 1)) if pb.D is not None else None
     dB = dB_part[:, :, 0] if n_dblocks == 1 else dB_part.sum(2)

@@ -298,7 +298,7 @@ def scan_state_carry_kernel(
     A2 = tl.load(A_ptr + (k * D + d)[:, None] * N + n[None, :], mask=mask, other=0.0).to(tl.float32)
     A2 = A2 * 1.4426950408889634
     h = tl.zeros((BD, BN), tl.float32)
-    for ci in range(0, NCH):
+    for ci in tl.range(0, NCH, num_stages=3):  # the summaries' loads do not wait for h: prefetch them
         c = ci
         if REVERSE:
             c = NCH - 1 - ci
