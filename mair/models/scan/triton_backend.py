@@ -170,7 +170,9 @@ def _fwd(pb: _Problem, out: Tensor, os_: Strides) -> tuple[Tensor, int]:
 
     parallel = pb.batch * pb.groups
     cfg = tile_config(pb.d_state, pb.channels, backward=False, parallel=parallel)
-    mode = forward_mode(parallel, pb.channels, pb.length, cfg)  # same tiles: long chunks keep the chain short
+    mode = forward_mode(parallel, pb.channels, pb.length, cfg)
+    if mode == "chunked":  # wide tiles: the parallelism comes from the chunks (faster than long chunks, measured)
+        cfg = tile_config(pb.d_state, pb.channels, backward=False, parallel=TARGET_PROGRAMS)
     n_chunks = -(-pb.length // cfg.bl)
     dummy = pb.A
     args = (pb.x, *pb.xs, pb.dt, *pb.dts, pb.A, pb.B, *pb.bs, pb.C, *pb.cs,
@@ -208,7 +210,7 @@ def chunk_tile(channels: int) -> tuple[int, int]:
     if override:
         bd, warps = (int(v) for v in override.split(",")[:2])
     else:  # best of the sweep at the classic-SR shape (docs/benchmarks.md)
-        bd, warps = 16, 2
+        bd, warps = 8, 1
     while bd > 2 and bd >= 2 * channels:
         bd //= 2
     if interpreting():
