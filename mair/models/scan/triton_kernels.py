@@ -1,9 +1,12 @@
 """Triton kernels of the selective scan, forward and backward, with the NSS scan order fused in.
 
-One program handles one (batch, group k, block of ``BD`` channels) and walks the sequence in chunks of ``BL``
-positions. Inside a chunk the recurrence ``h_l = exp(Δ_l A) h_{l-1} + Δ_l B_l u_l`` is solved by an
-associative scan over the chunk (tile ``(BL, BD, BN)``), then the state carried from the previous chunk is
-folded in. State and accumulation are float32 whatever the input dtype.
+The sequence is cut into chunks of ``BL`` positions. Inside a chunk the recurrence
+``h_l = exp(Δ_l A) h_{l-1} + Δ_l B_l u_l`` is solved by an associative scan over the chunk (tile
+``(BL, BD, BN)`` for ``BD`` channels), then the state entering the chunk is folded in. That state comes either
+from a program walking the chunks one after the other (``scan_fwd_kernel``, when batch x groups x channel blocks
+fill the GPU) or from chunk summaries chained by a light sequential pass (``scan_state_summary_kernel``,
+``scan_state_carry_kernel``, then ``scan_fwd_chunk_kernel`` with every chunk in parallel). State and
+accumulation are float32 whatever the input dtype.
 
 Every tensor is addressed through ``(batch, k, position, channel)`` strides, and positions go through an
 optional index table: with ``ids[k, l]`` (the NSS scan order) the kernel reads its inputs at raster position
@@ -11,7 +14,9 @@ optional index table: with ``ids[k, l]`` (the NSS scan order) the kernel reads i
 copies. Without ids, position ``l`` is read directly (the mamba_ssm layout).
 
 The forward stores the state at the start of every chunk; the backward recomputes the chunk's states from it and
-runs the adjoint recurrence ``g_l = C_l dy_l + exp(Δ_{l+1} A) g_{l+1}`` as a reverse associative scan.
+runs the adjoint recurrence ``g_l = C_l dy_l + exp(Δ_{l+1} A) g_{l+1}`` as a reverse associative scan, either in
+one program per sequence (``scan_bwd_kernel``, the first version) or, by default, one program per chunk
+(``scan_bwd_chunk_kernel``) after the adjoint entering every chunk has been chained from chunk summaries.
 The plain references these kernels are checked against are ``mair.models.scan.reference`` and the ``torch``
 backend (tests/test_scan_triton.py).
 """
