@@ -140,9 +140,9 @@ def _fwd_chunk(
 
 
 @triton.jit
-def _fwd_setup(A_ptr, D_ptr, bias_ptr, k, pid_d, D, N,
-               HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr):
-    """Channel block ``pid_d`` of group ``k``: its indices, A·log2(e), delta bias and D."""
+def _block_setup(A_ptr, D_ptr, bias_ptr, k, pid_d, D, N,
+                 HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr):
+    """Channel block ``pid_d`` of group ``k``: its indices, A·log2(e), delta bias and D (zeros when absent)."""
     d = pid_d * BD + tl.arange(0, BD)
     dmask = d < D
     n = tl.arange(0, BN)
@@ -177,7 +177,7 @@ def scan_fwd_kernel(
     pid_bk = tl.program_id(1)
     b = pid_bk // K
     k = pid_bk % K
-    d, dmask, n, nmask, A2, bias, Dv = _fwd_setup(A_ptr, D_ptr, bias_ptr, k, pid_d, D, N, HAS_D, HAS_BIAS, BD, BN)
+    d, dmask, n, nmask, A2, bias, Dv = _block_setup(A_ptr, D_ptr, bias_ptr, k, pid_d, D, N, HAS_D, HAS_BIAS, BD, BN)
     h = tl.zeros((BD, BN), tl.float32)
     hs_base = ((b * K + k) * NCH) * D * N
     for c in range(0, NCH):
@@ -209,7 +209,7 @@ def scan_fwd_chunk_kernel(
     pid_bk = tl.program_id(2)
     b = pid_bk // K
     k = pid_bk % K
-    d, dmask, n, nmask, A2, bias, Dv = _fwd_setup(A_ptr, D_ptr, bias_ptr, k, pid_d, D, N, HAS_D, HAS_BIAS, BD, BN)
+    d, dmask, n, nmask, A2, bias, Dv = _block_setup(A_ptr, D_ptr, bias_ptr, k, pid_d, D, N, HAS_D, HAS_BIAS, BD, BN)
     h = tl.load(hs_ptr + (((b * K + k) * NCH + c) * D + d[:, None]) * N + n[None, :],
                 mask=dmask[:, None] & nmask[None, :], other=0.0)
     _fwd_chunk(x_ptr, sxb, sxk, sxl, sxd, dt_ptr, stb, stk, stl, std, B_ptr, sbb, sbk, sbl, sbn,
@@ -247,16 +247,8 @@ def scan_state_summary_kernel(
     pid_bk = tl.program_id(2)
     b = pid_bk // K
     k = pid_bk % K
-    d = pid_d * BD + tl.arange(0, BD)
-    dmask = d < D
-    n = tl.arange(0, BN)
-    nmask = n < N
-    e = k * D + d
-    A2 = tl.load(A_ptr + e[:, None] * N + n[None, :], mask=dmask[:, None] & nmask[None, :],
-                 other=0.0).to(tl.float32) * 1.4426950408889634
-    bias = tl.zeros((BD,), tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + e, mask=dmask, other=0.0).to(tl.float32)
+    d, dmask, n, nmask, A2, bias, _ = _block_setup(A_ptr, bias_ptr, bias_ptr, k, pid_d, D, N, False, HAS_BIAS,
+                                                   BD, BN)
     l = c * BL + tl.arange(0, BL)
     lmask = l < L
     p = _positions(ids_ptr, k, l, lmask, L, HAS_IDS)
@@ -296,12 +288,8 @@ def scan_state_carry_kernel(
     pid_d = tl.program_id(0)
     pid_bk = tl.program_id(1)
     k = pid_bk % K
-    d = pid_d * BD + tl.arange(0, BD)
-    dmask = d < D
-    n = tl.arange(0, BN)
-    mask = dmask[:, None] & (n < N)[None, :]
-    A2 = tl.load(A_ptr + (k * D + d)[:, None] * N + n[None, :], mask=mask, other=0.0).to(tl.float32)
-    A2 = A2 * 1.4426950408889634
+    d, dmask, n, nmask, A2, _, _ = _block_setup(A_ptr, A_ptr, A_ptr, k, pid_d, D, N, False, False, BD, BN)
+    mask = dmask[:, None] & nmask[None, :]
     h = tl.zeros((BD, BN), tl.float32)
     for ci in tl.range(0, NCH, num_stages=3):  # the summaries' loads do not wait for h: prefetch them
         c = ci
