@@ -1,6 +1,8 @@
-"""Profile one training step of an experiment on the GPU and print the most expensive kernels.
+"""Profile one training step (or, with ``--infer``, one inference forward) of an experiment on the GPU and
+print the most expensive kernels.
 
     python benchmarks/profile_step.py sr_classic_x2 --backend triton --batch 4 --size 64
+    python benchmarks/profile_step.py sr_classic_x2 --backend triton --infer      # batch 1, 256x256
 """
 
 from __future__ import annotations
@@ -19,21 +21,28 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("experiment")
     parser.add_argument("--backend", default=None)
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--infer", action="store_true", help="profile a no-grad forward instead of a train step")
+    parser.add_argument("--batch", type=int, default=None, help="default 4 (train) or 1 (--infer)")
+    parser.add_argument("--size", type=int, default=None, help="input side; default 64 (train) or 256 (--infer)")
     parser.add_argument("--rows", type=int, default=25)
     parser.add_argument("--precision", default="fp32", help="fp32, tf32 or bf16 (mair.precision)")
     args = parser.parse_args()
+    batch = args.batch or (1 if args.infer else 4)
+    size = args.size or (256 if args.infer else 64)
     apply_matmul_precision(args.precision)
     net = load_experiment(args.experiment)["network"]
-    model = from_official(net["arch"], **net["kwargs"]).cuda().train()
+    model = from_official(net["arch"], **net["kwargs"]).cuda().train(not args.infer)
     set_scan_backend(model, args.backend)
     scale = int(net["kwargs"].get("upscale", 1)) if net["kwargs"].get("upsampler") else 1
-    x = torch.rand(args.batch, 3, args.size, args.size, device="cuda")
-    target = torch.rand(args.batch, 3, args.size * scale, args.size * scale, device="cuda")
+    x = torch.rand(batch, 3, size, size, device="cuda")
+    target = torch.rand(batch, 3, size * scale, size * scale, device="cuda")
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-4)
 
     def step() -> None:
+        if args.infer:
+            with torch.no_grad(), autocast(args.precision, "cuda"):
+                model(x)
+            return
         optimizer.zero_grad(set_to_none=True)
         with autocast(args.precision, "cuda"):
             loss = torch.nn.functional.l1_loss(model(x).float(), target)
