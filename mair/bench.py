@@ -104,11 +104,10 @@ def _build(workload: Workload, device: torch.device) -> tuple[torch.nn.Module, i
 def run_workload(workload: Workload, backend: str | None, precision: str, device: torch.device,
                  warmup: int = 3, repeat: int = 10, compile_model: bool = False) -> dict[str, Any]:
     """Time one workload; returns a result row."""
-    from mair.precision import check_precision, matmul_precision
+    from mair.precision import autocast, check_precision, matmul_precision
 
     check_precision(precision)
     timer = _timer(device, warmup, repeat)
-    dtype = torch.bfloat16 if precision == "bf16" else None
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
@@ -133,7 +132,7 @@ def run_workload(workload: Workload, backend: str | None, precision: str, device
 
             def fn() -> None:
                 optimizer.zero_grad(set_to_none=True)
-                with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                with autocast(precision, device.type):
                     loss = torch.nn.functional.l1_loss(step_model(x).float(), target)
                 loss.backward()
                 optimizer.step()
@@ -141,7 +140,7 @@ def run_workload(workload: Workload, backend: str | None, precision: str, device
             model.eval()
 
             def fn() -> None:
-                with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                with torch.no_grad(), autocast(precision, device.type):
                     step_model(x)
     with matmul_precision(precision):
         times = timer(fn)
