@@ -144,3 +144,59 @@ def test_forward_mode_is_chunked_only_when_sequences_alone_cannot_fill_the_gpu(
     monkeypatch.setenv("MAIR_TRITON_FWD", "fast")
     with pytest.raises(ValueError, match="MAIR_TRITON_FWD must be one of auto, sequential, chunked"):
         forward_mode(16, 360, 4096, cfg)
+
+
+def _plain_chain(A: torch.Tensor, summary: torch.Tensor, total: torch.Tensor, reverse: bool) -> torch.Tensor:
+    """h_{c+1} = exp(A ΣΔ_c) h_c + e_c over chunks, one after the other (reverse: from the last chunk down);
+    returns the state entering every chunk. summary (batch, K, NCH, D, N), total (batch, K, NCH, D)."""
+    batch, groups, n_chunks, channels, d_state = summary.shape
+    A = A.view(groups, channels, d_state)
+    out = torch.empty_like(summary)
+    h = summary.new_zeros(batch, groups, channels, d_state)
+    order = range(n_chunks - 1, -1, -1) if reverse else range(n_chunks)
+    for c in order:
+        out[:, :, c] = h
+        h = torch.exp(A * total[:, :, c, :, None]) * h + summary[:, :, c]
+    return out
+
+
+@pytest.mark.parametrize("n_chunks,channels,d_state", [(1, 3, 16), (19, 5, 4), (40, 2, 1), (8, 7, 32)])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("variant", ["scan", "loop"])
+def test_chunk_chain_kernels_match_a_plain_loop(n_chunks: int, channels: int, d_state: int, reverse: bool,
+                                                variant: str) -> None:
+    from mair.models.scan.triton_backend import chain_tile
+    from mair.models.scan.triton_kernels import scan_state_carry_kernel, scan_state_chain_kernel
+
+    seed = int(torch.randint(0, 2**31 - 1, ()).item())
+    gen = torch.Generator().manual_seed(seed)
+    batch, groups = 2, 3
+    A = -torch.rand(groups * channels, d_state, generator=gen) * 2
+    summary = torch.randn(batch, groups, n_chunks, channels, d_state, generator=gen)
+    total = torch.rand(batch, groups, n_chunks, channels, generator=gen)
+    want = _plain_chain(A.double(), summary.double(), total.double(), reverse)
+    A, summary, total = (t.to(DEVICE) for t in (A, summary, total))
+    got = torch.full_like(summary, float("nan"))
+    bn = 1 << (d_state - 1).bit_length()
+    if variant == "scan":
+        cb, bd = chain_tile(n_chunks, channels, bn)
+        scan_state_chain_kernel[(-(-channels // bd), batch * groups)](
+            A, summary, total, got, channels, d_state, groups, n_chunks, REVERSE=reverse, CB=cb, BD=bd, BN=bn)
+    else:
+        bd = min(32, max(2, 1 << (channels - 1).bit_length()))
+        scan_state_carry_kernel[(-(-channels // bd), batch * groups)](
+            A, summary, total, got, channels, d_state, groups, n_chunks, REVERSE=reverse, BD=bd, BN=bn)
+    assert _rel(got.cpu(), want) <= 1e-5, f"seed {seed}"
+
+
+def test_chunk_length_is_recovered_from_the_number_of_stored_chunk_states() -> None:
+    from mair.models.scan.triton_backend import chunk_length
+
+    for bl in (8, 16, 32, 64, 128):
+        for length in (1, bl - 1, bl, bl + 1, 3 * bl - 5, 4096, 65536, 4099):
+            n_chunks = -(-length // bl)
+            got = chunk_length(length, n_chunks)
+            if n_chunks > 1:
+                assert got == bl, (bl, length)
+            else:  # one chunk: any tile holding the whole sequence is equivalent
+                assert length <= got <= max(bl, 1), (bl, length)

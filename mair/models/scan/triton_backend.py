@@ -135,11 +135,31 @@ def _launch_meta(pb: _Problem) -> dict:
     return dict(HAS_IDS=pb.ids is not None, HAS_BIAS=pb.bias is not None, SOFTPLUS=pb.softplus)
 
 
+CHAIN_VARIANTS = ("scan", "loop")
+
+
+def chain_variant() -> str:
+    """How chunk summaries are chained: ``scan`` (default; blocks of chunks scanned in parallel, sequential depth
+    NCH / CB) or ``loop`` (one chunk per step, the first version). ``MAIR_TRITON_CHAIN`` overrides."""
+    variant = os.environ.get("MAIR_TRITON_CHAIN", "scan")
+    if variant not in CHAIN_VARIANTS:
+        raise ValueError(f"MAIR_TRITON_CHAIN must be one of {', '.join(CHAIN_VARIANTS)}, got {variant!r}")
+    return variant
+
+
+def chain_tile(n_chunks: int, channels: int, bn: int) -> tuple[int, int]:
+    """Chunks per step ``CB`` and channels per program of :func:`scan_state_chain_kernel`: about 2k tile
+    elements, few channels per program (the chain is latency-bound: many short programs beat few wide ones)."""
+    cb = 8 if interpreting() else max(8, min(64, 1 << (n_chunks - 1).bit_length()))
+    bd = max(1, min(1 << (channels - 1).bit_length(), 2048 // (cb * bn)))
+    return cb, bd
+
+
 def _chain_summaries(pb: _Problem, cfg: TileConfig, n_chunks: int, adjoint: bool, dy: Tensor | None = None,
                      dys: Strides | None = None) -> Tensor:
     """Carries at every chunk boundary from chunk summaries: the state entering each chunk from the left, or
     (``adjoint``) the adjoint entering it from the right. Returns (batch, K, NCH, D, N) float32."""
-    from .triton_kernels import scan_state_carry_kernel, scan_state_summary_kernel
+    from .triton_kernels import scan_state_carry_kernel, scan_state_chain_kernel, scan_state_summary_kernel
 
     dev, f32 = pb.x.device, torch.float32
     shape = (pb.batch, pb.groups, n_chunks, pb.channels)
@@ -156,12 +176,34 @@ def _chain_summaries(pb: _Problem, cfg: TileConfig, n_chunks: int, adjoint: bool
         ADJOINT=adjoint, **_launch_meta(pb), BL=cfg.bl, BD=cfg.bd, BN=cfg.bn, num_warps=cfg.warps,
     )
     carries = torch.empty_like(summary)
-    carry_bd = min(32, max(2, 1 << (pb.channels - 1).bit_length()))
-    scan_state_carry_kernel[(-(-pb.channels // carry_bd), pb.batch * pb.groups)](
-        pb.A, summary, total, carries, pb.channels, pb.d_state, pb.groups, n_chunks,
-        REVERSE=adjoint, BD=carry_bd, BN=cfg.bn, num_warps=4,
-    )
+    if chain_variant() == "loop":
+        carry_bd = min(32, max(2, 1 << (pb.channels - 1).bit_length()))
+        scan_state_carry_kernel[(-(-pb.channels // carry_bd), pb.batch * pb.groups)](
+            pb.A, summary, total, carries, pb.channels, pb.d_state, pb.groups, n_chunks,
+            REVERSE=adjoint, BD=carry_bd, BN=cfg.bn, num_warps=4,
+        )
+    else:
+        cb, chain_bd = chain_tile(n_chunks, pb.channels, cfg.bn)
+        scan_state_chain_kernel[(-(-pb.channels // chain_bd), pb.batch * pb.groups)](
+            pb.A, summary, total, carries, pb.channels, pb.d_state, pb.groups, n_chunks,
+            REVERSE=adjoint, CB=cb, BD=chain_bd, BN=cfg.bn, num_warps=4,
+        )
     return carries
+
+
+def forward_plan(parallel: int, channels: int, length: int, d_state: int) -> tuple[str, TileConfig]:
+    """Forward mode and tiles for ``parallel`` (= batch x K) sequences (shapes only, so that the compiler's fake
+    implementation of the custom op agrees with the kernels on the number of chunk states)."""
+    cfg = tile_config(d_state, channels, backward=False, parallel=parallel)
+    mode = forward_mode(parallel, channels, length, cfg)
+    if mode == "chunked":  # wide tiles: the parallelism comes from the chunks (faster than long chunks, measured)
+        cfg = tile_config(d_state, channels, backward=False, parallel=TARGET_PROGRAMS)
+    return mode, cfg
+
+
+def forward_chunks(parallel: int, channels: int, length: int, d_state: int) -> int:
+    """Number of chunk states the forward stores."""
+    return -(-length // forward_plan(parallel, channels, length, d_state)[1].bl)
 
 
 def _fwd(pb: _Problem, out: Tensor, os_: Strides) -> tuple[Tensor, int]:
@@ -169,10 +211,7 @@ def _fwd(pb: _Problem, out: Tensor, os_: Strides) -> tuple[Tensor, int]:
     from .triton_kernels import scan_fwd_chunk_kernel, scan_fwd_kernel
 
     parallel = pb.batch * pb.groups
-    cfg = tile_config(pb.d_state, pb.channels, backward=False, parallel=parallel)
-    mode = forward_mode(parallel, pb.channels, pb.length, cfg)
-    if mode == "chunked":  # wide tiles: the parallelism comes from the chunks (faster than long chunks, measured)
-        cfg = tile_config(pb.d_state, pb.channels, backward=False, parallel=TARGET_PROGRAMS)
+    mode, cfg = forward_plan(parallel, pb.channels, pb.length, pb.d_state)
     n_chunks = -(-pb.length // cfg.bl)
     dummy = pb.A
     args = (pb.x, *pb.xs, pb.dt, *pb.dts, pb.A, pb.B, *pb.bs, pb.C, *pb.cs,
@@ -299,37 +338,64 @@ def _bkl_strides(t: Tensor) -> Strides:
     return (t.stride(0), t.stride(1), t.stride(2), t.stride(3))
 
 
+def chunk_length(length: int, n_chunks: int) -> int:
+    """The chunk length of stored chunk states: the forward's chunk lengths are powers of two, so the smallest
+    power of two holding ``ceil(length / n_chunks)`` positions is it (for one chunk, any length >= ``length``
+    gives the same results)."""
+    per_chunk = -(-length // n_chunks)
+    return 1 << (per_chunk - 1).bit_length()
+
+
+def _nss_problem(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
+                 delta_bias: Tensor | None, ids: Tensor, softplus: bool) -> _Problem:
+    batch, length, channels = x.shape
+    return _Problem(batch, delta.shape[1], length, channels, A.shape[1],
+                    x, (x.stride(0), 0, x.stride(1), x.stride(2)), delta, _bkl_strides(delta),
+                    A.contiguous(), B, _bkl_strides(B), C, _bkl_strides(C),
+                    None if D is None else D.contiguous(), None if delta_bias is None else delta_bias.contiguous(),
+                    ids.contiguous(), bool(softplus))
+
+
+def nss_scan_forward(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
+                     delta_bias: Tensor | None, ids: Tensor, softplus: bool) -> tuple[Tensor, Tensor]:
+    """:func:`nss_scan`'s forward without autograd: the output and the states entering every chunk
+    (batch, K, NCH, D, N) float32, which :func:`nss_scan_backward` needs."""
+    pb = _nss_problem(x, delta, A, B, C, D, delta_bias, ids, softplus)
+    out = torch.empty(pb.batch, pb.groups, pb.length, pb.channels, device=x.device, dtype=x.dtype)
+    hs, _ = _fwd(pb, out, _bkl_strides(out))
+    return out, hs
+
+
+def nss_scan_backward(dy: Tensor, x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
+                      delta_bias: Tensor | None, ids: Tensor, hs: Tensor, softplus: bool
+                      ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor | None, Tensor | None]:
+    """Gradients of :func:`nss_scan` (x, delta, A, B, C, D, delta_bias; None for absent D / delta_bias) from
+    the output gradient and the chunk states of :func:`nss_scan_forward`."""
+    pb = _nss_problem(x, delta, A, B, C, D, delta_bias, ids, softplus)
+    f32 = torch.float32
+    shape = (pb.batch, pb.groups, pb.length, pb.channels)
+    du_k = torch.empty(shape, device=x.device, dtype=f32)
+    ddt = torch.empty(shape, device=x.device, dtype=f32)
+    bl = chunk_length(pb.length, hs.shape[2])
+    dB, dC, dA, dD = _bwd(pb, dy, _bkl_strides(dy), hs, bl, du_k, _bkl_strides(du_k), ddt, _bkl_strides(ddt))
+    dbias = ddt.sum(dim=(0, 2)).reshape(-1) if delta_bias is not None else None
+    return (du_k.sum(1).to(x.dtype), ddt.to(delta.dtype), dA.to(A.dtype), dB.to(B.dtype), dC.to(C.dtype),
+            None if D is None else dD.to(D.dtype), None if dbias is None else dbias.to(delta_bias.dtype))
+
+
 class _NSSScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, delta, A, B, C, D, delta_bias, ids, softplus):
-        batch, length, channels = x.shape
-        groups, d_state = delta.shape[1], A.shape[1]
-        pb = _Problem(batch, groups, length, channels, d_state,
-                      x, (x.stride(0), 0, x.stride(1), x.stride(2)), delta, _bkl_strides(delta),
-                      A.contiguous(), B, _bkl_strides(B), C, _bkl_strides(C),
-                      None if D is None else D.contiguous(), None if delta_bias is None else delta_bias.contiguous(),
-                      ids.contiguous(), bool(softplus))
-        out = torch.empty(batch, groups, length, channels, device=x.device, dtype=x.dtype)
-        hs, ctx.chunk = _fwd(pb, out, _bkl_strides(out))
-        ctx.save_for_backward(x, delta, pb.A, B, C, pb.D, pb.bias, pb.ids, hs)
-        ctx.softplus = pb.softplus
+        out, hs = nss_scan_forward(x, delta, A, B, C, D, delta_bias, ids, softplus)
+        ctx.save_for_backward(x, delta, A, B, C, D, delta_bias, ids, hs)
+        ctx.softplus = bool(softplus)
         return out
 
     @staticmethod
     def backward(ctx, dy):
         x, delta, A, B, C, D, bias, ids, hs = ctx.saved_tensors
-        batch, length, channels = x.shape
-        groups, d_state = delta.shape[1], A.shape[1]
-        pb = _Problem(batch, groups, length, channels, d_state,
-                      x, (x.stride(0), 0, x.stride(1), x.stride(2)), delta, _bkl_strides(delta),
-                      A, B, _bkl_strides(B), C, _bkl_strides(C), D, bias, ids, ctx.softplus)
-        f32 = torch.float32
-        du_k = torch.empty(batch, groups, length, channels, device=x.device, dtype=f32)
-        ddt = torch.empty(batch, groups, length, channels, device=x.device, dtype=f32)
-        dB, dC, dA, dD = _bwd(pb, dy, _bkl_strides(dy), hs, ctx.chunk, du_k, _bkl_strides(du_k), ddt, _bkl_strides(ddt))
-        dbias = ddt.sum(dim=(0, 2)).reshape(-1) if bias is not None else None
-        return (du_k.sum(1).to(x.dtype), ddt.to(delta.dtype), dA.to(A.dtype), dB.to(B.dtype), dC.to(C.dtype),
-                None if D is None else dD.to(D.dtype), None if bias is None else dbias.to(bias.dtype), None, None)
+        grads = nss_scan_backward(dy, x, delta, A, B, C, D, bias, ids, hs, ctx.softplus)
+        return (*grads, None, None)
 
 
 def nss_scan(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,

@@ -303,6 +303,49 @@ def scan_state_carry_kernel(
 
 
 @triton.jit
+def scan_state_chain_kernel(
+    A_ptr, es_ptr, ts_ptr,
+    hs_ptr,  # (batch, K, NCH, D, N) float32 out: state entering chunk c (adjoint: leaving it to the right)
+    D, N, K, NCH,
+    REVERSE: tl.constexpr, CB: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr,
+):
+    """The same chain as :func:`scan_state_carry_kernel`, ``CB`` chunks per step: the recurrence over chunks is
+    itself a linear scan, so each step scans a (CB, BD, BN) block of summaries in parallel and folds in the
+    carry; the sequential depth is NCH / CB instead of NCH (batch-1 inference has thousands of chunks)."""
+    pid_d = tl.program_id(0)
+    pid_bk = tl.program_id(1)
+    k = pid_bk % K
+    d, dmask, n, nmask, A2, _, _ = _block_setup(A_ptr, A_ptr, A_ptr, k, pid_d, D, N, False, False, BD, BN)
+    mask = dmask[:, None] & nmask[None, :]
+    first = 0
+    if REVERSE:
+        first = NCH - 1
+    h = tl.zeros((BD, BN), tl.float32)
+    tl.store(hs_ptr + ((pid_bk * NCH + first) * D + d[:, None]) * N + n[None, :], h, mask=mask)
+    j = tl.arange(0, CB)
+    for start in range(0, NCH, CB):
+        i = start + j  # steps in walking order
+        c = i
+        nxt = i + 1  # the chunk whose entering state is the state after chunk c
+        if REVERSE:
+            c = NCH - 1 - i
+            nxt = c - 1
+        row = (pid_bk * NCH + c)[:, None] * D + d[None, :]  # (CB, BD)
+        imask = i < NCH
+        m2 = imask[:, None] & dmask[None, :]
+        m3 = m2[:, :, None] & nmask[None, None, :]
+        total = tl.load(ts_ptr + row, mask=m2, other=0.0)  # padded steps: decay 1, no input (identity)
+        summary = tl.load(es_ptr + row[:, :, None] * N + n[None, None, :], mask=m3, other=0.0)
+        decay = tl.exp2(total[:, :, None] * A2[None, :, :])
+        acc_a, acc_e = tl.associative_scan((decay, summary), 0, _combine)
+        after = acc_e + acc_a * h[None, :, :]
+        out_row = (pid_bk * NCH + nxt)[:, None] * D + d[None, :]
+        tl.store(hs_ptr + out_row[:, :, None] * N + n[None, None, :], after,
+                 mask=m3 & ((i + 1) < NCH)[:, None, None])
+        h = tl.sum(tl.where((j == CB - 1)[:, None, None], after, 0.0), axis=0)
+
+
+@triton.jit
 def scan_bwd_kernel(
     x_ptr, sxb, sxk, sxl, sxd,
     dt_ptr, stb, stk, stl, std,
