@@ -6,13 +6,15 @@ implementations) and running the eager scan code inside:
 * ``mair::selective_scan(u, delta, A, B, C, D?, delta_bias?, delta_softplus, backend) -> y`` — mamba_ssm's
   layout, :func:`mair.models.scan.selective_scan` on the backend named by ``backend`` (a resolved name such as
   ``"torch"``, never ``None``/``"auto"``: the choice is made eagerly, outside the compiled region);
-* ``mair::nss_scan(x, delta, A, B, C, D?, delta_bias?, ids, delta_softplus) -> y`` — the Triton NSS-fused
-  layout, :func:`mair.models.scan.triton_backend.nss_scan`;
+* ``mair::nss_scan(x, delta, A, B, C, D?, delta_bias?, ids, delta_softplus) -> (y, states)`` — the Triton
+  NSS-fused layout (:func:`mair.models.scan.triton_backend.nss_scan_forward`); ``states`` are the chunk states
+  its backward starts from, saved instead of recomputed;
 * ``mair::selective_scan_bwd`` / ``mair::nss_scan_bwd`` — their backwards, registered through
-  ``register_autograd``. A backward op recomputes the scan forward of its backend under autograd and
+  ``register_autograd``. ``selective_scan_bwd`` recomputes the scan forward of its backend under autograd and
   differentiates it (``torch.autograd.grad``), so it runs the backend's own hand-written backward and works
-  for every backend, at the cost of one extra scan forward per backward. Gradients of inputs that need none
-  come back as empty tensors (shape ``(0,)``), and the autograd formula turns them into ``None``.
+  for every backend, at the cost of one extra scan forward per backward; ``nss_scan_bwd`` calls the Triton
+  backward directly on the saved states. Gradients of inputs that need none come back as empty tensors
+  (shape ``(0,)``), and the autograd formula turns them into ``None``.
 
 The model uses the ops only when the switch is on: :func:`enable` (``enable(True)``/``enable(False)``;
 ``enable(None)`` defers to the environment) or ``MAIR_SCAN_CUSTOM_OP=1``. Off (the default), the VMM calls the
@@ -210,20 +212,6 @@ _selective_scan_op.register_autograd(_selective_scan_backward, setup_context=_se
 # mair::nss_scan
 
 
-def _eager_nss_scan(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
-                    delta_bias: Tensor | None, ids: Tensor, delta_softplus: bool) -> Tensor:
-    from .triton_backend import nss_scan
-
-    return nss_scan(x, delta, A, B, C, D, delta_bias, ids, delta_softplus)
-
-
-@torch.library.custom_op("mair::nss_scan", mutates_args=())
-def _nss_scan_op(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
-                 delta_bias: Tensor | None, ids: Tensor, delta_softplus: bool) -> Tensor:
-    y = _eager_nss_scan(x, delta, A, B, C, D, delta_bias, ids, delta_softplus)
-    return _fresh([y], [x, delta, A, B, C, D, delta_bias, ids])[0]
-
-
 def _check_nss(x: Tensor, delta: Tensor, ids: Tensor) -> None:
     if x.dim() != 3 or delta.dim() != 4 or delta.shape[0] != x.shape[0] or delta.shape[2:] != x.shape[1:]:
         raise ValueError(f"nss_scan: x must be (batch, L, D) and delta (batch, K, L, D); got "
@@ -233,38 +221,56 @@ def _check_nss(x: Tensor, delta: Tensor, ids: Tensor) -> None:
                          f"got {tuple(ids.shape)}")
 
 
+@torch.library.custom_op("mair::nss_scan", mutates_args=())
+def _nss_scan_op(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
+                 delta_bias: Tensor | None, ids: Tensor, delta_softplus: bool) -> tuple[Tensor, Tensor]:
+    from .triton_backend import nss_scan_forward
+
+    y, states = nss_scan_forward(x, delta, A, B, C, D, delta_bias, ids, delta_softplus)
+    return y, states
+
+
 @_nss_scan_op.register_fake
 def _(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None, delta_bias: Tensor | None,
-      ids: Tensor, delta_softplus: bool) -> Tensor:
+      ids: Tensor, delta_softplus: bool) -> tuple[Tensor, Tensor]:
+    from .triton_backend import forward_chunks
+
     _check_nss(x, delta, ids)
-    return x.new_empty(x.shape[0], delta.shape[1], x.shape[1], x.shape[2])
+    batch, length, channels = x.shape
+    groups = delta.shape[1]
+    n_chunks = forward_chunks(batch * groups, channels, length, A.shape[1])
+    return (x.new_empty(batch, groups, length, channels),
+            x.new_empty(batch, groups, n_chunks, channels, A.shape[1], dtype=torch.float32))
 
 
 @torch.library.custom_op("mair::nss_scan_bwd", mutates_args=())
 def _nss_scan_bwd_op(dy: Tensor, x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
-                     delta_bias: Tensor | None, ids: Tensor, delta_softplus: bool,
+                     delta_bias: Tensor | None, ids: Tensor, states: Tensor, delta_softplus: bool,
                      needs: list[bool]) -> list[Tensor]:
-    def forward(*args: Tensor | None) -> Tensor:
-        return _eager_nss_scan(*args, ids, delta_softplus)
+    from .triton_backend import nss_scan_backward
 
-    return _grads(forward, [x, delta, A, B, C, D, delta_bias], needs, dy)
+    inputs = [x, delta, A, B, C, D, delta_bias]
+    grads = nss_scan_backward(dy.contiguous(), *inputs, ids, states, delta_softplus)
+    out = [g if n and g is not None else dy.new_empty(0) for g, n in zip(grads, needs, strict=True)]
+    return _fresh(out, [dy, *inputs, states])
 
 
 @_nss_scan_bwd_op.register_fake
 def _(dy: Tensor, x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
-      delta_bias: Tensor | None, ids: Tensor, delta_softplus: bool, needs: list[bool]) -> list[Tensor]:
+      delta_bias: Tensor | None, ids: Tensor, states: Tensor, delta_softplus: bool,
+      needs: list[bool]) -> list[Tensor]:
     return _fake_grads([x, delta, A, B, C, D, delta_bias], needs, dy)
 
 
-def _nss_scan_setup(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+def _nss_scan_setup(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, Tensor]) -> None:
     x, delta, A, B, C, D, delta_bias, ids, delta_softplus = inputs
-    ctx.save_for_backward(x, delta, A, B, C, D, delta_bias, ids)
+    ctx.save_for_backward(x, delta, A, B, C, D, delta_bias, ids, output[1])
     ctx.delta_softplus = delta_softplus
 
 
-def _nss_scan_backward(ctx: Any, dy: Tensor) -> tuple[Tensor | None, ...]:
-    *saved, ids = ctx.saved_tensors
-    grads = _nss_scan_bwd_op(dy, *saved, ids, ctx.delta_softplus, _needs(ctx))
+def _nss_scan_backward(ctx: Any, dy: Tensor, _dstates: Tensor | None) -> tuple[Tensor | None, ...]:
+    *saved, ids, states = ctx.saved_tensors
+    grads = _nss_scan_bwd_op(dy, *saved, ids, states, ctx.delta_softplus, _needs(ctx))
     return _as_grads(ctx, grads, extra=2)
 
 
@@ -286,8 +292,9 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D:
 
 def nss_scan(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
              delta_bias: Tensor | None, ids: Tensor, delta_softplus: bool = True) -> Tensor:
-    """:func:`mair.models.scan.triton_backend.nss_scan` through ``mair::nss_scan`` (same arguments and result)."""
-    return _nss_scan_op(x, delta, A, B, C, D, delta_bias, ids, bool(delta_softplus))
+    """:func:`mair.models.scan.triton_backend.nss_scan` through ``mair::nss_scan`` (same arguments and result;
+    the op's second output, the chunk states, stays inside for the backward)."""
+    return _nss_scan_op(x, delta, A, B, C, D, delta_bias, ids, bool(delta_softplus))[0]
 
 
 def compile_model(model: nn.Module, fullgraph: bool = True, dynamic: bool | None = False,
