@@ -23,6 +23,8 @@ from mair.models.scan import custom_ops, selective_scan
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 needs_triton = pytest.mark.skipif(not HAS_TRITON, reason="the nss_scan op runs the triton backend")
+# The Triton kernels run on the GPU when there is one, else in the interpreter (tests/conftest.py).
+TRITON_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 @pytest.fixture(autouse=True)
@@ -65,7 +67,7 @@ def _step(model: nn.Module, x: Tensor) -> tuple[Tensor, list[Tensor]]:
     """Output, and the gradients of a fixed random projection of it w.r.t. the input and every parameter."""
     x = x.detach().clone().requires_grad_()
     out = model(x)
-    weight = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+    weight = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(out.device)
     params = [p for p in model.parameters() if p.requires_grad]
     grads = torch.autograd.grad((out * weight).sum(), [x, *params])
     return out.detach(), list(grads)
@@ -191,13 +193,13 @@ def _nss_inputs() -> tuple[list[Tensor], Tensor]:
     length = height * width
 
     def rnd(*shape: int, scale: float = 1.0) -> Tensor:
-        return (torch.randn(*shape, generator=gen) * scale).requires_grad_()
+        return (torch.randn(*shape, generator=gen) * scale).to(TRITON_DEVICE).requires_grad_()
 
     inputs = [rnd(batch, length, channels), rnd(batch, groups, length, channels, scale=0.5),
-              (-torch.rand(groups * channels, state, generator=gen)).requires_grad_(),
+              (-torch.rand(groups * channels, state, generator=gen)).to(TRITON_DEVICE).requires_grad_(),
               rnd(batch, groups, length, state), rnd(batch, groups, length, state), rnd(groups * channels),
               rnd(groups * channels, scale=0.5)]
-    return inputs, scan_orders(height, width, 4, 2)[0]
+    return inputs, scan_orders(height, width, 4, 2, TRITON_DEVICE)[0]
 
 
 @needs_triton
@@ -215,7 +217,7 @@ def test_nss_scan_op_matches_the_triton_function() -> None:
     want = nss_scan(*inputs, ids, True)
     got = custom_ops.nss_scan(*inputs, ids, True)
     torch.testing.assert_close(got, want, rtol=0, atol=0)
-    dy = torch.randn(want.shape, generator=torch.Generator().manual_seed(6))
+    dy = torch.randn(want.shape, generator=torch.Generator().manual_seed(6)).to(TRITON_DEVICE)
     for g, w in zip(torch.autograd.grad(got, inputs, dy), torch.autograd.grad(want, inputs, dy), strict=True):
         torch.testing.assert_close(g, w, rtol=1e-6, atol=1e-6)
 
@@ -245,10 +247,10 @@ def test_compile_whole_network_without_graph_breaks(name: str) -> None:
 
 @needs_triton
 def test_compile_network_with_the_fused_triton_scan(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The fused (``mair::nss_scan``) path compiles too (Triton's interpreter runs the kernels here)."""
+    """The fused (``mair::nss_scan``) path compiles too (on the CPU, Triton's interpreter runs the kernels)."""
     # Smaller still: the interpreter's time grows with the number of kernel programs.
-    model = tiny_mair(backend="triton", embed_dim=4, depths=[1], upscale=1, upsampler="").eval()
-    x = torch.rand(1, 3, 4, 4, generator=torch.Generator().manual_seed(2))
+    model = tiny_mair(backend="triton", embed_dim=4, depths=[1], upscale=1, upsampler="").eval().to(TRITON_DEVICE)
+    x = torch.rand(1, 3, 4, 4, generator=torch.Generator().manual_seed(2)).to(TRITON_DEVICE)
     want = _step(model, x)
     calls = []
     from mair.models.scan import triton_backend
