@@ -45,7 +45,8 @@ def main() -> None:
                         help="';'-separated BL,BD_fwd,BD_bwd,warps_fwd,warps_bwd ('default': tile_config's choice)")
     parser.add_argument("--variants", default="split",
                         help="';'-separated backward variants: single, split or split:BD,warps")
-    parser.add_argument("--fwd-modes", default="auto", help="';'-separated forward modes: auto, sequential, chunked")
+    parser.add_argument("--fwd-modes", default="auto",
+                        help="';'-separated forward modes: auto, sequential, chunked, stepwise")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--side", type=int, default=64, help="feature map side (L = side^2)")
     parser.add_argument("--channels", type=int, default=360)

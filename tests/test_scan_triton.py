@@ -18,8 +18,9 @@ from mair.models.scan.triton_backend import nss_scan, nss_scan_reference  # noqa
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # (forward mode, backward variant): chunk summaries + per-chunk passes (the defaults for batch-1 inference and
-# training), the sequential forward with the split backward, and the first (single-kernel) backward.
-KERNEL_PATHS = [("chunked", "split"), ("sequential", "split"), ("sequential", "single")]
+# training), the sequential forward with the split backward, the first (single-kernel) backward, and the
+# step-by-step forward (segments walked position by position).
+KERNEL_PATHS = [("chunked", "split"), ("sequential", "split"), ("sequential", "single"), ("stepwise", "split")]
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -130,20 +131,30 @@ def test_model_with_triton_backend_matches_torch_backend() -> None:
     assert _rel(grads[1], grads[0]) <= 1e-5
 
 
-def test_forward_mode_is_chunked_only_when_sequences_alone_cannot_fill_the_gpu(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_forward_mode_defaults_to_stepwise_and_takes_the_override(monkeypatch: pytest.MonkeyPatch) -> None:
     from mair.models.scan.triton_backend import TileConfig, forward_mode
 
     monkeypatch.delenv("MAIR_TRITON_FWD", raising=False)
     cfg = TileConfig(bl=32, bd=8, bn=16, warps=4)
-    assert forward_mode(16, 360, 4096, cfg) == "sequential"  # classic SR training: batch 4 x 4 scans
-    assert forward_mode(4, 360, 65536, cfg) == "chunked"  # batch-1 inference of a 256x256 image
-    assert forward_mode(4, 360, 100, cfg) == "sequential"  # too few chunks to gain anything
+    assert forward_mode(16, 360, 4096, cfg) == "stepwise"  # classic SR training: batch 4 x 4 scans
+    assert forward_mode(4, 360, 65536, cfg) == "stepwise"  # batch-1 inference of a 256x256 image
     monkeypatch.setenv("MAIR_TRITON_FWD", "chunked")
     assert forward_mode(16, 360, 4096, cfg) == "chunked"
     monkeypatch.setenv("MAIR_TRITON_FWD", "fast")
-    with pytest.raises(ValueError, match="MAIR_TRITON_FWD must be one of auto, sequential, chunked"):
+    with pytest.raises(ValueError, match="MAIR_TRITON_FWD must be one of auto, sequential, chunked, stepwise"):
         forward_mode(16, 360, 4096, cfg)
+
+
+def test_step_segments_fill_the_gpu_and_cover_every_chunk(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mair.models.scan import triton_backend as tb
+
+    monkeypatch.setattr(tb, "interpreting", lambda: False)  # the GPU rule, whatever runs the tests
+    for parallel, channels, n_chunks in [(16, 360, 128), (4, 360, 2048), (64, 90, 32), (1, 8, 1), (4, 40, 7)]:
+        n_seg, seg_chunks = tb.step_segments(parallel, channels, n_chunks)
+        assert (n_seg - 1) * seg_chunks < n_chunks <= n_seg * seg_chunks  # every chunk once, no empty segment
+        programs = parallel * -(-channels // tb.STEP_BD) * n_seg
+        assert programs >= tb.STEP_TARGET_PROGRAMS or n_seg == n_chunks, (parallel, channels, n_chunks)
+    assert tb.step_segments(512, 360, 128) == (1, 128)  # the sequences alone fill the GPU: no summary pass
 
 
 def _plain_chain(A: torch.Tensor, summary: torch.Tensor, total: torch.Tensor, reverse: bool) -> torch.Tensor:

@@ -113,22 +113,19 @@ class _Problem:
     softplus: bool
 
 
-FORWARD_MODES = ("auto", "sequential", "chunked")
+FORWARD_MODES = ("auto", "sequential", "chunked", "stepwise")
 
 
 def forward_mode(parallel: int, channels: int, length: int, cfg: TileConfig) -> str:
-    """``sequential`` (one program walks a whole sequence) when there are enough programs to fill the GPU,
-    else ``chunked`` (chunk summaries in parallel, a light sequential pass over them, then every chunk in
-    parallel): batch-1 inference and long sequences. ``MAIR_TRITON_FWD`` overrides."""
+    """The forward kernels to use. ``auto`` (default): ``stepwise`` (segments walked position by position, one
+    channel per lane with its states in registers; faster than the others at every shape measured, see
+    docs/benchmarks.md). ``sequential`` (one program walks a whole sequence with chunked associative scans) and
+    ``chunked`` (chunk summaries, their chain, then every chunk in parallel) are the earlier kernels, kept for
+    comparison and checked by the same tests. ``MAIR_TRITON_FWD`` overrides."""
     mode = os.environ.get("MAIR_TRITON_FWD", "auto")
     if mode not in FORWARD_MODES:
         raise ValueError(f"MAIR_TRITON_FWD must be one of {', '.join(FORWARD_MODES)}, got {mode!r}")
-    if mode != "auto":
-        return mode
-    n_chunks = -(-length // cfg.bl)
-    full_bd = 8 if cfg.bn >= 16 else 32  # tile_config's channels per program before it shrinks them
-    few_programs = parallel * -(-channels // full_bd) < TARGET_PROGRAMS
-    return "chunked" if few_programs and n_chunks >= 8 else "sequential"
+    return "stepwise" if mode == "auto" else mode
 
 
 def _launch_meta(pb: _Problem) -> dict:
@@ -155,11 +152,33 @@ def chain_tile(n_chunks: int, channels: int, bn: int) -> tuple[int, int]:
     return cb, bd
 
 
+def _chain(A: Tensor, summary: Tensor, total: Tensor, reverse: bool, bn: int) -> Tensor:
+    """Chain summaries (batch, K, NCH, D, N) / ΣΔ (batch, K, NCH, D) into the state entering every chunk
+    (``reverse``: the adjoint entering it from the right)."""
+    from .triton_kernels import scan_state_carry_kernel, scan_state_chain_kernel
+
+    batch, groups, n_chunks, channels, d_state = summary.shape
+    carries = torch.empty_like(summary)
+    if chain_variant() == "loop":
+        carry_bd = min(32, max(2, 1 << (channels - 1).bit_length()))
+        scan_state_carry_kernel[(-(-channels // carry_bd), batch * groups)](
+            A, summary, total, carries, channels, d_state, groups, n_chunks,
+            REVERSE=reverse, BD=carry_bd, BN=bn, num_warps=4,
+        )
+    else:
+        cb, chain_bd = chain_tile(n_chunks, channels, bn)
+        scan_state_chain_kernel[(-(-channels // chain_bd), batch * groups)](
+            A, summary, total, carries, channels, d_state, groups, n_chunks,
+            REVERSE=reverse, CB=cb, BD=chain_bd, BN=bn, num_warps=4,
+        )
+    return carries
+
+
 def _chain_summaries(pb: _Problem, cfg: TileConfig, n_chunks: int, adjoint: bool, dy: Tensor | None = None,
                      dys: Strides | None = None) -> Tensor:
     """Carries at every chunk boundary from chunk summaries: the state entering each chunk from the left, or
     (``adjoint``) the adjoint entering it from the right. Returns (batch, K, NCH, D, N) float32."""
-    from .triton_kernels import scan_state_carry_kernel, scan_state_chain_kernel, scan_state_summary_kernel
+    from .triton_kernels import scan_state_summary_kernel
 
     dev, f32 = pb.x.device, torch.float32
     shape = (pb.batch, pb.groups, n_chunks, pb.channels)
@@ -175,20 +194,7 @@ def _chain_summaries(pb: _Problem, cfg: TileConfig, n_chunks: int, adjoint: bool
         pb.length, pb.channels, pb.d_state, pb.groups, n_chunks,
         ADJOINT=adjoint, **_launch_meta(pb), BL=cfg.bl, BD=cfg.bd, BN=cfg.bn, num_warps=cfg.warps,
     )
-    carries = torch.empty_like(summary)
-    if chain_variant() == "loop":
-        carry_bd = min(32, max(2, 1 << (pb.channels - 1).bit_length()))
-        scan_state_carry_kernel[(-(-pb.channels // carry_bd), pb.batch * pb.groups)](
-            pb.A, summary, total, carries, pb.channels, pb.d_state, pb.groups, n_chunks,
-            REVERSE=adjoint, BD=carry_bd, BN=cfg.bn, num_warps=4,
-        )
-    else:
-        cb, chain_bd = chain_tile(n_chunks, pb.channels, cfg.bn)
-        scan_state_chain_kernel[(-(-pb.channels // chain_bd), pb.batch * pb.groups)](
-            pb.A, summary, total, carries, pb.channels, pb.d_state, pb.groups, n_chunks,
-            REVERSE=adjoint, CB=cb, BD=chain_bd, BN=cfg.bn, num_warps=4,
-        )
-    return carries
+    return _chain(pb.A, summary, total, adjoint, cfg.bn)
 
 
 def forward_plan(parallel: int, channels: int, length: int, d_state: int) -> tuple[str, TileConfig]:
@@ -196,14 +202,54 @@ def forward_plan(parallel: int, channels: int, length: int, d_state: int) -> tup
     implementation of the custom op agrees with the kernels on the number of chunk states)."""
     cfg = tile_config(d_state, channels, backward=False, parallel=parallel)
     mode = forward_mode(parallel, channels, length, cfg)
-    if mode == "chunked":  # wide tiles: the parallelism comes from the chunks (faster than long chunks, measured)
-        cfg = tile_config(d_state, channels, backward=False, parallel=TARGET_PROGRAMS)
+    if mode in ("chunked", "stepwise"):  # the parallelism comes from the chunks: the chunk length the backward
+        cfg = tile_config(d_state, channels, backward=False, parallel=TARGET_PROGRAMS)  # and wide tiles prefer
     return mode, cfg
 
 
 def forward_chunks(parallel: int, channels: int, length: int, d_state: int) -> int:
     """Number of chunk states the forward stores."""
     return -(-length // forward_plan(parallel, channels, length, d_state)[1].bl)
+
+
+STEP_BD = 32  # channels per program of the step-by-step forward: one per lane of its single warp
+STEP_TARGET_PROGRAMS = 2112  # about 16 single-warp programs per SM on an H100
+
+
+def step_segments(parallel: int, channels: int, n_chunks: int, bd: int = STEP_BD) -> tuple[int, int]:
+    """Segments per sequence and chunks per segment of the step-by-step forward: enough segments for about
+    ``STEP_TARGET_PROGRAMS`` programs (one segment, no summary pass, when the sequences alone fill the GPU)."""
+    if interpreting():  # several segments of several chunks, so the tests exercise the summary and chain
+        seg_chunks = min(2, n_chunks)
+    else:
+        want = -(-STEP_TARGET_PROGRAMS // (parallel * -(-channels // bd)))
+        seg_chunks = -(-n_chunks // max(1, min(want, n_chunks)))
+    return -(-n_chunks // seg_chunks), seg_chunks
+
+
+def _fwd_stepwise(pb: _Problem, args: tuple, cfg: TileConfig, n_chunks: int) -> Tensor:
+    """Step-by-step forward (:func:`scan_fwd_step_kernel`): segment summaries and their chain when there are
+    several segments, then the output pass. Returns the states entering every chunk of ``cfg.bl``."""
+    from .triton_kernels import scan_fwd_step_kernel
+
+    step_bd = int(os.environ.get("MAIR_TRITON_STEP_BD", STEP_BD))  # tuning only
+    n_seg, seg_chunks = step_segments(pb.batch * pb.groups, pb.channels, n_chunks, step_bd)
+    dev, f32 = pb.x.device, torch.float32
+    hs = torch.empty(pb.batch, pb.groups, n_chunks, pb.channels, pb.d_state, device=dev, dtype=f32)
+    grid = (-(-pb.channels // step_bd), n_seg, pb.batch * pb.groups)
+    sizes = (pb.length, pb.channels, pb.d_state, pb.groups, n_chunks, n_seg, seg_chunks)
+    meta = dict(HAS_D=pb.D is not None, **_launch_meta(pb), BL=cfg.bl, BD=step_bd, BN=cfg.bn, num_warps=1)
+    dummy = pb.A
+    hin = None
+    if n_seg > 1:
+        summary = torch.empty(pb.batch, pb.groups, n_seg, pb.channels, pb.d_state, device=dev, dtype=f32)
+        total = torch.empty(pb.batch, pb.groups, n_seg, pb.channels, device=dev, dtype=f32)
+        scan_fwd_step_kernel[grid](*args, dummy, dummy, summary, total, *sizes, HAS_HIN=False, SUMMARY=True,
+                                   **meta)
+        hin = _chain(pb.A, summary, total, False, cfg.bn)
+    scan_fwd_step_kernel[grid](*args, hin if hin is not None else dummy, hs, dummy, dummy, *sizes,
+                               HAS_HIN=hin is not None, SUMMARY=False, **meta)
+    return hs
 
 
 def _fwd(pb: _Problem, out: Tensor, os_: Strides) -> tuple[Tensor, int]:
@@ -219,7 +265,9 @@ def _fwd(pb: _Problem, out: Tensor, os_: Strides) -> tuple[Tensor, int]:
             pb.ids if pb.ids is not None else dummy, out, *os_)
     meta = dict(HAS_D=pb.D is not None, **_launch_meta(pb), BL=cfg.bl, BD=cfg.bd, BN=cfg.bn, num_warps=cfg.warps)
     n_dblocks = -(-pb.channels // cfg.bd)
-    if mode == "chunked":
+    if mode == "stepwise":
+        hs = _fwd_stepwise(pb, args, cfg, n_chunks)
+    elif mode == "chunked":
         hs = _chain_summaries(pb, cfg, n_chunks, adjoint=False)
         scan_fwd_chunk_kernel[(n_dblocks, n_chunks, parallel)](
             *args, hs, pb.length, pb.channels, pb.d_state, pb.groups, n_chunks, **meta)

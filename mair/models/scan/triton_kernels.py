@@ -218,6 +218,106 @@ def scan_fwd_chunk_kernel(
                HAS_IDS, HAS_D, HAS_BIAS, SOFTPLUS, BL)
 
 
+@triton.jit
+def _step_position(ids_ptr, k, l, L, HAS_IDS: tl.constexpr):
+    """Raster position of step ``l`` of sequence ``k`` (a scalar)."""
+    if HAS_IDS:
+        return tl.load(ids_ptr + k * L + l).to(tl.int64)
+    else:
+        return tl.cast(l, tl.int64)
+
+
+@triton.jit
+def scan_fwd_step_kernel(
+    x_ptr, sxb, sxk, sxl, sxd,
+    dt_ptr, stb, stk, stl, std,
+    A_ptr, B_ptr, sbb, sbk, sbl, sbn,
+    C_ptr, scb, sck, scl, scn,
+    D_ptr, bias_ptr, ids_ptr,
+    out_ptr, sob, sok, sol, sod,
+    hin_ptr,  # (batch, K, NSEG, D, N) state entering every segment (HAS_HIN)
+    hs_ptr,  # (batch, K, NCH, D, N) out: state entering every chunk of BL positions (not in SUMMARY mode)
+    es_ptr, ts_ptr,  # (batch, K, NSEG, D, N), (batch, K, NSEG, D) out (SUMMARY): end state from zero, Σ Δ
+    L, D, N, K, NCH, NSEG, SEG_CHUNKS,
+    HAS_IDS: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    HAS_HIN: tl.constexpr, SUMMARY: tl.constexpr,
+    BL: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr,
+):
+    """Step-by-step forward: a program owns ``BD`` channels (one per lane) with all ``BN`` states of each in
+    the lane's registers, and walks one segment of ``SEG_CHUNKS`` chunks position by position. Per position
+    and state that is one exp2 and two FMAs, and the sum over the states for y stays inside the thread (the
+    tile is (BN, BD): Triton spreads the last axis over the lanes).
+
+    SUMMARY: from a zero state, store only the segment's end state and ΣΔ (chained by
+    :func:`scan_state_chain_kernel` into the states entering the segments). Else start from ``hin`` (or zero),
+    store y and the state entering every chunk of ``BL`` positions (the backward starts from those)."""
+    pid_d = tl.program_id(0)
+    seg = tl.program_id(1)
+    pid_bk = tl.program_id(2)
+    b = pid_bk // K
+    k = pid_bk % K
+    d = pid_d * BD + tl.arange(0, BD)
+    dmask = d < D
+    n = tl.arange(0, BN)
+    nmask = n < N
+    e = k * D + d
+    mask = nmask[:, None] & dmask[None, :]
+    A2 = tl.load(A_ptr + e[None, :] * N + n[:, None], mask=mask, other=0.0).to(tl.float32) * 1.4426950408889634
+    bias = tl.zeros((BD,), tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + e, mask=dmask, other=0.0).to(tl.float32)
+    Dv = tl.zeros((BD,), tl.float32)
+    if HAS_D:
+        Dv = tl.load(D_ptr + e, mask=dmask, other=0.0).to(tl.float32)
+    state = (((b * K + k) * NSEG + seg) * D + d[None, :]) * N + n[:, None]
+    h = tl.zeros((BN, BD), tl.float32)
+    if HAS_HIN:
+        h = tl.load(hin_ptr + state, mask=mask, other=0.0)
+    total = tl.zeros((BD,), tl.float32)
+    x_base = x_ptr + b * sxb + k * sxk + d * sxd
+    dt_base = dt_ptr + b * stb + k * stk + d * std
+    b_base = B_ptr + b * sbb + k * sbk + n * sbn
+    c_base = C_ptr + b * scb + k * sck + n * scn
+    out_base = out_ptr + b * sob + k * sok + d * sod
+    l_first = seg * SEG_CHUNKS * BL
+    l_last = tl.minimum(l_first + SEG_CHUNKS * BL, L)
+    # Software prefetch: the loads of position l + 1 are issued before the arithmetic of position l (and the
+    # scan-order index two ahead), so their latency overlaps it; the last prefetches read a clamped position.
+    p_next = _step_position(ids_ptr, k, l_first, L, HAS_IDS)
+    p_after = _step_position(ids_ptr, k, tl.minimum(l_first + 1, L - 1), L, HAS_IDS)
+    raw_next = tl.load(dt_base + p_next * stl, mask=dmask, other=0.0)
+    u_next = tl.load(x_base + p_next * sxl, mask=dmask, other=0.0)
+    B_next = tl.load(b_base + p_next * sbl, mask=nmask, other=0.0)
+    C_next = tl.load(c_base + p_next * scl, mask=nmask, other=0.0)
+    for l in range(l_first, l_last):
+        p, raw, u, Bl, Cl = p_next, raw_next.to(tl.float32) + bias, u_next.to(tl.float32), B_next, C_next
+        p_next = p_after
+        raw_next = tl.load(dt_base + p_next * stl, mask=dmask, other=0.0)
+        u_next = tl.load(x_base + p_next * sxl, mask=dmask, other=0.0)
+        B_next = tl.load(b_base + p_next * sbl, mask=nmask, other=0.0)
+        if not SUMMARY:
+            C_next = tl.load(c_base + p_next * scl, mask=nmask, other=0.0)
+        p_after = _step_position(ids_ptr, k, tl.minimum(l + 2, L - 1), L, HAS_IDS)
+        if not SUMMARY:  # noqa: SIM102 (a compile-time branch around a runtime one)
+            if l % BL == 0:
+                tl.store(hs_ptr + (((b * K + k) * NCH + l // BL) * D + d[None, :]) * N + n[:, None], h, mask=mask)
+        dt = raw
+        if SOFTPLUS:
+            dt = _softplus(raw)
+        dt = tl.where(dmask, dt, 0.0)
+        h = tl.exp2(A2 * dt[None, :]) * h + Bl.to(tl.float32)[:, None] * (dt * u)[None, :]
+        if SUMMARY:
+            total += dt
+        else:
+            y = tl.sum(h * Cl.to(tl.float32)[:, None], axis=0)
+            if HAS_D:
+                y = y + Dv * u
+            tl.store(out_base + p * sol, y.to(out_ptr.dtype.element_ty), mask=dmask)
+    if SUMMARY:
+        tl.store(es_ptr + state, h, mask=mask)
+        tl.store(ts_ptr + ((b * K + k) * NSEG + seg) * D + d, total, mask=dmask)
+
+
 # ------------------------------------------------------------------------------------------------------------
 # Chunk summaries. Over one chunk the recurrence h -> decay h + drive composes to h -> exp(A Σ Δ) h + e, with
 # e = Σ_l exp(A Σ_{j>l} Δ_j) Δ_l B_l u_l (state reached from zero). The summaries of all chunks are computed in
