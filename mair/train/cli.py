@@ -33,6 +33,9 @@ def register(subparsers: Any) -> None:
                    help="stop after iteration K (the schedule stays the experiment's)")
     p.add_argument("--precision", choices=("fp32", "tf32", "bf16"), default="fp32",
                    help="fp32 as the paper (default), tf32 matmuls on GPUs, or bf16 autocast")
+    p.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
+                   help="torch.compile the network in one graph, the scan as custom ops (compiler backend, "
+                        "default inductor); validation stays eager")
     p.add_argument("--run-dir", type=Path, default=None, metavar="DIR",
                    help="run folder (default runs/<scope>/<experiment>)")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
@@ -73,7 +76,7 @@ def options_from_args(args: argparse.Namespace) -> Any:
         init_weights=args.init_weights, checkpoint_every=args.checkpoint_every, keep=args.keep,
         device=args.device, num_workers=args.num_workers, allow_batch_mismatch=args.allow_batch_mismatch,
         data_dir=args.data_dir, results_dir=args.results_dir, validate=args.val, mlflow=args.mlflow,
-        tracking_uri=args.tracking_uri, log_every=args.log_every)
+        tracking_uri=args.tracking_uri, log_every=args.log_every, compile=args.compile)
 
 
 def child_argv(args: argparse.Namespace) -> list[str]:
@@ -83,7 +86,8 @@ def child_argv(args: argparse.Namespace) -> list[str]:
     optional = {"--gpus": args.gpus, "--device": args.device, "--max-iters": args.max_iters,
                 "--run-dir": args.run_dir, "--init-weights": args.init_weights,
                 "--checkpoint-every": args.checkpoint_every, "--num-workers": args.num_workers,
-                "--data-dir": args.data_dir, "--tracking-uri": args.tracking_uri, "--log-every": args.log_every}
+                "--data-dir": args.data_dir, "--tracking-uri": args.tracking_uri, "--log-every": args.log_every,
+                "--compile": args.compile}
     for flag, value in optional.items():
         if value is not None:
             argv += [flag, str(value)]

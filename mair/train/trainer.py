@@ -99,6 +99,7 @@ class TrainOptions:
     mlflow: bool = True
     tracking_uri: str | None = None
     log_every: int | None = None
+    compile: str | None = None  # torch.compile backend for the training forward/backward (None: eager)
 
     def resolved_run_dir(self) -> Path:
         """``--run-dir``, else ``runs/<scope>/<experiment>`` (an experiment file is named by its stem)."""
@@ -510,6 +511,10 @@ class Trainer:
         else:
             self.model = net
         self.model.train()
+        if opts.compile:  # the scan as custom ops, one graph (DDP: Dynamo splits it at the gradient buckets)
+            from mair.models.scan.custom_ops import compile_model
+
+            self.model = compile_model(self.model, fullgraph=not env.distributed, backend=opts.compile)
 
     def _init_process_group(self) -> None:
         env = self.env
@@ -618,7 +623,7 @@ class Trainer:
             "batch_per_gpu": self.plan.batch_per_gpu, "accum": self.plan.accum,
             "effective_batch": self.plan.effective_batch, "paper_effective_batch": self.plan.paper_effective_batch,
             "paper_gpus": int(self.exp["paper_gpus"]), "precision": self.opts.precision,
-            "num_workers": self.num_workers, "max_iters": self.opts.max_iters,
+            "compile": self.opts.compile, "num_workers": self.num_workers, "max_iters": self.opts.max_iters,
             "total_iter": int(self.train_cfg["total_iter"]), "checkpoint_every": self.checkpoint_every,
             "keep": self.opts.keep, "seed": self.seed, "init": self.pre.init_note, "init_report": self.init_report,
             "scan_backend": describe_backend_choice(self.device), "git_commit": _git_commit(),
@@ -647,7 +652,8 @@ class Trainer:
                 "mair.git_commit": info["git_commit"], "mair.world_size": info["world_size"],
                 "mair.effective_batch": info["effective_batch"], "mair.accum": info["accum"],
                 "mair.scan_backend": info["scan_backend"], "mair.precision": info["precision"],
-                "mair.device": info["device"], "mair.run_dir": str(self.run_dir.absolute())}
+                "mair.device": info["device"], "mair.compile": str(info["compile"] or "off"),
+                "mair.run_dir": str(self.run_dir.absolute())}
         name = tracking.mlflow_experiment_name(self.opts.scope, self.exp["id"])
         run_id = self.tracker.start(name, f"train {self.exp['id']}", tags, run_id=previous)
         if run_id is None:
@@ -695,7 +701,7 @@ class Trainer:
         prog, mix = train.get("progressive"), train.get("mixup")
         mini, patch = progressive_stage(prog, iteration, self.plan.batch_per_gpu, int(train["patch"]["gt_size"]))
         accum = self.plan.accum
-        ddp = isinstance(self.model, nn.parallel.DistributedDataParallel)
+        ddp = self.env.distributed  # self.model is the DDP wrapper, or a compiled module around it
         self.optimizer.zero_grad(set_to_none=True)
         total = torch.zeros((), device=self.device)
         for micro in range(accum):
