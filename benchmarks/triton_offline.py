@@ -93,7 +93,8 @@ def offline_launches(records: list[dict], dump: Path | None = None) -> Iterator[
         JITFunction.run = original
 
 
-def trace_scan(batch: int, side: int, channels: int, d_state: int, groups: int = 4) -> list[dict]:
+def trace_scan(batch: int, side: int, channels: int, d_state: int, groups: int = 4,
+               dump: Path | None = None) -> list[dict]:
     """Compile every kernel of one ``nss_scan`` forward and backward at the given shape."""
     from mair.models.nss import scan_orders
     from mair.models.scan import triton_backend
@@ -108,7 +109,7 @@ def trace_scan(batch: int, side: int, channels: int, d_state: int, groups: int =
     bias = torch.zeros(groups * channels, requires_grad=True)
     ids = scan_orders(side, side, 4, 0, torch.device("cpu"))[0]
     records: list[dict] = []
-    with offline_launches(records):
+    with offline_launches(records, dump):
         y = triton_backend.nss_scan(x, delta, A, B, C, D, bias, ids, True)
         y.backward(torch.randn_like(y))
     return records
@@ -121,8 +122,9 @@ def main() -> None:
     parser.add_argument("--channels", type=int, default=360)
     parser.add_argument("--d-state", type=int, default=16)
     parser.add_argument("--layouts", action="store_true", help="print the blocked layouts of each kernel")
+    parser.add_argument("--dump", type=Path, default=None, help="write each kernel's TTGIR and PTX here")
     args = parser.parse_args()
-    for rec in trace_scan(args.batch, args.side, args.channels, args.d_state):
+    for rec in trace_scan(args.batch, args.side, args.channels, args.d_state, dump=args.dump):
         layouts = rec.pop("layouts")
         print(" ".join(f"{k}={v}" for k, v in rec.items()))
         if args.layouts:

@@ -45,8 +45,6 @@ def main() -> None:
                         help="';'-separated BL,BD_fwd,BD_bwd,warps_fwd,warps_bwd ('default': tile_config's choice)")
     parser.add_argument("--variants", default="split",
                         help="';'-separated backward variants: single, split or split:BD,warps")
-    parser.add_argument("--fwd-modes", default="auto",
-                        help="';'-separated forward modes: auto, sequential, chunked, stepwise")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--side", type=int, default=64, help="feature map side (L = side^2)")
     parser.add_argument("--channels", type=int, default=360)
@@ -54,10 +52,8 @@ def main() -> None:
     args = parser.parse_args()
     code = CHILD.format(channels=args.channels, state=args.state, batch=args.batch, side=args.side)
     for config in [c for c in args.configs.split(";") if c.strip()]:
-        combos = [(m.strip(), v.strip()) for m in args.fwd_modes.split(";") if m.strip()
-                  for v in args.variants.split(";") if v.strip()]
-        for mode, variant in combos:
-            env = dict(os.environ, MAIR_TRITON_FWD=mode)
+        for variant in [v.strip() for v in args.variants.split(";") if v.strip()]:
+            env = dict(os.environ)
             env.pop("MAIR_TRITON_TILES", None)
             env.pop("MAIR_TRITON_BWD_TILE", None)
             if config != "default":
@@ -69,7 +65,7 @@ def main() -> None:
             proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                                   timeout=300)
             line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")), None)
-            label = f"{config} {mode} {variant}"
+            label = f"{config} {variant}"
             if line is None:
                 print(f"{label:>28}: failed: {proc.stderr.strip().splitlines()[-3:]}", flush=True)
             else:

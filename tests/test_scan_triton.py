@@ -17,10 +17,9 @@ from mair.models.scan import selective_scan  # noqa: E402
 from mair.models.scan.triton_backend import nss_scan, nss_scan_reference  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-# (forward mode, backward variant): chunk summaries + per-chunk passes (the defaults for batch-1 inference and
-# training), the sequential forward with the split backward, the first (single-kernel) backward, and the
-# step-by-step forward (segments walked position by position).
-KERNEL_PATHS = [("chunked", "split"), ("sequential", "split"), ("sequential", "single"), ("stepwise", "split")]
+# Backward variants: adjoint carries from chunk summaries + one program per chunk (the default), and the first
+# (single-kernel) backward. The forward is the step-by-step kernel, with segment summaries and their chain.
+BACKWARD_PATHS = ["split", "single"]
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -49,12 +48,11 @@ def _inputs(batch: int, groups: int, channels: int, d_state: int, length: int, s
     (2, 2, 9, 5, 8, True),      # N not a power of two, L equal to one chunk
 ])
 @pytest.mark.parametrize("with_extras", [True, False])
-@pytest.mark.parametrize("mode,variant", KERNEL_PATHS)
+@pytest.mark.parametrize("variant", BACKWARD_PATHS)
 def test_generic_layout_matches_reference(batch: int, groups: int, channels: int, d_state: int, length: int,
-                                          grouped: bool, with_extras: bool, mode: str, variant: str,
+                                          grouped: bool, with_extras: bool, variant: str,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MAIR_TRITON_FWD", mode)  # every forward and backward path stays checked
-    monkeypatch.setenv("MAIR_TRITON_BWD", variant)
+    monkeypatch.setenv("MAIR_TRITON_BWD", variant)  # every backward path stays checked
     seed = int(torch.randint(0, 2**31 - 1, ()).item())
     inputs = _inputs(batch, groups, channels, d_state, length, seed, grouped)
     if not with_extras:
@@ -75,11 +73,10 @@ def test_generic_layout_matches_reference(batch: int, groups: int, channels: int
 @pytest.mark.parametrize("height,width,scan_len,shift,d_state", [
     (5, 7, 4, 2, 4), (6, 9, 8, 4, 1), (3, 11, 4, 0, 32), (8, 8, 8, 0, 16),
 ])
-@pytest.mark.parametrize("mode,variant", KERNEL_PATHS)
+@pytest.mark.parametrize("variant", BACKWARD_PATHS)
 def test_nss_fused_scan_matches_gather_scan_scatter(height: int, width: int, scan_len: int, shift: int,
-                                                    d_state: int, mode: str, variant: str,
+                                                    d_state: int, variant: str,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MAIR_TRITON_FWD", mode)
     monkeypatch.setenv("MAIR_TRITON_BWD", variant)
     torch.manual_seed(int(torch.randint(0, 2**31 - 1, ()).item()))
     batch, groups, channels, length = 2, 4, 5, height * width
@@ -129,20 +126,6 @@ def test_model_with_triton_backend_matches_torch_backend() -> None:
         grads.append(torch.autograd.grad(out.square().sum(), x)[0])
     assert _rel(outputs[1], outputs[0]) <= 1e-5
     assert _rel(grads[1], grads[0]) <= 1e-5
-
-
-def test_forward_mode_defaults_to_stepwise_and_takes_the_override(monkeypatch: pytest.MonkeyPatch) -> None:
-    from mair.models.scan.triton_backend import TileConfig, forward_mode
-
-    monkeypatch.delenv("MAIR_TRITON_FWD", raising=False)
-    cfg = TileConfig(bl=32, bd=8, bn=16, warps=4)
-    assert forward_mode(16, 360, 4096, cfg) == "stepwise"  # classic SR training: batch 4 x 4 scans
-    assert forward_mode(4, 360, 65536, cfg) == "stepwise"  # batch-1 inference of a 256x256 image
-    monkeypatch.setenv("MAIR_TRITON_FWD", "chunked")
-    assert forward_mode(16, 360, 4096, cfg) == "chunked"
-    monkeypatch.setenv("MAIR_TRITON_FWD", "fast")
-    with pytest.raises(ValueError, match="MAIR_TRITON_FWD must be one of auto, sequential, chunked, stepwise"):
-        forward_mode(16, 360, 4096, cfg)
 
 
 def test_step_segments_fill_the_gpu_and_cover_every_chunk(monkeypatch: pytest.MonkeyPatch) -> None:

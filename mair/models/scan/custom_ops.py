@@ -238,7 +238,7 @@ def _(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | Non
     _check_nss(x, delta, ids)
     batch, length, channels = x.shape
     groups = delta.shape[1]
-    n_chunks = forward_chunks(batch * groups, channels, length, A.shape[1])
+    n_chunks = forward_chunks(channels, length, A.shape[1])
     return (x.new_empty(batch, groups, length, channels),
             x.new_empty(batch, groups, n_chunks, channels, A.shape[1], dtype=torch.float32))
 

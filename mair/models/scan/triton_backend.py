@@ -113,21 +113,6 @@ class _Problem:
     softplus: bool
 
 
-FORWARD_MODES = ("auto", "sequential", "chunked", "stepwise")
-
-
-def forward_mode(parallel: int, channels: int, length: int, cfg: TileConfig) -> str:
-    """The forward kernels to use. ``auto`` (default): ``stepwise`` (segments walked position by position, one
-    channel per lane with its states in registers; faster than the others at every shape measured, see
-    docs/benchmarks.md). ``sequential`` (one program walks a whole sequence with chunked associative scans) and
-    ``chunked`` (chunk summaries, their chain, then every chunk in parallel) are the earlier kernels, kept for
-    comparison and checked by the same tests. ``MAIR_TRITON_FWD`` overrides."""
-    mode = os.environ.get("MAIR_TRITON_FWD", "auto")
-    if mode not in FORWARD_MODES:
-        raise ValueError(f"MAIR_TRITON_FWD must be one of {', '.join(FORWARD_MODES)}, got {mode!r}")
-    return "stepwise" if mode == "auto" else mode
-
-
 def _launch_meta(pb: _Problem) -> dict:
     return dict(HAS_IDS=pb.ids is not None, HAS_BIAS=pb.bias is not None, SOFTPLUS=pb.softplus)
 
@@ -174,42 +159,35 @@ def _chain(A: Tensor, summary: Tensor, total: Tensor, reverse: bool, bn: int) ->
     return carries
 
 
-def _chain_summaries(pb: _Problem, cfg: TileConfig, n_chunks: int, adjoint: bool, dy: Tensor | None = None,
-                     dys: Strides | None = None) -> Tensor:
-    """Carries at every chunk boundary from chunk summaries: the state entering each chunk from the left, or
-    (``adjoint``) the adjoint entering it from the right. Returns (batch, K, NCH, D, N) float32."""
-    from .triton_kernels import scan_state_summary_kernel
+def _adjoint_carries(pb: _Problem, cfg: TileConfig, n_chunks: int, dy: Tensor, dys: Strides) -> Tensor:
+    """The adjoint entering every chunk from the right, from chunk summaries. Returns (batch, K, NCH, D, N)."""
+    from .triton_kernels import scan_adjoint_summary_kernel
 
     dev, f32 = pb.x.device, torch.float32
     shape = (pb.batch, pb.groups, n_chunks, pb.channels)
     summary = torch.empty(*shape, pb.d_state, device=dev, dtype=f32)
     total = torch.empty(*shape, device=dev, dtype=f32)
     dummy = pb.A
-    mat, mat_strides = (pb.C, pb.cs) if adjoint else (pb.B, pb.bs)
-    grad, grad_strides = (dy, dys) if adjoint else (dummy, (0, 0, 0, 0))
-    scan_state_summary_kernel[(-(-pb.channels // cfg.bd), n_chunks, pb.batch * pb.groups)](
-        pb.x, *pb.xs, pb.dt, *pb.dts, pb.A, mat, *mat_strides,
+    scan_adjoint_summary_kernel[(-(-pb.channels // cfg.bd), n_chunks, pb.batch * pb.groups)](
+        pb.dt, *pb.dts, pb.A, pb.C, *pb.cs,
         pb.bias if pb.bias is not None else dummy, pb.ids if pb.ids is not None else dummy,
-        grad, *grad_strides, summary, total,
+        dy, *dys, summary, total,
         pb.length, pb.channels, pb.d_state, pb.groups, n_chunks,
-        ADJOINT=adjoint, **_launch_meta(pb), BL=cfg.bl, BD=cfg.bd, BN=cfg.bn, num_warps=cfg.warps,
+        **_launch_meta(pb), BL=cfg.bl, BD=cfg.bd, BN=cfg.bn, num_warps=cfg.warps,
     )
-    return _chain(pb.A, summary, total, adjoint, cfg.bn)
+    return _chain(pb.A, summary, total, True, cfg.bn)
 
 
-def forward_plan(parallel: int, channels: int, length: int, d_state: int) -> tuple[str, TileConfig]:
-    """Forward mode and tiles for ``parallel`` (= batch x K) sequences (shapes only, so that the compiler's fake
-    implementation of the custom op agrees with the kernels on the number of chunk states)."""
-    cfg = tile_config(d_state, channels, backward=False, parallel=parallel)
-    mode = forward_mode(parallel, channels, length, cfg)
-    if mode in ("chunked", "stepwise"):  # the parallelism comes from the chunks: the chunk length the backward
-        cfg = tile_config(d_state, channels, backward=False, parallel=TARGET_PROGRAMS)  # and wide tiles prefer
-    return mode, cfg
+def forward_tiles(channels: int, d_state: int) -> TileConfig:
+    """The forward's chunk length ``BL`` (the granularity of the states it stores for the backward) and padded
+    state size ``BN``; shapes only, so that the compiler's fake implementation of the custom op agrees with the
+    kernels on the number of chunk states."""
+    return tile_config(d_state, channels, backward=False, parallel=TARGET_PROGRAMS)
 
 
-def forward_chunks(parallel: int, channels: int, length: int, d_state: int) -> int:
+def forward_chunks(channels: int, length: int, d_state: int) -> int:
     """Number of chunk states the forward stores."""
-    return -(-length // forward_plan(parallel, channels, length, d_state)[1].bl)
+    return -(-length // forward_tiles(channels, d_state).bl)
 
 
 STEP_BD = 32  # channels per program of the step-by-step forward: one per lane of its single warp
@@ -254,29 +232,13 @@ def _fwd_stepwise(pb: _Problem, args: tuple, cfg: TileConfig, n_chunks: int) -> 
 
 def _fwd(pb: _Problem, out: Tensor, os_: Strides) -> tuple[Tensor, int]:
     """Launch the forward; returns the states entering every chunk (batch, K, NCH, D, N) and the chunk length."""
-    from .triton_kernels import scan_fwd_chunk_kernel, scan_fwd_kernel
-
-    parallel = pb.batch * pb.groups
-    mode, cfg = forward_plan(parallel, pb.channels, pb.length, pb.d_state)
+    cfg = forward_tiles(pb.channels, pb.d_state)
     n_chunks = -(-pb.length // cfg.bl)
     dummy = pb.A
     args = (pb.x, *pb.xs, pb.dt, *pb.dts, pb.A, pb.B, *pb.bs, pb.C, *pb.cs,
             pb.D if pb.D is not None else dummy, pb.bias if pb.bias is not None else dummy,
             pb.ids if pb.ids is not None else dummy, out, *os_)
-    meta = dict(HAS_D=pb.D is not None, **_launch_meta(pb), BL=cfg.bl, BD=cfg.bd, BN=cfg.bn, num_warps=cfg.warps)
-    n_dblocks = -(-pb.channels // cfg.bd)
-    if mode == "stepwise":
-        hs = _fwd_stepwise(pb, args, cfg, n_chunks)
-    elif mode == "chunked":
-        hs = _chain_summaries(pb, cfg, n_chunks, adjoint=False)
-        scan_fwd_chunk_kernel[(n_dblocks, n_chunks, parallel)](
-            *args, hs, pb.length, pb.channels, pb.d_state, pb.groups, n_chunks, **meta)
-    else:
-        hs = torch.empty(pb.batch, pb.groups, n_chunks, pb.channels, pb.d_state, device=pb.x.device,
-                         dtype=torch.float32)
-        scan_fwd_kernel[(n_dblocks, parallel)](
-            *args, hs, pb.length, pb.channels, pb.d_state, pb.groups, n_chunks, **meta)
-    return hs, cfg.bl
+    return _fwd_stepwise(pb, args, cfg, n_chunks), cfg.bl
 
 
 BACKWARD_VARIANTS = ("split", "single")
@@ -359,7 +321,7 @@ def _bwd_split(pb: _Problem, dy: Tensor, dys: Strides, hs: Tensor, bl: int, du: 
     ids = pb.ids if pb.ids is not None else dummy
     wide = tile_config(pb.d_state, pb.channels, backward=False, parallel=TARGET_PROGRAMS)
     summary_cfg = TileConfig(bl=bl, bd=max(2, min(wide.bd, 4096 // (bl * wide.bn))), bn=wide.bn, warps=wide.warps)
-    gs = _chain_summaries(pb, summary_cfg, n_chunks, adjoint=True, dy=dy, dys=dys)
+    gs = _adjoint_carries(pb, summary_cfg, n_chunks, dy, dys)
     bd, warps = chunk_tile(pb.channels)
     n_dblocks = -(-pb.channels // bd)
     dB_part = torch.empty(pb.batch, pb.groups, n_dblocks, pb.length, pb.d_state, device=dev, dtype=f32)

@@ -1,21 +1,21 @@
 """Triton kernels of the selective scan, forward and backward, with the NSS scan order fused in.
 
-The sequence is cut into chunks of ``BL`` positions. Inside a chunk the recurrence
-``h_l = exp(Δ_l A) h_{l-1} + Δ_l B_l u_l`` is solved by an associative scan over the chunk (tile
-``(BL, BD, BN)`` for ``BD`` channels), then the state entering the chunk is folded in. That state comes either
-from a program walking the chunks one after the other (``scan_fwd_kernel``, when batch x groups x channel blocks
-fill the GPU) or from chunk summaries chained by a light sequential pass (``scan_state_summary_kernel``,
-``scan_state_carry_kernel``, then ``scan_fwd_chunk_kernel`` with every chunk in parallel). State and
-accumulation are float32 whatever the input dtype.
+Forward (``scan_fwd_step_kernel``): a program owns a block of channels, one per lane, with all states of each
+in that lane's registers, and walks a segment of the sequence position by position (h_l = exp(Δ_l A) h_{l-1} +
+Δ_l B_l u_l, y_l = C_l h_l + D u_l). When batch x groups x channel blocks alone cannot fill the GPU, the sequence
+is cut into segments: a first pass computes every segment's summary (its end state from zero and ΣΔ),
+``scan_state_chain_kernel`` chains them, and the output pass starts every segment from its entering state. The
+forward stores the state entering every chunk of ``BL`` positions for the backward. State and accumulation are
+float32 whatever the input dtype.
 
 Every tensor is addressed through ``(batch, k, position, channel)`` strides, and positions go through an
 optional index table: with ``ids[k, l]`` (the NSS scan order) the kernel reads its inputs at raster position
 ``ids[k, l]`` and writes outputs back to that raster position, so the model never materialises permuted
 copies. Without ids, position ``l`` is read directly (the mamba_ssm layout).
 
-The forward stores the state at the start of every chunk; the backward recomputes the chunk's states from it and
-runs the adjoint recurrence ``g_l = C_l dy_l + exp(Δ_{l+1} A) g_{l+1}`` as a reverse associative scan, either in
-one program per sequence (``scan_bwd_kernel``, the first version) or, by default, one program per chunk
+The backward recomputes each chunk's states from its stored entering state and runs the adjoint recurrence
+``g_l = C_l dy_l + exp(Δ_{l+1} A) g_{l+1}`` as a reverse associative scan over the chunk, either in one program
+per sequence (``scan_bwd_kernel``, the first version) or, by default, one program per chunk
 (``scan_bwd_chunk_kernel``) after the adjoint entering every chunk has been chained from chunk summaries.
 The plain references these kernels are checked against are ``mair.models.scan.reference`` and the ``torch``
 backend (tests/test_scan_triton.py).
@@ -106,40 +106,6 @@ def _load_delta(dt_ptr, base, p, d, mask2, stl, std, bias, HAS_BIAS: tl.constexp
 
 
 @triton.jit
-def _fwd_chunk(
-    x_ptr, sxb, sxk, sxl, sxd,
-    dt_ptr, stb, stk, stl, std,
-    B_ptr, sbb, sbk, sbl, sbn,
-    C_ptr, scb, sck, scl, scn,
-    ids_ptr, out_ptr, sob, sok, sol, sod,
-    b, k, c, d, dmask, n, nmask, A2, bias, Dv, h, L,
-    HAS_IDS: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    BL: tl.constexpr,
-):
-    """Scan chunk ``c`` from the state ``h`` entering it, store its outputs, return the state leaving it."""
-    l = c * BL + tl.arange(0, BL)
-    lmask = l < L
-    p = _positions(ids_ptr, k, l, lmask, L, HAS_IDS)
-    m2 = lmask[:, None] & dmask[None, :]
-    mn = lmask[:, None] & nmask[None, :]
-    u = tl.load(x_ptr + b * sxb + k * sxk + p[:, None] * sxl + d[None, :] * sxd, mask=m2, other=0.0).to(tl.float32)
-    _, dt = _load_delta(dt_ptr, b * stb + k * stk, p, d, m2, stl, std, bias, HAS_BIAS, SOFTPLUS)
-    Bv = tl.load(B_ptr + b * sbb + k * sbk + p[:, None] * sbl + n[None, :] * sbn, mask=mn, other=0.0)
-    Cv = tl.load(C_ptr + b * scb + k * sck + p[:, None] * scl + n[None, :] * scn, mask=mn, other=0.0)
-    decay = tl.exp2(dt[:, :, None] * A2[None, :, :])
-    drive = (dt * u)[:, :, None] * Bv.to(tl.float32)[:, None, :]
-    acc_a, acc_h = tl.associative_scan((decay, drive), 0, _combine)
-    hh = acc_h + acc_a * h[None, :, :]
-    y = tl.sum(hh * Cv.to(tl.float32)[:, None, :], axis=2)
-    if HAS_D:
-        y = y + Dv[None, :] * u
-    tl.store(out_ptr + b * sob + k * sok + p[:, None] * sol + d[None, :] * sod,
-             y.to(out_ptr.dtype.element_ty), mask=m2)
-    last = (tl.arange(0, BL) == BL - 1)[:, None, None]
-    return tl.sum(tl.where(last, hh, 0.0), axis=0)
-
-
-@triton.jit
 def _block_setup(A_ptr, D_ptr, bias_ptr, k, pid_d, D, N,
                  HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr):
     """Channel block ``pid_d`` of group ``k``: its indices, A·log2(e), delta bias and D (zeros when absent)."""
@@ -157,65 +123,6 @@ def _block_setup(A_ptr, D_ptr, bias_ptr, k, pid_d, D, N,
     if HAS_D:
         Dv = tl.load(D_ptr + e, mask=dmask, other=0.0).to(tl.float32)
     return d, dmask, n, nmask, A2, bias, Dv
-
-
-@triton.jit
-def scan_fwd_kernel(
-    x_ptr, sxb, sxk, sxl, sxd,
-    dt_ptr, stb, stk, stl, std,
-    A_ptr, B_ptr, sbb, sbk, sbl, sbn,
-    C_ptr, scb, sck, scl, scn,
-    D_ptr, bias_ptr, ids_ptr,
-    out_ptr, sob, sok, sol, sod,
-    hs_ptr,
-    L, D, N, K, NCH,
-    HAS_IDS: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    BL: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr,
-):
-    """Sequential forward: one program walks its sequence chunk by chunk (enough programs to fill the GPU)."""
-    pid_d = tl.program_id(0)
-    pid_bk = tl.program_id(1)
-    b = pid_bk // K
-    k = pid_bk % K
-    d, dmask, n, nmask, A2, bias, Dv = _block_setup(A_ptr, D_ptr, bias_ptr, k, pid_d, D, N, HAS_D, HAS_BIAS, BD, BN)
-    h = tl.zeros((BD, BN), tl.float32)
-    hs_base = ((b * K + k) * NCH) * D * N
-    for c in range(0, NCH):
-        tl.store(hs_ptr + hs_base + (c * D + d[:, None]) * N + n[None, :], h,
-                 mask=dmask[:, None] & nmask[None, :])
-        h = _fwd_chunk(x_ptr, sxb, sxk, sxl, sxd, dt_ptr, stb, stk, stl, std, B_ptr, sbb, sbk, sbl, sbn,
-                       C_ptr, scb, sck, scl, scn, ids_ptr, out_ptr, sob, sok, sol, sod,
-                       b, k, c, d, dmask, n, nmask, A2, bias, Dv, h, L,
-                       HAS_IDS, HAS_D, HAS_BIAS, SOFTPLUS, BL)
-
-
-@triton.jit
-def scan_fwd_chunk_kernel(
-    x_ptr, sxb, sxk, sxl, sxd,
-    dt_ptr, stb, stk, stl, std,
-    A_ptr, B_ptr, sbb, sbk, sbl, sbn,
-    C_ptr, scb, sck, scl, scn,
-    D_ptr, bias_ptr, ids_ptr,
-    out_ptr, sob, sok, sol, sod,
-    hs_ptr,
-    L, D, N, K, NCH,
-    HAS_IDS: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    BL: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr,
-):
-    """Chunked forward, last pass: every chunk in parallel from its entering state (``hs``, from
-    :func:`scan_state_carry_kernel`)."""
-    pid_d = tl.program_id(0)
-    c = tl.program_id(1)
-    pid_bk = tl.program_id(2)
-    b = pid_bk // K
-    k = pid_bk % K
-    d, dmask, n, nmask, A2, bias, Dv = _block_setup(A_ptr, D_ptr, bias_ptr, k, pid_d, D, N, HAS_D, HAS_BIAS, BD, BN)
-    h = tl.load(hs_ptr + (((b * K + k) * NCH + c) * D + d[:, None]) * N + n[None, :],
-                mask=dmask[:, None] & nmask[None, :], other=0.0)
-    _fwd_chunk(x_ptr, sxb, sxk, sxl, sxd, dt_ptr, stb, stk, stl, std, B_ptr, sbb, sbk, sbl, sbn,
-               C_ptr, scb, sck, scl, scn, ids_ptr, out_ptr, sob, sok, sol, sod,
-               b, k, c, d, dmask, n, nmask, A2, bias, Dv, h, L,
-               HAS_IDS, HAS_D, HAS_BIAS, SOFTPLUS, BL)
 
 
 @triton.jit
@@ -319,29 +226,26 @@ def scan_fwd_step_kernel(
 
 
 # ------------------------------------------------------------------------------------------------------------
-# Chunk summaries. Over one chunk the recurrence h -> decay h + drive composes to h -> exp(A Σ Δ) h + e, with
-# e = Σ_l exp(A Σ_{j>l} Δ_j) Δ_l B_l u_l (state reached from zero). The summaries of all chunks are computed in
-# parallel without a scan (a cumulative sum of Δ and a weighted sum over the chunk); a light sequential pass
-# then chains them into the state entering every chunk. The adjoint recurrence g_l = C_l dy_l + exp(A Δ_{l+1})
-# g_{l+1} is summarised the same way, right to left.
+# Chunk summaries and their chain. Over one chunk the recurrence h -> decay h + drive composes to
+# h -> exp(A Σ Δ) h + e, with e the state reached from zero: a summary. The forward gets them for segments from
+# scan_fwd_step_kernel (SUMMARY). The adjoint recurrence g_l = C_l dy_l + exp(A Δ_{l+1}) g_{l+1} composes the
+# same way from the right; its chunk summaries need no scan (a cumulative sum of Δ and a weighted sum over the
+# chunk, all chunks in parallel). A chain kernel then turns summaries into the carry entering every chunk.
 # ------------------------------------------------------------------------------------------------------------
 
 
 @triton.jit
-def scan_state_summary_kernel(
-    x_ptr, sxb, sxk, sxl, sxd,
+def scan_adjoint_summary_kernel(
     dt_ptr, stb, stk, stl, std,
-    A_ptr, B_ptr, sbb, sbk, sbl, sbn,
+    A_ptr, C_ptr, scb, sck, scl, scn,
     bias_ptr, ids_ptr,
     dy_ptr, syb, syk, syl, syd,
-    es_ptr, ts_ptr,  # (batch, K, NCH, D, N) zero-start end state / adjoint; (batch, K, NCH, D) Σ Δ
+    es_ptr, ts_ptr,  # (batch, K, NCH, D, N) adjoint reached from zero at the chunk's left end; (batch, K, NCH, D)
     L, D, N, K, NCH,
-    ADJOINT: tl.constexpr, HAS_IDS: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    HAS_IDS: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     BL: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr,
 ):
-    """Per chunk: forward (ADJOINT False) e = Σ_l exp(A Σ_{j>l} Δ_j) Δ_l u_l B_l and Σ Δ; adjoint (ADJOINT
-    True: B_ptr and its strides point at C, dy_ptr at the output gradient, x_ptr is unused)
-    a = Σ_l exp(A Σ_{l0<=j<l} Δ_{j+1}) C_l dy_l and Σ Δ_{l+1}, over the chunk's positions l0, l0+1, ..."""
+    """Per chunk (positions l0, l0+1, ...): a = Σ_l exp(A Σ_{l0<=j<l} Δ_{j+1}) C_l dy_l and Σ_l Δ_{l+1}."""
     pid_d = tl.program_id(0)
     c = tl.program_id(1)
     pid_bk = tl.program_id(2)
@@ -352,26 +256,18 @@ def scan_state_summary_kernel(
     l = c * BL + tl.arange(0, BL)
     lmask = l < L
     p = _positions(ids_ptr, k, l, lmask, L, HAS_IDS)
-    m2 = lmask[:, None] & dmask[None, :]
-    Bv = tl.load(B_ptr + b * sbb + k * sbk + p[:, None] * sbl + n[None, :] * sbn,
+    Cv = tl.load(C_ptr + b * scb + k * sck + p[:, None] * scl + n[None, :] * scn,
                  mask=lmask[:, None] & nmask[None, :], other=0.0).to(tl.float32)
-    if ADJOINT:
-        l1 = l + 1
-        l1mask = l1 < L
-        p1 = _positions(ids_ptr, k, l1, l1mask, L, HAS_IDS)
-        _, dt = _load_delta(dt_ptr, b * stb + k * stk, p1, d, l1mask[:, None] & dmask[None, :], stl, std, bias,
-                            HAS_BIAS, SOFTPLUS)
-        src = tl.load(dy_ptr + b * syb + k * syk + p[:, None] * syl + d[None, :] * syd,
-                      mask=m2, other=0.0).to(tl.float32)
-        span = tl.cumsum(dt, axis=0) - dt  # Σ of Δ_{j+1} for j before l in the chunk
-    else:
-        _, dt = _load_delta(dt_ptr, b * stb + k * stk, p, d, m2, stl, std, bias, HAS_BIAS, SOFTPLUS)
-        u = tl.load(x_ptr + b * sxb + k * sxk + p[:, None] * sxl + d[None, :] * sxd,
-                    mask=m2, other=0.0).to(tl.float32)
-        src = dt * u
-        span = tl.cumsum(dt, axis=0, reverse=True) - dt  # Σ of Δ_j for j after l in the chunk
+    l1 = l + 1
+    l1mask = l1 < L
+    p1 = _positions(ids_ptr, k, l1, l1mask, L, HAS_IDS)
+    _, dt = _load_delta(dt_ptr, b * stb + k * stk, p1, d, l1mask[:, None] & dmask[None, :], stl, std, bias,
+                        HAS_BIAS, SOFTPLUS)
+    dy = tl.load(dy_ptr + b * syb + k * syk + p[:, None] * syl + d[None, :] * syd,
+                 mask=lmask[:, None] & dmask[None, :], other=0.0).to(tl.float32)
+    span = tl.cumsum(dt, axis=0) - dt  # Σ of Δ_{j+1} for j before l in the chunk
     w = tl.exp2(span[:, :, None] * A2[None, :, :])
-    summary = tl.sum(w * src[:, :, None] * Bv[:, None, :], axis=0)
+    summary = tl.sum(w * dy[:, :, None] * Cv[:, None, :], axis=0)
     row = ((b * K + k) * NCH + c) * D + d
     tl.store(es_ptr + row[:, None] * N + n[None, :], summary, mask=dmask[:, None] & nmask[None, :])
     tl.store(ts_ptr + row, tl.sum(dt, axis=0), mask=dmask)
