@@ -19,7 +19,7 @@ from mair.models.scan.triton_backend import nss_scan, nss_scan_reference  # noqa
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # Backward variants: adjoint carries from chunk summaries + one program per chunk (the default), and the first
 # (single-kernel) backward. The forward is the step-by-step kernel, with segment summaries and their chain.
-BACKWARD_PATHS = ["split", "single"]
+BACKWARD_PATHS = ["split", "single", "step"]
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -241,12 +241,14 @@ def _fwd(pb: _Problem, out: Tensor, os_: Strides) -> tuple[Tensor, int]:
     return _fwd_stepwise(pb, args, cfg, n_chunks), cfg.bl
 
 
-BACKWARD_VARIANTS = ("split", "single")
+BACKWARD_VARIANTS = ("split", "single", "step")
 
 
 def backward_variant() -> str:
-    """The backward kernels to use: ``split`` (default; a carry pass, then one program per chunk) or ``single``
-    (the first kernel: one program walks the whole sequence with 3-D tiles). ``MAIR_TRITON_BWD`` overrides."""
+    """The backward kernels to use: ``split`` (default; a carry pass, then one program per chunk), ``single``
+    (the first kernel: one program walks the whole sequence with 3-D tiles) or ``step`` (experimental, not yet
+    timed: the carry pass, then one program per chunk walking it position by position in the forward's layout).
+    ``MAIR_TRITON_BWD`` overrides."""
     variant = os.environ.get("MAIR_TRITON_BWD", "split")
     if variant not in BACKWARD_VARIANTS:
         raise ValueError(f"MAIR_TRITON_BWD must be one of {', '.join(BACKWARD_VARIANTS)}, got {variant!r}")
@@ -280,8 +282,9 @@ def _bwd(pb: _Problem, dy: Tensor, dys: Strides, hs: Tensor, bl: int, du: Tensor
     n_chunks = hs.shape[2]
     if n_chunks != -(-pb.length // bl):
         raise RuntimeError(f"triton scan backward: {n_chunks} stored chunk states, expected {-(-pb.length // bl)}")
-    if (variant or backward_variant()) == "split":
-        return _bwd_split(pb, dy, dys, hs, bl, du, dus, ddt, ddts)
+    variant = variant or backward_variant()
+    if variant in ("split", "step"):
+        return _bwd_split(pb, dy, dys, hs, bl, du, dus, ddt, ddts, stepwise=variant == "step")
     from .triton_kernels import scan_bwd_kernel
 
     cfg = tile_config(pb.d_state, pb.channels, backward=True, parallel=pb.batch * pb.groups)
@@ -308,10 +311,21 @@ def _bwd(pb: _Problem, dy: Tensor, dys: Strides, hs: Tensor, bl: int, du: Tensor
     return dB_part.sum(2), dC_part.sum(2), dA_part.sum(0), dD
 
 
+def step_backward_tile(bl: int) -> tuple[int, int]:
+    """Channels per program and sub-chunk length of the step-by-step backward (``MAIR_TRITON_BWD_STEP``
+    "BD,S" overrides; tuning only)."""
+    override = os.environ.get("MAIR_TRITON_BWD_STEP")
+    bd, sub = (int(v) for v in override.split(",")) if override else (32, 4)  # fewest instructions, no spills
+    if interpreting():  # several sub-chunks per chunk of 8, so the tests walk across them
+        sub = 4
+    return bd, min(sub, bl)
+
+
 def _bwd_split(pb: _Problem, dy: Tensor, dys: Strides, hs: Tensor, bl: int, du: Tensor, dus: Strides,
-               ddt: Tensor, ddts: Strides) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-    """The split backward: adjoint carries from chunk summaries, then every chunk in parallel."""
-    from .triton_kernels import scan_bwd_chunk_kernel
+               ddt: Tensor, ddts: Strides, stepwise: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """The split backward: adjoint carries from chunk summaries, then every chunk in parallel (``stepwise``: with
+    :func:`scan_bwd_step_kernel` instead of the associative-scan chunk kernel)."""
+    from .triton_kernels import scan_bwd_chunk_kernel, scan_bwd_step_kernel
 
     n_chunks = hs.shape[2]
     dev = pb.x.device
@@ -323,19 +337,27 @@ def _bwd_split(pb: _Problem, dy: Tensor, dys: Strides, hs: Tensor, bl: int, du: 
     summary_cfg = TileConfig(bl=bl, bd=max(2, min(wide.bd, 4096 // (bl * wide.bn))), bn=wide.bn, warps=wide.warps)
     gs = _adjoint_carries(pb, summary_cfg, n_chunks, dy, dys)
     bd, warps = chunk_tile(pb.channels)
+    tile: dict = {"num_warps": warps, **_register_cap()}
+    kernel = scan_bwd_chunk_kernel
+    if stepwise:
+        bd, sub = step_backward_tile(bl)
+        bn = 1 << (pb.d_state - 1).bit_length()
+        scratch = torch.empty(pb.batch, pb.groups, n_chunks, max(1, bl // sub - 1), pb.channels, pb.d_state,
+                              device=dev, dtype=f32)
+        kernel, tile = scan_bwd_step_kernel, {"S": sub, "BN": bn, "num_warps": 1}
     n_dblocks = -(-pb.channels // bd)
     dB_part = torch.empty(pb.batch, pb.groups, n_dblocks, pb.length, pb.d_state, device=dev, dtype=f32)
     dC_part = torch.empty_like(dB_part)
     dA_part = torch.empty(pb.batch, n_chunks, pb.groups * pb.channels, pb.d_state, device=dev, dtype=f32)
     dD_part = torch.empty(pb.batch, n_chunks, pb.groups * pb.channels, device=dev, dtype=f32)
-    scan_bwd_chunk_kernel[(n_dblocks, n_chunks, pb.batch * pb.groups)](
+    kernel[(n_dblocks, n_chunks, pb.batch * pb.groups)](
         pb.x, *pb.xs, pb.dt, *pb.dts, pb.A, pb.B, *pb.bs, pb.C, *pb.cs,
         pb.D if pb.D is not None else dummy, bias, ids,
         dy, *dys, hs, gs, du, *dus, ddt, *ddts,
-        dB_part, dC_part, dA_part, dD_part,
+        dB_part, dC_part, dA_part, dD_part, *([scratch] if stepwise else []),
         pb.length, pb.channels, pb.d_state, pb.groups, n_chunks, n_dblocks,
         HAS_IDS=pb.ids is not None, HAS_D=pb.D is not None, HAS_BIAS=pb.bias is not None,
-        SOFTPLUS=pb.softplus, BL=bl, BD=bd, num_warps=warps, **_register_cap(),
+        SOFTPLUS=pb.softplus, BL=bl, BD=bd, **tile,
     )
     dD = dD_part.sum((0, 1)) if pb.D is not None else None
     dB = dB_part[:, :, 0] if n_dblocks == 1 else dB_part.sum(2)

@@ -533,3 +533,134 @@ def scan_bwd_chunk_kernel(
         ddt = tl.where(raw <= 20.0, ddt / (1.0 + tl.exp2(-raw * 1.4426950408889634)), ddt)
     tl.store(du_ptr + b * sub + k * suk + p[:, None] * sul + d[None, :] * sud, du, mask=m2)
     tl.store(ddt_ptr + b * sdb + k * sdk + p[:, None] * sdl + d[None, :] * sdd, ddt, mask=m2)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Step-by-step backward (experimental, ``MAIR_TRITON_BWD=step``): the layout of the step-by-step forward, one
+# program per chunk. The chunk's states are needed last position first: a first walk stores the state entering
+# every sub-chunk of ``S`` positions; then, last sub-chunk first, the sub-chunk's ``S`` states are recomputed into
+# a tuple of register tiles and its positions are walked backwards with the adjoint.
+# ------------------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _step_inputs(x_base, dt_base, b_base, p, sxl, stl, sbl, bias, dmask, nmask, valid,
+                 SOFTPLUS: tl.constexpr):
+    """Δ (zero at positions past the end: an identity step), raw Δ + bias, u and B of one position."""
+    raw = tl.load(dt_base + p * stl, mask=dmask, other=0.0).to(tl.float32) + bias
+    dt = raw
+    if SOFTPLUS:
+        dt = _softplus(raw)
+    dt = tl.where(dmask & valid, dt, 0.0)
+    u = tl.load(x_base + p * sxl, mask=dmask, other=0.0).to(tl.float32)
+    Bl = tl.load(b_base + p * sbl, mask=nmask, other=0.0).to(tl.float32)
+    return raw, dt, u, Bl
+
+
+@triton.jit
+def scan_bwd_step_kernel(
+    x_ptr, sxb, sxk, sxl, sxd,
+    dt_ptr, stb, stk, stl, std,
+    A_ptr, B_ptr, sbb, sbk, sbl, sbn,
+    C_ptr, scb, sck, scl, scn,
+    D_ptr, bias_ptr, ids_ptr,
+    dy_ptr, syb, syk, syl, syd,
+    hs_ptr, gs_ptr,  # (batch, K, NCH, D, N): state entering chunk c from the left, adjoint from the right
+    du_ptr, sub, suk, sul, sud,
+    ddt_ptr, sdb, sdk, sdl, sdd,
+    dB_ptr, dC_ptr,  # (batch, K, NDB, L, N) float32 partial sums over the channel block
+    dA_ptr, dD_ptr,  # (batch, NCH, K·D, N) and (batch, NCH, K·D) float32 partial sums over the chunk
+    ck_ptr,  # (batch, K, NCH, BL / S - 1, D, N) float32 scratch: states entering the sub-chunks after the first
+    L, D, N, K, NCH, NDB,
+    HAS_IDS: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    BL: tl.constexpr, S: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr,
+):
+    pid_d = tl.program_id(0)
+    c = tl.program_id(1)
+    pid_bk = tl.program_id(2)
+    b = pid_bk // K
+    k = pid_bk % K
+    d = pid_d * BD + tl.arange(0, BD)
+    dmask = d < D
+    n = tl.arange(0, BN)
+    nmask = n < N
+    e = k * D + d
+    mask = nmask[:, None] & dmask[None, :]
+    A = tl.load(A_ptr + e[None, :] * N + n[:, None], mask=mask, other=0.0).to(tl.float32)
+    A2 = A * 1.4426950408889634
+    bias = tl.zeros((BD,), tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + e, mask=dmask, other=0.0).to(tl.float32)
+    Dv = tl.zeros((BD,), tl.float32)
+    if HAS_D:
+        Dv = tl.load(D_ptr + e, mask=dmask, other=0.0).to(tl.float32)
+    carry = (((b * K + k) * NCH + c) * D + d[None, :]) * N + n[:, None]
+    h_chunk = tl.load(hs_ptr + carry, mask=mask, other=0.0)
+    g = tl.load(gs_ptr + carry, mask=mask, other=0.0)  # adjoint at the first position after the chunk
+    x_base = x_ptr + b * sxb + k * sxk + d * sxd
+    dt_base = dt_ptr + b * stb + k * stk + d * std
+    b_base = B_ptr + b * sbb + k * sbk + n * sbn
+    c_base = C_ptr + b * scb + k * sck + n * scn
+    dy_base = dy_ptr + b * syb + k * syk + d * syd
+    part = ((b * K + k) * NDB + pid_d) * L * N + n
+    l0 = c * BL
+    # Δ of the position after the one being differentiated (its decay carries the adjoint back).
+    l_after = tl.minimum(l0 + BL, L - 1)
+    p_after = _step_position(ids_ptr, k, l_after, L, HAS_IDS)
+    _raw_after, dt_next, _u_after, _b_after = _step_inputs(x_base, dt_base, b_base, p_after, sxl, stl, sbl, bias,
+                                                           dmask, nmask, (l0 + BL) < L, SOFTPLUS)
+    dA = tl.zeros((BN, BD), tl.float32)
+    dD = tl.zeros((BD,), tl.float32)
+    # First walk: the state entering every sub-chunk after the first, kept in a scratch (written and read back
+    # by this program only, so it stays in L2).
+    slot = ((((b * K + k) * NCH + c) * (BL // S - 1)) * D + d[None, :]) * N + n[:, None]
+    h = h_chunk
+    for l in range(l0, l0 + BL - S):
+        if (l - l0) % S == 0 and l > l0:
+            tl.store(ck_ptr + slot + ((l - l0) // S - 1) * D * N, h, mask=mask)
+        p = _step_position(ids_ptr, k, tl.minimum(l, L - 1), L, HAS_IDS)
+        _raw_w, dt_w, u_w, B_w = _step_inputs(x_base, dt_base, b_base, p, sxl, stl, sbl, bias, dmask, nmask,
+                                             l < L, SOFTPLUS)
+        h = tl.exp2(A2 * dt_w[None, :]) * h + B_w[:, None] * (dt_w * u_w)[None, :]
+    if BL > S:
+        tl.store(ck_ptr + slot + (BL // S - 2) * D * N, h, mask=mask)
+    for si in range(0, BL // S):
+        sc = BL // S - 1 - si  # sub-chunks last first
+        ls = l0 + sc * S
+        h = tl.load(ck_ptr + slot + tl.maximum(sc - 1, 0) * D * N, mask=mask & (sc > 0), other=0.0)
+        h = tl.where(sc > 0, h, h_chunk)
+        states = ()
+        for j in tl.static_range(S):  # the sub-chunk's states, kept
+            l = ls + j
+            p = _step_position(ids_ptr, k, tl.minimum(l, L - 1), L, HAS_IDS)
+            _raw_s, dt_s, u_s, B_s = _step_inputs(x_base, dt_base, b_base, p, sxl, stl, sbl, bias, dmask, nmask,
+                                                 l < L, SOFTPLUS)
+            h = tl.exp2(A2 * dt_s[None, :]) * h + B_s[:, None] * (dt_s * u_s)[None, :]
+            states = states + (h,)  # noqa: RUF005 (Triton's frontend builds tuples by concatenation)
+        for j in tl.static_range(S - 1, -1, -1):  # and walked backwards
+            l = ls + j
+            valid = l < L
+            p = _step_position(ids_ptr, k, tl.minimum(l, L - 1), L, HAS_IDS)
+            raw, dt, u, Bl = _step_inputs(x_base, dt_base, b_base, p, sxl, stl, sbl, bias, dmask, nmask, valid,
+                                          SOFTPLUS)
+            Cl = tl.load(c_base + p * scl, mask=nmask, other=0.0).to(tl.float32)
+            dy = tl.load(dy_base + p * syl, mask=dmask & valid, other=0.0).to(tl.float32)
+            g = tl.exp2(A2 * dt_next[None, :]) * g + Cl[:, None] * dy[None, :]  # adjoint at l
+            dtu = dt * u
+            q = g * (states[j] - Bl[:, None] * dtu[None, :])  # times the part of h_l that came through the decay
+            dA += q * dt[None, :]
+            gB = tl.sum(g * Bl[:, None], axis=0)
+            du = gB * dt + Dv * dy
+            ddt = gB * u + tl.sum(q * A, axis=0)
+            if SOFTPLUS:
+                ddt = tl.where(raw <= 20.0, ddt / (1.0 + tl.exp2(-raw * 1.4426950408889634)), ddt)
+            tl.store(du_ptr + b * sub + k * suk + p * sul + d * sud, du, mask=dmask & valid)
+            tl.store(ddt_ptr + b * sdb + k * sdk + p * sdl + d * sdd, ddt, mask=dmask & valid)
+            tl.store(dB_ptr + part + p * N, tl.sum(g * dtu[None, :], axis=1), mask=nmask & valid)
+            tl.store(dC_ptr + part + p * N, tl.sum(states[j] * dy[None, :], axis=1), mask=nmask & valid)
+            dD += dy * u
+            dt_next = dt
+    row = (b * NCH + c) * K * D + e
+    tl.store(dA_ptr + row[None, :] * N + n[:, None], dA, mask=mask)
+    if HAS_D:
+        tl.store(dD_ptr + row, dD, mask=dmask)
