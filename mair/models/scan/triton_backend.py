@@ -230,15 +230,15 @@ def _fwd_stepwise(pb: _Problem, args: tuple, cfg: TileConfig, n_chunks: int) -> 
     return hs
 
 
-def _fwd(pb: _Problem, out: Tensor, os_: Strides) -> tuple[Tensor, int]:
-    """Launch the forward; returns the states entering every chunk (batch, K, NCH, D, N) and the chunk length."""
+def _fwd(pb: _Problem, out: Tensor, os_: Strides) -> Tensor:
+    """Launch the forward; returns the states entering every chunk (batch, K, NCH, D, N)."""
     cfg = forward_tiles(pb.channels, pb.d_state)
     n_chunks = -(-pb.length // cfg.bl)
     dummy = pb.A
     args = (pb.x, *pb.xs, pb.dt, *pb.dts, pb.A, pb.B, *pb.bs, pb.C, *pb.cs,
             pb.D if pb.D is not None else dummy, pb.bias if pb.bias is not None else dummy,
             pb.ids if pb.ids is not None else dummy, out, *os_)
-    return _fwd_stepwise(pb, args, cfg, n_chunks), cfg.bl
+    return _fwd_stepwise(pb, args, cfg, n_chunks)
 
 
 BACKWARD_VARIANTS = ("split", "single", "step")
@@ -275,13 +275,12 @@ def _register_cap() -> dict:
     return {"maxnreg": int(fields[2])} if len(fields) > 2 and not interpreting() else {}
 
 
-def _bwd(pb: _Problem, dy: Tensor, dys: Strides, hs: Tensor, bl: int, du: Tensor, dus: Strides, ddt: Tensor,
+def _bwd(pb: _Problem, dy: Tensor, dys: Strides, hs: Tensor, du: Tensor, dus: Strides, ddt: Tensor,
          ddts: Strides, variant: str | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-    """Launch the backward from the forward's chunk states ``hs`` of chunk length ``bl``; returns dB, dC
-    (batch, K, L, N), dA (K·D, N), dD (K·D) or None."""
+    """Launch the backward from the forward's chunk states ``hs`` (their chunk length follows from their number,
+    :func:`chunk_length`); returns dB, dC (batch, K, L, N), dA (K·D, N), dD (K·D) or None."""
     n_chunks = hs.shape[2]
-    if n_chunks != -(-pb.length // bl):
-        raise RuntimeError(f"triton scan backward: {n_chunks} stored chunk states, expected {-(-pb.length // bl)}")
+    bl = chunk_length(pb.length, n_chunks)
     variant = variant or backward_variant()
     if variant in ("split", "step"):
         return _bwd_split(pb, dy, dys, hs, bl, du, dus, ddt, ddts, stepwise=variant == "step")
@@ -304,8 +303,7 @@ def _bwd(pb: _Problem, dy: Tensor, dys: Strides, hs: Tensor, bl: int, du: Tensor
         dy, *dys, hs, du, *dus, ddt, *ddts,
         dB_part, dC_part, dA_part, dD_part,
         pb.length, pb.channels, pb.d_state, pb.groups, n_chunks, n_dblocks,
-        HAS_IDS=pb.ids is not None, HAS_D=pb.D is not None, HAS_BIAS=pb.bias is not None,
-        SOFTPLUS=pb.softplus, BL=cfg.bl, BD=cfg.bd, BN=cfg.bn, num_warps=cfg.warps,
+        HAS_D=pb.D is not None, **_launch_meta(pb), BL=cfg.bl, BD=cfg.bd, BN=cfg.bn, num_warps=cfg.warps,
     )
     dD = dD_part.sum(0) if pb.D is not None else None
     return dB_part.sum(2), dC_part.sum(2), dA_part.sum(0), dD
@@ -333,7 +331,7 @@ def _bwd_split(pb: _Problem, dy: Tensor, dys: Strides, hs: Tensor, bl: int, du: 
     dummy = pb.A
     bias = pb.bias if pb.bias is not None else dummy
     ids = pb.ids if pb.ids is not None else dummy
-    wide = tile_config(pb.d_state, pb.channels, backward=False, parallel=TARGET_PROGRAMS)
+    wide = forward_tiles(pb.channels, pb.d_state)
     summary_cfg = TileConfig(bl=bl, bd=max(2, min(wide.bd, 4096 // (bl * wide.bn))), bn=wide.bn, warps=wide.warps)
     gs = _adjoint_carries(pb, summary_cfg, n_chunks, dy, dys)
     bd, warps = chunk_tile(pb.channels)
@@ -356,8 +354,7 @@ def _bwd_split(pb: _Problem, dy: Tensor, dys: Strides, hs: Tensor, bl: int, du: 
         dy, *dys, hs, gs, du, *dus, ddt, *ddts,
         dB_part, dC_part, dA_part, dD_part, *([scratch] if stepwise else []),
         pb.length, pb.channels, pb.d_state, pb.groups, n_chunks, n_dblocks,
-        HAS_IDS=pb.ids is not None, HAS_D=pb.D is not None, HAS_BIAS=pb.bias is not None,
-        SOFTPLUS=pb.softplus, BL=bl, BD=bd, **tile,
+        HAS_D=pb.D is not None, **_launch_meta(pb), BL=bl, BD=bd, **tile,
     )
     dD = dD_part.sum((0, 1)) if pb.D is not None else None
     dB = dB_part[:, :, 0] if n_dblocks == 1 else dB_part.sum(2)
@@ -394,8 +391,7 @@ def nss_scan_forward(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, 
     (batch, K, NCH, D, N) float32, which :func:`nss_scan_backward` needs."""
     pb = _nss_problem(x, delta, A, B, C, D, delta_bias, ids, softplus)
     out = torch.empty(pb.batch, pb.groups, pb.length, pb.channels, device=x.device, dtype=x.dtype)
-    hs, _ = _fwd(pb, out, _bkl_strides(out))
-    return out, hs
+    return out, _fwd(pb, out, _bkl_strides(out))
 
 
 def nss_scan_backward(dy: Tensor, x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
@@ -408,8 +404,7 @@ def nss_scan_backward(dy: Tensor, x: Tensor, delta: Tensor, A: Tensor, B: Tensor
     shape = (pb.batch, pb.groups, pb.length, pb.channels)
     du_k = torch.empty(shape, device=x.device, dtype=f32)
     ddt = torch.empty(shape, device=x.device, dtype=f32)
-    bl = chunk_length(pb.length, hs.shape[2])
-    dB, dC, dA, dD = _bwd(pb, dy, _bkl_strides(dy), hs, bl, du_k, _bkl_strides(du_k), ddt, _bkl_strides(ddt))
+    dB, dC, dA, dD = _bwd(pb, dy, _bkl_strides(dy), hs, du_k, _bkl_strides(du_k), ddt, _bkl_strides(ddt))
     dbias = ddt.sum(dim=(0, 2)).reshape(-1) if delta_bias is not None else None
     return (du_k.sum(1).to(x.dtype), ddt.to(delta.dtype), dA.to(A.dtype), dB.to(B.dtype), dC.to(C.dtype),
             None if D is None else dD.to(D.dtype), None if dbias is None else dbias.to(delta_bias.dtype))
@@ -474,7 +469,7 @@ class _GenericScan(torch.autograd.Function):
     def forward(ctx, u, delta, A, B, C, D, delta_bias, softplus):
         pb = _generic_problem(u, delta, A, B, C, D, delta_bias, softplus)
         out = torch.empty_like(u)
-        hs, ctx.chunk = _fwd(pb, out, pb.xs)
+        hs = _fwd(pb, out, pb.xs)
         ctx.save_for_backward(u, delta, pb.A, B, C, pb.D, pb.bias, hs)
         ctx.softplus = bool(softplus)
         return out
@@ -486,7 +481,7 @@ class _GenericScan(torch.autograd.Function):
         dy = dy.contiguous()
         du = torch.empty(u.shape, device=u.device, dtype=torch.float32)
         ddt = torch.empty_like(du)
-        dB, dC, dA, dD = _bwd(pb, dy, _gen_strides(dy, pb.channels), hs, ctx.chunk, du, _gen_strides(du, pb.channels),
+        dB, dC, dA, dD = _bwd(pb, dy, _gen_strides(dy, pb.channels), hs, du, _gen_strides(du, pb.channels),
                               ddt, _gen_strides(ddt, pb.channels))
         dbias = ddt.sum(dim=(0, 2)) if bias is not None else None
         return (du.to(u.dtype), ddt.to(delta.dtype), dA.to(A.dtype), dB.transpose(2, 3).to(B.dtype),

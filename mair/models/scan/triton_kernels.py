@@ -126,6 +126,27 @@ def _block_setup(A_ptr, D_ptr, bias_ptr, k, pid_d, D, N,
 
 
 @triton.jit
+def _step_setup(A_ptr, D_ptr, bias_ptr, k, pid_d, D, N,
+                HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr):
+    """Channel block ``pid_d`` of group ``k`` in the step-by-step kernels' (BN, BD) layout: channel and state
+    indices and masks, the channel index in (K·D), A as a (BN, BD) tile, delta bias and D (zeros when absent)."""
+    d = pid_d * BD + tl.arange(0, BD)
+    dmask = d < D
+    n = tl.arange(0, BN)
+    nmask = n < N
+    e = k * D + d
+    mask = nmask[:, None] & dmask[None, :]
+    A = tl.load(A_ptr + e[None, :] * N + n[:, None], mask=mask, other=0.0).to(tl.float32)
+    bias = tl.zeros((BD,), tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + e, mask=dmask, other=0.0).to(tl.float32)
+    Dv = tl.zeros((BD,), tl.float32)
+    if HAS_D:
+        Dv = tl.load(D_ptr + e, mask=dmask, other=0.0).to(tl.float32)
+    return d, dmask, n, nmask, e, mask, A, bias, Dv
+
+
+@triton.jit
 def _step_position(ids_ptr, k, l, L, HAS_IDS: tl.constexpr):
     """Raster position of step ``l`` of sequence ``k`` (a scalar)."""
     if HAS_IDS:
@@ -163,19 +184,9 @@ def scan_fwd_step_kernel(
     pid_bk = tl.program_id(2)
     b = pid_bk // K
     k = pid_bk % K
-    d = pid_d * BD + tl.arange(0, BD)
-    dmask = d < D
-    n = tl.arange(0, BN)
-    nmask = n < N
-    e = k * D + d
-    mask = nmask[:, None] & dmask[None, :]
-    A2 = tl.load(A_ptr + e[None, :] * N + n[:, None], mask=mask, other=0.0).to(tl.float32) * 1.4426950408889634
-    bias = tl.zeros((BD,), tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + e, mask=dmask, other=0.0).to(tl.float32)
-    Dv = tl.zeros((BD,), tl.float32)
-    if HAS_D:
-        Dv = tl.load(D_ptr + e, mask=dmask, other=0.0).to(tl.float32)
+    d, dmask, n, nmask, _e, mask, A, bias, Dv = _step_setup(A_ptr, D_ptr, bias_ptr, k, pid_d, D, N, HAS_D,
+                                                            HAS_BIAS, BD, BN)
+    A2 = A * 1.4426950408889634
     state = (((b * K + k) * NSEG + seg) * D + d[None, :]) * N + n[:, None]
     h = tl.zeros((BN, BD), tl.float32)
     if HAS_HIN:
@@ -580,20 +591,9 @@ def scan_bwd_step_kernel(
     pid_bk = tl.program_id(2)
     b = pid_bk // K
     k = pid_bk % K
-    d = pid_d * BD + tl.arange(0, BD)
-    dmask = d < D
-    n = tl.arange(0, BN)
-    nmask = n < N
-    e = k * D + d
-    mask = nmask[:, None] & dmask[None, :]
-    A = tl.load(A_ptr + e[None, :] * N + n[:, None], mask=mask, other=0.0).to(tl.float32)
+    d, dmask, n, nmask, e, mask, A, bias, Dv = _step_setup(A_ptr, D_ptr, bias_ptr, k, pid_d, D, N, HAS_D, HAS_BIAS,
+                                                           BD, BN)
     A2 = A * 1.4426950408889634
-    bias = tl.zeros((BD,), tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + e, mask=dmask, other=0.0).to(tl.float32)
-    Dv = tl.zeros((BD,), tl.float32)
-    if HAS_D:
-        Dv = tl.load(D_ptr + e, mask=dmask, other=0.0).to(tl.float32)
     carry = (((b * K + k) * NCH + c) * D + d[None, :]) * N + n[:, None]
     h_chunk = tl.load(hs_ptr + carry, mask=mask, other=0.0)
     g = tl.load(gs_ptr + carry, mask=mask, other=0.0)  # adjoint at the first position after the chunk
