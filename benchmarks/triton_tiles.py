@@ -1,9 +1,11 @@
 """Sweep the Triton scan's tile sizes on the GPU at the classic-SR VMM shape (B 4, K 4, D 360, 64x64, N 16)
 and print forward and forward+backward times per configuration (MAIR_TRITON_TILES override) and backward
-variant (MAIR_TRITON_BWD single | split, MAIR_TRITON_BWD_TILE for the split backward's per-chunk kernel).
+variant (MAIR_TRITON_BWD single | split | step; "split:BD,warps" sets MAIR_TRITON_BWD_TILE for the split
+backward's per-chunk kernel, "step:BD,S" sets MAIR_TRITON_BWD_STEP for the step-by-step backward).
 
     python benchmarks/triton_tiles.py --configs "16,16,8,4,4;16,16,4,4,4"
     python benchmarks/triton_tiles.py --variants "single;split;split:64,4;split:16,2"
+    python benchmarks/triton_tiles.py --variants "split;step;step:16,4;step:32,2"
 """
 
 from __future__ import annotations
@@ -33,6 +35,14 @@ def fwd():
 def fwdbwd():
     y = nss_scan(x, dt, A, Bs, Cs, Dv, bias, ids, True)
     torch.autograd.grad(y, [x, dt, A, Bs, Cs, Dv, bias], dy)
+if {profile}:
+    fwdbwd()
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(10):
+            fwdbwd()
+        torch.cuda.synchronize()
+    print(prof.key_averages().table(sort_by="self_device_time_total", row_limit=12))
 f = triton.testing.do_bench(fwd, warmup=50, rep=200, return_mode="median")
 fb = triton.testing.do_bench(fwdbwd, warmup=50, rep=300, return_mode="median")
 print(f"RESULT {{f:.3f}} {{fb:.3f}}")
@@ -43,14 +53,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", default="default",
                         help="';'-separated BL,BD_fwd,BD_bwd,warps_fwd,warps_bwd ('default': tile_config's choice)")
-    parser.add_argument("--variants", default="split",
-                        help="';'-separated backward variants: single, split or split:BD,warps")
+    parser.add_argument("--variants", default="step",
+                        help="';'-separated backward variants: single, split, split:BD,warps, step or step:BD,S")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--side", type=int, default=64, help="feature map side (L = side^2)")
     parser.add_argument("--channels", type=int, default=360)
     parser.add_argument("--state", type=int, default=16)
+    parser.add_argument("--profile", action="store_true", help="also print the CUDA kernels of 10 forward+backward "
+                        "calls per configuration (torch profiler)")
     args = parser.parse_args()
-    code = CHILD.format(channels=args.channels, state=args.state, batch=args.batch, side=args.side)
+    code = CHILD.format(channels=args.channels, state=args.state, batch=args.batch, side=args.side,
+                        profile=args.profile)
     for config in [c for c in args.configs.split(";") if c.strip()]:
         for variant in [v.strip() for v in args.variants.split(";") if v.strip()]:
             env = dict(os.environ)
@@ -60,12 +73,15 @@ def main() -> None:
                 env["MAIR_TRITON_TILES"] = config
             name, _, tile = variant.partition(":")
             env["MAIR_TRITON_BWD"] = name
+            env.pop("MAIR_TRITON_BWD_STEP", None)
             if tile:
-                env["MAIR_TRITON_BWD_TILE"] = tile
+                env["MAIR_TRITON_BWD_STEP" if name == "step" else "MAIR_TRITON_BWD_TILE"] = tile
             proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                                   timeout=300)
             line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")), None)
             label = f"{config} {variant}"
+            if args.profile:
+                print(proc.stdout.split("RESULT")[0], flush=True)
             if line is None:
                 print(f"{label:>28}: failed: {proc.stderr.strip().splitlines()[-3:]}", flush=True)
             else:

@@ -241,15 +241,15 @@ def _fwd(pb: _Problem, out: Tensor, os_: Strides) -> Tensor:
     return _fwd_stepwise(pb, args, cfg, n_chunks)
 
 
-BACKWARD_VARIANTS = ("split", "single", "step")
+BACKWARD_VARIANTS = ("step", "split", "single")
 
 
 def backward_variant() -> str:
-    """The backward kernels to use: ``split`` (default; a carry pass, then one program per chunk), ``single``
-    (the first kernel: one program walks the whole sequence with 3-D tiles) or ``step`` (experimental, not yet
-    timed: the carry pass, then one program per chunk walking it position by position in the forward's layout).
-    ``MAIR_TRITON_BWD`` overrides."""
-    variant = os.environ.get("MAIR_TRITON_BWD", "split")
+    """The backward kernels to use: ``step`` (default: a carry pass, then one program per chunk walking it
+    position by position in the forward's layout; 20% faster than ``split`` on an H100, docs/benchmarks.md),
+    ``split`` (the carry pass, then associative scans per chunk) or ``single`` (the first kernel: one program
+    walks the whole sequence with 3-D tiles). ``MAIR_TRITON_BWD`` overrides."""
+    variant = os.environ.get("MAIR_TRITON_BWD", "step")
     if variant not in BACKWARD_VARIANTS:
         raise ValueError(f"MAIR_TRITON_BWD must be one of {', '.join(BACKWARD_VARIANTS)}, got {variant!r}")
     return variant

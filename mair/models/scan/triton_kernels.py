@@ -547,7 +547,7 @@ def scan_bwd_chunk_kernel(
 
 
 # ------------------------------------------------------------------------------------------------------------
-# Step-by-step backward (experimental, ``MAIR_TRITON_BWD=step``): the layout of the step-by-step forward, one
+# Step-by-step backward (the default, ``MAIR_TRITON_BWD=step``): the layout of the step-by-step forward, one
 # program per chunk. The chunk's states are needed last position first: a first walk stores the state entering
 # every sub-chunk of ``S`` positions; then, last sub-chunk first, the sub-chunk's ``S`` states are recomputed into
 # a tuple of register tiles and its positions are walked backwards with the adjoint.
