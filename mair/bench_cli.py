@@ -24,6 +24,9 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeat", type=int, default=10)
     parser.add_argument("--compile", action="store_true", help="torch.compile the network")
+    parser.add_argument("--compile-mode", default=None, choices=["default", "reduce-overhead", "max-autotune",
+                                                                  "max-autotune-no-cudagraphs"],
+                        help="torch.compile mode (implies --compile; reduce-overhead replays CUDA graphs)")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
 
 
