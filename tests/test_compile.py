@@ -202,23 +202,42 @@ def _nss_inputs() -> tuple[list[Tensor], Tensor]:
     return inputs, scan_orders(height, width, 4, 2, TRITON_DEVICE)[0]
 
 
+def _low_rank(inputs: list[Tensor], rank: int = 2) -> tuple[list[Tensor], Tensor]:
+    """The inputs with Δ replaced by a low-rank input (batch, K, L, R), and the projections (K, D, R)."""
+    gen = torch.Generator().manual_seed(7)
+    batch, groups, length, channels = inputs[1].shape
+    low = torch.randn(batch, groups, length, rank, generator=gen).to(TRITON_DEVICE).requires_grad_()
+    weight = (torch.randn(groups, channels, rank, generator=gen) * 0.5).to(TRITON_DEVICE).requires_grad_()
+    return [inputs[0], low, *inputs[2:]], weight
+
+
 @needs_triton
-def test_opcheck_nss_scan() -> None:
+@pytest.mark.parametrize("low_rank", [False, True])
+def test_opcheck_nss_scan(low_rank: bool) -> None:
     inputs, ids = _nss_inputs()
-    result = torch.library.opcheck(torch.ops.mair.nss_scan.default, (*inputs, ids, True))
+    args: tuple = (*inputs, ids, True)
+    if low_rank:
+        low, weight = _low_rank(inputs)
+        args = (*low, ids, True, weight)
+    result = torch.library.opcheck(torch.ops.mair.nss_scan.default, args)
     assert set(result.values()) == {"SUCCESS"}, result
 
 
 @needs_triton
-def test_nss_scan_op_matches_the_triton_function() -> None:
+@pytest.mark.parametrize("low_rank", [False, True])
+def test_nss_scan_op_matches_the_triton_function(low_rank: bool) -> None:
     from mair.models.scan.triton_backend import nss_scan
 
     inputs, ids = _nss_inputs()
-    want = nss_scan(*inputs, ids, True)
-    got = custom_ops.nss_scan(*inputs, ids, True)
+    weight = None
+    if low_rank:
+        inputs, weight = _low_rank(inputs)
+    want = nss_scan(*inputs, ids, True, delta_weight=weight)
+    got = custom_ops.nss_scan(*inputs, ids, True, delta_weight=weight)
     torch.testing.assert_close(got, want, rtol=0, atol=0)
     dy = torch.randn(want.shape, generator=torch.Generator().manual_seed(6)).to(TRITON_DEVICE)
-    for g, w in zip(torch.autograd.grad(got, inputs, dy), torch.autograd.grad(want, inputs, dy), strict=True):
+    leaves = inputs + ([weight] if low_rank else [])
+    for g, w in zip(torch.autograd.grad(got, leaves, dy), torch.autograd.grad(want, leaves, dy), strict=True):
         torch.testing.assert_close(g, w, rtol=1e-6, atol=1e-6)
 
 

@@ -96,6 +96,38 @@ def test_nss_fused_scan_matches_gather_scan_scatter(height: int, width: int, sca
         assert _rel(got, want) <= 1e-5, name
 
 
+@pytest.mark.parametrize("length_side,d_state,rank", [((5, 7), 4, 3), ((6, 6), 1, 1), ((3, 11), 16, 12)])
+def test_low_rank_delta_matches_projecting_outside(length_side: tuple[int, int], d_state: int, rank: int) -> None:
+    """``delta_weight``: Δ projected inside the op (and again in its backward) gives the output and every
+    gradient of the einsum followed by the scan, and the op keeps only the low-rank input for the backward."""
+    from mair.models.scan.triton_backend import project_delta
+
+    torch.manual_seed(int(torch.randint(0, 2**31 - 1, ()).item()))
+    height, width = length_side
+    batch, groups, channels, length = 2, 4, 5, height * width
+    ids = scan_orders(height, width, 4, 2, DEVICE)[0]
+    inputs = [torch.randn(batch, length, channels), torch.randn(batch, groups, length, rank),
+              -torch.rand(groups * channels, d_state) * 2, torch.randn(batch, groups, length, d_state),
+              torch.randn(batch, groups, length, d_state), torch.randn(groups * channels),
+              torch.randn(groups * channels) * 0.5, torch.randn(groups, channels, rank) * 0.5]
+    inputs = [t.to(DEVICE).requires_grad_() for t in inputs]
+    x, low, A, B, C, D, bias, weight = inputs
+    want = nss_scan(x, torch.einsum("bklr,kdr->bkld", low, weight), A, B, C, D, bias, ids, True)
+    saved: list[tuple[int, ...]] = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(tuple(t.shape)) or t, lambda t: t):
+        got = nss_scan(x, low, A, B, C, D, bias, ids, True, delta_weight=weight)
+    assert (batch, groups, length, channels) not in saved, saved  # Δ itself is not kept
+    dy = torch.randn_like(want)
+    assert _rel(got, want) <= 1e-6
+    assert _rel(project_delta(low, weight), torch.einsum("bklr,kdr->bkld", low, weight)) <= 1e-6
+    names = ["x", "delta_low", "A", "B", "C", "D", "bias", "delta_weight"]
+    for name, g, w in zip(names, torch.autograd.grad(got, inputs, dy), torch.autograd.grad(want, inputs, dy),
+                          strict=True):
+        assert _rel(g, w) <= 1e-5, name
+    with pytest.raises(ValueError, match="delta_weight"):
+        nss_scan(x, low, A, B, C, D, bias, ids, True, delta_weight=weight[:, :, :-1] if rank > 1 else weight[:1])
+
+
 def test_bf16_inputs_accumulate_in_fp32() -> None:
     batch, groups, channels, d_state, length = 1, 4, 4, 8, 24
     ids = scan_orders(4, 6, 4, 0, DEVICE)[0]

@@ -194,11 +194,15 @@ class VMM(nn.Module):
         raster = x.permute(0, 2, 3, 1).reshape(batch, height * width, inner)  # (B, L, D)
         x_dbl = torch.einsum("bld,kcd->bklc", raster, self.x_proj_weight)  # (B, K, L, R+2N)
         dts, bs, cs = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=3)
-        dts = torch.einsum("bklr,kdr->bkld", dts, self.dt_projs_weight)
-        ops = _custom_ops()
-        fused = scan_fn or (ops.nss_scan if ops is not None else nss_scan)
-        ys = fused(raster, dts, -torch.exp(self.A_logs.float()), bs, cs, self.Ds.float(),
-                   self.dt_projs_bias.float().reshape(-1), scan_ids, delta_softplus=True)  # (B, K, L, D)
+        A, Ds, dt_bias = -torch.exp(self.A_logs.float()), self.Ds.float(), self.dt_projs_bias.float().reshape(-1)
+        if scan_fn is None:  # Triton: Δ projected inside the op, so only its R-channel input is kept for backward
+            ops = _custom_ops()
+            fused = ops.nss_scan if ops is not None else nss_scan
+            ys = fused(raster, dts, A, bs, cs, Ds, dt_bias, scan_ids, delta_softplus=True,
+                       delta_weight=self.dt_projs_weight)  # (B, K, L, D)
+        else:
+            dts = torch.einsum("bklr,kdr->bkld", dts, self.dt_projs_weight)
+            ys = scan_fn(raster, dts, A, bs, cs, Ds, dt_bias, scan_ids, delta_softplus=True)
         gate = self.gating.gate(ys.float().mean(dim=2)).to(ys.dtype)  # (B, K, D)
         # Σ_k gate_k · y_k as a chain of multiply-adds: einsum would make D a batch dimension and copy ys
         # into (B, D, L, K) first (on the CPU that copy cost as much as the scan's own gathers).

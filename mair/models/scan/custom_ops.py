@@ -6,9 +6,10 @@ implementations) and running the eager scan code inside:
 * ``mair::selective_scan(u, delta, A, B, C, D?, delta_bias?, delta_softplus, backend) -> y`` — mamba_ssm's
   layout, :func:`mair.models.scan.selective_scan` on the backend named by ``backend`` (a resolved name such as
   ``"torch"``, never ``None``/``"auto"``: the choice is made eagerly, outside the compiled region);
-* ``mair::nss_scan(x, delta, A, B, C, D?, delta_bias?, ids, delta_softplus) -> (y, states)`` — the Triton
-  NSS-fused layout (:func:`mair.models.scan.triton_backend.nss_scan_forward`); ``states`` are the chunk states
-  its backward starts from, saved instead of recomputed;
+* ``mair::nss_scan(x, delta, A, B, C, D?, delta_bias?, ids, delta_softplus, delta_weight?) -> (y, states)`` —
+  the Triton NSS-fused layout (:func:`mair.models.scan.triton_backend.nss_scan_forward`; with ``delta_weight``,
+  ``delta`` is Δ's low-rank input, projected inside); ``states`` are the chunk states its backward starts
+  from, saved instead of recomputed;
 * ``mair::selective_scan_bwd`` / ``mair::nss_scan_bwd`` — their backwards, registered through
   ``register_autograd``. ``selective_scan_bwd`` recomputes the scan forward of its backend under autograd and
   differentiates it (``torch.autograd.grad``), so it runs the backend's own hand-written backward and works
@@ -212,10 +213,12 @@ _selective_scan_op.register_autograd(_selective_scan_backward, setup_context=_se
 # mair::nss_scan
 
 
-def _check_nss(x: Tensor, delta: Tensor, ids: Tensor) -> None:
-    if x.dim() != 3 or delta.dim() != 4 or delta.shape[0] != x.shape[0] or delta.shape[2:] != x.shape[1:]:
-        raise ValueError(f"nss_scan: x must be (batch, L, D) and delta (batch, K, L, D); got "
-                         f"{tuple(x.shape)} and {tuple(delta.shape)}")
+def _check_nss(x: Tensor, delta: Tensor, ids: Tensor, delta_weight: Tensor | None) -> None:
+    channels = x.shape[-1] if delta_weight is None else delta_weight.shape[1]
+    if x.dim() != 3 or delta.dim() != 4 or delta.shape[0] != x.shape[0] or delta.shape[2] != x.shape[1] \
+            or channels != x.shape[2] or (delta_weight is None and delta.shape[3] != x.shape[2]):
+        raise ValueError(f"nss_scan: x must be (batch, L, D) and delta (batch, K, L, D) or, with delta_weight "
+                         f"(K, D, R), (batch, K, L, R); got {tuple(x.shape)} and {tuple(delta.shape)}")
     if ids.dim() != 2 or ids.shape[0] != delta.shape[1] or ids.shape[1] != x.shape[1]:
         raise ValueError(f"nss_scan: ids must be (K, L) = ({delta.shape[1]}, {x.shape[1]}); "
                          f"got {tuple(ids.shape)}")
@@ -223,19 +226,20 @@ def _check_nss(x: Tensor, delta: Tensor, ids: Tensor) -> None:
 
 @torch.library.custom_op("mair::nss_scan", mutates_args=())
 def _nss_scan_op(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
-                 delta_bias: Tensor | None, ids: Tensor, delta_softplus: bool) -> tuple[Tensor, Tensor]:
+                 delta_bias: Tensor | None, ids: Tensor, delta_softplus: bool,
+                 delta_weight: Tensor | None = None) -> tuple[Tensor, Tensor]:
     from .triton_backend import nss_scan_forward
 
-    y, states = nss_scan_forward(x, delta, A, B, C, D, delta_bias, ids, delta_softplus)
+    y, states = nss_scan_forward(x, delta, A, B, C, D, delta_bias, ids, delta_softplus, delta_weight)
     return y, states
 
 
 @_nss_scan_op.register_fake
 def _(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None, delta_bias: Tensor | None,
-      ids: Tensor, delta_softplus: bool) -> tuple[Tensor, Tensor]:
+      ids: Tensor, delta_softplus: bool, delta_weight: Tensor | None = None) -> tuple[Tensor, Tensor]:
     from .triton_backend import forward_chunks
 
-    _check_nss(x, delta, ids)
+    _check_nss(x, delta, ids, delta_weight)
     batch, length, channels = x.shape
     groups = delta.shape[1]
     n_chunks = forward_chunks(channels, length, A.shape[1])
@@ -245,33 +249,42 @@ def _(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | Non
 
 @torch.library.custom_op("mair::nss_scan_bwd", mutates_args=())
 def _nss_scan_bwd_op(dy: Tensor, x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
-                     delta_bias: Tensor | None, ids: Tensor, states: Tensor, delta_softplus: bool,
-                     needs: list[bool]) -> list[Tensor]:
+                     delta_bias: Tensor | None, delta_weight: Tensor | None, ids: Tensor, states: Tensor,
+                     delta_softplus: bool, needs: list[bool]) -> list[Tensor]:
     from .triton_backend import nss_scan_backward
 
-    inputs = [x, delta, A, B, C, D, delta_bias]
-    grads = nss_scan_backward(dy.contiguous(), *inputs, ids, states, delta_softplus)
+    inputs = [x, delta, A, B, C, D, delta_bias, delta_weight]
+    grads = nss_scan_backward(dy.contiguous(), *inputs[:7], ids, states, delta_softplus, delta_weight)
     out = [g if n and g is not None else dy.new_empty(0) for g, n in zip(grads, needs, strict=True)]
     return _fresh(out, [dy, *inputs, states])
 
 
 @_nss_scan_bwd_op.register_fake
 def _(dy: Tensor, x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
-      delta_bias: Tensor | None, ids: Tensor, states: Tensor, delta_softplus: bool,
+      delta_bias: Tensor | None, delta_weight: Tensor | None, ids: Tensor, states: Tensor, delta_softplus: bool,
       needs: list[bool]) -> list[Tensor]:
-    return _fake_grads([x, delta, A, B, C, D, delta_bias], needs, dy)
+    inputs = [x, delta, A, B, C, D, delta_bias, delta_weight]
+    return _fake_grads(inputs[:len(needs)], needs, dy)
+
+
+def _nss_needs(ctx: Any) -> list[bool]:
+    """Which of x, delta, A, B, C, D, delta_bias (and delta_weight, when given) need gradients."""
+    needs = [bool(n) for n in ctx.needs_input_grad[:_NUM_INPUTS]]
+    return [*needs, bool(ctx.needs_input_grad[9])] if ctx.has_weight else needs
 
 
 def _nss_scan_setup(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, Tensor]) -> None:
-    x, delta, A, B, C, D, delta_bias, ids, delta_softplus = inputs
-    ctx.save_for_backward(x, delta, A, B, C, D, delta_bias, ids, output[1])
-    ctx.delta_softplus = delta_softplus
+    x, delta, A, B, C, D, delta_bias, ids, delta_softplus, delta_weight = inputs
+    ctx.save_for_backward(x, delta, A, B, C, D, delta_bias, delta_weight, ids, output[1])
+    ctx.delta_softplus, ctx.has_weight = delta_softplus, delta_weight is not None
 
 
 def _nss_scan_backward(ctx: Any, dy: Tensor, _dstates: Tensor | None) -> tuple[Tensor | None, ...]:
     *saved, ids, states = ctx.saved_tensors
-    grads = _nss_scan_bwd_op(dy, *saved, ids, states, ctx.delta_softplus, _needs(ctx))
-    return _as_grads(ctx, grads, extra=2)
+    needs = _nss_needs(ctx)
+    grads = _nss_scan_bwd_op(dy, *saved, ids, states, ctx.delta_softplus, needs)
+    out = [g if n else None for g, n in zip(grads, needs, strict=True)]
+    return (*out[:_NUM_INPUTS], None, None, out[_NUM_INPUTS] if ctx.has_weight else None)
 
 
 _nss_scan_op.register_autograd(_nss_scan_backward, setup_context=_nss_scan_setup)
@@ -291,10 +304,11 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D:
 
 
 def nss_scan(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
-             delta_bias: Tensor | None, ids: Tensor, delta_softplus: bool = True) -> Tensor:
+             delta_bias: Tensor | None, ids: Tensor, delta_softplus: bool = True,
+             delta_weight: Tensor | None = None) -> Tensor:
     """:func:`mair.models.scan.triton_backend.nss_scan` through ``mair::nss_scan`` (same arguments and result;
     the op's second output, the chunk states, stays inside for the backward)."""
-    return _nss_scan_op(x, delta, A, B, C, D, delta_bias, ids, bool(delta_softplus))[0]
+    return _nss_scan_op(x, delta, A, B, C, D, delta_bias, ids, bool(delta_softplus), delta_weight)[0]
 
 
 def compile_model(model: nn.Module, fullgraph: bool = True, dynamic: bool | None = False,

@@ -385,61 +385,101 @@ def _nss_problem(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: T
                     ids.contiguous(), bool(softplus))
 
 
+def project_delta(delta_low: Tensor, weight: Tensor) -> Tensor:
+    """Δ (batch, K, L, D) from its low-rank input (batch, K, L, R) and the per-group projections (K, D, R), in
+    the input's precision (bf16 under autocast, as the model's einsum was) with autocast off, so that the
+    backward's recomputation gives the forward's values."""
+    with torch.autocast(delta_low.device.type, enabled=False):
+        return torch.einsum("bklr,kdr->bkld", delta_low, weight.to(delta_low.dtype))
+
+
+def _check_delta_weight(delta: Tensor, weight: Tensor, channels: int) -> None:
+    groups = delta.shape[1]
+    if weight.dim() != 3 or weight.shape[0] != groups or weight.shape[1] != channels \
+            or weight.shape[2] != delta.shape[3]:
+        raise ValueError(f"nss_scan: with delta_weight, delta must be the low-rank input (batch, K, L, R) and "
+                         f"delta_weight (K, D, R) = ({groups}, {channels}, {delta.shape[3]}); got delta "
+                         f"{tuple(delta.shape)} and delta_weight {tuple(weight.shape)}")
+
+
 def nss_scan_forward(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
-                     delta_bias: Tensor | None, ids: Tensor, softplus: bool) -> tuple[Tensor, Tensor]:
+                     delta_bias: Tensor | None, ids: Tensor, softplus: bool, delta_weight: Tensor | None = None
+                     ) -> tuple[Tensor, Tensor]:
     """:func:`nss_scan`'s forward without autograd: the output and the states entering every chunk
     (batch, K, NCH, D, N) float32, which :func:`nss_scan_backward` needs."""
+    if delta_weight is not None:
+        delta = project_delta(delta, delta_weight)  # freed when the forward returns
     pb = _nss_problem(x, delta, A, B, C, D, delta_bias, ids, softplus)
     out = torch.empty(pb.batch, pb.groups, pb.length, pb.channels, device=x.device, dtype=x.dtype)
     return out, _fwd(pb, out, _bkl_strides(out))
 
 
 def nss_scan_backward(dy: Tensor, x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
-                      delta_bias: Tensor | None, ids: Tensor, hs: Tensor, softplus: bool
-                      ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor | None, Tensor | None]:
-    """Gradients of :func:`nss_scan` (x, delta, A, B, C, D, delta_bias; None for absent D / delta_bias) from
-    the output gradient and the chunk states of :func:`nss_scan_forward`."""
-    pb = _nss_problem(x, delta, A, B, C, D, delta_bias, ids, softplus)
+                      delta_bias: Tensor | None, ids: Tensor, hs: Tensor, softplus: bool,
+                      delta_weight: Tensor | None = None) -> tuple[Tensor | None, ...]:
+    """Gradients of :func:`nss_scan` (x, delta, A, B, C, D, delta_bias, then delta_weight when given; None for
+    absent D / delta_bias) from the output gradient and the chunk states of :func:`nss_scan_forward`. With
+    ``delta_weight``, Δ is recomputed from its low-rank input and the gradients are those of the low-rank input
+    and of the projections."""
+    delta_full = delta if delta_weight is None else project_delta(delta, delta_weight)
+    pb = _nss_problem(x, delta_full, A, B, C, D, delta_bias, ids, softplus)
     f32 = torch.float32
     shape = (pb.batch, pb.groups, pb.length, pb.channels)
     du_k = torch.empty(shape, device=x.device, dtype=f32)
     ddt = torch.empty(shape, device=x.device, dtype=f32)
     dB, dC, dA, dD = _bwd(pb, dy, _bkl_strides(dy), hs, du_k, _bkl_strides(du_k), ddt, _bkl_strides(ddt))
+    del delta_full, pb
     dbias = ddt.sum(dim=(0, 2)).reshape(-1) if delta_bias is not None else None
-    return (du_k.sum(1).to(x.dtype), ddt.to(delta.dtype), dA.to(A.dtype), dB.to(B.dtype), dC.to(C.dtype),
-            None if D is None else dD.to(D.dtype), None if dbias is None else dbias.to(delta_bias.dtype))
+    grads: tuple[Tensor | None, ...] = (
+        du_k.sum(1).to(x.dtype), None, dA.to(A.dtype), dB.to(B.dtype), dC.to(C.dtype),
+        None if D is None else dD.to(D.dtype), None if dbias is None else dbias.to(delta_bias.dtype))
+    if delta_weight is None:
+        return (*grads[:1], ddt.to(delta.dtype), *grads[2:])
+    ddt = ddt.to(delta.dtype)  # as the einsum's own backward would see it (bf16 under autocast)
+    with torch.autocast(delta.device.type, enabled=False):
+        d_low = torch.einsum("bkld,kdr->bklr", ddt, delta_weight.to(delta.dtype))
+        d_weight = torch.einsum("bkld,bklr->kdr", ddt, delta).to(delta_weight.dtype)
+    return (*grads[:1], d_low, *grads[2:], d_weight)
 
 
 class _NSSScan(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, delta, A, B, C, D, delta_bias, ids, softplus):
-        out, hs = nss_scan_forward(x, delta, A, B, C, D, delta_bias, ids, softplus)
-        ctx.save_for_backward(x, delta, A, B, C, D, delta_bias, ids, hs)
+    def forward(ctx, x, delta, A, B, C, D, delta_bias, ids, softplus, delta_weight):
+        out, hs = nss_scan_forward(x, delta, A, B, C, D, delta_bias, ids, softplus, delta_weight)
+        ctx.save_for_backward(x, delta, A, B, C, D, delta_bias, ids, hs, delta_weight)
         ctx.softplus = bool(softplus)
         return out
 
     @staticmethod
     def backward(ctx, dy):
-        x, delta, A, B, C, D, bias, ids, hs = ctx.saved_tensors
-        grads = nss_scan_backward(dy, x, delta, A, B, C, D, bias, ids, hs, ctx.softplus)
-        return (*grads, None, None)
+        x, delta, A, B, C, D, bias, ids, hs, weight = ctx.saved_tensors
+        grads = nss_scan_backward(dy, x, delta, A, B, C, D, bias, ids, hs, ctx.softplus, weight)
+        return (*grads[:7], None, None, grads[7] if weight is not None else None)
 
 
 def nss_scan(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
-             delta_bias: Tensor | None, ids: Tensor, delta_softplus: bool = True) -> Tensor:
+             delta_bias: Tensor | None, ids: Tensor, delta_softplus: bool = True,
+             delta_weight: Tensor | None = None) -> Tensor:
     """Selective scan of K sequences that read one raster feature map through the orders ``ids``.
 
     x (batch, L, D) raster; delta (batch, K, L, D), B and C (batch, K, L, N) in raster order; A (K·D, N);
     D and delta_bias (K·D,); ids (K, L) with sequence k visiting raster position ids[k, l] at step l.
     Returns y (batch, K, L, D) in raster order: ``y[:, k, ids[k, l]]`` is step l of sequence k.
+
+    With ``delta_weight`` (K, D, R), ``delta`` is Δ's low-rank input (batch, K, L, R) and Δ is
+    :func:`project_delta` of the two, computed inside the op and again in its backward: the full Δ (as large
+    as the output) is never kept for the backward, only its R-channel input.
     """
     groups = delta.shape[1]
-    if x.dim() != 3 or delta.dim() != 4 or delta.shape[0] != x.shape[0] or delta.shape[2:] != x.shape[1:]:
+    if x.dim() != 3 or delta.dim() != 4 or delta.shape[0] != x.shape[0] or delta.shape[2] != x.shape[1] \
+            or (delta_weight is None and delta.shape[3] != x.shape[2]):
         raise ValueError(f"nss_scan: x must be (batch, L, D) and delta (batch, K, L, D); got "
                          f"{tuple(x.shape)} and {tuple(delta.shape)}")
+    if delta_weight is not None:
+        _check_delta_weight(delta, delta_weight, x.shape[2])
     if tuple(ids.shape) != (groups, x.shape[1]):
         raise ValueError(f"nss_scan: ids must be (K, L) = ({groups}, {x.shape[1]}); got {tuple(ids.shape)}")
-    return _NSSScan.apply(x, delta, A, B, C, D, delta_bias, ids, delta_softplus)
+    return _NSSScan.apply(x, delta, A, B, C, D, delta_bias, ids, delta_softplus, delta_weight)
 
 
 def nss_scan_reference(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
