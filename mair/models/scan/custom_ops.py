@@ -213,17 +213,6 @@ _selective_scan_op.register_autograd(_selective_scan_backward, setup_context=_se
 # mair::nss_scan
 
 
-def _check_nss(x: Tensor, delta: Tensor, ids: Tensor, delta_weight: Tensor | None) -> None:
-    channels = x.shape[-1] if delta_weight is None else delta_weight.shape[1]
-    if x.dim() != 3 or delta.dim() != 4 or delta.shape[0] != x.shape[0] or delta.shape[2] != x.shape[1] \
-            or channels != x.shape[2] or (delta_weight is None and delta.shape[3] != x.shape[2]):
-        raise ValueError(f"nss_scan: x must be (batch, L, D) and delta (batch, K, L, D) or, with delta_weight "
-                         f"(K, D, R), (batch, K, L, R); got {tuple(x.shape)} and {tuple(delta.shape)}")
-    if ids.dim() != 2 or ids.shape[0] != delta.shape[1] or ids.shape[1] != x.shape[1]:
-        raise ValueError(f"nss_scan: ids must be (K, L) = ({delta.shape[1]}, {x.shape[1]}); "
-                         f"got {tuple(ids.shape)}")
-
-
 @torch.library.custom_op("mair::nss_scan", mutates_args=())
 def _nss_scan_op(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
                  delta_bias: Tensor | None, ids: Tensor, delta_softplus: bool,
@@ -237,9 +226,9 @@ def _nss_scan_op(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: T
 @_nss_scan_op.register_fake
 def _(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None, delta_bias: Tensor | None,
       ids: Tensor, delta_softplus: bool, delta_weight: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    from .triton_backend import forward_chunks
+    from .triton_backend import check_nss_shapes, forward_chunks
 
-    _check_nss(x, delta, ids, delta_weight)
+    check_nss_shapes(x, delta, ids, delta_weight)
     batch, length, channels = x.shape
     groups = delta.shape[1]
     n_chunks = forward_chunks(channels, length, A.shape[1])

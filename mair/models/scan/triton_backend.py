@@ -393,13 +393,19 @@ def project_delta(delta_low: Tensor, weight: Tensor) -> Tensor:
         return torch.einsum("bklr,kdr->bkld", delta_low, weight.to(delta_low.dtype))
 
 
-def _check_delta_weight(delta: Tensor, weight: Tensor, channels: int) -> None:
+def check_nss_shapes(x: Tensor, delta: Tensor, ids: Tensor, delta_weight: Tensor | None = None) -> None:
+    """Raise ValueError unless the shapes fit :func:`nss_scan` (shared with the custom op's fake)."""
+    if x.dim() != 3 or delta.dim() != 4 or delta.shape[0] != x.shape[0] or delta.shape[2] != x.shape[1] \
+            or (delta_weight is None and delta.shape[3] != x.shape[2]):
+        raise ValueError(f"nss_scan: x must be (batch, L, D) and delta (batch, K, L, D); got "
+                         f"{tuple(x.shape)} and {tuple(delta.shape)}")
     groups = delta.shape[1]
-    if weight.dim() != 3 or weight.shape[0] != groups or weight.shape[1] != channels \
-            or weight.shape[2] != delta.shape[3]:
+    if delta_weight is not None and tuple(delta_weight.shape) != (groups, x.shape[2], delta.shape[3]):
         raise ValueError(f"nss_scan: with delta_weight, delta must be the low-rank input (batch, K, L, R) and "
-                         f"delta_weight (K, D, R) = ({groups}, {channels}, {delta.shape[3]}); got delta "
-                         f"{tuple(delta.shape)} and delta_weight {tuple(weight.shape)}")
+                         f"delta_weight (K, D, R) = ({groups}, {x.shape[2]}, {delta.shape[3]}); got delta "
+                         f"{tuple(delta.shape)} and delta_weight {tuple(delta_weight.shape)}")
+    if tuple(ids.shape) != (groups, x.shape[1]):
+        raise ValueError(f"nss_scan: ids must be (K, L) = ({groups}, {x.shape[1]}); got {tuple(ids.shape)}")
 
 
 def nss_scan_forward(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
@@ -430,16 +436,14 @@ def nss_scan_backward(dy: Tensor, x: Tensor, delta: Tensor, A: Tensor, B: Tensor
     dB, dC, dA, dD = _bwd(pb, dy, _bkl_strides(dy), hs, du_k, _bkl_strides(du_k), ddt, _bkl_strides(ddt))
     del delta_full, pb
     dbias = ddt.sum(dim=(0, 2)).reshape(-1) if delta_bias is not None else None
-    grads: tuple[Tensor | None, ...] = (
-        du_k.sum(1).to(x.dtype), None, dA.to(A.dtype), dB.to(B.dtype), dC.to(C.dtype),
-        None if D is None else dD.to(D.dtype), None if dbias is None else dbias.to(delta_bias.dtype))
-    if delta_weight is None:
-        return (*grads[:1], ddt.to(delta.dtype), *grads[2:])
-    ddt = ddt.to(delta.dtype)  # as the einsum's own backward would see it (bf16 under autocast)
-    with torch.autocast(delta.device.type, enabled=False):
-        d_low = torch.einsum("bkld,kdr->bklr", ddt, delta_weight.to(delta.dtype))
-        d_weight = torch.einsum("bkld,bklr->kdr", ddt, delta).to(delta_weight.dtype)
-    return (*grads[:1], d_low, *grads[2:], d_weight)
+    d_delta = ddt.to(delta.dtype)  # with delta_weight: as the einsum's own backward would see it
+    d_weight: tuple[Tensor, ...] = ()
+    if delta_weight is not None:
+        with torch.autocast(delta.device.type, enabled=False):
+            d_weight = (torch.einsum("bkld,bklr->kdr", d_delta, delta).to(delta_weight.dtype),)
+            d_delta = torch.einsum("bkld,kdr->bklr", d_delta, delta_weight.to(delta.dtype))
+    return (du_k.sum(1).to(x.dtype), d_delta, dA.to(A.dtype), dB.to(B.dtype), dC.to(C.dtype),
+            None if D is None else dD.to(D.dtype), None if dbias is None else dbias.to(delta_bias.dtype), *d_weight)
 
 
 class _NSSScan(torch.autograd.Function):
@@ -470,15 +474,7 @@ def nss_scan(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tenso
     :func:`project_delta` of the two, computed inside the op and again in its backward: the full Δ (as large
     as the output) is never kept for the backward, only its R-channel input.
     """
-    groups = delta.shape[1]
-    if x.dim() != 3 or delta.dim() != 4 or delta.shape[0] != x.shape[0] or delta.shape[2] != x.shape[1] \
-            or (delta_weight is None and delta.shape[3] != x.shape[2]):
-        raise ValueError(f"nss_scan: x must be (batch, L, D) and delta (batch, K, L, D); got "
-                         f"{tuple(x.shape)} and {tuple(delta.shape)}")
-    if delta_weight is not None:
-        _check_delta_weight(delta, delta_weight, x.shape[2])
-    if tuple(ids.shape) != (groups, x.shape[1]):
-        raise ValueError(f"nss_scan: ids must be (K, L) = ({groups}, {x.shape[1]}); got {tuple(ids.shape)}")
+    check_nss_shapes(x, delta, ids, delta_weight)
     return _NSSScan.apply(x, delta, A, B, C, D, delta_bias, ids, delta_softplus, delta_weight)
 
 
