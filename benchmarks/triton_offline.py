@@ -9,7 +9,7 @@ device time:
 
     python benchmarks/triton_offline.py                       # classic-SR shape, B 4, 64x64
     python benchmarks/triton_offline.py --batch 1 --side 256  # batch-1 inference shape
-    MAIR_TRITON_BWD_TILE=16,2 python benchmarks/triton_offline.py --dump /tmp/asm
+    MAIR_TRITON_BWD_STEP=32,2 python benchmarks/triton_offline.py --dump /tmp/asm
 """
 
 from __future__ import annotations

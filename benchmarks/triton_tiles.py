@@ -1,11 +1,10 @@
 """Sweep the Triton scan's tile sizes on the GPU at the classic-SR VMM shape (B 4, K 4, D 360, 64x64, N 16)
-and print forward and forward+backward times per configuration (MAIR_TRITON_TILES override) and backward
-variant (MAIR_TRITON_BWD single | split | step; "split:BD,warps" sets MAIR_TRITON_BWD_TILE for the split
-backward's per-chunk kernel, "step:BD,S" sets MAIR_TRITON_BWD_STEP for the step-by-step backward).
+and print forward and forward+backward times per configuration: "BL,BD,warps" sets MAIR_TRITON_TILES (chunk
+length of the stored states, adjoint-summary tile), "step:BD,S" sets MAIR_TRITON_BWD_STEP (channels per program
+and sub-chunk length of the backward).
 
-    python benchmarks/triton_tiles.py --configs "16,16,8,4,4;16,16,4,4,4"
-    python benchmarks/triton_tiles.py --variants "single;split;split:64,4;split:16,2"
-    python benchmarks/triton_tiles.py --variants "split;step;step:16,4;step:32,2"
+    python benchmarks/triton_tiles.py --configs "default;64,8,4"
+    python benchmarks/triton_tiles.py --variants "step;step:16,4;step:32,2"
 """
 
 from __future__ import annotations
@@ -52,9 +51,9 @@ print(f"RESULT {{f:.3f}} {{fb:.3f}}")
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", default="default",
-                        help="';'-separated BL,BD_fwd,BD_bwd,warps_fwd,warps_bwd ('default': tile_config's choice)")
+                        help="';'-separated BL,BD,warps ('default': tile_config's choice)")
     parser.add_argument("--variants", default="step",
-                        help="';'-separated backward variants: single, split, split:BD,warps, step or step:BD,S")
+                        help="';'-separated backward tiles: step (the default) or step:BD,S")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--side", type=int, default=64, help="feature map side (L = side^2)")
     parser.add_argument("--channels", type=int, default=360)
@@ -68,14 +67,14 @@ def main() -> None:
         for variant in [v.strip() for v in args.variants.split(";") if v.strip()]:
             env = dict(os.environ)
             env.pop("MAIR_TRITON_TILES", None)
-            env.pop("MAIR_TRITON_BWD_TILE", None)
             if config != "default":
                 env["MAIR_TRITON_TILES"] = config
             name, _, tile = variant.partition(":")
-            env["MAIR_TRITON_BWD"] = name
+            if name != "step":
+                parser.error(f"unknown backward variant {name!r}: the backward is 'step' or 'step:BD,S'")
             env.pop("MAIR_TRITON_BWD_STEP", None)
             if tile:
-                env["MAIR_TRITON_BWD_STEP" if name == "step" else "MAIR_TRITON_BWD_TILE"] = tile
+                env["MAIR_TRITON_BWD_STEP"] = tile
             proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                                   timeout=300)
             line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")), None)

@@ -59,13 +59,12 @@ class TileConfig:
 TARGET_PROGRAMS = 528  # about 4 programs per SM on an H100 (132 SMs)
 
 
-def tile_config(d_state: int, channels: int, backward: bool, parallel: int = 1) -> TileConfig:
-    """Tile sizes for ``parallel`` (= batch x K) sequences of ``channels`` channels.
-
-    Forward: ``BD`` channels per program, halved (down to 2) until there are about 4 programs per SM, then a
-    chunk length ``BL`` giving about 4k tile elements. Backward: the same chunk length (it reuses the stored
-    chunk-start states) with about 1k tile elements, since it keeps many more tiles live. Values from the
-    sweep in docs/benchmarks.md (``benchmarks/triton_tiles.py``).
+def tile_config(d_state: int, channels: int, parallel: int = 1) -> TileConfig:
+    """Tile sizes for ``parallel`` (= batch x K) sequences of ``channels`` channels: ``BD`` channels per program,
+    halved (down to 2) until there are about 4 programs per SM, then a chunk length ``BL`` giving about 4k tile
+    elements. ``BL`` is the granularity of the chunk states the forward keeps for the backward; ``BD`` and the
+    warps are the adjoint-summary kernel's. Values from the sweeps in docs/benchmarks.md
+    (``benchmarks/triton_tiles.py``); ``MAIR_TRITON_TILES`` = "BL,BD,warps" overrides (tuning only).
     """
     bn = 1
     while bn < d_state:
@@ -77,13 +76,12 @@ def tile_config(d_state: int, channels: int, backward: bool, parallel: int = 1) 
         bd //= 2
     bl = max(8, min(128, 4096 // (bd * bn)))
     warps = 4
-    if backward:
-        bd = max(2, min(bd, 1024 // (bl * bn)))
-        warps = 2
-    override = os.environ.get("MAIR_TRITON_TILES")  # "BL,BD_fwd,BD_bwd,warps_fwd,warps_bwd" (tuning only)
+    override = os.environ.get("MAIR_TRITON_TILES")
     if override:
-        o_bl, o_bdf, o_bdb, o_wf, o_wb = (int(v) for v in override.split(","))
-        bl, bd, warps = o_bl, (o_bdb if backward else o_bdf), (o_wb if backward else o_wf)
+        try:
+            bl, bd, warps = (int(v) for v in override.split(","))
+        except ValueError:
+            raise ValueError(f"MAIR_TRITON_TILES must be 'BL,BD,warps' (three integers), got {override!r}") from None
     if interpreting():  # the CPU interpreter is slow per tile element; small tiles also test chunk carries
         bl, bd = 8, min(bd, 8)
     return TileConfig(bl=bl, bd=bd, bn=bn, warps=warps)
@@ -182,7 +180,7 @@ def forward_tiles(channels: int, d_state: int) -> TileConfig:
     """The forward's chunk length ``BL`` (the granularity of the states it stores for the backward) and padded
     state size ``BN``; shapes only, so that the compiler's fake implementation of the custom op agrees with the
     kernels on the number of chunk states."""
-    return tile_config(d_state, channels, backward=False, parallel=TARGET_PROGRAMS)
+    return tile_config(d_state, channels, parallel=TARGET_PROGRAMS)
 
 
 def forward_chunks(channels: int, length: int, d_state: int) -> int:
@@ -241,74 +239,6 @@ def _fwd(pb: _Problem, out: Tensor, os_: Strides) -> Tensor:
     return _fwd_stepwise(pb, args, cfg, n_chunks)
 
 
-BACKWARD_VARIANTS = ("step", "split", "single")
-
-
-def backward_variant() -> str:
-    """The backward kernels to use: ``step`` (default: a carry pass, then one program per chunk walking it
-    position by position in the forward's layout; 20% faster than ``split`` on an H100, docs/benchmarks.md),
-    ``split`` (the carry pass, then associative scans per chunk) or ``single`` (the first kernel: one program
-    walks the whole sequence with 3-D tiles). ``MAIR_TRITON_BWD`` overrides."""
-    variant = os.environ.get("MAIR_TRITON_BWD", "step")
-    if variant not in BACKWARD_VARIANTS:
-        raise ValueError(f"MAIR_TRITON_BWD must be one of {', '.join(BACKWARD_VARIANTS)}, got {variant!r}")
-    return variant
-
-
-def chunk_tile(channels: int) -> tuple[int, int]:
-    """Channels per program and warps of the split backward's per-chunk kernel (2-D tiles, loop over N)."""
-    override = os.environ.get("MAIR_TRITON_BWD_TILE")  # "BD,warps[,maxnreg]" (tuning only)
-    if override:
-        bd, warps = (int(v) for v in override.split(",")[:2])
-    else:  # best of the sweep at the classic-SR shape (docs/benchmarks.md)
-        bd, warps = 8, 1
-    while bd > 2 and bd >= 2 * channels:
-        bd //= 2
-    if interpreting():
-        bd = min(bd, 8)
-    return bd, warps
-
-
-def _register_cap() -> dict:
-    """``maxnreg`` for the per-chunk backward kernel from the third field of MAIR_TRITON_BWD_TILE (tuning only)."""
-    fields = os.environ.get("MAIR_TRITON_BWD_TILE", "").split(",")
-    return {"maxnreg": int(fields[2])} if len(fields) > 2 and not interpreting() else {}
-
-
-def _bwd(pb: _Problem, dy: Tensor, dys: Strides, hs: Tensor, du: Tensor, dus: Strides, ddt: Tensor,
-         ddts: Strides, variant: str | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-    """Launch the backward from the forward's chunk states ``hs`` (their chunk length follows from their number,
-    :func:`chunk_length`); returns dB, dC (batch, K, L, N), dA (K·D, N), dD (K·D) or None."""
-    n_chunks = hs.shape[2]
-    bl = chunk_length(pb.length, n_chunks)
-    variant = variant or backward_variant()
-    if variant in ("split", "step"):
-        return _bwd_split(pb, dy, dys, hs, bl, du, dus, ddt, ddts, stepwise=variant == "step")
-    from .triton_kernels import scan_bwd_kernel
-
-    cfg = tile_config(pb.d_state, pb.channels, backward=True, parallel=pb.batch * pb.groups)
-    cfg = TileConfig(bl=bl, bd=max(2, min(cfg.bd, 1024 // (bl * cfg.bn))), bn=cfg.bn, warps=cfg.warps)
-    n_dblocks = -(-pb.channels // cfg.bd)
-    dev = pb.x.device
-    f32 = torch.float32
-    dB_part = torch.empty(pb.batch, pb.groups, n_dblocks, pb.length, pb.d_state, device=dev, dtype=f32)
-    dC_part = torch.empty_like(dB_part)
-    dA_part = torch.empty(pb.batch, pb.groups * pb.channels, pb.d_state, device=dev, dtype=f32)
-    dD_part = torch.empty(pb.batch, pb.groups * pb.channels, device=dev, dtype=f32)
-    dummy = pb.A
-    scan_bwd_kernel[(n_dblocks, pb.batch * pb.groups)](
-        pb.x, *pb.xs, pb.dt, *pb.dts, pb.A, pb.B, *pb.bs, pb.C, *pb.cs,
-        pb.D if pb.D is not None else dummy, pb.bias if pb.bias is not None else dummy,
-        pb.ids if pb.ids is not None else dummy,
-        dy, *dys, hs, du, *dus, ddt, *ddts,
-        dB_part, dC_part, dA_part, dD_part,
-        pb.length, pb.channels, pb.d_state, pb.groups, n_chunks, n_dblocks,
-        HAS_D=pb.D is not None, **_launch_meta(pb), BL=cfg.bl, BD=cfg.bd, BN=cfg.bn, num_warps=cfg.warps,
-    )
-    dD = dD_part.sum(0) if pb.D is not None else None
-    return dB_part.sum(2), dC_part.sum(2), dA_part.sum(0), dD
-
-
 def step_backward_tile(bl: int) -> tuple[int, int]:
     """Channels per program and sub-chunk length of the step-by-step backward (``MAIR_TRITON_BWD_STEP``
     "BD,S" overrides; tuning only)."""
@@ -319,42 +249,39 @@ def step_backward_tile(bl: int) -> tuple[int, int]:
     return bd, min(sub, bl)
 
 
-def _bwd_split(pb: _Problem, dy: Tensor, dys: Strides, hs: Tensor, bl: int, du: Tensor, dus: Strides,
-               ddt: Tensor, ddts: Strides, stepwise: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-    """The split backward: adjoint carries from chunk summaries, then every chunk in parallel (``stepwise``: with
-    :func:`scan_bwd_step_kernel` instead of the associative-scan chunk kernel)."""
-    from .triton_kernels import scan_bwd_chunk_kernel, scan_bwd_step_kernel
+def _bwd(pb: _Problem, dy: Tensor, dys: Strides, hs: Tensor, du: Tensor, dus: Strides, ddt: Tensor,
+         ddts: Strides) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """The backward from the forward's chunk states ``hs`` (their chunk length follows from their number,
+    :func:`chunk_length`): the adjoint entering every chunk from chunk summaries, then one program per chunk
+    (:func:`scan_bwd_step_kernel`) writes du and dΔ and partial sums of the other gradients. Returns dB, dC
+    (batch, K, L, N), dA (K·D, N), dD (K·D) or None."""
+    from .triton_kernels import scan_bwd_step_kernel
 
     n_chunks = hs.shape[2]
+    bl = chunk_length(pb.length, n_chunks)
     dev = pb.x.device
     f32 = torch.float32
     dummy = pb.A
-    bias = pb.bias if pb.bias is not None else dummy
-    ids = pb.ids if pb.ids is not None else dummy
     wide = forward_tiles(pb.channels, pb.d_state)
     summary_cfg = TileConfig(bl=bl, bd=max(2, min(wide.bd, 4096 // (bl * wide.bn))), bn=wide.bn, warps=wide.warps)
     gs = _adjoint_carries(pb, summary_cfg, n_chunks, dy, dys)
-    bd, warps = chunk_tile(pb.channels)
-    tile: dict = {"num_warps": warps, **_register_cap()}
-    kernel = scan_bwd_chunk_kernel
-    if stepwise:
-        bd, sub = step_backward_tile(bl)
-        bn = 1 << (pb.d_state - 1).bit_length()
-        scratch = torch.empty(pb.batch, pb.groups, n_chunks, max(1, bl // sub - 1), pb.channels, pb.d_state,
-                              device=dev, dtype=f32)
-        kernel, tile = scan_bwd_step_kernel, {"S": sub, "BN": bn, "num_warps": 1}
+    bd, sub = step_backward_tile(bl)
+    scratch = torch.empty(pb.batch, pb.groups, n_chunks, max(1, bl // sub - 1), pb.channels, pb.d_state,
+                          device=dev, dtype=f32)
     n_dblocks = -(-pb.channels // bd)
     dB_part = torch.empty(pb.batch, pb.groups, n_dblocks, pb.length, pb.d_state, device=dev, dtype=f32)
     dC_part = torch.empty_like(dB_part)
     dA_part = torch.empty(pb.batch, n_chunks, pb.groups * pb.channels, pb.d_state, device=dev, dtype=f32)
     dD_part = torch.empty(pb.batch, n_chunks, pb.groups * pb.channels, device=dev, dtype=f32)
-    kernel[(n_dblocks, n_chunks, pb.batch * pb.groups)](
+    scan_bwd_step_kernel[(n_dblocks, n_chunks, pb.batch * pb.groups)](
         pb.x, *pb.xs, pb.dt, *pb.dts, pb.A, pb.B, *pb.bs, pb.C, *pb.cs,
-        pb.D if pb.D is not None else dummy, bias, ids,
+        pb.D if pb.D is not None else dummy, pb.bias if pb.bias is not None else dummy,
+        pb.ids if pb.ids is not None else dummy,
         dy, *dys, hs, gs, du, *dus, ddt, *ddts,
-        dB_part, dC_part, dA_part, dD_part, *([scratch] if stepwise else []),
+        dB_part, dC_part, dA_part, dD_part, scratch,
         pb.length, pb.channels, pb.d_state, pb.groups, n_chunks, n_dblocks,
-        HAS_D=pb.D is not None, **_launch_meta(pb), BL=bl, BD=bd, **tile,
+        HAS_D=pb.D is not None, **_launch_meta(pb), BL=bl, S=sub, BD=bd, BN=1 << (pb.d_state - 1).bit_length(),
+        num_warps=1,
     )
     dD = dD_part.sum((0, 1)) if pb.D is not None else None
     dB = dB_part[:, :, 0] if n_dblocks == 1 else dB_part.sum(2)
