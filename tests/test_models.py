@@ -88,6 +88,46 @@ def test_checkpointing_gives_the_same_gradients() -> None:
         torch.testing.assert_close(p.grad, a)
 
 
+def _saved_bytes(model: torch.nn.Module, x: torch.Tensor) -> int:
+    """Bytes of the distinct non-parameter storages autograd keeps for the backward of ``model(x)``."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in params:
+            seen[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(x)
+    return sum(seen.values())
+
+
+def test_recomputed_norm_gate_gives_the_same_gradients_and_keeps_less() -> None:
+    from mair.models.blocks import VMM
+
+    torch.manual_seed(0)
+    model = tiny_mair(drop_path_rate=0.0, depths=[1])
+    vmms = [m for m in model.modules() if isinstance(m, VMM)]
+    x = torch.rand(2, 3, 7, 9, requires_grad=True)
+    results = {}
+    for recompute in (False, True):
+        for m in vmms:
+            m.recompute_norm_gate = recompute
+        model.zero_grad()
+        x.grad = None
+        model(x).square().sum().backward()
+        results[recompute] = ([p.grad.clone() for p in model.parameters()], x.grad.clone(), _saved_bytes(model, x))
+    for a, b in zip(results[False][0], results[True][0], strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(results[True][1], results[False][1], rtol=1e-6, atol=1e-7)
+    inner = vmms[0].d_inner
+    # Per VMM, the norm's output and SiLU(z) (one (B, H, W, D) float32 map each) and the norm's mean and
+    # 1/std (B, H, W, 1) are no longer kept.
+    assert results[False][2] - results[True][2] == len(vmms) * (2 * 7 * 9) * (2 * inner + 2) * 4
+
+
 def test_from_official_rejects_unknown_arguments() -> None:
     with pytest.raises(TypeError, match="embed_dims"):
         from_official("MaIR", embed_dims=3)

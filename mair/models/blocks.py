@@ -16,6 +16,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from mair.models.scan import resolve_backend, selective_scan
 
@@ -110,6 +111,11 @@ class VMM(nn.Module):
     #: Without autograd, the ``torch`` backend runs the NSS order folded into its chunked layout
     #: (``scan.torch_nss``; about 2x faster on the CPU). False: the gathered path, as in training.
     torch_inference_fused: bool = True
+    #: In eager training, ``out_norm(y) * SiLU(z)`` is recomputed in the backward from y and z (which are kept
+    #: anyway) instead of keeping the norm's output and SiLU(z): two (B, L, D) maps less per block, about 1.6 GiB
+    #: per classic SR x2 step, for three element-wise kernels more (docs/benchmarks.md). torch.compile makes
+    #: its own recompute choices, so compiled graphs never see the checkpoint.
+    recompute_norm_gate: bool = True
 
     def __init__(self, d_model: int, d_state: int = 16, ssm_ratio: float = 2.0, d_conv: int = 3) -> None:
         super().__init__()
@@ -150,8 +156,16 @@ class VMM(nn.Module):
             y = self._scan_fused(x, ids[0], nss_scan_torch)  # inference: order folded into the chunk layout
         else:
             y = self._scan_gathered(x, ids)
-        y = self.out_norm(y.view(batch, height, width, self.d_inner).to(z.dtype)) * F.silu(z)
+        y = y.view(batch, height, width, self.d_inner)
+        if self.recompute_norm_gate and torch.is_grad_enabled() and not torch.compiler.is_compiling():
+            y = checkpoint(self._norm_gate, y, z, use_reentrant=False)
+        else:
+            y = self._norm_gate(y, z)
         return self.out_proj(y)
+
+    def _norm_gate(self, y: Tensor, z: Tensor) -> Tensor:
+        """``out_norm(y) * SiLU(z)`` (spec §1.4 step 10)."""
+        return self.out_norm(y.to(z.dtype)) * F.silu(z)
 
     def _scan_gathered(self, x: Tensor, ids: ScanIds) -> Tensor:
         """Spec §1.4 steps 3-9 as written: gather the 4 scan orders, scan, un-scan, SSA. Returns (B, L, D)."""
