@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from mair.compile_modes import COMPILE_MODES
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("bench", help="time training steps, inference and the scan per backend",
@@ -24,8 +26,7 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeat", type=int, default=10)
     parser.add_argument("--compile", action="store_true", help="torch.compile the network")
-    parser.add_argument("--compile-mode", default=None, choices=["default", "reduce-overhead", "max-autotune",
-                                                                  "max-autotune-no-cudagraphs"],
+    parser.add_argument("--compile-mode", default=None, choices=COMPILE_MODES,
                         help="torch.compile mode (implies --compile; reduce-overhead replays CUDA graphs)")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
 

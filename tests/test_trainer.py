@@ -178,6 +178,34 @@ def test_batch_mismatch_refused_before_start(tmp_path: Path, capsys: pytest.Capt
     assert not (tmp_path / "run").exists()
 
 
+def test_compile_settings() -> None:
+    from mair.train.trainer import compile_settings
+
+    def opts(**kw: object) -> TrainOptions:
+        return TrainOptions(experiment="sr_light_t_x2", **kw)  # type: ignore[arg-type]
+
+    assert compile_settings(opts(), 1) == (None, None)
+    assert compile_settings(opts(compile="aot_eager"), 4) == ("aot_eager", None)
+    assert compile_settings(opts(compile_mode="reduce-overhead"), 1) == ("inductor", "reduce-overhead")
+    assert compile_settings(opts(compile="inductor", compile_mode="default"), 2) == ("inductor", "default")
+    with pytest.raises(TrainError, match="needs the inductor compiler, not --compile aot_eager"):
+        compile_settings(opts(compile="aot_eager", compile_mode="default"), 1)
+    with pytest.raises(TrainError, match="must be one of"):
+        compile_settings(opts(compile_mode="fast"), 1)
+    with pytest.raises(TrainError, match="CUDA graphs.*2 processes"):
+        compile_settings(opts(compile_mode="max-autotune"), 2)
+
+
+def test_cuda_graph_mode_refused_for_ddp_before_start(tmp_path: Path, demo_data: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    code = mair_main(["train", str(_ddp_experiment(tmp_path)), "--scope", "demo", "--gpus", "2", "--device", "cpu",
+                      "--data-dir", str(demo_data), "--no-mlflow", "--run-dir", str(tmp_path / "run"),
+                      "--compile-mode", "reduce-overhead"])
+    assert code == 2
+    assert "--compile-mode reduce-overhead (CUDA graphs) is for one process" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
 def test_image_smaller_than_patch(tmp_path: Path, demo_data: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import shutil
 

@@ -6,6 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from mair.compile_modes import COMPILE_MODES
+
 __all__ = ["child_argv", "options_from_args", "register"]
 
 DESCRIPTION = """Train one of the paper's experiments with the official recipe.
@@ -36,6 +38,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
                    help="torch.compile the network in one graph, the scan as custom ops (compiler backend, "
                         "default inductor); validation stays eager")
+    p.add_argument("--compile-mode", choices=COMPILE_MODES, default=None,
+                   help="torch.compile mode (implies --compile inductor); reduce-overhead replays the compiled "
+                        "steps as CUDA graphs (one process only)")
     p.add_argument("--run-dir", type=Path, default=None, metavar="DIR",
                    help="run folder (default runs/<scope>/<experiment>)")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
@@ -76,7 +81,8 @@ def options_from_args(args: argparse.Namespace) -> Any:
         init_weights=args.init_weights, checkpoint_every=args.checkpoint_every, keep=args.keep,
         device=args.device, num_workers=args.num_workers, allow_batch_mismatch=args.allow_batch_mismatch,
         data_dir=args.data_dir, results_dir=args.results_dir, validate=args.val, mlflow=args.mlflow,
-        tracking_uri=args.tracking_uri, log_every=args.log_every, compile=args.compile)
+        tracking_uri=args.tracking_uri, log_every=args.log_every, compile=args.compile,
+        compile_mode=args.compile_mode)
 
 
 def child_argv(args: argparse.Namespace) -> list[str]:
@@ -87,7 +93,7 @@ def child_argv(args: argparse.Namespace) -> list[str]:
                 "--run-dir": args.run_dir, "--init-weights": args.init_weights,
                 "--checkpoint-every": args.checkpoint_every, "--num-workers": args.num_workers,
                 "--data-dir": args.data_dir, "--tracking-uri": args.tracking_uri, "--log-every": args.log_every,
-                "--compile": args.compile}
+                "--compile": args.compile, "--compile-mode": args.compile_mode}
     for flag, value in optional.items():
         if value is not None:
             argv += [flag, str(value)]

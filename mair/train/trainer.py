@@ -43,6 +43,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from mair.atomic import atomic_torch_save, atomic_write_json, atomic_write_text
+from mair.compile_modes import COMPILE_MODES, CUDA_GRAPH_MODES
 from mair.precision import PRECISIONS, apply_matmul_precision, autocast
 from mair.train import datasets as train_data
 from mair.train.launch import EXIT_STOPPED, STOP_MARKER, DistEnv, detect_env
@@ -100,6 +101,7 @@ class TrainOptions:
     tracking_uri: str | None = None
     log_every: int | None = None
     compile: str | None = None  # torch.compile backend for the training forward/backward (None: eager)
+    compile_mode: str | None = None  # torch.compile mode (implies the inductor backend); see compile_settings
 
     def resolved_run_dir(self) -> Path:
         """``--run-dir``, else ``runs/<scope>/<experiment>`` (an experiment file is named by its stem)."""
@@ -257,8 +259,26 @@ class Preflight:
     resumable: int | None
 
 
+def compile_settings(opts: TrainOptions, world_size: int) -> tuple[str | None, str | None]:
+    """The ``torch.compile`` backend and mode of a run (``None, None``: eager). A mode implies the inductor
+    backend. CUDA-graph modes are refused with several processes: their interplay with DDP's gradient
+    all-reduces has not been checked on GPUs yet (docs/benchmarks.md)."""
+    mode = opts.compile_mode
+    if mode is None:
+        return opts.compile, None
+    if mode not in COMPILE_MODES:
+        raise TrainError(f"--compile-mode must be one of {', '.join(COMPILE_MODES)}, got {mode!r}")
+    if opts.compile not in (None, "inductor"):
+        raise TrainError(f"--compile-mode {mode} needs the inductor compiler, not --compile {opts.compile}")
+    if mode in CUDA_GRAPH_MODES and world_size > 1:
+        raise TrainError(f"--compile-mode {mode} (CUDA graphs) is for one process; with {world_size} processes "
+                         "use --compile-mode default or max-autotune-no-cudagraphs")
+    return "inductor", mode
+
+
 def preflight(opts: TrainOptions, world_size: int) -> Preflight:
     """Check the options, the experiment and the data for ``world_size`` processes; raise clear errors."""
+    compile_settings(opts, world_size)
     if opts.precision not in PRECISIONS:
         raise TrainError(f"--precision must be one of {', '.join(PRECISIONS)}, got {opts.precision!r}")
     if opts.keep < 1:
@@ -511,10 +531,13 @@ class Trainer:
         else:
             self.model = net
         self.model.train()
-        if opts.compile:  # the scan as custom ops, one graph (DDP: Dynamo splits it at the gradient buckets)
+        backend, mode = compile_settings(opts, env.world_size)
+        self.cuda_graphs = mode in CUDA_GRAPH_MODES
+        if backend:  # the scan as custom ops, one graph (DDP: Dynamo splits it at the gradient buckets)
             from mair.models.scan.custom_ops import compile_model
 
-            self.model = compile_model(self.model, fullgraph=not env.distributed, backend=opts.compile)
+            self.model = compile_model(self.model, fullgraph=not env.distributed, backend=backend,
+                                       **({"mode": mode} if mode else {}))
 
     def _init_process_group(self) -> None:
         env = self.env
@@ -623,7 +646,8 @@ class Trainer:
             "batch_per_gpu": self.plan.batch_per_gpu, "accum": self.plan.accum,
             "effective_batch": self.plan.effective_batch, "paper_effective_batch": self.plan.paper_effective_batch,
             "paper_gpus": int(self.exp["paper_gpus"]), "precision": self.opts.precision,
-            "compile": self.opts.compile, "num_workers": self.num_workers, "max_iters": self.opts.max_iters,
+            "compile": self.opts.compile, "compile_mode": self.opts.compile_mode,
+            "num_workers": self.num_workers, "max_iters": self.opts.max_iters,
             "total_iter": int(self.train_cfg["total_iter"]), "checkpoint_every": self.checkpoint_every,
             "keep": self.opts.keep, "seed": self.seed, "init": self.pre.init_note, "init_report": self.init_report,
             "scan_backend": describe_backend_choice(self.device), "git_commit": _git_commit(),
@@ -653,6 +677,7 @@ class Trainer:
                 "mair.effective_batch": info["effective_batch"], "mair.accum": info["accum"],
                 "mair.scan_backend": info["scan_backend"], "mair.precision": info["precision"],
                 "mair.device": info["device"], "mair.compile": str(info["compile"] or "off"),
+                "mair.compile_mode": str(info["compile_mode"] or "-"),
                 "mair.run_dir": str(self.run_dir.absolute())}
         name = tracking.mlflow_experiment_name(self.opts.scope, self.exp["id"])
         run_id = self.tracker.start(name, f"train {self.exp['id']}", tags, run_id=previous)
@@ -715,6 +740,8 @@ class Trainer:
                 if mix:
                     lq, gt = mixup(lq, gt, float(mix["beta"]), bool(mix["use_identity"]), rng)
             sync = self.model.no_sync() if ddp and micro < accum - 1 else contextlib.nullcontext()
+            if self.cuda_graphs:  # a new step for CUDA-graph replay: earlier outputs may be overwritten
+                torch.compiler.cudagraph_mark_step_begin()
             with sync:
                 with self._autocast():
                     out = self.model(lq)
