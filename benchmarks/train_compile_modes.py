@@ -31,7 +31,8 @@ def run_mode(mode: str, args: argparse.Namespace, data: Path, work: Path) -> dic
     if mode != "eager":
         cmd += ["--compile-mode", mode]
     start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=work, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    proc = subprocess.run(cmd, cwd=work, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=path))
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         return {"mode": mode, "ok": False, "error": proc.stderr.strip().splitlines()[-5:]}
