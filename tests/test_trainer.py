@@ -192,7 +192,7 @@ def test_compile_settings() -> None:
         compile_settings(opts(compile="aot_eager", compile_mode="default"), 1)
     with pytest.raises(TrainError, match="must be one of"):
         compile_settings(opts(compile_mode="fast"), 1)
-    with pytest.raises(TrainError, match="CUDA graphs.*2 processes"):
+    with pytest.raises(TrainError, match=r"CUDA graphs.*2 processes"):
         compile_settings(opts(compile_mode="max-autotune"), 2)
 
 
