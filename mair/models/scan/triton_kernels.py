@@ -108,6 +108,18 @@ def _load_delta(dt_ptr, base, p, d, mask2, stl, std, bias, HAS_BIAS: tl.constexp
 
 
 @triton.jit
+def _channel_params(D_ptr, bias_ptr, e, dmask, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, BD: tl.constexpr):
+    """Delta bias and D of the channels ``e`` (indices in K·D) as float32, zeros when absent."""
+    bias = tl.zeros((BD,), tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + e, mask=dmask, other=0.0).to(tl.float32)
+    Dv = tl.zeros((BD,), tl.float32)
+    if HAS_D:
+        Dv = tl.load(D_ptr + e, mask=dmask, other=0.0).to(tl.float32)
+    return bias, Dv
+
+
+@triton.jit
 def _block_setup(A_ptr, D_ptr, bias_ptr, k, pid_d, D, N,
                  HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr):
     """Channel block ``pid_d`` of group ``k``: its indices, A·log2(e), delta bias and D (zeros when absent)."""
@@ -118,12 +130,7 @@ def _block_setup(A_ptr, D_ptr, bias_ptr, k, pid_d, D, N,
     e = k * D + d  # channel index in (K·D)
     A = tl.load(A_ptr + e[:, None] * N + n[None, :], mask=dmask[:, None] & nmask[None, :], other=0.0)
     A2 = A.to(tl.float32) * 1.4426950408889634
-    bias = tl.zeros((BD,), tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + e, mask=dmask, other=0.0).to(tl.float32)
-    Dv = tl.zeros((BD,), tl.float32)
-    if HAS_D:
-        Dv = tl.load(D_ptr + e, mask=dmask, other=0.0).to(tl.float32)
+    bias, Dv = _channel_params(D_ptr, bias_ptr, e, dmask, HAS_D, HAS_BIAS, BD)
     return d, dmask, n, nmask, A2, bias, Dv
 
 
@@ -139,12 +146,7 @@ def _step_setup(A_ptr, D_ptr, bias_ptr, k, pid_d, D, N,
     e = k * D + d
     mask = nmask[:, None] & dmask[None, :]
     A = tl.load(A_ptr + e[None, :] * N + n[:, None], mask=mask, other=0.0).to(tl.float32)
-    bias = tl.zeros((BD,), tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + e, mask=dmask, other=0.0).to(tl.float32)
-    Dv = tl.zeros((BD,), tl.float32)
-    if HAS_D:
-        Dv = tl.load(D_ptr + e, mask=dmask, other=0.0).to(tl.float32)
+    bias, Dv = _channel_params(D_ptr, bias_ptr, e, dmask, HAS_D, HAS_BIAS, BD)
     return d, dmask, n, nmask, e, mask, A, bias, Dv
 
 
