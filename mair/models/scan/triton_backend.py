@@ -280,8 +280,7 @@ def _bwd(pb: _Problem, dy: Tensor, dys: Strides, hs: Tensor, du: Tensor, dus: St
         dy, *dys, hs, gs, du, *dus, ddt, *ddts,
         dB_part, dC_part, dA_part, dD_part, scratch,
         pb.length, pb.channels, pb.d_state, pb.groups, n_chunks, n_dblocks,
-        HAS_D=pb.D is not None, **_launch_meta(pb), BL=bl, S=sub, BD=bd, BN=1 << (pb.d_state - 1).bit_length(),
-        num_warps=1,
+        HAS_D=pb.D is not None, **_launch_meta(pb), BL=bl, S=sub, BD=bd, BN=wide.bn, num_warps=1,
     )
     dD = dD_part.sum((0, 1)) if pb.D is not None else None
     dB = dB_part[:, :, 0] if n_dblocks == 1 else dB_part.sum(2)
