@@ -221,11 +221,32 @@ def _fwd_stepwise(pb: _Problem, args: tuple, cfg: TileConfig, n_chunks: int) -> 
         summary = torch.empty(pb.batch, pb.groups, n_seg, pb.channels, pb.d_state, device=dev, dtype=f32)
         total = torch.empty(pb.batch, pb.groups, n_seg, pb.channels, device=dev, dtype=f32)
         scan_fwd_step_kernel[grid](*args, dummy, dummy, summary, total, *sizes, HAS_HIN=False, SUMMARY=True,
-                                   **meta)
+                                   DOT=False, **meta)
         hin = _chain(pb.A, summary, total, False, cfg.bn)
     scan_fwd_step_kernel[grid](*args, hin if hin is not None else dummy, hs, dummy, dummy, *sizes,
-                               HAS_HIN=hin is not None, SUMMARY=False, **meta)
+                               HAS_HIN=hin is not None, SUMMARY=False, DOT=False, **meta)
     return hs
+
+
+def _output_dots(pb: _Problem, w: Tensor, ws: Strides, hs: Tensor) -> Tensor:
+    """Σ_l y_l·w_l per (batch, k, channel), float32 (batch, K, D), with y the scan's output recomputed from the
+    forward's chunk states ``hs`` (every chunk in parallel; nothing of size (batch, K, L, D) is written)."""
+    from .triton_kernels import scan_fwd_step_kernel
+
+    n_chunks = hs.shape[2]
+    bl = chunk_length(pb.length, n_chunks)
+    step_bd = int(os.environ.get("MAIR_TRITON_STEP_BD", STEP_BD))
+    dots = torch.empty(pb.batch, pb.groups, n_chunks, pb.channels, device=pb.x.device, dtype=torch.float32)
+    dummy = pb.A
+    args = (pb.x, *pb.xs, pb.dt, *pb.dts, pb.A, pb.B, *pb.bs, pb.C, *pb.cs,
+            pb.D if pb.D is not None else dummy, pb.bias if pb.bias is not None else dummy,
+            pb.ids if pb.ids is not None else dummy, w, *ws)
+    scan_fwd_step_kernel[(-(-pb.channels // step_bd), n_chunks, pb.batch * pb.groups)](
+        *args, hs, dummy, dummy, dots, pb.length, pb.channels, pb.d_state, pb.groups, n_chunks, n_chunks, 1,
+        HAS_D=pb.D is not None, **_launch_meta(pb), HAS_HIN=True, SUMMARY=False, DOT=True, BL=bl, BD=step_bd,
+        BN=forward_tiles(pb.channels, pb.d_state).bn, num_warps=1,
+    )
+    return dots.sum(2)
 
 
 def _fwd(pb: _Problem, out: Tensor, os_: Strides) -> Tensor:
@@ -243,7 +264,7 @@ def step_backward_tile(bl: int) -> tuple[int, int]:
     """Channels per program and sub-chunk length of the step-by-step backward (``MAIR_TRITON_BWD_STEP``
     "BD,S" overrides; tuning only)."""
     override = os.environ.get("MAIR_TRITON_BWD_STEP")
-    bd, sub = (int(v) for v in override.split(",")) if override else (32, 4)  # fewest instructions, no spills
+    bd, sub = (int(v) for v in override.split(",")) if override else (16, 4)  # fastest in the sweep (benchmarks.md)
     if interpreting():  # several sub-chunks per chunk of 8, so the tests walk across them
         sub = 4
     return bd, min(sub, bl)
@@ -279,7 +300,7 @@ def _bwd(pb: _Problem, dy: Tensor, dys: Strides, hs: Tensor, du: Tensor, dus: St
         pb.ids if pb.ids is not None else dummy,
         dy, *dys, hs, gs, du, *dus, ddt, *ddts,
         dB_part, dC_part, dA_part, dD_part, scratch,
-        pb.length, pb.channels, pb.d_state, pb.groups, n_chunks, n_dblocks,
+        pb.length, pb.channels, pb.d_state, pb.groups, n_chunks, n_dblocks, 1,
         HAS_D=pb.D is not None, **_launch_meta(pb), BL=bl, S=sub, BD=bd, BN=wide.bn, num_warps=1,
     )
     dD = dD_part.sum((0, 1)) if pb.D is not None else None
@@ -348,12 +369,14 @@ def nss_scan_forward(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, 
 
 def nss_scan_backward(dy: Tensor, x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
                       delta_bias: Tensor | None, ids: Tensor, hs: Tensor, softplus: bool,
-                      delta_weight: Tensor | None = None) -> tuple[Tensor | None, ...]:
+                      delta_weight: Tensor | None = None, delta_full: Tensor | None = None
+                      ) -> tuple[Tensor | None, ...]:
     """Gradients of :func:`nss_scan` (x, delta, A, B, C, D, delta_bias, then delta_weight when given; None for
     absent D / delta_bias) from the output gradient and the chunk states of :func:`nss_scan_forward`. With
-    ``delta_weight``, Δ is recomputed from its low-rank input and the gradients are those of the low-rank input
-    and of the projections."""
-    delta_full = delta if delta_weight is None else project_delta(delta, delta_weight)
+    ``delta_weight``, Δ is recomputed from its low-rank input (unless the caller passes it as ``delta_full``)
+    and the gradients are those of the low-rank input and of the projections."""
+    if delta_full is None:
+        delta_full = delta if delta_weight is None else project_delta(delta, delta_weight)
     pb = _nss_problem(x, delta_full, A, B, C, D, delta_bias, ids, softplus)
     f32 = torch.float32
     shape = (pb.batch, pb.groups, pb.length, pb.channels)

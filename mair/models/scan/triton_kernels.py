@@ -13,7 +13,8 @@ optional index table: with ``ids[k, l]`` (the NSS scan order) the kernel reads i
 ``ids[k, l]`` and writes outputs back to that raster position, so the model never materialises permuted
 copies. Without ids, position ``l`` is read directly (the mamba_ssm layout).
 
-The backward (``scan_bwd_step_kernel``) runs one program per chunk, in the forward's layout: the adjoint
+The backward (``scan_bwd_step_kernel``) runs one program per chunk, position by position like the forward
+but with (channel, state) tiles (see its comment on why the axes are swapped): the adjoint
 entering every chunk from the right is chained from chunk summaries first (``scan_adjoint_summary_kernel``,
 ``scan_state_chain_kernel``); then each program recomputes its chunk's states from the stored entering state and
 walks the chunk backwards with the adjoint recurrence ``g_l = C_l dy_l + exp(Δ_{l+1} A) g_{l+1}``. (Two earlier
@@ -135,19 +136,27 @@ def _block_setup(A_ptr, D_ptr, bias_ptr, k, pid_d, D, N,
 
 
 @triton.jit
-def _step_setup(A_ptr, D_ptr, bias_ptr, k, pid_d, D, N,
+def _step_setup(A_ptr, D_ptr, bias_ptr, k, pid_d, D, N, SN, TRANSPOSED: tl.constexpr,
                 HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr):
-    """Channel block ``pid_d`` of group ``k`` in the step-by-step kernels' (BN, BD) layout: channel and state
-    indices and masks, the channel index in (K·D), A as a (BN, BD) tile, delta bias and D (zeros when absent)."""
+    """Channel block ``pid_d`` of group ``k`` for the step-by-step kernels: channel and state indices and masks,
+    the channel index in (K·D), the state offsets ``n * SN`` broadcast to the tile, the tile's mask, A as a
+    tile, delta bias and D (zeros when absent). Tiles are (BN, BD) for the forward and (BD, BN) when
+    ``TRANSPOSED`` (the backward; see the comment above :func:`scan_bwd_step_kernel`)."""
     d = pid_d * BD + tl.arange(0, BD)
     dmask = d < D
     n = tl.arange(0, BN)
     nmask = n < N
     e = k * D + d
-    mask = nmask[:, None] & dmask[None, :]
-    A = tl.load(A_ptr + e[None, :] * N + n[:, None], mask=mask, other=0.0).to(tl.float32)
+    if TRANSPOSED:
+        mask = dmask[:, None] & nmask[None, :]
+        ns = n[None, :] * SN
+        A = tl.load(A_ptr + e[:, None] * N + ns, mask=mask, other=0.0).to(tl.float32)
+    else:
+        mask = nmask[:, None] & dmask[None, :]
+        ns = n[:, None] * SN
+        A = tl.load(A_ptr + e[None, :] * N + ns, mask=mask, other=0.0).to(tl.float32)
     bias, Dv = _channel_params(D_ptr, bias_ptr, e, dmask, HAS_D, HAS_BIAS, BD)
-    return d, dmask, n, nmask, e, mask, A, bias, Dv
+    return d, dmask, n, nmask, e, ns, mask, A, bias, Dv
 
 
 @triton.jit
@@ -166,32 +175,38 @@ def scan_fwd_step_kernel(
     A_ptr, B_ptr, sbb, sbk, sbl, sbn,
     C_ptr, scb, sck, scl, scn,
     D_ptr, bias_ptr, ids_ptr,
-    out_ptr, sob, sok, sol, sod,
+    out_ptr, sob, sok, sol, sod,  # y (DOT: the gradient w read at the same positions)
     hin_ptr,  # (batch, K, NSEG, D, N) state entering every segment (HAS_HIN)
-    hs_ptr,  # (batch, K, NCH, D, N) out: state entering every chunk of BL positions (not in SUMMARY mode)
-    es_ptr, ts_ptr,  # (batch, K, NSEG, D, N), (batch, K, NSEG, D) out (SUMMARY): end state from zero, Σ Δ
+    hs_ptr,  # (batch, K, NCH, D, N) out: state entering every chunk of BL positions (not in SUMMARY or DOT mode)
+    es_ptr, ts_ptr,  # (batch, K, NSEG, D, N), (batch, K, NSEG, D) out (SUMMARY): end state from zero, Σ Δ;
+    # DOT: ts gets the segment's Σ_l y_l·w_l
     L, D, N, K, NCH, NSEG, SEG_CHUNKS,
     HAS_IDS: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_HIN: tl.constexpr, SUMMARY: tl.constexpr,
+    HAS_HIN: tl.constexpr, SUMMARY: tl.constexpr, DOT: tl.constexpr,
     BL: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr,
 ):
     """Step-by-step forward: a program owns ``BD`` channels (one per lane) with all ``BN`` states of each in
     the lane's registers, and walks one segment of ``SEG_CHUNKS`` chunks position by position. Per position
     and state that is one exp2 and two FMAs, and the sum over the states for y stays inside the thread (the
-    tile is (BN, BD): Triton spreads the last axis over the lanes).
+    tile is (BN, BD): Triton spreads the last axis over the lanes. The backward's transposed tiles were 50 %
+    slower here: the sum over the states for y needs no shuffles either way, and each lane then loads all of
+    B and C).
 
     SUMMARY: from a zero state, store only the segment's end state and ΣΔ (chained by
     :func:`scan_state_chain_kernel` into the states entering the segments). Else start from ``hin`` (or zero),
-    store y and the state entering every chunk of ``BL`` positions (the backward starts from those)."""
+    store y and the state entering every chunk of ``BL`` positions (the backward starts from those).
+
+    DOT: y is not stored; the segment's Σ_l y_l·w_l per channel goes to ``ts`` instead, with ``w`` read through
+    the output's pointer and strides (the backward of the gated sum needs it, see ``nss_scan_gated``)."""
     pid_d = tl.program_id(0)
     seg = tl.program_id(1)
     pid_bk = tl.program_id(2)
     b = pid_bk // K
     k = pid_bk % K
-    d, dmask, n, nmask, _e, mask, A, bias, Dv = _step_setup(A_ptr, D_ptr, bias_ptr, k, pid_d, D, N, HAS_D,
-                                                            HAS_BIAS, BD, BN)
+    d, dmask, n, nmask, _e, ns, mask, A, bias, Dv = _step_setup(A_ptr, D_ptr, bias_ptr, k, pid_d, D, N, 1, False,
+                                                                HAS_D, HAS_BIAS, BD, BN)
     A2 = A * 1.4426950408889634
-    state = (((b * K + k) * NSEG + seg) * D + d[None, :]) * N + n[:, None]
+    state = (((b * K + k) * NSEG + seg) * D + d[None, :]) * N + ns
     h = tl.zeros((BN, BD), tl.float32)
     if HAS_HIN:
         h = tl.load(hin_ptr + state, mask=mask, other=0.0)
@@ -211,18 +226,24 @@ def scan_fwd_step_kernel(
     u_next = tl.load(x_base + p_next * sxl, mask=dmask, other=0.0)
     B_next = tl.load(b_base + p_next * sbl, mask=nmask, other=0.0)
     C_next = tl.load(c_base + p_next * scl, mask=nmask, other=0.0)
+    w_next = tl.zeros((BD,), tl.float32)
+    if DOT:
+        w_next = tl.load(out_base + p_next * sol, mask=dmask, other=0.0).to(tl.float32)
     for l in range(l_first, l_last):
         p, raw, u, Bl, Cl = p_next, raw_next.to(tl.float32) + bias, u_next.to(tl.float32), B_next, C_next
+        w = w_next
         p_next = p_after
         raw_next = tl.load(dt_base + p_next * stl, mask=dmask, other=0.0)
         u_next = tl.load(x_base + p_next * sxl, mask=dmask, other=0.0)
         B_next = tl.load(b_base + p_next * sbl, mask=nmask, other=0.0)
         if not SUMMARY:
             C_next = tl.load(c_base + p_next * scl, mask=nmask, other=0.0)
+        if DOT:
+            w_next = tl.load(out_base + p_next * sol, mask=dmask, other=0.0).to(tl.float32)
         p_after = _step_position(ids_ptr, k, tl.minimum(l + 2, L - 1), L, HAS_IDS)
-        if not SUMMARY:  # noqa: SIM102 (a compile-time branch around a runtime one)
+        if not SUMMARY and not DOT:  # noqa: SIM102 (a compile-time branch around a runtime one)
             if l % BL == 0:
-                tl.store(hs_ptr + (((b * K + k) * NCH + l // BL) * D + d[None, :]) * N + n[:, None], h, mask=mask)
+                tl.store(hs_ptr + (((b * K + k) * NCH + l // BL) * D + d[None, :]) * N + ns, h, mask=mask)
         dt = raw
         if SOFTPLUS:
             dt = _softplus(raw)
@@ -234,7 +255,12 @@ def scan_fwd_step_kernel(
             y = tl.sum(h * Cl.to(tl.float32)[:, None], axis=0)
             if HAS_D:
                 y = y + Dv * u
-            tl.store(out_base + p * sol, y.to(out_ptr.dtype.element_ty), mask=dmask)
+            if DOT:
+                total += y * w
+            else:
+                tl.store(out_base + p * sol, y.to(out_ptr.dtype.element_ty), mask=dmask)
+    if DOT:
+        tl.store(ts_ptr + ((b * K + k) * NSEG + seg) * D + d, total, mask=dmask)
     if SUMMARY:
         tl.store(es_ptr + state, h, mask=mask)
         tl.store(ts_ptr + ((b * K + k) * NSEG + seg) * D + d, total, mask=dmask)
@@ -357,10 +383,18 @@ def scan_state_chain_kernel(
 
 
 # ------------------------------------------------------------------------------------------------------------
-# Step-by-step backward: the layout of the step-by-step forward, one
-# program per chunk. The chunk's states are needed last position first: a first walk stores the state entering
-# every sub-chunk of ``S`` positions; then, last sub-chunk first, the sub-chunk's ``S`` states are recomputed into
-# a tuple of register tiles and its positions are walked backwards with the adjoint.
+# Step-by-step backward, one program per chunk. The chunk's states are needed last position first: a first walk
+# stores the state entering every sub-chunk of ``S`` positions; then, last sub-chunk first, the sub-chunk's ``S``
+# states are recomputed into a tuple of register tiles and its positions are walked backwards with the adjoint.
+#
+# Tiles are (BD channels, BN states), the forward's transposed. With the state index fastest (the forward's
+# (BN, BD) tiles and the n-contiguous state memory) Triton gives lanes 4 states x 8 channels, while the per-channel
+# vectors (Δ, u, dy, du, dΔ) live one channel per lane: every position then converted about 11 vectors between the
+# two layouts through shared memory with a barrier each. Channels on axis 0, and the state stride passed as a
+# runtime value ``SN`` (= 1, not specialised, so no axis looks contiguous and Triton keeps axis 0 fastest), put
+# whole channels on lanes ([16, 2] lanes at BD 16): the per-channel vectors already have that layout, the loop has
+# no conversions, and sums over the states stay (almost) inside a thread. At BD 16, S 4 that is 168 registers
+# instead of 255 and 1.85 instead of 2.05 ms per call at the classic-SR training shape (docs/benchmarks.md).
 # ------------------------------------------------------------------------------------------------------------
 
 
@@ -378,7 +412,7 @@ def _step_inputs(x_base, dt_base, b_base, p, sxl, stl, sbl, bias, dmask, nmask, 
     return raw, dt, u, Bl
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["SN"])
 def scan_bwd_step_kernel(
     x_ptr, sxb, sxk, sxl, sxd,
     dt_ptr, stb, stk, stl, std,
@@ -392,7 +426,7 @@ def scan_bwd_step_kernel(
     dB_ptr, dC_ptr,  # (batch, K, NDB, L, N) float32 partial sums over the channel block
     dA_ptr, dD_ptr,  # (batch, NCH, K·D, N) and (batch, NCH, K·D) float32 partial sums over the chunk
     ck_ptr,  # (batch, K, NCH, BL / S - 1, D, N) float32 scratch: states entering the sub-chunks after the first
-    L, D, N, K, NCH, NDB,
+    L, D, N, K, NCH, NDB, SN,
     HAS_IDS: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     BL: tl.constexpr, S: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr,
 ):
@@ -401,10 +435,10 @@ def scan_bwd_step_kernel(
     pid_bk = tl.program_id(2)
     b = pid_bk // K
     k = pid_bk % K
-    d, dmask, n, nmask, e, mask, A, bias, Dv = _step_setup(A_ptr, D_ptr, bias_ptr, k, pid_d, D, N, HAS_D, HAS_BIAS,
-                                                           BD, BN)
+    d, dmask, n, nmask, e, ns, mask, A, bias, Dv = _step_setup(A_ptr, D_ptr, bias_ptr, k, pid_d, D, N, SN, True,
+                                                               HAS_D, HAS_BIAS, BD, BN)
     A2 = A * 1.4426950408889634
-    carry = (((b * K + k) * NCH + c) * D + d[None, :]) * N + n[:, None]
+    carry = (((b * K + k) * NCH + c) * D + d[:, None]) * N + ns
     h_chunk = tl.load(hs_ptr + carry, mask=mask, other=0.0)
     g = tl.load(gs_ptr + carry, mask=mask, other=0.0)  # adjoint at the first position after the chunk
     x_base = x_ptr + b * sxb + k * sxk + d * sxd
@@ -419,11 +453,11 @@ def scan_bwd_step_kernel(
     p_after = _step_position(ids_ptr, k, l_after, L, HAS_IDS)
     _raw_after, dt_next, _u_after, _b_after = _step_inputs(x_base, dt_base, b_base, p_after, sxl, stl, sbl, bias,
                                                            dmask, nmask, (l0 + BL) < L, SOFTPLUS)
-    dA = tl.zeros((BN, BD), tl.float32)
+    dA = tl.zeros((BD, BN), tl.float32)
     dD = tl.zeros((BD,), tl.float32)
     # First walk: the state entering every sub-chunk after the first, kept in a scratch (written and read back
     # by this program only, so it stays in L2).
-    slot = ((((b * K + k) * NCH + c) * (BL // S - 1)) * D + d[None, :]) * N + n[:, None]
+    slot = ((((b * K + k) * NCH + c) * (BL // S - 1)) * D + d[:, None]) * N + ns
     h = h_chunk
     for l in range(l0, l0 + BL - S):
         if (l - l0) % S == 0 and l > l0:
@@ -431,7 +465,7 @@ def scan_bwd_step_kernel(
         p = _step_position(ids_ptr, k, tl.minimum(l, L - 1), L, HAS_IDS)
         _raw_w, dt_w, u_w, B_w = _step_inputs(x_base, dt_base, b_base, p, sxl, stl, sbl, bias, dmask, nmask,
                                              l < L, SOFTPLUS)
-        h = tl.exp2(A2 * dt_w[None, :]) * h + B_w[:, None] * (dt_w * u_w)[None, :]
+        h = tl.exp2(A2 * dt_w[:, None]) * h + B_w[None, :] * (dt_w * u_w)[:, None]
     if BL > S:
         tl.store(ck_ptr + slot + (BL // S - 2) * D * N, h, mask=mask)
     for si in range(0, BL // S):
@@ -445,7 +479,7 @@ def scan_bwd_step_kernel(
             p = _step_position(ids_ptr, k, tl.minimum(l, L - 1), L, HAS_IDS)
             _raw_s, dt_s, u_s, B_s = _step_inputs(x_base, dt_base, b_base, p, sxl, stl, sbl, bias, dmask, nmask,
                                                  l < L, SOFTPLUS)
-            h = tl.exp2(A2 * dt_s[None, :]) * h + B_s[:, None] * (dt_s * u_s)[None, :]
+            h = tl.exp2(A2 * dt_s[:, None]) * h + B_s[None, :] * (dt_s * u_s)[:, None]
             states = states + (h,)  # noqa: RUF005 (Triton's frontend builds tuples by concatenation)
         for j in tl.static_range(S - 1, -1, -1):  # and walked backwards
             l = ls + j
@@ -455,22 +489,22 @@ def scan_bwd_step_kernel(
                                           SOFTPLUS)
             Cl = tl.load(c_base + p * scl, mask=nmask, other=0.0).to(tl.float32)
             dy = tl.load(dy_base + p * syl, mask=dmask & valid, other=0.0).to(tl.float32)
-            g = tl.exp2(A2 * dt_next[None, :]) * g + Cl[:, None] * dy[None, :]  # adjoint at l
+            g = tl.exp2(A2 * dt_next[:, None]) * g + Cl[None, :] * dy[:, None]  # adjoint at l
             dtu = dt * u
-            q = g * (states[j] - Bl[:, None] * dtu[None, :])  # times the part of h_l that came through the decay
-            dA += q * dt[None, :]
-            gB = tl.sum(g * Bl[:, None], axis=0)
+            q = g * (states[j] - Bl[None, :] * dtu[:, None])  # times the part of h_l that came through the decay
+            dA += q * dt[:, None]
+            gB = tl.sum(g * Bl[None, :], axis=1)
             du = gB * dt + Dv * dy
-            ddt = gB * u + tl.sum(q * A, axis=0)
+            ddt = gB * u + tl.sum(q * A, axis=1)
             if SOFTPLUS:
                 ddt = tl.where(raw <= 20.0, ddt / (1.0 + tl.exp2(-raw * 1.4426950408889634)), ddt)
             tl.store(du_ptr + b * sub + k * suk + p * sul + d * sud, du, mask=dmask & valid)
             tl.store(ddt_ptr + b * sdb + k * sdk + p * sdl + d * sdd, ddt, mask=dmask & valid)
-            tl.store(dB_ptr + part + p * N, tl.sum(g * dtu[None, :], axis=1), mask=nmask & valid)
-            tl.store(dC_ptr + part + p * N, tl.sum(states[j] * dy[None, :], axis=1), mask=nmask & valid)
+            tl.store(dB_ptr + part + p * N, tl.sum(g * dtu[:, None], axis=0), mask=nmask & valid)
+            tl.store(dC_ptr + part + p * N, tl.sum(states[j] * dy[:, None], axis=0), mask=nmask & valid)
             dD += dy * u
             dt_next = dt
     row = (b * NCH + c) * K * D + e
-    tl.store(dA_ptr + row[None, :] * N + n[:, None], dA, mask=mask)
+    tl.store(dA_ptr + row[:, None] * N + ns, dA, mask=mask)
     if HAS_D:
         tl.store(dD_ptr + row, dD, mask=dmask)
