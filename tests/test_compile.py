@@ -241,6 +241,41 @@ def test_nss_scan_op_matches_the_triton_function(low_rank: bool) -> None:
         torch.testing.assert_close(g, w, rtol=1e-6, atol=1e-6)
 
 
+def _gate_params(inputs: list[Tensor]) -> list[Tensor]:
+    gen = torch.Generator().manual_seed(8)
+    groups, channels = inputs[1].shape[1], inputs[0].shape[2]
+    return [(torch.randn(channels, groups, groups, generator=gen) * 0.5).to(TRITON_DEVICE).requires_grad_(),
+            (torch.randn(channels, groups, generator=gen) * 0.5).to(TRITON_DEVICE).requires_grad_()]
+
+
+@needs_triton
+@pytest.mark.parametrize("low_rank", [False, True])
+def test_opcheck_nss_scan_gated(low_rank: bool) -> None:
+    inputs, ids = _nss_inputs()
+    gate = _gate_params(inputs)
+    weight = None
+    if low_rank:
+        inputs, weight = _low_rank(inputs)
+    result = torch.library.opcheck(torch.ops.mair.nss_scan_gated.default, (*inputs, ids, True, weight, *gate))
+    assert set(result.values()) == {"SUCCESS"}, result
+
+
+@needs_triton
+def test_nss_scan_gated_op_matches_the_function() -> None:
+    from mair.models.scan.nss_gated import nss_scan_gated
+
+    inputs, ids = _nss_inputs()
+    inputs, weight = _low_rank(inputs)
+    gate = _gate_params(inputs)
+    want = nss_scan_gated(*inputs, ids, True, weight, *gate)
+    got = custom_ops.nss_scan_gated(*inputs, ids, True, weight, *gate)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    dout = torch.randn(want.shape, generator=torch.Generator().manual_seed(6)).to(TRITON_DEVICE)
+    leaves = [*inputs, weight, *gate]
+    for g, w in zip(torch.autograd.grad(got, leaves, dout), torch.autograd.grad(want, leaves, dout), strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-6, atol=1e-6)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # torch.compile of whole networks
 
@@ -265,21 +300,27 @@ def test_compile_whole_network_without_graph_breaks(name: str) -> None:
 
 
 @needs_triton
-def test_compile_network_with_the_fused_triton_scan(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The fused (``mair::nss_scan``) path compiles too (on the CPU, Triton's interpreter runs the kernels)."""
+@pytest.mark.parametrize("fuse_gate", [True, False])
+def test_compile_network_with_the_fused_triton_scan(monkeypatch: pytest.MonkeyPatch, fuse_gate: bool) -> None:
+    """The fused (``mair::nss_scan_gated``, or ``mair::nss_scan`` without the gate) path compiles too (on the
+    CPU, Triton's interpreter runs the kernels)."""
+    from mair.models.blocks import VMM
+    from mair.models.scan import nss_gated, triton_backend
+
+    monkeypatch.setattr(VMM, "fuse_gate", fuse_gate)
     # Smaller still: the interpreter's time grows with the number of kernel programs.
     model = tiny_mair(backend="triton", embed_dim=4, depths=[1], upscale=1, upsampler="").eval().to(TRITON_DEVICE)
     x = torch.rand(1, 3, 4, 4, generator=torch.Generator().manual_seed(2)).to(TRITON_DEVICE)
     want = _step(model, x)
     calls = []
-    from mair.models.scan import triton_backend
-
-    for name in ("nss_scan_forward", "nss_scan_backward"):
-        original = getattr(triton_backend, name)
-        monkeypatch.setattr(triton_backend, name, lambda *a, _f=original, _n=name: calls.append(_n) or _f(*a))
+    module, names = ((nss_gated, ("nss_scan_gated_forward", "nss_scan_gated_backward")) if fuse_gate
+                     else (triton_backend, ("nss_scan_forward", "nss_scan_backward")))
+    for name in names:
+        original = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a, _f=original, _n=name, **k: calls.append(_n) or _f(*a, **k))
     compiled = custom_ops.compile_model(model, backend="aot_eager")
     got = _step(compiled, x)
-    assert calls == ["nss_scan_forward", "nss_scan_backward"]  # inside the ops, no recomputed forward
+    assert calls == list(names)  # inside the ops, no recomputed forward
     _assert_same(got, want, tol=1e-5)
 
 

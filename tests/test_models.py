@@ -104,17 +104,21 @@ def _saved_bytes(model: torch.nn.Module, x: torch.Tensor) -> int:
     return sum(seen.values())
 
 
-def test_recomputed_norm_gate_gives_the_same_gradients_and_keeps_less() -> None:
-    from mair.models.blocks import VMM
+@pytest.mark.parametrize("region", ["output_stage", "mlp"])
+def test_recompute_regions_give_the_same_gradients_and_keep_less(region: str) -> None:
+    from mair.models.blocks import VMM, ResidualMambaBlock
 
     torch.manual_seed(0)
     model = tiny_mair(drop_path_rate=0.0, depths=[1])
-    vmms = [m for m in model.modules() if isinstance(m, VMM)]
+    owners = [m for m in model.modules() if isinstance(m, VMM if region == "output_stage" else ResidualMambaBlock)]
     x = torch.rand(2, 3, 7, 9, requires_grad=True)
     results = {}
     for recompute in (False, True):
-        for m in vmms:
-            m.recompute_norm_gate = recompute
+        for m in model.modules():  # only the region under test recomputes
+            if isinstance(m, VMM):
+                m.recompute_output_stage = recompute and region == "output_stage"
+            if isinstance(m, ResidualMambaBlock):
+                m.recompute_mlp = recompute and region == "mlp"
         model.zero_grad()
         x.grad = None
         model(x).square().sum().backward()
@@ -122,10 +126,17 @@ def test_recomputed_norm_gate_gives_the_same_gradients_and_keeps_less() -> None:
     for a, b in zip(results[False][0], results[True][0], strict=True):
         torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-7)
     torch.testing.assert_close(results[True][1], results[False][1], rtol=1e-6, atol=1e-7)
-    inner = vmms[0].d_inner
-    # Per VMM, the norm's output and SiLU(z) (one (B, H, W, D) float32 map each) and the norm's mean and
-    # 1/std (B, H, W, 1) are no longer kept.
-    assert results[False][2] - results[True][2] == len(vmms) * (2 * 7 * 9) * (2 * inner + 2) * 4
+    tokens = 2 * 7 * 9
+    if region == "output_stage":
+        # Per VMM, the norm's output, SiLU(z) and out_proj's input (one (B, H, W, D) float32 map each) and the
+        # norm's mean and 1/std (B, H, W, 1) are no longer kept.
+        per_token = 3 * owners[0].d_inner + 2
+    else:
+        # Per block, the second norm's output (B, H, W, C) with its mean and 1/std, fc1's output and the GELU's
+        # output (B, H, W, hidden each) are no longer kept.
+        mlp = getattr(owners[0], owners[0].mlp_name)
+        per_token = mlp.fc1.in_features + 2 + 2 * mlp.fc1.out_features
+    assert results[False][2] - results[True][2] == len(owners) * tokens * per_token * 4
 
 
 def test_from_official_rejects_unknown_arguments() -> None:
@@ -218,3 +229,19 @@ def test_foreign_and_corrupt_files_give_clear_errors(tmp_path: Path) -> None:
     save_weights(tiny_unet(), tmp_path / "unet.pth")
     with pytest.raises(CheckpointError, match="does not fit this MaIR"):
         load_weights(tiny_mair(), tmp_path / "unet.pth")
+
+
+def test_ssa_gate_backward_matches_autograd() -> None:
+    """The SSA gate's hand-written gradients (used inside the fused scan op) against autograd, float64."""
+    from mair.models.scan.nss_gated import ssa_gate, ssa_gate_backward
+
+    gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31 - 1, ()).item()))
+    pooled, weight, bias = (torch.randn(*s, generator=gen, dtype=torch.float64, requires_grad=True)
+                            for s in ((3, 4, 7), (7, 4, 4), (7, 4)))
+    gate = ssa_gate(pooled, weight, bias)
+    assert gate.dtype == torch.float64
+    d_gate = torch.randn(gate.shape, generator=gen, dtype=torch.float64)
+    want = torch.autograd.grad(gate, [pooled, weight, bias], d_gate)
+    got = ssa_gate_backward(d_gate, gate.detach(), pooled.detach(), weight.detach())
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-12)

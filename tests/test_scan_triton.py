@@ -121,6 +121,66 @@ def test_low_rank_delta_matches_projecting_outside(length_side: tuple[int, int],
         nss_scan(x, low, A, B, C, D, bias, ids, True, delta_weight=weight[:, :, :-1] if rank > 1 else weight[:1])
 
 
+def _gated_inputs(height: int, width: int, d_state: int, rank: int | None) -> list[torch.Tensor]:
+    batch, groups, channels, length = 2, 4, 5, height * width
+    delta = torch.randn(batch, groups, length, rank if rank else channels) * 0.5
+    inputs = [torch.randn(batch, length, channels), delta, -torch.rand(groups * channels, d_state) * 2,
+              torch.randn(batch, groups, length, d_state), torch.randn(batch, groups, length, d_state),
+              torch.randn(groups * channels), torch.randn(groups * channels) * 0.5,
+              torch.randn(groups, channels, rank) * 0.5 if rank else None,
+              torch.randn(channels, groups, groups) * 0.5, torch.randn(channels, groups) * 0.5]
+    return [None if t is None else t.to(DEVICE).requires_grad_() for t in inputs]
+
+
+@pytest.mark.parametrize("height,width,d_state,rank", [(5, 7, 4, 3), (6, 9, 1, None), (3, 11, 16, 12)])
+def test_output_dots_are_the_sum_of_the_recomputed_outputs_times_w(height: int, width: int, d_state: int,
+                                                                    rank: int | None) -> None:
+    """The backward's pass over the chunk states gives Σ_l y ⊙ w of the forward's outputs."""
+    from mair.models.scan.triton_backend import _nss_problem, _output_dots, nss_scan_forward, project_delta
+
+    torch.manual_seed(int(torch.randint(0, 2**31 - 1, ()).item()))
+    x, delta, A, B, C, D, bias, weight, _, _ = (t if t is None else t.detach()
+                                                for t in _gated_inputs(height, width, d_state, rank))
+    ids = scan_orders(height, width, 4, 2, DEVICE)[0]
+    ys, states = nss_scan_forward(x, delta, A, B, C, D, bias, ids, True, weight)
+    w = torch.randn(x.shape[0], x.shape[2], x.shape[1], device=DEVICE).transpose(1, 2)  # (B, L, D), strided
+    full = delta if weight is None else project_delta(delta, weight)
+    dots = _output_dots(_nss_problem(x, full, A, B, C, D, bias, ids, True), w,
+                        (w.stride(0), 0, w.stride(1), w.stride(2)), states)
+    assert _rel(dots, (ys * w[:, None]).sum(2)) <= 1e-5
+
+
+@pytest.mark.parametrize("height,width,d_state,rank", [(5, 7, 4, 3), (6, 9, 1, None), (3, 11, 16, 12)])
+def test_gated_scan_matches_scan_then_gate_and_keeps_no_scan_outputs(height: int, width: int, d_state: int,
+                                                                      rank: int | None) -> None:
+    """``nss_scan_gated``: the output and all ten gradients of the scan followed by the SSA gate and the sum,
+    without keeping any (B, K, L, D) tensor for the backward."""
+    from mair.models.scan.nss_gated import nss_scan_gated, nss_scan_gated_reference
+
+    torch.manual_seed(int(torch.randint(0, 2**31 - 1, ()).item()))
+    inputs = _gated_inputs(height, width, d_state, rank)
+    ids = scan_orders(height, width, 4, 2, DEVICE)[0]
+    args = [*inputs[:7], ids, True, *inputs[7:]]
+    want = nss_scan_gated_reference(*args)
+    saved: list[tuple[int, ...]] = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(tuple(t.shape)) or t, lambda t: t):
+        got = nss_scan_gated(*args)
+    batch, length, channels = inputs[0].shape
+    assert got.shape == (batch, length, channels)
+    kept = [s for s in saved if len(s) == 4 and s[2] == length and s[3] == channels]
+    assert len(kept) == (0 if rank else 1), saved  # without delta_weight, Δ itself is an input (and kept)
+    assert _rel(got, want) <= 1e-5
+    present = [t for t in inputs if t is not None]
+    dout = torch.randn_like(want)
+    names = ["x", "delta", "A", "B", "C", "D", "bias", "delta_weight", "gate_weight", "gate_bias"]
+    names = [n for n, t in zip(names, inputs, strict=True) if t is not None]
+    for name, g, w in zip(names, torch.autograd.grad(got, present, dout), torch.autograd.grad(want, present, dout),
+                          strict=True):
+        assert _rel(g, w) <= 1e-5, name
+    with pytest.raises(ValueError, match="gate_weight"):
+        nss_scan_gated(*args[:-2], args[-2][:, :2], args[-1])
+
+
 def test_bf16_inputs_accumulate_in_fp32() -> None:
     batch, groups, channels, d_state, length = 1, 4, 4, 8, 24
     ids = scan_orders(4, 6, 4, 0, DEVICE)[0]
@@ -151,6 +211,33 @@ def test_model_with_triton_backend_matches_torch_backend() -> None:
         grads.append(torch.autograd.grad(out.square().sum(), x)[0])
     assert _rel(outputs[1], outputs[0]) <= 1e-5
     assert _rel(grads[1], grads[0]) <= 1e-5
+
+
+def test_model_with_the_gate_in_the_scan_op_matches_the_separate_gate() -> None:
+    """``VMM.fuse_gate``: the gate and sum inside the scan op give the same outputs and parameter gradients."""
+    from mair.models.blocks import VMM
+
+    model = from_official("MaIR", upscale=2, embed_dim=8, depths=[2], d_state=4, ssm_ratio=1.5, mlp_ratio=1.5,
+                          upsampler="pixelshuffledirect", scan_len=4, drop_path_rate=0.0).to(DEVICE)
+    for module in model.modules():
+        if hasattr(module, "scan_backend"):
+            module.scan_backend = "triton"
+    x = torch.rand(2, 3, 7, 10, device=DEVICE)
+    results = []
+    for fused in (False, True):
+        for module in model.modules():
+            if isinstance(module, VMM):
+                module.fuse_gate = fused
+        model.zero_grad()
+        # cuDNN's default TF32 convolutions would round the two paths' last-bit differences to 1e-4
+        with torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=True, allow_tf32=False):
+            out = model(x)
+            out.square().mean().backward()
+        results.append((out.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    assert _rel(results[1][0], results[0][0]) <= 1e-6
+    for name, grad in results[0][1].items():
+        assert _rel(results[1][1][name], grad) <= 1e-5, name
+    assert results[0][1]["layers.0.residual_group.blocks.0.self_attention.gating.gating.1.weight"].abs().sum() > 0
 
 
 def test_step_segments_fill_the_gpu_and_cover_every_chunk(monkeypatch: pytest.MonkeyPatch) -> None:

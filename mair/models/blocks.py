@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from mair.models.scan import resolve_backend, selective_scan
+from mair.models.scan.nss_gated import gated_sum, ssa_gate
 
 
 def _custom_ops():
@@ -95,13 +96,15 @@ class ShuffleAttn(nn.Module):
             nn.Sigmoid(),
         )
 
-    def gate(self, pooled: Tensor) -> Tensor:
-        """Gate (B, K, D) from pooled means (B, K, D): ``σ(Σ_k' W[d·4+k, k'] m[k', d] + b[d·4+k])``."""
+    def gate_parameters(self) -> tuple[Tensor, Tensor]:
+        """The 1x1 grouped convolution's weight as (D, K, K) ``[d, k, k']`` and bias as (D, K) ``[d, k]``."""
         conv = self.gating[1]
-        weight = conv.weight.view(self.inner, NUM_SCANS, NUM_SCANS)  # [d, k, k']
-        bias = conv.bias.view(self.inner, NUM_SCANS)  # [d, k]
-        logits = torch.einsum("dkj,bjd->bkd", weight, pooled) + bias.t()
-        return torch.sigmoid(logits)
+        return conv.weight.view(self.inner, NUM_SCANS, NUM_SCANS), conv.bias.view(self.inner, NUM_SCANS)
+
+    def gate(self, pooled: Tensor) -> Tensor:
+        """Gate (B, K, D) from pooled means (B, K, D): ``σ(Σ_k' W[d·4+k, k'] m[k', d] + b[d·4+k])``, float32
+        (:func:`mair.models.scan.nss_gated.ssa_gate`)."""
+        return ssa_gate(pooled, *self.gate_parameters())
 
 
 class VMM(nn.Module):
@@ -111,11 +114,18 @@ class VMM(nn.Module):
     #: Without autograd, the ``torch`` backend runs the NSS order folded into its chunked layout
     #: (``scan.torch_nss``; about 2x faster on the CPU). False: the gathered path, as in training.
     torch_inference_fused: bool = True
-    #: In eager training, ``out_norm(y) * SiLU(z)`` is recomputed in the backward from y and z (which are kept
-    #: anyway) instead of keeping the norm's output and SiLU(z): two (B, L, D) maps less per block, about 1.6 GiB
-    #: per classic SR x2 step, for three element-wise kernels more (docs/benchmarks.md). torch.compile makes
-    #: its own recompute choices, so compiled graphs never see the checkpoint.
-    recompute_norm_gate: bool = True
+    #: In eager training, ``out_proj(out_norm(y) * SiLU(z))`` is recomputed in the backward from y and z (which
+    #: are kept anyway) instead of keeping the norm's output, SiLU(z) and out_proj's input: three (B, L, D) maps
+    #: less per block, about 2.4 GiB per classic SR x2 step, for three element-wise kernels and one matrix
+    #: product more (docs/benchmarks.md). Compiled graphs recompute it too (Inductor honours the checkpoint):
+    #: the compiled SR x2 step drops from 11.6 to 8.0 GiB with both regions, at the same speed.
+    recompute_output_stage: bool = True
+    #: With the Triton scan, the SSA gate and the sum over the four scans run inside the scan op
+    #: (``mair.models.scan.nss_gated``), which keeps the chunk states instead of the four scan outputs for the
+    #: backward and recomputes what the gate's gradient needs from them: 90 MiB less per classic SR block,
+    #: 3.2 GiB per SR x2 step, for one parallel pass over the chunks in the backward (docs/benchmarks.md).
+    #: False: the scan op returns the four outputs and the gate and sum are separate autograd steps.
+    fuse_gate: bool = True
 
     def __init__(self, d_model: int, d_state: int = 16, ssm_ratio: float = 2.0, d_conv: int = 3) -> None:
         super().__init__()
@@ -157,15 +167,13 @@ class VMM(nn.Module):
         else:
             y = self._scan_gathered(x, ids)
         y = y.view(batch, height, width, self.d_inner)
-        if self.recompute_norm_gate and torch.is_grad_enabled() and not torch.compiler.is_compiling():
-            y = checkpoint(self._norm_gate, y, z, use_reentrant=False)
-        else:
-            y = self._norm_gate(y, z)
-        return self.out_proj(y)
+        if self.recompute_output_stage and _recompute_here():
+            return checkpoint(self._output_stage, y, z, use_reentrant=False)
+        return self._output_stage(y, z)
 
-    def _norm_gate(self, y: Tensor, z: Tensor) -> Tensor:
-        """``out_norm(y) * SiLU(z)`` (spec §1.4 step 10)."""
-        return self.out_norm(y.to(z.dtype)) * F.silu(z)
+    def _output_stage(self, y: Tensor, z: Tensor) -> Tensor:
+        """``out_proj(out_norm(y) * SiLU(z))`` (spec §1.4 steps 10-11)."""
+        return self.out_proj(self.out_norm(y.to(z.dtype)) * F.silu(z))
 
     def _scan_gathered(self, x: Tensor, ids: ScanIds) -> Tensor:
         """Spec §1.4 steps 3-9 as written: gather the 4 scan orders, scan, un-scan, SSA. Returns (B, L, D)."""
@@ -202,6 +210,7 @@ class VMM(nn.Module):
         (they act per position), the scan reads through ``scan_ids`` and writes back in raster order, so no
         permuted copies or inverse gathers exist. ``scan_fn``: the Triton ``nss_scan`` (default) or the
         inference-only ``torch_nss.nss_scan_torch``. Returns (B, L, D)."""
+        from mair.models.scan.nss_gated import nss_scan_gated
         from mair.models.scan.triton_backend import nss_scan
 
         batch, inner, height, width = x.shape
@@ -211,19 +220,18 @@ class VMM(nn.Module):
         A, Ds, dt_bias = -torch.exp(self.A_logs.float()), self.Ds.float(), self.dt_projs_bias.float().reshape(-1)
         if scan_fn is None:  # Triton: Δ projected inside the op, so only its R-channel input is kept for backward
             ops = _custom_ops()
+            if self.fuse_gate:  # and the gate and sum too, so the four outputs are not kept either
+                gated = ops.nss_scan_gated if ops is not None else nss_scan_gated
+                return gated(raster, dts, A, bs, cs, Ds, dt_bias, scan_ids, True, self.dt_projs_weight,
+                             *self.gating.gate_parameters())
             fused = ops.nss_scan if ops is not None else nss_scan
             ys = fused(raster, dts, A, bs, cs, Ds, dt_bias, scan_ids, delta_softplus=True,
                        delta_weight=self.dt_projs_weight)  # (B, K, L, D)
         else:
             dts = torch.einsum("bklr,kdr->bkld", dts, self.dt_projs_weight)
             ys = scan_fn(raster, dts, A, bs, cs, Ds, dt_bias, scan_ids, delta_softplus=True)
-        gate = self.gating.gate(ys.float().mean(dim=2)).to(ys.dtype)  # (B, K, D)
-        # Σ_k gate_k · y_k as a chain of multiply-adds: einsum would make D a batch dimension and copy ys
-        # into (B, D, L, K) first (on the CPU that copy cost as much as the scan's own gathers).
-        out = ys[:, 0] * gate[:, 0, None]
-        for k in range(1, ys.shape[1]):
-            out = out.addcmul_(ys[:, k], gate[:, k, None])
-        return out
+        # Σ_k gate_k · y_k (on the CPU an einsum's copy of ys into (B, D, L, K) cost as much as the scan's gathers)
+        return gated_sum(ys, self.gating.gate(ys.float().mean(dim=2)))
 
 
 def _dt_init(rank: int, inner: int, dt_min: float = 1e-3, dt_max: float = 0.1,
@@ -246,6 +254,12 @@ class ResidualMambaBlock(nn.Module):
     The MLP child is ``conv_blk`` in MaIR and ``mlp`` in MaIRUNet (``mlp_name``); nothing else differs.
     """
 
+    #: In eager training, ``Mlp(LN(x))`` is recomputed in the backward from x (kept anyway for the skip
+    #: scale) instead of keeping the norm's output, fc1's output and the GELU's output: with the MLP ratio 2 of
+    #: classic SR, five (B, L, C) maps less per block, about 2 GiB per classic SR x2 step, for two matrix
+    #: products and three element-wise kernels more (docs/benchmarks.md); compiled graphs too.
+    recompute_mlp: bool = True
+
     def __init__(self, width: int, d_state: int, ssm_ratio: float, mlp_ratio: float, drop_path: float,
                  shift_size: int = 0, mlp_name: str = "conv_blk") -> None:
         super().__init__()
@@ -264,8 +278,20 @@ class ResidualMambaBlock(nn.Module):
         batch, length, width = x.shape
         inp = x.view(batch, *x_size, width)
         x = inp * self.skip_scale + self.drop_path(self.self_attention(self.ln_1(inp), ids))
-        x = x * self.skip_scale2 + getattr(self, self.mlp_name)(self.ln_2(x))
+        if self.recompute_mlp and _recompute_here():
+            x = x * self.skip_scale2 + checkpoint(self._mlp_stage, x, use_reentrant=False)
+        else:
+            x = x * self.skip_scale2 + self._mlp_stage(x)
         return x.reshape(batch, length, width)
+
+    def _mlp_stage(self, x: Tensor) -> Tensor:
+        """``Mlp(LN(x))``."""
+        return getattr(self, self.mlp_name)(self.ln_2(x))
+
+
+def _recompute_here() -> bool:
+    """Whether a recompute region applies: when a graph for a backward is recorded (eager or compiled)."""
+    return torch.is_grad_enabled()
 
 
 def tokens_to_image(x: Tensor, x_size: tuple[int, int]) -> Tensor:

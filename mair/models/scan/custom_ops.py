@@ -1,6 +1,6 @@
 """The selective scan as PyTorch custom ops, so that ``torch.compile`` of a whole network has no graph break.
 
-Four ops in the ``mair`` namespace, each opaque to the compiler (it sees only the shapes from the fake
+Six ops in the ``mair`` namespace, each opaque to the compiler (it sees only the shapes from the fake
 implementations) and running the eager scan code inside:
 
 * ``mair::selective_scan(u, delta, A, B, C, D?, delta_bias?, delta_softplus, backend) -> y`` — mamba_ssm's
@@ -10,11 +10,14 @@ implementations) and running the eager scan code inside:
   the Triton NSS-fused layout (:func:`mair.models.scan.triton_backend.nss_scan_forward`; with ``delta_weight``,
   ``delta`` is Δ's low-rank input, projected inside); ``states`` are the chunk states its backward starts
   from, saved instead of recomputed;
-* ``mair::selective_scan_bwd`` / ``mair::nss_scan_bwd`` — their backwards, registered through
-  ``register_autograd``. ``selective_scan_bwd`` recomputes the scan forward of its backend under autograd and
-  differentiates it (``torch.autograd.grad``), so it runs the backend's own hand-written backward and works
-  for every backend, at the cost of one extra scan forward per backward; ``nss_scan_bwd`` calls the Triton
-  backward directly on the saved states. Gradients of inputs that need none come back as empty tensors
+* ``mair::nss_scan_gated(x, delta, A, B, C, D?, delta_bias?, ids, delta_softplus, delta_weight?, gate_weight,
+  gate_bias) -> (out, states, means)`` — the same scan followed by the SSA gate and the sum over the scans
+  (:mod:`mair.models.scan.nss_gated`), so that the four scan outputs are not kept for the backward;
+* ``mair::selective_scan_bwd`` / ``mair::nss_scan_bwd`` / ``mair::nss_scan_gated_bwd`` — their backwards,
+  registered through ``register_autograd``. ``selective_scan_bwd`` recomputes the scan forward of its backend
+  under autograd and differentiates it (``torch.autograd.grad``), so it runs the backend's own hand-written
+  backward and works for every backend, at the cost of one extra scan forward per backward; the other two
+  call the Triton backward directly on the saved states. Gradients of inputs that need none come back as empty tensors
   (shape ``(0,)``), and the autograd formula turns them into ``None``.
 
 The model uses the ops only when the switch is on: :func:`enable` (``enable(True)``/``enable(False)``;
@@ -40,7 +43,8 @@ from .api import _validate
 from .api import selective_scan as _eager_selective_scan
 from .registry import resolve_backend
 
-__all__ = ["ENV_VAR", "compile_model", "enable", "is_enabled", "nss_scan", "resolved_backend", "selective_scan"]
+__all__ = ["ENV_VAR", "compile_model", "enable", "is_enabled", "nss_scan", "nss_scan_gated", "resolved_backend",
+           "selective_scan"]
 
 ENV_VAR = "MAIR_SCAN_CUSTOM_OP"
 _NUM_INPUTS = 7  # u/x, delta, A, B, C, D, delta_bias: the differentiable inputs of both ops
@@ -280,6 +284,81 @@ _nss_scan_op.register_autograd(_nss_scan_backward, setup_context=_nss_scan_setup
 
 
 # --------------------------------------------------------------------------------------------------------------
+# mair::nss_scan_gated
+
+
+@torch.library.custom_op("mair::nss_scan_gated", mutates_args=())
+def _nss_scan_gated_op(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
+                       delta_bias: Tensor | None, ids: Tensor, delta_softplus: bool, delta_weight: Tensor | None,
+                       gate_weight: Tensor, gate_bias: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    from .nss_gated import nss_scan_gated_forward
+
+    return tuple(nss_scan_gated_forward(x, delta, A, B, C, D, delta_bias, ids, delta_softplus, delta_weight,
+                                        gate_weight, gate_bias))
+
+
+@_nss_scan_gated_op.register_fake
+def _(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None, delta_bias: Tensor | None,
+      ids: Tensor, delta_softplus: bool, delta_weight: Tensor | None, gate_weight: Tensor,
+      gate_bias: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    from .nss_gated import check_gate_shapes
+    from .triton_backend import check_nss_shapes, forward_chunks
+
+    check_nss_shapes(x, delta, ids, delta_weight)
+    check_gate_shapes(x, delta, gate_weight, gate_bias)
+    batch, length, channels = x.shape
+    groups = delta.shape[1]
+    n_chunks = forward_chunks(channels, length, A.shape[1])
+    return (x.new_empty(batch, length, channels),
+            x.new_empty(batch, groups, n_chunks, channels, A.shape[1], dtype=torch.float32),
+            x.new_empty(batch, groups, channels, dtype=torch.float32))
+
+
+@torch.library.custom_op("mair::nss_scan_gated_bwd", mutates_args=())
+def _nss_scan_gated_bwd_op(dout: Tensor, x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
+                           D: Tensor | None, delta_bias: Tensor | None, delta_weight: Tensor | None,
+                           gate_weight: Tensor, gate_bias: Tensor, ids: Tensor, states: Tensor, mean: Tensor,
+                           delta_softplus: bool, needs: list[bool]) -> list[Tensor]:
+    from .nss_gated import nss_scan_gated_backward
+
+    grads = nss_scan_gated_backward(dout.contiguous(), x, delta, A, B, C, D, delta_bias, ids, states, mean,
+                                    delta_softplus, delta_weight, gate_weight, gate_bias)
+    if delta_weight is None:  # the scan's gradients have no delta_weight entry then
+        grads = (*grads[:_NUM_INPUTS], None, *grads[_NUM_INPUTS:])
+    out = [g if n and g is not None else dout.new_empty(0) for g, n in zip(grads, needs, strict=True)]
+    return _fresh(out, [dout, x, delta, A, B, C, D, delta_bias, delta_weight, gate_weight, gate_bias, states, mean])
+
+
+@_nss_scan_gated_bwd_op.register_fake
+def _(dout: Tensor, x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
+      delta_bias: Tensor | None, delta_weight: Tensor | None, gate_weight: Tensor, gate_bias: Tensor, ids: Tensor,
+      states: Tensor, mean: Tensor, delta_softplus: bool, needs: list[bool]) -> list[Tensor]:
+    return _fake_grads([x, delta, A, B, C, D, delta_bias, delta_weight, gate_weight, gate_bias], needs, dout)
+
+
+_GATED_GRAD_INPUTS = (0, 1, 2, 3, 4, 5, 6, 9, 10, 11)  # x .. delta_bias, delta_weight, gate_weight, gate_bias
+
+
+def _nss_scan_gated_setup(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, Tensor, Tensor]) -> None:
+    x, delta, A, B, C, D, delta_bias, ids, delta_softplus, delta_weight, gate_weight, gate_bias = inputs
+    ctx.save_for_backward(x, delta, A, B, C, D, delta_bias, delta_weight, gate_weight, gate_bias, ids, output[1],
+                          output[2])
+    ctx.delta_softplus = delta_softplus
+
+
+def _nss_scan_gated_backward(ctx: Any, dout: Tensor, _dstates: Tensor | None,
+                             _dmean: Tensor | None) -> tuple[Tensor | None, ...]:
+    *saved, ids, states, mean = ctx.saved_tensors
+    needs = [bool(ctx.needs_input_grad[i]) for i in _GATED_GRAD_INPUTS]
+    grads = _nss_scan_gated_bwd_op(dout, *saved, ids, states, mean, ctx.delta_softplus, needs)
+    out = [g if n else None for g, n in zip(grads, needs, strict=True)]
+    return (*out[:_NUM_INPUTS], None, None, *out[_NUM_INPUTS:])
+
+
+_nss_scan_gated_op.register_autograd(_nss_scan_gated_backward, setup_context=_nss_scan_gated_setup)
+
+
+# --------------------------------------------------------------------------------------------------------------
 # What the model calls
 
 
@@ -298,6 +377,15 @@ def nss_scan(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tenso
     """:func:`mair.models.scan.triton_backend.nss_scan` through ``mair::nss_scan`` (same arguments and result;
     the op's second output, the chunk states, stays inside for the backward)."""
     return _nss_scan_op(x, delta, A, B, C, D, delta_bias, ids, bool(delta_softplus), delta_weight)[0]
+
+
+def nss_scan_gated(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
+                   delta_bias: Tensor | None, ids: Tensor, delta_softplus: bool, delta_weight: Tensor | None,
+                   gate_weight: Tensor, gate_bias: Tensor) -> Tensor:
+    """:func:`mair.models.scan.nss_gated.nss_scan_gated` through ``mair::nss_scan_gated`` (same arguments and
+    result; the chunk states and the means stay inside for the backward)."""
+    return _nss_scan_gated_op(x, delta, A, B, C, D, delta_bias, ids, bool(delta_softplus), delta_weight,
+                              gate_weight, gate_bias)[0]
 
 
 def compile_model(model: nn.Module, fullgraph: bool = True, dynamic: bool | None = False,

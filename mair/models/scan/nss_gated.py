@@ -1,0 +1,142 @@
+"""The Triton NSS scan fused with MaIR's SSA gate and the sum over the four scans (spec §1.4 steps 8-9).
+
+The VMM computes ``out = Σ_k gate_k ⊙ y_k`` with ``gate = σ(W · mean_l(y) + b)`` (per batch, scan and channel)
+from the four scan outputs ``y_k`` (B, K, L, D). Done as separate autograd steps, the gate's gradient
+``Σ_l y_k ⊙ dout`` makes autograd keep all four outputs until the backward: 90 MiB per block of the classic SR
+x2 step, 3.2 GiB in all. :func:`nss_scan_gated` keeps only what the scan keeps anyway (its inputs and the chunk
+states) plus the (B, K, D) means, and in the backward recomputes ``Σ_l y_k ⊙ dout`` from the chunk states in
+one parallel pass (``_output_dots``, every chunk at once, nothing of size (B, K, L, D) written).
+
+The gate is computed in float32 with autocast off (as is the sum of the means), whatever the input precision.
+:func:`ssa_gate` is the one formula, shared with :class:`mair.models.blocks.ShuffleAttn`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .triton_backend import (
+    _nss_problem,
+    _output_dots,
+    check_nss_shapes,
+    nss_scan_backward,
+    nss_scan_forward,
+    project_delta,
+)
+
+
+def ssa_gate(pooled: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """SSA gate (B, K, D) ``σ(Σ_j W[d, k, j] m[b, j, d] + b[d, k])`` from pooled means ``m`` (B, K, D), the
+    grouped 1x1 convolution's weight viewed as (D, K, K) and its bias as (D, K); in float32 (float64 for
+    float64 means) with autocast off."""
+    dtype = torch.promote_types(pooled.dtype, torch.float32)
+    with torch.autocast(pooled.device.type, enabled=False):
+        logits = torch.einsum("dkj,bjd->bkd", weight.to(dtype), pooled.to(dtype)) + bias.to(dtype).t()
+        return torch.sigmoid(logits)
+
+
+def ssa_gate_backward(d_gate: Tensor, gate: Tensor, pooled: Tensor, weight: Tensor
+                      ) -> tuple[Tensor, Tensor, Tensor]:
+    """Gradients of :func:`ssa_gate` (pooled, weight, bias) from the gate's gradient and the gate itself."""
+    with torch.autocast(pooled.device.type, enabled=False):
+        d_logits = d_gate.to(gate.dtype) * gate * (1 - gate)  # (B, K, D)
+        d_pooled = torch.einsum("dkj,bkd->bjd", weight.to(gate.dtype), d_logits)
+        d_weight = torch.einsum("bkd,bjd->dkj", d_logits, pooled.to(gate.dtype))
+        return d_pooled, d_weight, d_logits.sum(0).t()
+
+
+def gated_sum(ys: Tensor, gate: Tensor) -> Tensor:
+    """``Σ_k gate_k ⊙ y_k``: ys (B, K, L, D), gate (B, K, D) -> (B, L, D), as a chain of multiply-adds (an
+    einsum would make D a batch dimension and copy ys into (B, D, L, K) first)."""
+    gate = gate.to(ys.dtype)
+    out = ys[:, 0] * gate[:, 0, None]
+    for k in range(1, ys.shape[1]):
+        out = out.addcmul_(ys[:, k], gate[:, k, None])
+    return out
+
+
+def check_gate_shapes(x: Tensor, delta: Tensor, gate_weight: Tensor, gate_bias: Tensor) -> None:
+    """Raise ValueError unless the gate's parameters fit (D, K, K) and (D, K)."""
+    groups, channels = delta.shape[1], x.shape[2]
+    if tuple(gate_weight.shape) != (channels, groups, groups) or tuple(gate_bias.shape) != (channels, groups):
+        raise ValueError(f"nss_scan_gated: gate_weight must be (D, K, K) = ({channels}, {groups}, {groups}) and "
+                         f"gate_bias (D, K) = ({channels}, {groups}); got {tuple(gate_weight.shape)} and "
+                         f"{tuple(gate_bias.shape)}")
+
+
+def nss_scan_gated_forward(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
+                           delta_bias: Tensor | None, ids: Tensor, softplus: bool, delta_weight: Tensor | None,
+                           gate_weight: Tensor, gate_bias: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The gated sum of the four scans (B, L, D) in x's dtype, the chunk states and the means (B, K, D)
+    float32; the scan outputs are freed on return."""
+    ys, states = nss_scan_forward(x, delta, A, B, C, D, delta_bias, ids, softplus, delta_weight)
+    mean = ys.float().mean(2)
+    return gated_sum(ys, ssa_gate(mean, gate_weight, gate_bias)), states, mean
+
+
+def nss_scan_gated_backward(dout: Tensor, x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
+                            D: Tensor | None, delta_bias: Tensor | None, ids: Tensor, states: Tensor,
+                            mean: Tensor, softplus: bool, delta_weight: Tensor | None, gate_weight: Tensor,
+                            gate_bias: Tensor) -> tuple[Tensor | None, ...]:
+    """Gradients of :func:`nss_scan_gated`: those of :func:`nss_scan_backward` (x, delta, A, B, C, D,
+    delta_bias, then delta_weight when given) followed by gate_weight and gate_bias."""
+    delta_full = delta if delta_weight is None else project_delta(delta, delta_weight)
+    pb = _nss_problem(x, delta_full, A, B, C, D, delta_bias, ids, softplus)
+    w_strides = (dout.stride(0), 0, dout.stride(1), dout.stride(2))
+    dots = _output_dots(pb, dout, w_strides, states)  # Σ_l y_k ⊙ dout, (B, K, D) float32
+    del pb
+    gate = ssa_gate(mean, gate_weight, gate_bias)
+    d_mean, d_weight, d_bias = ssa_gate_backward(dots, gate, mean, gate_weight)
+    gate = gate.to(x.dtype)
+    # dy_k = gate_k ⊙ dout (the sum) + d_mean_k / L at every position (the mean)
+    dy = torch.addcmul((d_mean / x.shape[1]).to(x.dtype)[:, :, None, :], gate[:, :, None, :], dout[:, None])
+    grads = nss_scan_backward(dy, x, delta, A, B, C, D, delta_bias, ids, states, softplus, delta_weight,
+                              delta_full=delta_full)
+    return (*grads, d_weight.to(gate_weight.dtype), d_bias.to(gate_bias.dtype))
+
+
+class _NSSScanGated(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, delta, A, B, C, D, delta_bias, ids, softplus, delta_weight, gate_weight, gate_bias):
+        out, states, mean = nss_scan_gated_forward(x, delta, A, B, C, D, delta_bias, ids, softplus, delta_weight,
+                                                   gate_weight, gate_bias)
+        ctx.save_for_backward(x, delta, A, B, C, D, delta_bias, ids, states, mean, delta_weight, gate_weight,
+                              gate_bias)
+        ctx.softplus = bool(softplus)
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        x, delta, A, B, C, D, bias, ids, states, mean, weight, gate_weight, gate_bias = ctx.saved_tensors
+        grads = nss_scan_gated_backward(dout, x, delta, A, B, C, D, bias, ids, states, mean, ctx.softplus, weight,
+                                        gate_weight, gate_bias)
+        scan_grads, (d_gate_weight, d_gate_bias) = grads[:-2], grads[-2:]
+        return (*scan_grads[:7], None, None, scan_grads[7] if weight is not None else None, d_gate_weight,
+                d_gate_bias)
+
+
+def nss_scan_gated(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
+                   delta_bias: Tensor | None, ids: Tensor, delta_softplus: bool, delta_weight: Tensor | None,
+                   gate_weight: Tensor, gate_bias: Tensor) -> Tensor:
+    """``Σ_k gate_k ⊙ y_k`` (B, L, D) with ``y = nss_scan(x, delta, ..., delta_weight)`` (B, K, L, D) and
+    ``gate = ssa_gate(mean_l(y), gate_weight, gate_bias)``, without keeping y for the backward (see the
+    module's docstring). Arguments as :func:`mair.models.scan.triton_backend.nss_scan`, plus the gate's
+    weight (D, K, K) and bias (D, K)."""
+    check_nss_shapes(x, delta, ids, delta_weight)
+    check_gate_shapes(x, delta, gate_weight, gate_bias)
+    return _NSSScanGated.apply(x, delta, A, B, C, D, delta_bias, ids, delta_softplus, delta_weight, gate_weight,
+                               gate_bias)
+
+
+def nss_scan_gated_reference(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
+                             delta_bias: Tensor | None, ids: Tensor, delta_softplus: bool,
+                             delta_weight: Tensor | None, gate_weight: Tensor, gate_bias: Tensor) -> Tensor:
+    """The plain composition :func:`nss_scan_gated` fuses (autograd keeps y)."""
+    from .triton_backend import nss_scan
+
+    ys = nss_scan(x, delta, A, B, C, D, delta_bias, ids, delta_softplus, delta_weight)
+    return gated_sum(ys, ssa_gate(ys.float().mean(2), gate_weight, gate_bias))
+
+
+__all__ = ["gated_sum", "nss_scan_gated", "nss_scan_gated_reference", "ssa_gate"]
