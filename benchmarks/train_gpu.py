@@ -129,8 +129,10 @@ def _read_losses(run_dir: Path) -> dict[int, float]:
         return {int(r["iter"]): float(r["loss"]) for r in csv.DictReader(handle)}
 
 
-def ddp_vs_accum(device: str, work: Path, iters: int | None) -> dict[str, Any]:
-    """Train the small experiment with 2 processes and with 1 process x accumulation 2; compare the losses."""
+def ddp_vs_accum(device: str, work: Path, iters: int | None, compile_modes: tuple[str, ...] = ("eager",)
+                 ) -> dict[str, Any]:
+    """Train the small experiment with 2 processes and with 1 process x accumulation 2 (eager); compare the
+    losses. ``compile_modes``: the 2-process run once per mode (``eager`` or a ``--compile-mode``)."""
     from mair.data.demo import build_demo
 
     data = work / "data"
@@ -148,20 +150,29 @@ def ddp_vs_accum(device: str, work: Path, iters: int | None) -> dict[str, Any]:
         common += ["--max-iters", str(iters)]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     runs = {}
-    for name, extra in (("ddp2", ["--gpus", "2"]), ("accum2", ["--gpus", "1"])):
+    plan = [("accum2", ["--gpus", "1"])]
+    for mode in compile_modes:
+        plan.append(("ddp2" if mode == "eager" else f"ddp2-{mode}",
+                     ["--gpus", "2"] + ([] if mode == "eager" else ["--compile-mode", mode])))
+    for name, extra in plan:
         run_dir = work / name
         start = time.perf_counter()
         subprocess.run([*common, "--run-dir", str(run_dir), *extra], check=True, env=env, cwd=work)
         runs[name] = {"seconds": time.perf_counter() - start, "losses": _read_losses(run_dir)}
-    a, b = runs["ddp2"]["losses"], runs["accum2"]["losses"]
-    common_iters = sorted(set(a) & set(b))
-    diffs = [abs(a[i] - b[i]) for i in common_iters]
-    result = {"experiment": DDP_EXPERIMENT, "device": device, "iterations": len(common_iters),
-              "max_abs_loss_diff": max(diffs), "final_loss_ddp2": a[common_iters[-1]],
-              "final_loss_accum2": b[common_iters[-1]],
-              "seconds": {k: v["seconds"] for k, v in runs.items()}}
-    print(f"(a) DDP 2 processes vs 1 process x accumulation 2: max |loss difference| over "
-          f"{len(common_iters)} iterations = {result['max_abs_loss_diff']:.3e}", flush=True)
+    b = runs["accum2"]["losses"]
+    result: dict[str, Any] = {"experiment": DDP_EXPERIMENT, "device": device,
+                              "seconds": {k: v["seconds"] for k, v in runs.items()}, "final_loss_accum2": b[max(b)]}
+    for name, run in runs.items():
+        if name == "accum2":
+            continue
+        a = run["losses"]
+        common_iters = sorted(set(a) & set(b))
+        diff = max(abs(a[i] - b[i]) for i in common_iters)
+        key = "" if name == "ddp2" else name[len("ddp2"):].replace("-", "_")
+        result.update({f"iterations{key}": len(common_iters), f"max_abs_loss_diff{key}": diff,
+                       f"final_loss_ddp2{key}": a[common_iters[-1]]})
+        print(f"(a) DDP 2 processes ({name}) vs 1 process x accumulation 2 (eager): max |loss difference| over "
+              f"{len(common_iters)} iterations = {diff:.3e}", flush=True)
     return result
 
 
@@ -180,6 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ddp", action=argparse.BooleanOptionalAction, default=None,
                         help="run (a) (default: on for cuda with >= 2 GPUs, off otherwise)")
     parser.add_argument("--ddp-iters", type=int, default=None, help="iterations of (a) (default: all 30)")
+    parser.add_argument("--ddp-compile-modes", default="eager",
+                        help="comma-separated: the 2-process run of (a) once per mode (eager or a --compile-mode)")
+    parser.add_argument("--no-throughput", action="store_true", help="skip (b)")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device (use --device cpu for a dry run)")
@@ -199,12 +213,14 @@ def main(argv: list[str] | None = None) -> int:
     if run_ddp:
         with tempfile.TemporaryDirectory(prefix="mair-ddp-") as tmp:
             try:
-                report["ddp_vs_accum"] = ddp_vs_accum(args.device, Path(tmp), args.ddp_iters)
+                modes = tuple(m.strip() for m in args.ddp_compile_modes.split(",") if m.strip())
+                report["ddp_vs_accum"] = ddp_vs_accum(args.device, Path(tmp), args.ddp_iters, modes)
             except (subprocess.CalledProcessError, ImportError, OSError) as error:  # (b) still runs
                 report["ddp_vs_accum"] = {"error": f"{type(error).__name__}: {error}"}
                 print(f"(a) failed: {error}", file=sys.stderr, flush=True)
-    print("(b) iterations per second, one device:", flush=True)
-    for exp_id in ids:
+    if not args.no_throughput:
+        print("(b) iterations per second, one device:", flush=True)
+    for exp_id in [] if args.no_throughput else ids:
         exp = load_experiment(exp_id)
         if args.tiny:
             exp = demo_experiment(exp)

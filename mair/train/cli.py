@@ -40,7 +40,7 @@ def register(subparsers: Any) -> None:
                         "default inductor); validation stays eager")
     p.add_argument("--compile-mode", choices=COMPILE_MODES, default=None,
                    help="torch.compile mode (implies --compile inductor); reduce-overhead replays the compiled "
-                        "steps as CUDA graphs (one process only)")
+                        "steps as CUDA graphs (also under DDP)")
     p.add_argument("--run-dir", type=Path, default=None, metavar="DIR",
                    help="run folder (default runs/<scope>/<experiment>)")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
