@@ -13,6 +13,8 @@ The gate is computed in float32 with autocast off (as is the sum of the means), 
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import Tensor
 
@@ -26,12 +28,19 @@ from .triton_backend import (
 )
 
 
+def _autocast_off(device_type: str) -> contextlib.AbstractContextManager:
+    """Autocast off for ``device_type`` (nothing to do where autocast does not exist, e.g. the meta device)."""
+    if torch.amp.is_autocast_available(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
 def ssa_gate(pooled: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     """SSA gate (B, K, D) ``σ(Σ_j W[d, k, j] m[b, j, d] + b[d, k])`` from pooled means ``m`` (B, K, D), the
     grouped 1x1 convolution's weight viewed as (D, K, K) and its bias as (D, K); in float32 (float64 for
     float64 means) with autocast off."""
     dtype = torch.promote_types(pooled.dtype, torch.float32)
-    with torch.autocast(pooled.device.type, enabled=False):
+    with _autocast_off(pooled.device.type):
         logits = torch.einsum("dkj,bjd->bkd", weight.to(dtype), pooled.to(dtype)) + bias.to(dtype).t()
         return torch.sigmoid(logits)
 
@@ -39,7 +48,7 @@ def ssa_gate(pooled: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
 def ssa_gate_backward(d_gate: Tensor, gate: Tensor, pooled: Tensor, weight: Tensor
                       ) -> tuple[Tensor, Tensor, Tensor]:
     """Gradients of :func:`ssa_gate` (pooled, weight, bias) from the gate's gradient and the gate itself."""
-    with torch.autocast(pooled.device.type, enabled=False):
+    with _autocast_off(pooled.device.type):
         d_logits = d_gate.to(gate.dtype) * gate * (1 - gate)  # (B, K, D)
         d_pooled = torch.einsum("dkj,bkd->bjd", weight.to(gate.dtype), d_logits)
         d_weight = torch.einsum("bkd,bjd->dkj", d_logits, pooled.to(gate.dtype))
