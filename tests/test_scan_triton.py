@@ -133,9 +133,10 @@ def _gated_inputs(height: int, width: int, d_state: int, rank: int | None) -> li
 
 
 @pytest.mark.parametrize("height,width,d_state,rank", [(5, 7, 4, 3), (6, 9, 1, None), (3, 11, 16, 12)])
-def test_output_dots_are_the_sum_of_the_recomputed_outputs_times_w(height: int, width: int, d_state: int,
+def test_output_dots_and_adjoint_summaries_from_the_chunk_states(height: int, width: int, d_state: int,
                                                                     rank: int | None) -> None:
-    """The backward's pass over the chunk states gives Σ_l y ⊙ w of the forward's outputs."""
+    """The gated backward's pass over the chunk states gives Σ_l y ⊙ w of the forward's outputs and the chunks'
+    adjoint summaries for dy = w and dy = 1."""
     from mair.models.scan.triton_backend import _nss_problem, _output_dots, nss_scan_forward, project_delta
 
     torch.manual_seed(int(torch.randint(0, 2**31 - 1, ()).item()))
@@ -145,9 +146,30 @@ def test_output_dots_are_the_sum_of_the_recomputed_outputs_times_w(height: int, 
     ys, states = nss_scan_forward(x, delta, A, B, C, D, bias, ids, True, weight)
     w = torch.randn(x.shape[0], x.shape[2], x.shape[1], device=DEVICE).transpose(1, 2)  # (B, L, D), strided
     full = delta if weight is None else project_delta(delta, weight)
-    dots = _output_dots(_nss_problem(x, full, A, B, C, D, bias, ids, True), w,
-                        (w.stride(0), 0, w.stride(1), w.stride(2)), states)
-    assert _rel(dots, (ys * w[:, None]).sum(2)) <= 1e-5
+    found = _output_dots(_nss_problem(x, full, A, B, C, D, bias, ids, True), w,
+                         (w.stride(0), 0, w.stride(1), w.stride(2)), states)
+    assert _rel(found.dots, (ys * w[:, None]).sum(2)) <= 1e-5
+    # The chunks' adjoint summaries, plainly in float64 and scan order: Σ_l exp(A Σ_{l0 < j <= l} Δ_j) C_l dy_l
+    # for dy = w and dy = 1, and Σ_{l0 < l <= l0 + BL} Δ_l.
+    _, groups, length, channels = full.shape
+    order = [ids[k] for k in range(groups)]
+    dt = torch.nn.functional.softplus(full.double() + bias.double().view(groups, 1, channels))
+    dt = torch.stack([dt[:, k, order[k]] for k in range(groups)], 1)
+    cs = torch.stack([C.double()[:, k, order[k]] for k in range(groups)], 1)
+    ws = torch.stack([w.double()[:, order[k]] for k in range(groups)], 1)
+    a = A.double().view(groups, channels, -1)
+    n_chunks = states.shape[2]
+    bl = -(-length // n_chunks)
+    bl = 1 << (bl - 1).bit_length()
+    for c in range(n_chunks):
+        part = slice(c * bl, min(length, (c + 1) * bl))
+        span = dt[:, :, part].cumsum(2) - dt[:, :, part][:, :, :1]
+        weight_l = torch.exp(span[..., None] * a[None, :, None])  # (B, K, l, D, N)
+        for got, dy in ((found.summary_w[:, :, c], ws[:, :, part]), (found.summary_1[:, :, c], 1.0)):
+            want = (weight_l * cs[:, :, part, None, :] * (dy[..., None] if torch.is_tensor(dy) else dy)).sum(2)
+            assert _rel(got, want) <= 1e-5, c
+        total = dt[:, :, c * bl + 1:min(length, (c + 1) * bl + 1)].sum(2)
+        assert _rel(found.total[:, :, c], total) <= 1e-5, c
 
 
 @pytest.mark.parametrize("height,width,d_state,rank", [(5, 7, 4, 3), (6, 9, 1, None), (3, 11, 16, 12)])

@@ -93,15 +93,20 @@ def nss_scan_gated_backward(dout: Tensor, x: Tensor, delta: Tensor, A: Tensor, B
     delta_full = delta if delta_weight is None else project_delta(delta, delta_weight)
     pb = _nss_problem(x, delta_full, A, B, C, D, delta_bias, ids, softplus)
     w_strides = (dout.stride(0), 0, dout.stride(1), dout.stride(2))
-    dots = _output_dots(pb, dout, w_strides, states)  # Σ_l y_k ⊙ dout, (B, K, D) float32
+    found = _output_dots(pb, dout, w_strides, states)  # Σ_l y_k ⊙ dout and adjoint summaries
     del pb
     gate = ssa_gate(mean, gate_weight, gate_bias)
-    d_mean, d_weight, d_bias = ssa_gate_backward(dots, gate, mean, gate_weight)
-    gate = gate.to(x.dtype)
-    # dy_k = gate_k ⊙ dout (the sum) + d_mean_k / L at every position (the mean)
-    dy = torch.addcmul((d_mean / x.shape[1]).to(x.dtype)[:, :, None, :], gate[:, :, None, :], dout[:, None])
+    d_mean, d_weight, d_bias = ssa_gate_backward(found.dots, gate, mean, gate_weight)
+    const = d_mean / x.shape[1]
+    # dy_k = gate_k ⊙ dout (the sum) + d_mean_k / L at every position (the mean); its chunk summaries follow
+    # from those of dout and of 1 by linearity
+    summary = torch.addcmul(const[:, :, None, :, None] * found.summary_1, gate[:, :, None, :, None],
+                            found.summary_w)
+    total = found.total
+    del found
+    dy = torch.addcmul(const.to(x.dtype)[:, :, None, :], gate.to(x.dtype)[:, :, None, :], dout[:, None])
     grads = nss_scan_backward(dy, x, delta, A, B, C, D, delta_bias, ids, states, softplus, delta_weight,
-                              delta_full=delta_full)
+                              delta_full=delta_full, adjoint_summaries=(summary, total))
     return (*grads, d_weight.to(gate_weight.dtype), d_bias.to(gate_bias.dtype))
 
 

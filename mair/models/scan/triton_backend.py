@@ -220,33 +220,49 @@ def _fwd_stepwise(pb: _Problem, args: tuple, cfg: TileConfig, n_chunks: int) -> 
     if n_seg > 1:
         summary = torch.empty(pb.batch, pb.groups, n_seg, pb.channels, pb.d_state, device=dev, dtype=f32)
         total = torch.empty(pb.batch, pb.groups, n_seg, pb.channels, device=dev, dtype=f32)
-        scan_fwd_step_kernel[grid](*args, dummy, dummy, summary, total, *sizes, HAS_HIN=False, SUMMARY=True,
-                                   DOT=False, **meta)
+        scan_fwd_step_kernel[grid](*args, dummy, dummy, summary, total, dummy, dummy, *sizes, HAS_HIN=False,
+                                   SUMMARY=True, DOT=False, **meta)
         hin = _chain(pb.A, summary, total, False, cfg.bn)
-    scan_fwd_step_kernel[grid](*args, hin if hin is not None else dummy, hs, dummy, dummy, *sizes,
+    scan_fwd_step_kernel[grid](*args, hin if hin is not None else dummy, hs, dummy, dummy, dummy, dummy, *sizes,
                                HAS_HIN=hin is not None, SUMMARY=False, DOT=False, **meta)
     return hs
 
 
-def _output_dots(pb: _Problem, w: Tensor, ws: Strides, hs: Tensor) -> Tensor:
-    """Σ_l y_l·w_l per (batch, k, channel), float32 (batch, K, D), with y the scan's output recomputed from the
-    forward's chunk states ``hs`` (every chunk in parallel; nothing of size (batch, K, L, D) is written)."""
+@dataclass
+class OutputDots:
+    """What :func:`_output_dots` returns: Σ_l y·w (batch, K, D), and per chunk the adjoint summaries for dy = w
+    and dy = 1 (batch, K, NCH, D, N) and ΣΔ (batch, K, NCH, D), all float32."""
+
+    dots: Tensor
+    summary_w: Tensor
+    summary_1: Tensor
+    total: Tensor
+
+
+def _output_dots(pb: _Problem, w: Tensor, ws: Strides, hs: Tensor) -> OutputDots:
+    """Σ_l y_l·w_l per (batch, k, channel), with y the scan's output recomputed from the forward's chunk states
+    ``hs`` (every chunk in parallel; nothing of size (batch, K, L, D) is written), and in the same walk the
+    chunks' adjoint summaries for dy = w and dy = 1 (see ``scan_fwd_step_kernel``'s DOT mode)."""
     from .triton_kernels import scan_fwd_step_kernel
 
     n_chunks = hs.shape[2]
     bl = chunk_length(pb.length, n_chunks)
     step_bd = int(os.environ.get("MAIR_TRITON_STEP_BD", STEP_BD))
-    dots = torch.empty(pb.batch, pb.groups, n_chunks, pb.channels, device=pb.x.device, dtype=torch.float32)
+    dev, f32 = pb.x.device, torch.float32
+    dots = torch.empty(pb.batch, pb.groups, n_chunks, pb.channels, device=dev, dtype=f32)
+    total = torch.empty_like(dots)
+    summary_w, summary_1 = torch.empty_like(hs), torch.empty_like(hs)
     dummy = pb.A
     args = (pb.x, *pb.xs, pb.dt, *pb.dts, pb.A, pb.B, *pb.bs, pb.C, *pb.cs,
             pb.D if pb.D is not None else dummy, pb.bias if pb.bias is not None else dummy,
             pb.ids if pb.ids is not None else dummy, w, *ws)
     scan_fwd_step_kernel[(-(-pb.channels // step_bd), n_chunks, pb.batch * pb.groups)](
-        *args, hs, dummy, dummy, dots, pb.length, pb.channels, pb.d_state, pb.groups, n_chunks, n_chunks, 1,
+        *args, hs, dummy, summary_w, total, summary_1, dots,
+        pb.length, pb.channels, pb.d_state, pb.groups, n_chunks, n_chunks, 1,
         HAS_D=pb.D is not None, **_launch_meta(pb), HAS_HIN=True, SUMMARY=False, DOT=True, BL=bl, BD=step_bd,
         BN=forward_tiles(pb.channels, pb.d_state).bn, num_warps=1,
     )
-    return dots.sum(2)
+    return OutputDots(dots.sum(2), summary_w, summary_1, total)
 
 
 def _fwd(pb: _Problem, out: Tensor, os_: Strides) -> Tensor:
@@ -271,11 +287,11 @@ def step_backward_tile(bl: int) -> tuple[int, int]:
 
 
 def _bwd(pb: _Problem, dy: Tensor, dys: Strides, hs: Tensor, du: Tensor, dus: Strides, ddt: Tensor,
-         ddts: Strides) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+         ddts: Strides, adjoint: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
     """The backward from the forward's chunk states ``hs`` (their chunk length follows from their number,
-    :func:`chunk_length`): the adjoint entering every chunk from chunk summaries, then one program per chunk
-    (:func:`scan_bwd_step_kernel`) writes du and dΔ and partial sums of the other gradients. Returns dB, dC
-    (batch, K, L, N), dA (K·D, N), dD (K·D) or None."""
+    :func:`chunk_length`): the adjoint entering every chunk from chunk summaries (unless the caller passes them
+    as ``adjoint``), then one program per chunk (:func:`scan_bwd_step_kernel`) writes du and dΔ and partial sums
+    of the other gradients. Returns dB, dC (batch, K, L, N), dA (K·D, N), dD (K·D) or None."""
     from .triton_kernels import scan_bwd_step_kernel
 
     n_chunks = hs.shape[2]
@@ -285,7 +301,7 @@ def _bwd(pb: _Problem, dy: Tensor, dys: Strides, hs: Tensor, du: Tensor, dus: St
     dummy = pb.A
     wide = forward_tiles(pb.channels, pb.d_state)
     summary_cfg = TileConfig(bl=bl, bd=max(2, min(wide.bd, 4096 // (bl * wide.bn))), bn=wide.bn, warps=wide.warps)
-    gs = _adjoint_carries(pb, summary_cfg, n_chunks, dy, dys)
+    gs = adjoint if adjoint is not None else _adjoint_carries(pb, summary_cfg, n_chunks, dy, dys)
     bd, sub = step_backward_tile(bl)
     scratch = torch.empty(pb.batch, pb.groups, n_chunks, max(1, bl // sub - 1), pb.channels, pb.d_state,
                           device=dev, dtype=f32)
@@ -369,12 +385,13 @@ def nss_scan_forward(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, 
 
 def nss_scan_backward(dy: Tensor, x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
                       delta_bias: Tensor | None, ids: Tensor, hs: Tensor, softplus: bool,
-                      delta_weight: Tensor | None = None, delta_full: Tensor | None = None
-                      ) -> tuple[Tensor | None, ...]:
+                      delta_weight: Tensor | None = None, delta_full: Tensor | None = None,
+                      adjoint_summaries: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor | None, ...]:
     """Gradients of :func:`nss_scan` (x, delta, A, B, C, D, delta_bias, then delta_weight when given; None for
     absent D / delta_bias) from the output gradient and the chunk states of :func:`nss_scan_forward`. With
     ``delta_weight``, Δ is recomputed from its low-rank input (unless the caller passes it as ``delta_full``)
-    and the gradients are those of the low-rank input and of the projections."""
+    and the gradients are those of the low-rank input and of the projections. ``adjoint_summaries``: the
+    chunks' adjoint summaries for this dy and their ΣΔ, when the caller has them (the gated scan)."""
     if delta_full is None:
         delta_full = delta if delta_weight is None else project_delta(delta, delta_weight)
     pb = _nss_problem(x, delta_full, A, B, C, D, delta_bias, ids, softplus)
@@ -382,7 +399,11 @@ def nss_scan_backward(dy: Tensor, x: Tensor, delta: Tensor, A: Tensor, B: Tensor
     shape = (pb.batch, pb.groups, pb.length, pb.channels)
     du_k = torch.empty(shape, device=x.device, dtype=f32)
     ddt = torch.empty(shape, device=x.device, dtype=f32)
-    dB, dC, dA, dD = _bwd(pb, dy, _bkl_strides(dy), hs, du_k, _bkl_strides(du_k), ddt, _bkl_strides(ddt))
+    adjoint = None
+    if adjoint_summaries is not None:
+        adjoint = _chain(pb.A, *adjoint_summaries, True, forward_tiles(pb.channels, pb.d_state).bn)
+    dB, dC, dA, dD = _bwd(pb, dy, _bkl_strides(dy), hs, du_k, _bkl_strides(du_k), ddt, _bkl_strides(ddt),
+                          adjoint)
     del delta_full, pb
     dbias = ddt.sum(dim=(0, 2)).reshape(-1) if delta_bias is not None else None
     d_delta = ddt.to(delta.dtype)  # with delta_weight: as the einsum's own backward would see it

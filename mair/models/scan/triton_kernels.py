@@ -179,7 +179,8 @@ def scan_fwd_step_kernel(
     hin_ptr,  # (batch, K, NSEG, D, N) state entering every segment (HAS_HIN)
     hs_ptr,  # (batch, K, NCH, D, N) out: state entering every chunk of BL positions (not in SUMMARY or DOT mode)
     es_ptr, ts_ptr,  # (batch, K, NSEG, D, N), (batch, K, NSEG, D) out (SUMMARY): end state from zero, Σ Δ;
-    # DOT: ts gets the segment's Σ_l y_l·w_l
+    # DOT: the segment's adjoint summary for dy = w and its Σ_{l0 < l <= l0 + BL} Δ_l
+    e1_ptr, dots_ptr,  # DOT, out: (batch, K, NSEG, D, N) the adjoint summary for dy = 1; (batch, K, NSEG, D) Σ y·w
     L, D, N, K, NCH, NSEG, SEG_CHUNKS,
     HAS_IDS: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_HIN: tl.constexpr, SUMMARY: tl.constexpr, DOT: tl.constexpr,
@@ -196,8 +197,12 @@ def scan_fwd_step_kernel(
     :func:`scan_state_chain_kernel` into the states entering the segments). Else start from ``hin`` (or zero),
     store y and the state entering every chunk of ``BL`` positions (the backward starts from those).
 
-    DOT: y is not stored; the segment's Σ_l y_l·w_l per channel goes to ``ts`` instead, with ``w`` read through
-    the output's pointer and strides (the backward of the gated sum needs it, see ``nss_scan_gated``)."""
+    DOT (one chunk per segment; the backward of the gated sum, see ``nss_scan_gated``): y is not stored; with
+    ``w`` read through the output's pointer and strides, the segment's Σ_l y_l·w_l per channel goes to ``dots``,
+    and the chunk's adjoint summaries (those of :func:`scan_adjoint_summary_kernel`) for dy = w and for dy = 1
+    to ``es`` and ``e1``, with ΣΔ to ``ts``: the weight of position l, exp(A Σ_{l0 < j <= l} Δ_j), is the
+    product of the decays the walk takes anyway. The gated backward's dy = gate·w + c is constant in l up to w,
+    so its summaries are gate·es + c·e1 without a pass over dy."""
     pid_d = tl.program_id(0)
     seg = tl.program_id(1)
     pid_bk = tl.program_id(2)
@@ -227,6 +232,10 @@ def scan_fwd_step_kernel(
     B_next = tl.load(b_base + p_next * sbl, mask=nmask, other=0.0)
     C_next = tl.load(c_base + p_next * scl, mask=nmask, other=0.0)
     w_next = tl.zeros((BD,), tl.float32)
+    dots = tl.zeros((BD,), tl.float32)
+    weight = tl.full((BN, BD), 1.0, tl.float32)  # DOT: the adjoint summary's weight of the current position
+    sum_w = tl.zeros((BN, BD), tl.float32)
+    sum_1 = tl.zeros((BN, BD), tl.float32)
     if DOT:
         w_next = tl.load(out_base + p_next * sol, mask=dmask, other=0.0).to(tl.float32)
     for l in range(l_first, l_last):
@@ -248,7 +257,8 @@ def scan_fwd_step_kernel(
         if SOFTPLUS:
             dt = _softplus(raw)
         dt = tl.where(dmask, dt, 0.0)
-        h = tl.exp2(A2 * dt[None, :]) * h + Bl.to(tl.float32)[:, None] * (dt * u)[None, :]
+        decay = tl.exp2(A2 * dt[None, :])
+        h = decay * h + Bl.to(tl.float32)[:, None] * (dt * u)[None, :]
         if SUMMARY:
             total += dt
         else:
@@ -256,11 +266,27 @@ def scan_fwd_step_kernel(
             if HAS_D:
                 y = y + Dv * u
             if DOT:
-                total += y * w
+                dots += y * w
+                if l > l_first:
+                    weight = weight * decay
+                    total += dt
+                wc = weight * Cl.to(tl.float32)[:, None]
+                sum_1 += wc
+                sum_w += wc * w[None, :]
             else:
                 tl.store(out_base + p * sol, y.to(out_ptr.dtype.element_ty), mask=dmask)
     if DOT:
-        tl.store(ts_ptr + ((b * K + k) * NSEG + seg) * D + d, total, mask=dmask)
+        # ΣΔ runs to the first position of the next chunk (the adjoint's decay from there), none after the end
+        raw_last = raw_next.to(tl.float32) + bias
+        dt_last = raw_last
+        if SOFTPLUS:
+            dt_last = _softplus(raw_last)
+        total += tl.where(dmask & (l_last < L), dt_last, 0.0)
+        row = ((b * K + k) * NSEG + seg) * D + d
+        tl.store(dots_ptr + row, dots, mask=dmask)
+        tl.store(ts_ptr + row, total, mask=dmask)
+        tl.store(es_ptr + state, sum_w, mask=mask)
+        tl.store(e1_ptr + state, sum_1, mask=mask)
     if SUMMARY:
         tl.store(es_ptr + state, h, mask=mask)
         tl.store(ts_ptr + ((b * K + k) * NSEG + seg) * D + d, total, mask=dmask)
