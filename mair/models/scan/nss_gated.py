@@ -5,7 +5,9 @@ from the four scan outputs ``y_k`` (B, K, L, D). Done as separate autograd steps
 ``Σ_l y_k ⊙ dout`` makes autograd keep all four outputs until the backward: 90 MiB per block of the classic SR
 x2 step, 3.2 GiB in all. :func:`nss_scan_gated` keeps only what the scan keeps anyway (its inputs and the chunk
 states) plus the (B, K, D) means, and in the backward recomputes ``Σ_l y_k ⊙ dout`` from the chunk states in
-one parallel pass (``_output_dots``, every chunk at once, nothing of size (B, K, L, D) written).
+one parallel pass (``_output_dots``, every chunk at once, nothing of size (B, K, L, D) written). The same pass
+returns the chunks' adjoint summaries for dy = dout and dy = 1; those of the scan's output gradient
+``dy = gate ⊙ dout + dmean / L`` follow by linearity, so the scan's backward skips its own summary pass.
 
 The gate is computed in float32 with autocast off (as is the sum of the means), whatever the input precision.
 :func:`ssa_gate` is the one formula, shared with :class:`mair.models.blocks.ShuffleAttn`.
