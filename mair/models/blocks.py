@@ -114,10 +114,10 @@ class VMM(nn.Module):
     #: Without autograd, the ``torch`` backend runs the NSS order folded into its chunked layout
     #: (``scan.torch_nss``; about 2x faster on the CPU). False: the gathered path, as in training.
     torch_inference_fused: bool = True
-    #: In eager training, ``out_proj(out_norm(y) * SiLU(z))`` is recomputed in the backward from y and z (which
-    #: are kept anyway) instead of keeping the norm's output, SiLU(z) and out_proj's input: three (B, L, D) maps
-    #: less per block, about 2.4 GiB per classic SR x2 step, for three element-wise kernels and one matrix
-    #: product more (docs/benchmarks.md). Compiled graphs recompute it too (Inductor honours the checkpoint):
+    #: In training (eager or compiled), ``out_proj(out_norm(y) * SiLU(z))`` is recomputed in the backward from y
+    #: and z (which are kept anyway) instead of keeping the norm's output, SiLU(z) and out_proj's input: three
+    #: (B, L, D) maps less per block, about 2.4 GiB per classic SR x2 step, for three element-wise kernels and one
+    #: matrix product more (docs/benchmarks.md). Compiled graphs recompute it too (Inductor honours the checkpoint):
     #: the compiled SR x2 step drops from 11.6 to 8.0 GiB with both regions, at the same speed.
     recompute_output_stage: bool = True
     #: With the Triton scan, the SSA gate and the sum over the four scans run inside the scan op
@@ -167,9 +167,7 @@ class VMM(nn.Module):
         else:
             y = self._scan_gathered(x, ids)
         y = y.view(batch, height, width, self.d_inner)
-        if self.recompute_output_stage and _recompute_here():
-            return checkpoint(self._output_stage, y, z, use_reentrant=False)
-        return self._output_stage(y, z)
+        return _stage(self.recompute_output_stage, self._output_stage, y, z)
 
     def _output_stage(self, y: Tensor, z: Tensor) -> Tensor:
         """``out_proj(out_norm(y) * SiLU(z))`` (spec §1.4 steps 10-11)."""
@@ -254,10 +252,10 @@ class ResidualMambaBlock(nn.Module):
     The MLP child is ``conv_blk`` in MaIR and ``mlp`` in MaIRUNet (``mlp_name``); nothing else differs.
     """
 
-    #: In eager training, ``Mlp(LN(x))`` is recomputed in the backward from x (kept anyway for the skip
-    #: scale) instead of keeping the norm's output, fc1's output and the GELU's output: with the MLP ratio 2 of
+    #: In training (eager or compiled), ``Mlp(LN(x))`` is recomputed in the backward from x (kept anyway for the
+    #: skip scale) instead of keeping the norm's output, fc1's output and the GELU's output: with the MLP ratio 2 of
     #: classic SR, five (B, L, C) maps less per block, about 2 GiB per classic SR x2 step, for two matrix
-    #: products and three element-wise kernels more (docs/benchmarks.md); compiled graphs too.
+    #: products and three element-wise kernels more (docs/benchmarks.md).
     recompute_mlp: bool = True
 
     def __init__(self, width: int, d_state: int, ssm_ratio: float, mlp_ratio: float, drop_path: float,
@@ -278,10 +276,7 @@ class ResidualMambaBlock(nn.Module):
         batch, length, width = x.shape
         inp = x.view(batch, *x_size, width)
         x = inp * self.skip_scale + self.drop_path(self.self_attention(self.ln_1(inp), ids))
-        if self.recompute_mlp and _recompute_here():
-            x = x * self.skip_scale2 + checkpoint(self._mlp_stage, x, use_reentrant=False)
-        else:
-            x = x * self.skip_scale2 + self._mlp_stage(x)
+        x = x * self.skip_scale2 + _stage(self.recompute_mlp, self._mlp_stage, x)
         return x.reshape(batch, length, width)
 
     def _mlp_stage(self, x: Tensor) -> Tensor:
@@ -289,9 +284,12 @@ class ResidualMambaBlock(nn.Module):
         return getattr(self, self.mlp_name)(self.ln_2(x))
 
 
-def _recompute_here() -> bool:
-    """Whether a recompute region applies: when a graph for a backward is recorded (eager or compiled)."""
-    return torch.is_grad_enabled()
+def _stage(recompute: bool, fn: Callable[..., Tensor], *args: Tensor) -> Tensor:
+    """``fn(*args)``; with ``recompute`` and a graph being recorded for a backward (eager or compiled), under a
+    non-reentrant checkpoint, so that its intermediates are recomputed in the backward instead of kept."""
+    if recompute and torch.is_grad_enabled():
+        return checkpoint(fn, *args, use_reentrant=False)
+    return fn(*args)
 
 
 def tokens_to_image(x: Tensor, x_size: tuple[int, int]) -> Tensor:

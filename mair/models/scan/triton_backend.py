@@ -208,7 +208,7 @@ def _fwd_stepwise(pb: _Problem, args: tuple, cfg: TileConfig, n_chunks: int) -> 
     several segments, then the output pass. Returns the states entering every chunk of ``cfg.bl``."""
     from .triton_kernels import scan_fwd_step_kernel
 
-    step_bd = int(os.environ.get("MAIR_TRITON_STEP_BD", STEP_BD))  # tuning only
+    step_bd = step_channels()
     n_seg, seg_chunks = step_segments(pb.batch * pb.groups, pb.channels, n_chunks, step_bd)
     dev, f32 = pb.x.device, torch.float32
     hs = torch.empty(pb.batch, pb.groups, n_chunks, pb.channels, pb.d_state, device=dev, dtype=f32)
@@ -247,17 +247,13 @@ def _output_dots(pb: _Problem, w: Tensor, ws: Strides, hs: Tensor) -> OutputDots
 
     n_chunks = hs.shape[2]
     bl = chunk_length(pb.length, n_chunks)
-    step_bd = int(os.environ.get("MAIR_TRITON_STEP_BD", STEP_BD))
+    step_bd = step_channels()
     dev, f32 = pb.x.device, torch.float32
     dots = torch.empty(pb.batch, pb.groups, n_chunks, pb.channels, device=dev, dtype=f32)
     total = torch.empty_like(dots)
     summary_w, summary_1 = torch.empty_like(hs), torch.empty_like(hs)
-    dummy = pb.A
-    args = (pb.x, *pb.xs, pb.dt, *pb.dts, pb.A, pb.B, *pb.bs, pb.C, *pb.cs,
-            pb.D if pb.D is not None else dummy, pb.bias if pb.bias is not None else dummy,
-            pb.ids if pb.ids is not None else dummy, w, *ws)
     scan_fwd_step_kernel[(-(-pb.channels // step_bd), n_chunks, pb.batch * pb.groups)](
-        *args, hs, dummy, summary_w, total, summary_1, dots,
+        *_step_args(pb, w, ws), hs, pb.A, summary_w, total, summary_1, dots,
         pb.length, pb.channels, pb.d_state, pb.groups, n_chunks, n_chunks, 1,
         HAS_D=pb.D is not None, **_launch_meta(pb), HAS_HIN=True, SUMMARY=False, DOT=True, BL=bl, BD=step_bd,
         BN=forward_tiles(pb.channels, pb.d_state).bn, num_warps=1,
@@ -265,15 +261,26 @@ def _output_dots(pb: _Problem, w: Tensor, ws: Strides, hs: Tensor) -> OutputDots
     return OutputDots(dots.sum(2), summary_w, summary_1, total)
 
 
+def step_channels() -> int:
+    """Channels per program of the step-by-step forward kernel (``MAIR_TRITON_STEP_BD`` overrides; tuning
+    only)."""
+    return int(os.environ.get("MAIR_TRITON_STEP_BD", STEP_BD))
+
+
+def _step_args(pb: _Problem, out: Tensor, os_: Strides) -> tuple:
+    """The leading arguments of :func:`scan_fwd_step_kernel`: the problem's tensors and strides (absent D,
+    delta bias and ids as a dummy pointer), then the output (or DOT mode's w) and its strides."""
+    dummy = pb.A
+    return (pb.x, *pb.xs, pb.dt, *pb.dts, pb.A, pb.B, *pb.bs, pb.C, *pb.cs,
+            pb.D if pb.D is not None else dummy, pb.bias if pb.bias is not None else dummy,
+            pb.ids if pb.ids is not None else dummy, out, *os_)
+
+
 def _fwd(pb: _Problem, out: Tensor, os_: Strides) -> Tensor:
     """Launch the forward; returns the states entering every chunk (batch, K, NCH, D, N)."""
     cfg = forward_tiles(pb.channels, pb.d_state)
     n_chunks = -(-pb.length // cfg.bl)
-    dummy = pb.A
-    args = (pb.x, *pb.xs, pb.dt, *pb.dts, pb.A, pb.B, *pb.bs, pb.C, *pb.cs,
-            pb.D if pb.D is not None else dummy, pb.bias if pb.bias is not None else dummy,
-            pb.ids if pb.ids is not None else dummy, out, *os_)
-    return _fwd_stepwise(pb, args, cfg, n_chunks)
+    return _fwd_stepwise(pb, _step_args(pb, out, os_), cfg, n_chunks)
 
 
 def step_backward_tile(bl: int) -> tuple[int, int]:
