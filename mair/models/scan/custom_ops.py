@@ -227,17 +227,22 @@ def _nss_scan_op(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: T
     return y, states
 
 
+def _fake_states(x: Tensor, delta: Tensor, A: Tensor) -> Tensor:
+    """The chunk states the NSS scan's forward keeps (batch, K, NCH, D, N) float32, as an empty fake tensor."""
+    from .triton_backend import forward_chunks
+
+    batch, length, channels = x.shape
+    n_chunks = forward_chunks(channels, length, A.shape[1])
+    return x.new_empty(batch, delta.shape[1], n_chunks, channels, A.shape[1], dtype=torch.float32)
+
+
 @_nss_scan_op.register_fake
 def _(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None, delta_bias: Tensor | None,
       ids: Tensor, delta_softplus: bool, delta_weight: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    from .triton_backend import check_nss_shapes, forward_chunks
+    from .triton_backend import check_nss_shapes
 
     check_nss_shapes(x, delta, ids, delta_weight)
-    batch, length, channels = x.shape
-    groups = delta.shape[1]
-    n_chunks = forward_chunks(channels, length, A.shape[1])
-    return (x.new_empty(batch, groups, length, channels),
-            x.new_empty(batch, groups, n_chunks, channels, A.shape[1], dtype=torch.float32))
+    return x.new_empty(*delta.shape[:3], x.shape[2]), _fake_states(x, delta, A)
 
 
 @torch.library.custom_op("mair::nss_scan_bwd", mutates_args=())
@@ -302,16 +307,12 @@ def _(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | Non
       ids: Tensor, delta_softplus: bool, delta_weight: Tensor | None, gate_weight: Tensor,
       gate_bias: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     from .nss_gated import check_gate_shapes
-    from .triton_backend import check_nss_shapes, forward_chunks
+    from .triton_backend import check_nss_shapes
 
     check_nss_shapes(x, delta, ids, delta_weight)
     check_gate_shapes(x, delta, gate_weight, gate_bias)
-    batch, length, channels = x.shape
-    groups = delta.shape[1]
-    n_chunks = forward_chunks(channels, length, A.shape[1])
-    return (x.new_empty(batch, length, channels),
-            x.new_empty(batch, groups, n_chunks, channels, A.shape[1], dtype=torch.float32),
-            x.new_empty(batch, groups, channels, dtype=torch.float32))
+    return (torch.empty_like(x, memory_format=torch.contiguous_format), _fake_states(x, delta, A),
+            x.new_empty(x.shape[0], delta.shape[1], x.shape[2], dtype=torch.float32))
 
 
 @torch.library.custom_op("mair::nss_scan_gated_bwd", mutates_args=())
