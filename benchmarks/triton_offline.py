@@ -9,6 +9,7 @@ device time:
 
     python benchmarks/triton_offline.py                       # classic-SR shape, B 4, 64x64
     python benchmarks/triton_offline.py --batch 1 --side 256  # batch-1 inference shape
+    python benchmarks/triton_offline.py --gated               # the model's path: scan, SSA gate and sum
     MAIR_TRITON_BWD_STEP=32,2 python benchmarks/triton_offline.py --dump /tmp/asm
 """
 
@@ -83,6 +84,10 @@ def offline_launches(records: list[dict], dump: Path | None = None) -> Iterator[
                 stem = f"{len(seen):02d}_{self.fn.__name__}"
                 for ext in ("ttgir", "ptx"):
                     (dump / f"{stem}.{ext}").write_text(kernel.asm[ext])
+                (dump / f"{stem}.cubin").write_bytes(kernel.asm["cubin"])
+                (dump / f"{stem}.sass").write_text(subprocess.run(
+                    [_nvidia_bin("cuobjdump"), "-sass", str(dump / f"{stem}.cubin")], capture_output=True,
+                    text=True, check=True).stdout)
             records.append(seen[key])
         return None
 
@@ -94,8 +99,9 @@ def offline_launches(records: list[dict], dump: Path | None = None) -> Iterator[
 
 
 def trace_scan(batch: int, side: int, channels: int, d_state: int, groups: int = 4,
-               dump: Path | None = None) -> list[dict]:
-    """Compile every kernel of one ``nss_scan`` forward and backward at the given shape."""
+               dump: Path | None = None, gated: bool = False) -> list[dict]:
+    """Compile every kernel of one ``nss_scan`` (``gated``: ``nss_scan_gated``) forward and backward at the
+    given shape."""
     from mair.models.nss import scan_orders
     from mair.models.scan import triton_backend
 
@@ -110,7 +116,13 @@ def trace_scan(batch: int, side: int, channels: int, d_state: int, groups: int =
     ids = scan_orders(side, side, 4, 0, torch.device("cpu"))[0]
     records: list[dict] = []
     with offline_launches(records, dump):
-        y = triton_backend.nss_scan(x, delta, A, B, C, D, bias, ids, True)
+        if gated:
+            from mair.models.scan.nss_gated import nss_scan_gated
+
+            gate_w, gate_b = torch.randn(channels, groups, groups), torch.randn(channels, groups)
+            y = nss_scan_gated(x, delta, A, B, C, D, bias, ids, True, None, gate_w, gate_b)
+        else:
+            y = triton_backend.nss_scan(x, delta, A, B, C, D, bias, ids, True)
         y.backward(torch.randn_like(y))
     return records
 
@@ -122,9 +134,10 @@ def main() -> None:
     parser.add_argument("--channels", type=int, default=360)
     parser.add_argument("--d-state", type=int, default=16)
     parser.add_argument("--layouts", action="store_true", help="print the blocked layouts of each kernel")
-    parser.add_argument("--dump", type=Path, default=None, help="write each kernel's TTGIR and PTX here")
+    parser.add_argument("--dump", type=Path, default=None, help="write each kernel's TTGIR, PTX, cubin and SASS here")
+    parser.add_argument("--gated", action="store_true", help="trace nss_scan_gated (the model's path)")
     args = parser.parse_args()
-    for rec in trace_scan(args.batch, args.side, args.channels, args.d_state, dump=args.dump):
+    for rec in trace_scan(args.batch, args.side, args.channels, args.d_state, dump=args.dump, gated=args.gated):
         layouts = rec.pop("layouts")
         print(" ".join(f"{k}={v}" for k, v in rec.items()))
         if args.layouts:

@@ -203,6 +203,34 @@ def test_gated_scan_matches_scan_then_gate_and_keeps_no_scan_outputs(height: int
         nss_scan_gated(*args[:-2], args[-2][:, :2], args[-1])
 
 
+def test_gated_backward_reads_only_the_sub_chunk_states_the_dot_pass_wrote(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The DOT pass stores the states entering the backward's sub-chunks up to the sequence's end only; with
+    the scratch poisoned (NaN) beforehand, the gradients still match (nothing unwritten is read). L = 33 leaves
+    whole sub-chunks past the end in the last chunk (chunks of 8 positions, sub-chunks of 4 under the CPU
+    interpreter; chunks of 32 on a GPU)."""
+    from mair.models.scan import triton_backend
+    from mair.models.scan.nss_gated import nss_scan_gated, nss_scan_gated_reference
+
+    allocate = triton_backend._sub_state_scratch
+    poisoned: list[torch.Tensor] = []
+
+    def poisoned_scratch(*args: object) -> torch.Tensor:
+        poisoned.append(allocate(*args).fill_(float("nan")))
+        return poisoned[-1]
+
+    monkeypatch.setattr(triton_backend, "_sub_state_scratch", poisoned_scratch)
+    torch.manual_seed(int(torch.randint(0, 2**31 - 1, ()).item()))
+    inputs = _gated_inputs(3, 11, 16, 3)
+    args = [*inputs[:7], scan_orders(3, 11, 4, 2, DEVICE)[0], True, *inputs[7:]]
+    present = [t for t in inputs if t is not None]
+    got = nss_scan_gated(*args)
+    want = nss_scan_gated_reference(*args)
+    dout = torch.randn_like(want)
+    for g, w in zip(torch.autograd.grad(got, present, dout), torch.autograd.grad(want, present, dout), strict=True):
+        assert torch.isfinite(g).all() and _rel(g, w) <= 1e-5
+    assert poisoned, "the gated backward did not allocate the sub-chunk scratch through _sub_state_scratch"
+
+
 def test_bf16_inputs_accumulate_in_fp32() -> None:
     batch, groups, channels, d_state, length = 1, 4, 4, 8, 24
     ids = scan_orders(4, 6, 4, 0, DEVICE)[0]

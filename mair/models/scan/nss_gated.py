@@ -7,7 +7,9 @@ x2 step, 3.2 GiB in all. :func:`nss_scan_gated` keeps only what the scan keeps a
 states) plus the (B, K, D) means, and in the backward recomputes ``Σ_l y_k ⊙ dout`` from the chunk states in
 one parallel pass (``_output_dots``, every chunk at once, nothing of size (B, K, L, D) written). The same pass
 returns the chunks' adjoint summaries for dy = dout and dy = 1; those of the scan's output gradient
-``dy = gate ⊙ dout + dmean / L`` follow by linearity, so the scan's backward skips its own summary pass.
+``dy = gate ⊙ dout + dmean / L`` follow by linearity, so the scan's backward skips its own summary pass; the
+pass also stores the states entering the backward kernel's sub-chunks, so that kernel skips its first walk, and
+the backward kernel forms dy itself from dout, the gate and the constant (no (B, K, L, D) dy is written).
 
 The gate is computed in float32 with autocast off (as is the sum of the means), whatever the input precision.
 :func:`ssa_gate` is the one formula, shared with :class:`mair.models.blocks.ShuffleAttn`.
@@ -95,7 +97,7 @@ def nss_scan_gated_backward(dout: Tensor, x: Tensor, delta: Tensor, A: Tensor, B
     delta_full = delta if delta_weight is None else project_delta(delta, delta_weight)
     pb = _nss_problem(x, delta_full, A, B, C, D, delta_bias, ids, softplus)
     w_strides = (dout.stride(0), 0, dout.stride(1), dout.stride(2))
-    found = _output_dots(pb, dout, w_strides, states)  # Σ_l y_k ⊙ dout and adjoint summaries
+    found = _output_dots(pb, dout, w_strides, states, sub_states=True)  # Σ_l y_k ⊙ dout, adjoint summaries
     del pb
     gate = ssa_gate(mean, gate_weight, gate_bias)
     d_mean, d_weight, d_bias = ssa_gate_backward(found.dots, gate, mean, gate_weight)
@@ -104,11 +106,12 @@ def nss_scan_gated_backward(dout: Tensor, x: Tensor, delta: Tensor, A: Tensor, B
     # from those of dout and of 1 by linearity
     summary = torch.addcmul(const[:, :, None, :, None] * found.summary_1, gate[:, :, None, :, None],
                             found.summary_w)
-    total = found.total
+    total, sub_states = found.total, found.sub_states
     del found
-    dy = torch.addcmul(const.to(x.dtype)[:, :, None, :], gate.to(x.dtype)[:, :, None, :], dout[:, None])
-    grads = nss_scan_backward(dy, x, delta, A, B, C, D, delta_bias, ids, states, softplus, delta_weight,
-                              delta_full=delta_full, adjoint_summaries=(summary, total))
+    # the scan's backward reads dout and forms dy_k = gate_k ⊙ dout + const_k itself
+    grads = nss_scan_backward(dout, x, delta, A, B, C, D, delta_bias, ids, states, softplus, delta_weight,
+                              delta_full=delta_full, adjoint_summaries=(summary, total), sub_states=sub_states,
+                              gated_dy=(gate.float().contiguous(), const.float().contiguous()))
     return (*grads, d_weight.to(gate_weight.dtype), d_bias.to(gate_bias.dtype))
 
 

@@ -220,11 +220,11 @@ def _fwd_stepwise(pb: _Problem, args: tuple, cfg: TileConfig, n_chunks: int) -> 
     if n_seg > 1:
         summary = torch.empty(pb.batch, pb.groups, n_seg, pb.channels, pb.d_state, device=dev, dtype=f32)
         total = torch.empty(pb.batch, pb.groups, n_seg, pb.channels, device=dev, dtype=f32)
-        scan_fwd_step_kernel[grid](*args, dummy, dummy, summary, total, dummy, dummy, *sizes, HAS_HIN=False,
-                                   SUMMARY=True, DOT=False, **meta)
+        scan_fwd_step_kernel[grid](*args, dummy, dummy, summary, total, dummy, dummy, dummy, *sizes,
+                                   HAS_HIN=False, SUMMARY=True, DOT=False, **meta)
         hin = _chain(pb.A, summary, total, False, cfg.bn)
-    scan_fwd_step_kernel[grid](*args, hin if hin is not None else dummy, hs, dummy, dummy, dummy, dummy, *sizes,
-                               HAS_HIN=hin is not None, SUMMARY=False, DOT=False, **meta)
+    scan_fwd_step_kernel[grid](*args, hin if hin is not None else dummy, hs, dummy, dummy, dummy, dummy, dummy,
+                               *sizes, HAS_HIN=hin is not None, SUMMARY=False, DOT=False, **meta)
     return hs
 
 
@@ -237,12 +237,15 @@ class OutputDots:
     summary_w: Tensor
     summary_1: Tensor
     total: Tensor
+    sub_states: Tensor | None = None
 
 
-def _output_dots(pb: _Problem, w: Tensor, ws: Strides, hs: Tensor) -> OutputDots:
+def _output_dots(pb: _Problem, w: Tensor, ws: Strides, hs: Tensor, sub_states: bool = False) -> OutputDots:
     """Σ_l y_l·w_l per (batch, k, channel), with y the scan's output recomputed from the forward's chunk states
     ``hs`` (every chunk in parallel; nothing of size (batch, K, L, D) is written), and in the same walk the
-    chunks' adjoint summaries for dy = w and dy = 1 (see ``scan_fwd_step_kernel``'s DOT mode)."""
+    chunks' adjoint summaries for dy = w and dy = 1 (see ``scan_fwd_step_kernel``'s DOT mode). With
+    ``sub_states``, the walk also stores the states entering the backward's sub-chunks, so that
+    :func:`_bwd` (given them) skips its own first walk."""
     from .triton_kernels import scan_fwd_step_kernel
 
     n_chunks = hs.shape[2]
@@ -252,13 +255,16 @@ def _output_dots(pb: _Problem, w: Tensor, ws: Strides, hs: Tensor) -> OutputDots
     dots = torch.empty(pb.batch, pb.groups, n_chunks, pb.channels, device=dev, dtype=f32)
     total = torch.empty_like(dots)
     summary_w, summary_1 = torch.empty_like(hs), torch.empty_like(hs)
+    sub = step_backward_tile(bl)[1] if sub_states else 0
+    scratch = _sub_state_scratch(pb, n_chunks, bl, sub) if sub_states else None
     scan_fwd_step_kernel[(-(-pb.channels // step_bd), n_chunks, pb.batch * pb.groups)](
         *_step_args(pb, w, ws), hs, pb.A, summary_w, total, summary_1, dots,
+        scratch if scratch is not None else pb.A,
         pb.length, pb.channels, pb.d_state, pb.groups, n_chunks, n_chunks, 1,
         HAS_D=pb.D is not None, **_launch_meta(pb), HAS_HIN=True, SUMMARY=False, DOT=True, BL=bl, BD=step_bd,
-        BN=forward_tiles(pb.channels, pb.d_state).bn, num_warps=1,
+        BN=forward_tiles(pb.channels, pb.d_state).bn, SUB=sub, num_warps=1,
     )
-    return OutputDots(dots.sum(2), summary_w, summary_1, total)
+    return OutputDots(dots.sum(2), summary_w, summary_1, total, scratch)
 
 
 def step_channels() -> int:
@@ -293,12 +299,24 @@ def step_backward_tile(bl: int) -> tuple[int, int]:
     return bd, min(sub, bl)
 
 
+BWD_MAX_REGISTERS = 168  # 12 single-warp programs per SM; GATED_DY alone would take 180 (11), no spills at 168
+
+
+def _register_cap(registers: int) -> dict:
+    """The ``maxnreg`` launch option (registers per thread) on a GPU; the CPU interpreter has no registers."""
+    return {} if interpreting() else {"maxnreg": registers}
+
+
 def _bwd(pb: _Problem, dy: Tensor, dys: Strides, hs: Tensor, du: Tensor, dus: Strides, ddt: Tensor,
-         ddts: Strides, adjoint: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+         ddts: Strides, adjoint: Tensor | None = None, sub_states: Tensor | None = None,
+         gated_dy: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
     """The backward from the forward's chunk states ``hs`` (their chunk length follows from their number,
     :func:`chunk_length`): the adjoint entering every chunk from chunk summaries (unless the caller passes them
     as ``adjoint``), then one program per chunk (:func:`scan_bwd_step_kernel`) writes du and dΔ and partial sums
-    of the other gradients. Returns dB, dC (batch, K, L, N), dA (K·D, N), dD (K·D) or None."""
+    of the other gradients. ``sub_states``: the states entering the sub-chunks, when the caller has them
+    (:func:`_output_dots` with ``sub_states=True``); ``gated_dy``: (gate, const) (batch, K, D) float32, when
+    the output gradient is ``gate·dy + const`` (dy then read with a k stride of 0). Returns dB, dC
+    (batch, K, L, N), dA (K·D, N), dD (K·D) or None."""
     from .triton_kernels import scan_bwd_step_kernel
 
     n_chunks = hs.shape[2]
@@ -310,8 +328,8 @@ def _bwd(pb: _Problem, dy: Tensor, dys: Strides, hs: Tensor, du: Tensor, dus: St
     summary_cfg = TileConfig(bl=bl, bd=max(2, min(wide.bd, 4096 // (bl * wide.bn))), bn=wide.bn, warps=wide.warps)
     gs = adjoint if adjoint is not None else _adjoint_carries(pb, summary_cfg, n_chunks, dy, dys)
     bd, sub = step_backward_tile(bl)
-    scratch = torch.empty(pb.batch, pb.groups, n_chunks, max(1, bl // sub - 1), pb.channels, pb.d_state,
-                          device=dev, dtype=f32)
+    scratch = sub_states if sub_states is not None else _sub_state_scratch(pb, n_chunks, bl, sub)
+    gate, const = gated_dy if gated_dy is not None else (dummy, dummy)
     n_dblocks = -(-pb.channels // bd)
     dB_part = torch.empty(pb.batch, pb.groups, n_dblocks, pb.length, pb.d_state, device=dev, dtype=f32)
     dC_part = torch.empty_like(dB_part)
@@ -322,14 +340,22 @@ def _bwd(pb: _Problem, dy: Tensor, dys: Strides, hs: Tensor, du: Tensor, dus: St
         pb.D if pb.D is not None else dummy, pb.bias if pb.bias is not None else dummy,
         pb.ids if pb.ids is not None else dummy,
         dy, *dys, hs, gs, du, *dus, ddt, *ddts,
-        dB_part, dC_part, dA_part, dD_part, scratch,
+        dB_part, dC_part, dA_part, dD_part, scratch, gate, const,
         pb.length, pb.channels, pb.d_state, pb.groups, n_chunks, n_dblocks, 1,
         HAS_D=pb.D is not None, **_launch_meta(pb), BL=bl, S=sub, BD=bd, BN=wide.bn, num_warps=1,
+        FIRST_WALK=sub_states is None, GATED_DY=gated_dy is not None, **_register_cap(BWD_MAX_REGISTERS),
     )
     dD = dD_part.sum((0, 1)) if pb.D is not None else None
     dB = dB_part[:, :, 0] if n_dblocks == 1 else dB_part.sum(2)
     dC = dC_part[:, :, 0] if n_dblocks == 1 else dC_part.sum(2)
     return dB, dC, dA_part.sum((0, 1)), dD
+
+
+def _sub_state_scratch(pb: _Problem, n_chunks: int, bl: int, sub: int) -> Tensor:
+    """Room for the states entering every sub-chunk of the backward after each chunk's first
+    (batch, K, NCH, BL / S - 1, D, N) float32."""
+    return torch.empty(pb.batch, pb.groups, n_chunks, max(1, bl // sub - 1), pb.channels, pb.d_state,
+                       device=pb.x.device, dtype=torch.float32)
 
 
 def _bkl_strides(t: Tensor) -> Strides:
@@ -393,12 +419,14 @@ def nss_scan_forward(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, 
 def nss_scan_backward(dy: Tensor, x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
                       delta_bias: Tensor | None, ids: Tensor, hs: Tensor, softplus: bool,
                       delta_weight: Tensor | None = None, delta_full: Tensor | None = None,
-                      adjoint_summaries: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor | None, ...]:
+                      adjoint_summaries: tuple[Tensor, Tensor] | None = None, sub_states: Tensor | None = None,
+                      gated_dy: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor | None, ...]:
     """Gradients of :func:`nss_scan` (x, delta, A, B, C, D, delta_bias, then delta_weight when given; None for
     absent D / delta_bias) from the output gradient and the chunk states of :func:`nss_scan_forward`. With
     ``delta_weight``, Δ is recomputed from its low-rank input (unless the caller passes it as ``delta_full``)
     and the gradients are those of the low-rank input and of the projections. ``adjoint_summaries``: the
-    chunks' adjoint summaries for this dy and their ΣΔ, when the caller has them (the gated scan)."""
+    chunks' adjoint summaries for this dy and their ΣΔ, when the caller has them (the gated scan);
+    ``sub_states`` and ``gated_dy`` as in :func:`_bwd` (with ``gated_dy``, ``dy`` is (batch, L, D))."""
     if delta_full is None:
         delta_full = delta if delta_weight is None else project_delta(delta, delta_weight)
     pb = _nss_problem(x, delta_full, A, B, C, D, delta_bias, ids, softplus)
@@ -409,8 +437,9 @@ def nss_scan_backward(dy: Tensor, x: Tensor, delta: Tensor, A: Tensor, B: Tensor
     adjoint = None
     if adjoint_summaries is not None:
         adjoint = _chain(pb.A, *adjoint_summaries, True, forward_tiles(pb.channels, pb.d_state).bn)
-    dB, dC, dA, dD = _bwd(pb, dy, _bkl_strides(dy), hs, du_k, _bkl_strides(du_k), ddt, _bkl_strides(ddt),
-                          adjoint)
+    dys = (dy.stride(0), 0, dy.stride(1), dy.stride(2)) if gated_dy is not None else _bkl_strides(dy)
+    dB, dC, dA, dD = _bwd(pb, dy, dys, hs, du_k, _bkl_strides(du_k), ddt, _bkl_strides(ddt), adjoint, sub_states,
+                          gated_dy)
     del delta_full, pb
     dbias = ddt.sum(dim=(0, 2)).reshape(-1) if delta_bias is not None else None
     d_delta = ddt.to(delta.dtype)  # with delta_weight: as the einsum's own backward would see it

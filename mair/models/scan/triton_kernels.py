@@ -181,10 +181,11 @@ def scan_fwd_step_kernel(
     es_ptr, ts_ptr,  # (batch, K, NSEG, D, N), (batch, K, NSEG, D) out (SUMMARY): end state from zero, Σ Δ;
     # DOT: the segment's adjoint summary for dy = w and its Σ_{l0 < l <= l0 + BL} Δ_l
     e1_ptr, dots_ptr,  # DOT, out: (batch, K, NSEG, D, N) the adjoint summary for dy = 1; (batch, K, NSEG, D) Σ y·w
+    ck_ptr,  # DOT with SUB > 0, out: (batch, K, NCH, BL / SUB - 1, D, N) states entering the sub-chunks after the first
     L, D, N, K, NCH, NSEG, SEG_CHUNKS,
     HAS_IDS: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_HIN: tl.constexpr, SUMMARY: tl.constexpr, DOT: tl.constexpr,
-    BL: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr,
+    BL: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr, SUB: tl.constexpr = 0,
 ):
     """Step-by-step forward: a program owns ``BD`` channels (one per lane) with all ``BN`` states of each in
     the lane's registers, and walks one segment of ``SEG_CHUNKS`` chunks position by position. Per position
@@ -202,7 +203,9 @@ def scan_fwd_step_kernel(
     and the chunk's adjoint summaries (those of :func:`scan_adjoint_summary_kernel`) for dy = w and for dy = 1
     to ``es`` and ``e1``, with ΣΔ to ``ts``: the weight of position l, exp(A Σ_{l0 < j <= l} Δ_j), is the
     product of the decays the walk takes anyway. The gated backward's dy = gate·w + c is constant in l up to w,
-    so its summaries are gate·es + c·e1 without a pass over dy."""
+    so its summaries are gate·es + c·e1 without a pass over dy. With ``SUB`` > 0 the walk also stores the state
+    entering every sub-chunk of ``SUB`` positions after the first in ``ck`` (the scratch of
+    :func:`scan_bwd_step_kernel`, which then skips its own first walk)."""
     pid_d = tl.program_id(0)
     seg = tl.program_id(1)
     pid_bk = tl.program_id(2)
@@ -253,6 +256,10 @@ def scan_fwd_step_kernel(
         if not SUMMARY and not DOT:  # noqa: SIM102 (a compile-time branch around a runtime one)
             if l % BL == 0:
                 tl.store(hs_ptr + (((b * K + k) * NCH + l // BL) * D + d[None, :]) * N + ns, h, mask=mask)
+        if DOT and SUB > 0:  # noqa: SIM102
+            if (l - l_first) % SUB == 0 and l > l_first:
+                slot = (((b * K + k) * NCH + seg) * (BL // SUB - 1) + (l - l_first) // SUB - 1) * D
+                tl.store(ck_ptr + (slot + d[None, :]) * N + ns, h, mask=mask)
         dt = raw
         if SOFTPLUS:
             dt = _softplus(raw)
@@ -452,9 +459,11 @@ def scan_bwd_step_kernel(
     dB_ptr, dC_ptr,  # (batch, K, NDB, L, N) float32 partial sums over the channel block
     dA_ptr, dD_ptr,  # (batch, NCH, K·D, N) and (batch, NCH, K·D) float32 partial sums over the chunk
     ck_ptr,  # (batch, K, NCH, BL / S - 1, D, N) float32 scratch: states entering the sub-chunks after the first
+    gate_ptr, const_ptr,  # GATED_DY: (batch, K, D) float32, dy = gate·dy + const (dy read with k stride 0)
     L, D, N, K, NCH, NDB, SN,
     HAS_IDS: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     BL: tl.constexpr, S: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr,
+    FIRST_WALK: tl.constexpr = True, GATED_DY: tl.constexpr = False,
 ):
     pid_d = tl.program_id(0)
     c = tl.program_id(1)
@@ -481,23 +490,46 @@ def scan_bwd_step_kernel(
                                                            dmask, nmask, (l0 + BL) < L, SOFTPLUS)
     dA = tl.zeros((BD, BN), tl.float32)
     dD = tl.zeros((BD,), tl.float32)
+    gate = tl.zeros((BD,), tl.float32)
+    const = tl.zeros((BD,), tl.float32)
+    if GATED_DY:
+        gate = tl.load(gate_ptr + (b * K + k) * D + d, mask=dmask, other=0.0)
+        const = tl.load(const_ptr + (b * K + k) * D + d, mask=dmask, other=0.0)
     # First walk: the state entering every sub-chunk after the first, kept in a scratch (written and read back
-    # by this program only, so it stays in L2).
+    # by this program only, so it stays in L2). Without FIRST_WALK the DOT pass of the gated backward has filled
+    # the scratch already (scan_fwd_step_kernel with SUB = S).
     slot = ((((b * K + k) * NCH + c) * (BL // S - 1)) * D + d[:, None]) * N + ns
     h = h_chunk
-    for l in range(l0, l0 + BL - S):
-        if (l - l0) % S == 0 and l > l0:
-            tl.store(ck_ptr + slot + ((l - l0) // S - 1) * D * N, h, mask=mask)
-        p = _step_position(ids_ptr, k, tl.minimum(l, L - 1), L, HAS_IDS)
-        _raw_w, dt_w, u_w, B_w = _step_inputs(x_base, dt_base, b_base, p, sxl, stl, sbl, bias, dmask, nmask,
-                                             l < L, SOFTPLUS)
-        h = tl.exp2(A2 * dt_w[:, None]) * h + B_w[None, :] * (dt_w * u_w)[:, None]
-    if BL > S:
-        tl.store(ck_ptr + slot + (BL // S - 2) * D * N, h, mask=mask)
+    if FIRST_WALK:
+        # The loads of position l + 1 (and the scan-order index of l + 2) are issued before the arithmetic of
+        # position l, as in the forward; the last prefetches read a clamped position.
+        p_next = _step_position(ids_ptr, k, tl.minimum(l0, L - 1), L, HAS_IDS)
+        p_later = _step_position(ids_ptr, k, tl.minimum(l0 + 1, L - 1), L, HAS_IDS)
+        raw_n = tl.load(dt_base + p_next * stl, mask=dmask, other=0.0)
+        u_n = tl.load(x_base + p_next * sxl, mask=dmask, other=0.0)
+        B_n = tl.load(b_base + p_next * sbl, mask=nmask, other=0.0)
+        for l in range(l0, l0 + BL - S):
+            if (l - l0) % S == 0 and l > l0:
+                tl.store(ck_ptr + slot + ((l - l0) // S - 1) * D * N, h, mask=mask)
+            raw_w, u_w, B_w = raw_n.to(tl.float32) + bias, u_n.to(tl.float32), B_n.to(tl.float32)
+            p_next = p_later
+            raw_n = tl.load(dt_base + p_next * stl, mask=dmask, other=0.0)
+            u_n = tl.load(x_base + p_next * sxl, mask=dmask, other=0.0)
+            B_n = tl.load(b_base + p_next * sbl, mask=nmask, other=0.0)
+            p_later = _step_position(ids_ptr, k, tl.minimum(l + 2, L - 1), L, HAS_IDS)
+            dt_w = raw_w
+            if SOFTPLUS:
+                dt_w = _softplus(raw_w)
+            dt_w = tl.where(dmask & (l < L), dt_w, 0.0)
+            h = tl.exp2(A2 * dt_w[:, None]) * h + B_w[None, :] * (dt_w * u_w)[:, None]
+        if BL > S:
+            tl.store(ck_ptr + slot + (BL // S - 2) * D * N, h, mask=mask)
     for si in range(0, BL // S):
         sc = BL // S - 1 - si  # sub-chunks last first
         ls = l0 + sc * S
-        h = tl.load(ck_ptr + slot + tl.maximum(sc - 1, 0) * D * N, mask=mask & (sc > 0), other=0.0)
+        # (past the sequence's end the DOT pass stores no states: those sub-chunks start from zero; every
+        # position in them is an identity step with zero adjoint)
+        h = tl.load(ck_ptr + slot + tl.maximum(sc - 1, 0) * D * N, mask=mask & (sc > 0) & (ls < L), other=0.0)
         h = tl.where(sc > 0, h, h_chunk)
         states = ()
         for j in tl.static_range(S):  # the sub-chunk's states, kept
@@ -515,6 +547,8 @@ def scan_bwd_step_kernel(
                                           SOFTPLUS)
             Cl = tl.load(c_base + p * scl, mask=nmask, other=0.0).to(tl.float32)
             dy = tl.load(dy_base + p * syl, mask=dmask & valid, other=0.0).to(tl.float32)
+            if GATED_DY:
+                dy = tl.where(valid, dy * gate + const, 0.0)
             g = tl.exp2(A2 * dt_next[:, None]) * g + Cl[None, :] * dy[:, None]  # adjoint at l
             dtu = dt * u
             q = g * (states[j] - Bl[None, :] * dtu[:, None])  # times the part of h_l that came through the decay
