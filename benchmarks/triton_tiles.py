@@ -1,7 +1,7 @@
 """Sweep the Triton scan's tile sizes on the GPU at the classic-SR VMM shape (B 4, K 4, D 360, 64x64, N 16)
 and print forward and forward+backward times per configuration: "BL,BD,warps" sets MAIR_TRITON_TILES (chunk
 length of the stored states, adjoint-summary tile), "step:BD,S" sets MAIR_TRITON_BWD_STEP (channels per program
-and sub-chunk length of the backward), "step@opts" MAIR_TRITON_BWD_OPTS (e.g. "step@prefetch,maxnreg=128").
+and sub-chunk length of the backward).
 
     python benchmarks/triton_tiles.py --configs "default;64,8,4"
     python benchmarks/triton_tiles.py --variants "step;step:16,4;step:32,2"
@@ -66,8 +66,7 @@ def main() -> None:
     parser.add_argument("--configs", default="default",
                         help="';'-separated BL,BD,warps ('default': tile_config's choice)")
     parser.add_argument("--variants", default="step",
-                        help="';'-separated backward tiles: step (the default), step:BD,S, "
-                        "either with @opts (MAIR_TRITON_BWD_OPTS)")
+                        help="';'-separated backward tiles: step (the default) or step:BD,S")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--side", type=int, default=64, help="feature map side (L = side^2)")
     parser.add_argument("--channels", type=int, default=360)
@@ -84,16 +83,12 @@ def main() -> None:
             env.pop("MAIR_TRITON_TILES", None)
             if config != "default":
                 env["MAIR_TRITON_TILES"] = config
-            spec, _, opts = variant.partition("@")
-            name, _, tile = spec.partition(":")
+            name, _, tile = variant.partition(":")
             if name != "step":
                 parser.error(f"unknown backward variant {name!r}: the backward is 'step' or 'step:BD,S'")
             env.pop("MAIR_TRITON_BWD_STEP", None)
-            env.pop("MAIR_TRITON_BWD_OPTS", None)
             if tile:
                 env["MAIR_TRITON_BWD_STEP"] = tile
-            if opts:
-                env["MAIR_TRITON_BWD_OPTS"] = opts
             proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                                   timeout=300)
             line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")), None)
