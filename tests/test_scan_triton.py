@@ -319,29 +319,28 @@ def _plain_chain(A: torch.Tensor, summary: torch.Tensor, total: torch.Tensor, re
 @pytest.mark.parametrize("n_chunks,channels,d_state", [(1, 3, 16), (19, 5, 4), (40, 2, 1), (8, 7, 32)])
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("variant", ["scan", "loop"])
+@pytest.mark.parametrize("combine", [False, True])
 def test_chunk_chain_kernels_match_a_plain_loop(n_chunks: int, channels: int, d_state: int, reverse: bool,
-                                                variant: str) -> None:
-    from mair.models.scan.triton_backend import chain_tile
-    from mair.models.scan.triton_kernels import scan_state_carry_kernel, scan_state_chain_kernel
+                                                variant: str, combine: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both chain kernels (through ``_chain``) against a plain loop; with ``combine`` the summaries are formed
+    as gate·summary + const·summary_1 while read (the gated backward's adjoint summaries)."""
+    from mair.models.scan.triton_backend import _chain
 
+    monkeypatch.setenv("MAIR_TRITON_CHAIN", variant)
     seed = int(torch.randint(0, 2**31 - 1, ()).item())
     gen = torch.Generator().manual_seed(seed)
     batch, groups = 2, 3
     A = -torch.rand(groups * channels, d_state, generator=gen) * 2
     summary = torch.randn(batch, groups, n_chunks, channels, d_state, generator=gen)
+    summary_1 = torch.randn(batch, groups, n_chunks, channels, d_state, generator=gen)
+    gate = torch.rand(batch, groups, channels, generator=gen)
+    const = torch.randn(batch, groups, channels, generator=gen)
     total = torch.rand(batch, groups, n_chunks, channels, generator=gen)
-    want = _plain_chain(A.double(), summary.double(), total.double(), reverse)
-    A, summary, total = (t.to(DEVICE) for t in (A, summary, total))
-    got = torch.full_like(summary, float("nan"))
+    combined = gate[:, :, None, :, None] * summary + const[:, :, None, :, None] * summary_1 if combine else summary
+    want = _plain_chain(A.double(), combined.double(), total.double(), reverse)
+    A, summary, total, summary_1, gate, const = (t.to(DEVICE) for t in (A, summary, total, summary_1, gate, const))
     bn = 1 << (d_state - 1).bit_length()
-    if variant == "scan":
-        cb, bd = chain_tile(n_chunks, channels, bn)
-        scan_state_chain_kernel[(-(-channels // bd), batch * groups)](
-            A, summary, total, got, channels, d_state, groups, n_chunks, REVERSE=reverse, CB=cb, BD=bd, BN=bn)
-    else:
-        bd = min(32, max(2, 1 << (channels - 1).bit_length()))
-        scan_state_carry_kernel[(-(-channels // bd), batch * groups)](
-            A, summary, total, got, channels, d_state, groups, n_chunks, REVERSE=reverse, BD=bd, BN=bn)
+    got = _chain(A, summary, total, reverse, bn, (summary_1, gate, const) if combine else None)
     assert _rel(got.cpu(), want) <= 1e-5, f"seed {seed}"
 
 

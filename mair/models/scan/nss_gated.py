@@ -83,8 +83,9 @@ def nss_scan_gated_forward(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Te
                            gate_weight: Tensor, gate_bias: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """The gated sum of the four scans (B, L, D) in x's dtype, the chunk states and the means (B, K, D)
     float32; the scan outputs are freed on return."""
-    ys, states = nss_scan_forward(x, delta, A, B, C, D, delta_bias, ids, softplus, delta_weight)
-    mean = ys.float().mean(2)
+    sums = torch.empty(x.shape[0], delta.shape[1], x.shape[2], device=x.device, dtype=torch.float32)
+    ys, states = nss_scan_forward(x, delta, A, B, C, D, delta_bias, ids, softplus, delta_weight, sums)
+    mean = sums / x.shape[1]  # Σ_l y from the forward kernel: no pass over ys for the means
     return gated_sum(ys, ssa_gate(mean, gate_weight, gate_bias)), states, mean
 
 
@@ -101,17 +102,16 @@ def nss_scan_gated_backward(dout: Tensor, x: Tensor, delta: Tensor, A: Tensor, B
     del pb
     gate = ssa_gate(mean, gate_weight, gate_bias)
     d_mean, d_weight, d_bias = ssa_gate_backward(found.dots, gate, mean, gate_weight)
-    const = d_mean / x.shape[1]
+    gate, const = gate.float().contiguous(), (d_mean / x.shape[1]).float().contiguous()
     # dy_k = gate_k ⊙ dout (the sum) + d_mean_k / L at every position (the mean); its chunk summaries follow
-    # from those of dout and of 1 by linearity
-    summary = torch.addcmul(const[:, :, None, :, None] * found.summary_1, gate[:, :, None, :, None],
-                            found.summary_w)
-    total, sub_states = found.total, found.sub_states
+    # from those of dout and of 1 by linearity (combined by the chain kernel as it reads them), and the scan's
+    # backward kernel reads dout and forms dy itself
+    summaries = (found.summary_w, found.total, found.summary_1, gate, const)
+    sub_states = found.sub_states
     del found
-    # the scan's backward reads dout and forms dy_k = gate_k ⊙ dout + const_k itself
     grads = nss_scan_backward(dout, x, delta, A, B, C, D, delta_bias, ids, states, softplus, delta_weight,
-                              delta_full=delta_full, adjoint_summaries=(summary, total), sub_states=sub_states,
-                              gated_dy=(gate.float().contiguous(), const.float().contiguous()))
+                              delta_full=delta_full, adjoint_summaries=summaries, sub_states=sub_states,
+                              gated_dy=(gate, const))
     return (*grads, d_weight.to(gate_weight.dtype), d_bias.to(gate_bias.dtype))
 
 

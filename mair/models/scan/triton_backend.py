@@ -135,24 +135,27 @@ def chain_tile(n_chunks: int, channels: int, bn: int) -> tuple[int, int]:
     return cb, bd
 
 
-def _chain(A: Tensor, summary: Tensor, total: Tensor, reverse: bool, bn: int) -> Tensor:
+def _chain(A: Tensor, summary: Tensor, total: Tensor, reverse: bool, bn: int,
+           combine: tuple[Tensor, Tensor, Tensor] | None = None) -> Tensor:
     """Chain summaries (batch, K, NCH, D, N) / ΣΔ (batch, K, NCH, D) into the state entering every chunk
-    (``reverse``: the adjoint entering it from the right)."""
+    (``reverse``: the adjoint entering it from the right). ``combine`` = (summary_1, gate, const): the summaries
+    are ``gate·summary + const·summary_1`` (gate and const (batch, K, D) float32), formed as they are read."""
     from .triton_kernels import scan_state_carry_kernel, scan_state_chain_kernel
 
     batch, groups, n_chunks, channels, d_state = summary.shape
     carries = torch.empty_like(summary)
+    extra = combine if combine is not None else (A, A, A)
     if chain_variant() == "loop":
         carry_bd = min(32, max(2, 1 << (channels - 1).bit_length()))
         scan_state_carry_kernel[(-(-channels // carry_bd), batch * groups)](
-            A, summary, total, carries, channels, d_state, groups, n_chunks,
-            REVERSE=reverse, BD=carry_bd, BN=bn, num_warps=4,
+            A, summary, total, carries, *extra, channels, d_state, groups, n_chunks,
+            REVERSE=reverse, BD=carry_bd, BN=bn, COMBINE=combine is not None, num_warps=4,
         )
     else:
         cb, chain_bd = chain_tile(n_chunks, channels, bn)
         scan_state_chain_kernel[(-(-channels // chain_bd), batch * groups)](
-            A, summary, total, carries, channels, d_state, groups, n_chunks,
-            REVERSE=reverse, CB=cb, BD=chain_bd, BN=bn, num_warps=4,
+            A, summary, total, carries, *extra, channels, d_state, groups, n_chunks,
+            REVERSE=reverse, CB=cb, BD=chain_bd, BN=bn, COMBINE=combine is not None, num_warps=4,
         )
     return carries
 
@@ -203,9 +206,11 @@ def step_segments(parallel: int, channels: int, n_chunks: int, bd: int = STEP_BD
     return -(-n_chunks // seg_chunks), seg_chunks
 
 
-def _fwd_stepwise(pb: _Problem, args: tuple, cfg: TileConfig, n_chunks: int) -> Tensor:
+def _fwd_stepwise(pb: _Problem, args: tuple, cfg: TileConfig, n_chunks: int, sums: Tensor | None = None
+                  ) -> Tensor:
     """Step-by-step forward (:func:`scan_fwd_step_kernel`): segment summaries and their chain when there are
-    several segments, then the output pass. Returns the states entering every chunk of ``cfg.bl``."""
+    several segments, then the output pass. Returns the states entering every chunk of ``cfg.bl``. ``sums``:
+    when given (batch, K, D) float32, receives Σ_l y."""
     from .triton_kernels import scan_fwd_step_kernel
 
     step_bd = step_channels()
@@ -223,8 +228,12 @@ def _fwd_stepwise(pb: _Problem, args: tuple, cfg: TileConfig, n_chunks: int) -> 
         scan_fwd_step_kernel[grid](*args, dummy, dummy, summary, total, dummy, dummy, dummy, *sizes,
                                    HAS_HIN=False, SUMMARY=True, DOT=False, **meta)
         hin = _chain(pb.A, summary, total, False, cfg.bn)
-    scan_fwd_step_kernel[grid](*args, hin if hin is not None else dummy, hs, dummy, dummy, dummy, dummy, dummy,
-                               *sizes, HAS_HIN=hin is not None, SUMMARY=False, DOT=False, **meta)
+    seg_sums = None if sums is None else torch.empty(pb.batch, pb.groups, n_seg, pb.channels, device=dev, dtype=f32)
+    scan_fwd_step_kernel[grid](*args, hin if hin is not None else dummy, hs, dummy, dummy, dummy,
+                               seg_sums if seg_sums is not None else dummy, dummy, *sizes,
+                               HAS_HIN=hin is not None, SUMMARY=False, DOT=False, SUM_Y=seg_sums is not None, **meta)
+    if sums is not None:
+        torch.sum(seg_sums, 2, out=sums)
     return hs
 
 
@@ -282,11 +291,12 @@ def _step_args(pb: _Problem, out: Tensor, os_: Strides) -> tuple:
             pb.ids if pb.ids is not None else dummy, out, *os_)
 
 
-def _fwd(pb: _Problem, out: Tensor, os_: Strides) -> Tensor:
-    """Launch the forward; returns the states entering every chunk (batch, K, NCH, D, N)."""
+def _fwd(pb: _Problem, out: Tensor, os_: Strides, sums: Tensor | None = None) -> Tensor:
+    """Launch the forward; returns the states entering every chunk (batch, K, NCH, D, N) (and Σ_l y into
+    ``sums``, (batch, K, D) float32, when given)."""
     cfg = forward_tiles(pb.channels, pb.d_state)
     n_chunks = -(-pb.length // cfg.bl)
-    return _fwd_stepwise(pb, _step_args(pb, out, os_), cfg, n_chunks)
+    return _fwd_stepwise(pb, _step_args(pb, out, os_), cfg, n_chunks, sums)
 
 
 def step_backward_tile(bl: int) -> tuple[int, int]:
@@ -405,27 +415,29 @@ def check_nss_shapes(x: Tensor, delta: Tensor, ids: Tensor, delta_weight: Tensor
 
 
 def nss_scan_forward(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
-                     delta_bias: Tensor | None, ids: Tensor, softplus: bool, delta_weight: Tensor | None = None
-                     ) -> tuple[Tensor, Tensor]:
+                     delta_bias: Tensor | None, ids: Tensor, softplus: bool, delta_weight: Tensor | None = None,
+                     sums: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """:func:`nss_scan`'s forward without autograd: the output and the states entering every chunk
-    (batch, K, NCH, D, N) float32, which :func:`nss_scan_backward` needs."""
+    (batch, K, NCH, D, N) float32, which :func:`nss_scan_backward` needs. ``sums``: when given
+    (batch, K, D) float32, receives Σ_l y (summed in float32 inside the kernel)."""
     if delta_weight is not None:
         delta = project_delta(delta, delta_weight)  # freed when the forward returns
     pb = _nss_problem(x, delta, A, B, C, D, delta_bias, ids, softplus)
     out = torch.empty(pb.batch, pb.groups, pb.length, pb.channels, device=x.device, dtype=x.dtype)
-    return out, _fwd(pb, out, _bkl_strides(out))
+    return out, _fwd(pb, out, _bkl_strides(out), sums)
 
 
 def nss_scan_backward(dy: Tensor, x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
                       delta_bias: Tensor | None, ids: Tensor, hs: Tensor, softplus: bool,
                       delta_weight: Tensor | None = None, delta_full: Tensor | None = None,
-                      adjoint_summaries: tuple[Tensor, Tensor] | None = None, sub_states: Tensor | None = None,
+                      adjoint_summaries: tuple[Tensor, ...] | None = None, sub_states: Tensor | None = None,
                       gated_dy: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor | None, ...]:
     """Gradients of :func:`nss_scan` (x, delta, A, B, C, D, delta_bias, then delta_weight when given; None for
     absent D / delta_bias) from the output gradient and the chunk states of :func:`nss_scan_forward`. With
     ``delta_weight``, Δ is recomputed from its low-rank input (unless the caller passes it as ``delta_full``)
     and the gradients are those of the low-rank input and of the projections. ``adjoint_summaries``: the
-    chunks' adjoint summaries for this dy and their ΣΔ, when the caller has them (the gated scan);
+    chunks' adjoint summaries for this dy and their ΣΔ, when the caller has them (the gated scan; or
+    (summary_w, ΣΔ, summary_1, gate, const), the summaries then being gate·summary_w + const·summary_1);
     ``sub_states`` and ``gated_dy`` as in :func:`_bwd` (with ``gated_dy``, ``dy`` is (batch, L, D))."""
     if delta_full is None:
         delta_full = delta if delta_weight is None else project_delta(delta, delta_weight)
@@ -433,10 +445,14 @@ def nss_scan_backward(dy: Tensor, x: Tensor, delta: Tensor, A: Tensor, B: Tensor
     f32 = torch.float32
     shape = (pb.batch, pb.groups, pb.length, pb.channels)
     du_k = torch.empty(shape, device=x.device, dtype=f32)
-    ddt = torch.empty(shape, device=x.device, dtype=f32)
+    # dΔ with the scan index outermost in memory, so that the low-rank gradients' einsums view it as
+    # (K, batch·L, D) for their batched products instead of copying it (two copies of 94 MB per classic-SR block)
+    ddt = torch.empty(pb.groups, pb.batch, pb.length, pb.channels, device=x.device, dtype=f32).transpose(0, 1)
     adjoint = None
     if adjoint_summaries is not None:
-        adjoint = _chain(pb.A, *adjoint_summaries, True, forward_tiles(pb.channels, pb.d_state).bn)
+        summary, total, *combine = adjoint_summaries
+        adjoint = _chain(pb.A, summary, total, True, forward_tiles(pb.channels, pb.d_state).bn,
+                         tuple(combine) if combine else None)
     dys = (dy.stride(0), 0, dy.stride(1), dy.stride(2)) if gated_dy is not None else _bkl_strides(dy)
     dB, dC, dA, dD = _bwd(pb, dy, dys, hs, du_k, _bkl_strides(du_k), ddt, _bkl_strides(ddt), adjoint, sub_states,
                           gated_dy)

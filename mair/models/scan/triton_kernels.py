@@ -181,11 +181,12 @@ def scan_fwd_step_kernel(
     es_ptr, ts_ptr,  # (batch, K, NSEG, D, N), (batch, K, NSEG, D) out (SUMMARY): end state from zero, Σ Δ;
     # DOT: the segment's adjoint summary for dy = w and its Σ_{l0 < l <= l0 + BL} Δ_l
     e1_ptr, dots_ptr,  # DOT, out: (batch, K, NSEG, D, N) the adjoint summary for dy = 1; (batch, K, NSEG, D) Σ y·w
+    # (SUM_Y: the output pass stores the segment's Σ y in dots)
     ck_ptr,  # DOT with SUB > 0, out: (batch, K, NCH, BL / SUB - 1, D, N) states entering the sub-chunks after the first
     L, D, N, K, NCH, NSEG, SEG_CHUNKS,
     HAS_IDS: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_HIN: tl.constexpr, SUMMARY: tl.constexpr, DOT: tl.constexpr,
-    BL: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr, SUB: tl.constexpr = 0,
+    BL: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr, SUB: tl.constexpr = 0, SUM_Y: tl.constexpr = False,
 ):
     """Step-by-step forward: a program owns ``BD`` channels (one per lane) with all ``BN`` states of each in
     the lane's registers, and walks one segment of ``SEG_CHUNKS`` chunks position by position. Per position
@@ -196,7 +197,8 @@ def scan_fwd_step_kernel(
 
     SUMMARY: from a zero state, store only the segment's end state and ΣΔ (chained by
     :func:`scan_state_chain_kernel` into the states entering the segments). Else start from ``hin`` (or zero),
-    store y and the state entering every chunk of ``BL`` positions (the backward starts from those).
+    store y and the state entering every chunk of ``BL`` positions (the backward starts from those), and with
+    ``SUM_Y`` the segment's Σ_l y_l per channel in ``dots`` (the gated scan's means).
 
     DOT (one chunk per segment; the backward of the gated sum, see ``nss_scan_gated``): y is not stored; with
     ``w`` read through the output's pointer and strides, the segment's Σ_l y_l·w_l per channel goes to ``dots``,
@@ -282,6 +284,8 @@ def scan_fwd_step_kernel(
                 sum_w += wc * w[None, :]
             else:
                 tl.store(out_base + p * sol, y.to(out_ptr.dtype.element_ty), mask=dmask)
+                if SUM_Y:
+                    dots += y
     if DOT:
         # ΣΔ runs to the first position of the next chunk (the adjoint's decay from there), none after the end
         raw_last = raw_next.to(tl.float32) + bias
@@ -294,6 +298,8 @@ def scan_fwd_step_kernel(
         tl.store(ts_ptr + row, total, mask=dmask)
         tl.store(es_ptr + state, sum_w, mask=mask)
         tl.store(e1_ptr + state, sum_1, mask=mask)
+    if SUM_Y and not SUMMARY and not DOT:
+        tl.store(dots_ptr + ((b * K + k) * NSEG + seg) * D + d, dots, mask=dmask)
     if SUMMARY:
         tl.store(es_ptr + state, h, mask=mask)
         tl.store(ts_ptr + ((b * K + k) * NSEG + seg) * D + d, total, mask=dmask)
@@ -348,17 +354,30 @@ def scan_adjoint_summary_kernel(
 
 
 @triton.jit
+def _summary_weights(gate_ptr, const_ptr, pid_bk, d, dmask, D, COMBINE: tl.constexpr, BD: tl.constexpr):
+    """COMBINE: the gate and constant (BD,) of the channels ``d`` of sequence ``pid_bk``; else unused zeros."""
+    gate = tl.zeros((BD,), tl.float32)
+    const = tl.zeros((BD,), tl.float32)
+    if COMBINE:
+        gate = tl.load(gate_ptr + pid_bk * D + d, mask=dmask, other=0.0)
+        const = tl.load(const_ptr + pid_bk * D + d, mask=dmask, other=0.0)
+    return gate, const
+
+
+@triton.jit
 def scan_state_carry_kernel(
     A_ptr, es_ptr, ts_ptr,
     hs_ptr,  # (batch, K, NCH, D, N) float32 out: state entering chunk c (adjoint: leaving it to the right)
+    e1_ptr, gate_ptr, const_ptr,  # COMBINE: the summaries are gate·es + const·e1 (gate, const (batch, K, D))
     D, N, K, NCH,
-    REVERSE: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr,
+    REVERSE: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr, COMBINE: tl.constexpr = False,
 ):
     """Chain the chunk summaries: h_{c+1} = exp(A ΣΔ_c) h_c + e_c (REVERSE: from the last chunk down)."""
     pid_d = tl.program_id(0)
     pid_bk = tl.program_id(1)
     k = pid_bk % K
     d, dmask, n, nmask, A2, _, _ = _block_setup(A_ptr, A_ptr, A_ptr, k, pid_d, D, N, False, False, BD, BN)
+    gate, const = _summary_weights(gate_ptr, const_ptr, pid_bk, d, dmask, D, COMBINE, BD)
     mask = dmask[:, None] & nmask[None, :]
     h = tl.zeros((BD, BN), tl.float32)
     for ci in tl.range(0, NCH, num_stages=3):  # the summaries' loads do not wait for h: prefetch them
@@ -369,6 +388,9 @@ def scan_state_carry_kernel(
         tl.store(hs_ptr + row[:, None] * N + n[None, :], h, mask=mask)
         total = tl.load(ts_ptr + row, mask=dmask, other=0.0)
         summary = tl.load(es_ptr + row[:, None] * N + n[None, :], mask=mask, other=0.0)
+        if COMBINE:
+            summary = gate[:, None] * summary + const[:, None] * tl.load(e1_ptr + row[:, None] * N + n[None, :],
+                                                                          mask=mask, other=0.0)
         h = tl.exp2(total[:, None] * A2) * h + summary
 
 
@@ -376,8 +398,9 @@ def scan_state_carry_kernel(
 def scan_state_chain_kernel(
     A_ptr, es_ptr, ts_ptr,
     hs_ptr,  # (batch, K, NCH, D, N) float32 out: state entering chunk c (adjoint: leaving it to the right)
+    e1_ptr, gate_ptr, const_ptr,  # COMBINE: the summaries are gate·es + const·e1 (gate, const (batch, K, D))
     D, N, K, NCH,
-    REVERSE: tl.constexpr, CB: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr,
+    REVERSE: tl.constexpr, CB: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr, COMBINE: tl.constexpr = False,
 ):
     """The same chain as :func:`scan_state_carry_kernel`, ``CB`` chunks per step: the recurrence over chunks is
     itself a linear scan, so each step scans a (CB, BD, BN) block of summaries in parallel and folds in the
@@ -386,6 +409,7 @@ def scan_state_chain_kernel(
     pid_bk = tl.program_id(1)
     k = pid_bk % K
     d, dmask, n, nmask, A2, _, _ = _block_setup(A_ptr, A_ptr, A_ptr, k, pid_d, D, N, False, False, BD, BN)
+    gate, const = _summary_weights(gate_ptr, const_ptr, pid_bk, d, dmask, D, COMBINE, BD)
     mask = dmask[:, None] & nmask[None, :]
     first = 0
     if REVERSE:
@@ -406,6 +430,9 @@ def scan_state_chain_kernel(
         m3 = m2[:, :, None] & nmask[None, None, :]
         total = tl.load(ts_ptr + row, mask=m2, other=0.0)  # padded steps: decay 1, no input (identity)
         summary = tl.load(es_ptr + row[:, :, None] * N + n[None, None, :], mask=m3, other=0.0)
+        if COMBINE:
+            summary = gate[None, :, None] * summary + const[None, :, None] * tl.load(
+                e1_ptr + row[:, :, None] * N + n[None, None, :], mask=m3, other=0.0)
         decay = tl.exp2(total[:, :, None] * A2[None, :, :])
         acc_a, acc_e = tl.associative_scan((decay, summary), 0, _combine)
         after = acc_e + acc_a * h[None, :, :]
