@@ -231,6 +231,24 @@ def test_gated_backward_reads_only_the_sub_chunk_states_the_dot_pass_wrote(monke
     assert poisoned, "the gated backward did not allocate the sub-chunk scratch through _sub_state_scratch"
 
 
+@pytest.mark.parametrize("batch,length,channels,rank", [(4, 4096, 9, 12), (2, 35, 5, 3), (1, 1, 7, 1), (3, 1000, 6, 4)])
+@pytest.mark.parametrize("k_major", [False, True])
+def test_low_rank_weight_gradient_by_slices_matches_the_einsum(batch: int, length: int, channels: int, rank: int,
+                                                              k_major: bool) -> None:
+    """The projections' gradient summed over slices of batch·L (split-K) equals the plain einsum in float64,
+    whatever the memory order of dΔ (the backward allocates it scan-index outermost)."""
+    from mair.models.scan.triton_backend import low_rank_weight_grad
+
+    groups = 4
+    d_delta = (torch.randn(groups, batch, length, channels).transpose(0, 1) if k_major
+               else torch.randn(batch, groups, length, channels))
+    low = torch.randn(batch, groups, length, rank)
+    want = torch.einsum("bkld,bklr->kdr", d_delta.double(), low.double())
+    got = low_rank_weight_grad(d_delta, low, min_rows=64)
+    assert got.shape == (groups, channels, rank)
+    assert _rel(got, want) <= 1e-6
+
+
 def test_bf16_inputs_accumulate_in_fp32() -> None:
     batch, groups, channels, d_state, length = 1, 4, 4, 8, 24
     ids = scan_orders(4, 6, 4, 0, DEVICE)[0]
