@@ -17,7 +17,10 @@ The backward (``scan_bwd_step_kernel``) runs one program per chunk, position by 
 but with (channel, state) tiles (see its comment on why the axes are swapped): the adjoint
 entering every chunk from the right is chained from chunk summaries first (``scan_adjoint_summary_kernel``,
 ``scan_state_chain_kernel``); then each program recomputes its chunk's states from the stored entering state and
-walks the chunk backwards with the adjoint recurrence ``g_l = C_l dy_l + exp(Δ_{l+1} A) g_{l+1}``. (Two earlier
+walks the chunk backwards with the adjoint recurrence ``g_l = C_l dy_l + exp(Δ_{l+1} A) g_{l+1}``. In the gated
+scan's backward (``nss_gated``) the forward kernel's DOT pass has already walked every chunk: it stores the
+states entering the backward's sub-chunks, and the backward kernel skips its own first walk (``FIRST_WALK``) and
+forms dy = gate·dout + const from dout itself (``GATED_DY``). (Two earlier
 backwards, one program per sequence and per-chunk associative scans, were slower and are gone; their numbers
 are in docs/benchmarks.md.)
 The plain references these kernels are checked against are ``mair.models.scan.reference`` and the ``torch``
