@@ -336,6 +336,8 @@ def _bwd(pb: _Problem, dy: Tensor, dys: Strides, hs: Tensor, du: Tensor, dus: St
     dummy = pb.A
     wide = forward_tiles(pb.channels, pb.d_state)
     summary_cfg = TileConfig(bl=bl, bd=max(2, min(wide.bd, 4096 // (bl * wide.bn))), bn=wide.bn, warps=wide.warps)
+    if gated_dy is not None and adjoint is None:  # the summary pass would read dout, not gate·dout + const
+        raise ValueError("_bwd: gated_dy needs the adjoint carries of the gated dy (adjoint=...)")
     gs = adjoint if adjoint is not None else _adjoint_carries(pb, summary_cfg, n_chunks, dy, dys)
     bd, sub = step_backward_tile(bl)
     scratch = sub_states if sub_states is not None else _sub_state_scratch(pb, n_chunks, bl, sub)
