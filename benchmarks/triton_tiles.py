@@ -6,6 +6,7 @@ and sub-chunk length of the backward).
     python benchmarks/triton_tiles.py --configs "default;64,8,4"
     python benchmarks/triton_tiles.py --variants "step;step:16,4;step:32,2"
     python benchmarks/triton_tiles.py --gated      # the scan with the SSA gate and sum (nss_scan_gated)
+    python benchmarks/triton_tiles.py --gated --rank 12   # ... with the model's low-rank Δ (classic SR)
 """
 
 from __future__ import annotations
@@ -20,27 +21,28 @@ import torch, triton
 from mair.models.nss import scan_orders
 from mair.models.scan.triton_backend import nss_scan
 B, K, D, N, S = {batch}, 4, {channels}, {state}, {side}
-GATED = {gated}
+GATED, RANK = {gated}, {rank}
 L = S * S
 ids = scan_orders(S, S, 8, 0, "cuda")[0]
 g = torch.Generator(device="cuda").manual_seed(0)
 def r(*s, scale=1.0):
     return (torch.randn(*s, device="cuda", generator=g) * scale).requires_grad_()
-x, dt = r(B, L, D), r(B, K, L, D, scale=0.5)
+x, dt = r(B, L, D), r(B, K, L, RANK or D, scale=0.5)
+dt_weight = r(K, D, RANK, scale=0.3) if RANK else None
 A = (-torch.rand(K * D, N, device="cuda", generator=g)).requires_grad_()
 Bs, Cs, Dv, bias = r(B, K, L, N), r(B, K, L, N), r(K * D), r(K * D, scale=0.5)
 dy = torch.randn(B, K, L, D, device="cuda", generator=g)
-leaves = [x, dt, A, Bs, Cs, Dv, bias]
+leaves = [x, dt, A, Bs, Cs, Dv, bias] + ([dt_weight] if RANK else [])
 if GATED:
     from mair.models.scan.nss_gated import nss_scan_gated
     gw, gb = r(D, K, K, scale=0.5), r(D, K, scale=0.5)
     dy = torch.randn(B, L, D, device="cuda", generator=g)
     leaves += [gw, gb]
     def scan(*args):
-        return nss_scan_gated(*args, ids, True, None, gw, gb)
+        return nss_scan_gated(*args, ids, True, dt_weight, gw, gb)
 else:
     def scan(*args):
-        return nss_scan(*args, ids, True)
+        return nss_scan(*args, ids, True, dt_weight)
 def fwd():
     with torch.no_grad():
         scan(x, dt, A, Bs, Cs, Dv, bias)
@@ -72,11 +74,13 @@ def main() -> None:
     parser.add_argument("--channels", type=int, default=360)
     parser.add_argument("--state", type=int, default=16)
     parser.add_argument("--gated", action="store_true", help="time nss_scan_gated (scan, SSA gate and sum)")
+    parser.add_argument("--rank", type=int, default=0, help="Δ from a rank-R input projected inside the op, as "
+                        "in the model (classic SR: 12); 0 (default, as in earlier rounds): full Δ")
     parser.add_argument("--profile", action="store_true", help="also print the CUDA kernels of 10 forward+backward "
                         "calls per configuration (torch profiler)")
     args = parser.parse_args()
     code = CHILD.format(channels=args.channels, state=args.state, batch=args.batch, side=args.side,
-                        profile=args.profile, gated=args.gated)
+                        profile=args.profile, gated=args.gated, rank=args.rank)
     for config in [c for c in args.configs.split(";") if c.strip()]:
         for variant in [v.strip() for v in args.variants.split(";") if v.strip()]:
             env = dict(os.environ)
