@@ -92,6 +92,16 @@ def _softplus(x):
 
 
 @triton.jit
+def _step_delta(raw, valid, SOFTPLUS: tl.constexpr):
+    """Δ of one position from raw Δ + bias: softplus (when asked), zero where not ``valid`` (channels past D,
+    positions past the end: an identity step, decay 1 and no input)."""
+    dt = raw
+    if SOFTPLUS:
+        dt = _softplus(raw)
+    return tl.where(valid, dt, 0.0)
+
+
+@triton.jit
 def _positions(ids_ptr, k, l, lmask, L, HAS_IDS: tl.constexpr):
     if HAS_IDS:
         return tl.load(ids_ptr + k * L + l, mask=lmask, other=0).to(tl.int64)
@@ -104,11 +114,7 @@ def _load_delta(dt_ptr, base, p, d, mask2, stl, std, bias, HAS_BIAS: tl.constexp
     raw = tl.load(dt_ptr + base + p[:, None] * stl + d[None, :] * std, mask=mask2, other=0.0).to(tl.float32)
     if HAS_BIAS:
         raw = raw + bias[None, :]
-    dt = raw
-    if SOFTPLUS:
-        dt = _softplus(raw)
-    dt = tl.where(mask2, dt, 0.0)  # padded positions: identity step (decay 1, no input)
-    return raw, dt
+    return raw, _step_delta(raw, mask2, SOFTPLUS)  # padded positions: identity step (decay 1, no input)
 
 
 @triton.jit
@@ -121,6 +127,18 @@ def _channel_params(D_ptr, bias_ptr, e, dmask, HAS_D: tl.constexpr, HAS_BIAS: tl
     if HAS_D:
         Dv = tl.load(D_ptr + e, mask=dmask, other=0.0).to(tl.float32)
     return bias, Dv
+
+
+@triton.jit
+def _gate_and_constant(gate_ptr, const_ptr, pid_bk, d, dmask, D, GATED: tl.constexpr, BD: tl.constexpr):
+    """GATED: the gate and constant (BD,) of the channels ``d`` of sequence ``pid_bk`` = batch·K + k (the gated
+    scan's dy = gate·dout + const); else unused zeros."""
+    gate = tl.zeros((BD,), tl.float32)
+    const = tl.zeros((BD,), tl.float32)
+    if GATED:
+        gate = tl.load(gate_ptr + pid_bk * D + d, mask=dmask, other=0.0)
+        const = tl.load(const_ptr + pid_bk * D + d, mask=dmask, other=0.0)
+    return gate, const
 
 
 @triton.jit
@@ -265,10 +283,7 @@ def scan_fwd_step_kernel(
             if (l - l_first) % SUB == 0 and l > l_first:
                 slot = (((b * K + k) * NCH + seg) * (BL // SUB - 1) + (l - l_first) // SUB - 1) * D
                 tl.store(ck_ptr + (slot + d[None, :]) * N + ns, h, mask=mask)
-        dt = raw
-        if SOFTPLUS:
-            dt = _softplus(raw)
-        dt = tl.where(dmask, dt, 0.0)
+        dt = _step_delta(raw, dmask, SOFTPLUS)
         decay = tl.exp2(A2 * dt[None, :])
         h = decay * h + Bl.to(tl.float32)[:, None] * (dt * u)[None, :]
         if SUMMARY:
@@ -291,11 +306,7 @@ def scan_fwd_step_kernel(
                     dots += y
     if DOT:
         # ΣΔ runs to the first position of the next chunk (the adjoint's decay from there), none after the end
-        raw_last = raw_next.to(tl.float32) + bias
-        dt_last = raw_last
-        if SOFTPLUS:
-            dt_last = _softplus(raw_last)
-        total += tl.where(dmask & (l_last < L), dt_last, 0.0)
+        total += _step_delta(raw_next.to(tl.float32) + bias, dmask & (l_last < L), SOFTPLUS)
         row = ((b * K + k) * NSEG + seg) * D + d
         tl.store(dots_ptr + row, dots, mask=dmask)
         tl.store(ts_ptr + row, total, mask=dmask)
@@ -357,17 +368,6 @@ def scan_adjoint_summary_kernel(
 
 
 @triton.jit
-def _summary_weights(gate_ptr, const_ptr, pid_bk, d, dmask, D, COMBINE: tl.constexpr, BD: tl.constexpr):
-    """COMBINE: the gate and constant (BD,) of the channels ``d`` of sequence ``pid_bk``; else unused zeros."""
-    gate = tl.zeros((BD,), tl.float32)
-    const = tl.zeros((BD,), tl.float32)
-    if COMBINE:
-        gate = tl.load(gate_ptr + pid_bk * D + d, mask=dmask, other=0.0)
-        const = tl.load(const_ptr + pid_bk * D + d, mask=dmask, other=0.0)
-    return gate, const
-
-
-@triton.jit
 def scan_state_carry_kernel(
     A_ptr, es_ptr, ts_ptr,
     hs_ptr,  # (batch, K, NCH, D, N) float32 out: state entering chunk c (adjoint: leaving it to the right)
@@ -380,7 +380,7 @@ def scan_state_carry_kernel(
     pid_bk = tl.program_id(1)
     k = pid_bk % K
     d, dmask, n, nmask, A2, _, _ = _block_setup(A_ptr, A_ptr, A_ptr, k, pid_d, D, N, False, False, BD, BN)
-    gate, const = _summary_weights(gate_ptr, const_ptr, pid_bk, d, dmask, D, COMBINE, BD)
+    gate, const = _gate_and_constant(gate_ptr, const_ptr, pid_bk, d, dmask, D, COMBINE, BD)
     mask = dmask[:, None] & nmask[None, :]
     h = tl.zeros((BD, BN), tl.float32)
     for ci in tl.range(0, NCH, num_stages=3):  # the summaries' loads do not wait for h: prefetch them
@@ -412,7 +412,7 @@ def scan_state_chain_kernel(
     pid_bk = tl.program_id(1)
     k = pid_bk % K
     d, dmask, n, nmask, A2, _, _ = _block_setup(A_ptr, A_ptr, A_ptr, k, pid_d, D, N, False, False, BD, BN)
-    gate, const = _summary_weights(gate_ptr, const_ptr, pid_bk, d, dmask, D, COMBINE, BD)
+    gate, const = _gate_and_constant(gate_ptr, const_ptr, pid_bk, d, dmask, D, COMBINE, BD)
     mask = dmask[:, None] & nmask[None, :]
     first = 0
     if REVERSE:
@@ -466,6 +466,8 @@ def _step_inputs(x_base, dt_base, b_base, p, sxl, stl, sbl, bias, dmask, nmask, 
                  SOFTPLUS: tl.constexpr):
     """Δ (zero at positions past the end: an identity step), raw Δ + bias, u and B of one position."""
     raw = tl.load(dt_base + p * stl, mask=dmask, other=0.0).to(tl.float32) + bias
+    # _step_delta written out: called here, ptxas schedules the gated backward with 16 more instructions
+    # (benchmarks/triton_offline.py --gated; the timed kernel is this one)
     dt = raw
     if SOFTPLUS:
         dt = _softplus(raw)
@@ -520,11 +522,7 @@ def scan_bwd_step_kernel(
                                                            dmask, nmask, (l0 + BL) < L, SOFTPLUS)
     dA = tl.zeros((BD, BN), tl.float32)
     dD = tl.zeros((BD,), tl.float32)
-    gate = tl.zeros((BD,), tl.float32)
-    const = tl.zeros((BD,), tl.float32)
-    if GATED_DY:
-        gate = tl.load(gate_ptr + (b * K + k) * D + d, mask=dmask, other=0.0)
-        const = tl.load(const_ptr + (b * K + k) * D + d, mask=dmask, other=0.0)
+    gate, const = _gate_and_constant(gate_ptr, const_ptr, pid_bk, d, dmask, D, GATED_DY, BD)
     # First walk: the state entering every sub-chunk after the first, kept in a scratch (written and read back
     # by this program only, so it stays in L2). Without FIRST_WALK the DOT pass of the gated backward has filled
     # the scratch already (scan_fwd_step_kernel with SUB = S).
@@ -547,10 +545,7 @@ def scan_bwd_step_kernel(
             u_n = tl.load(x_base + p_next * sxl, mask=dmask, other=0.0)
             B_n = tl.load(b_base + p_next * sbl, mask=nmask, other=0.0)
             p_later = _step_position(ids_ptr, k, tl.minimum(l + 2, L - 1), L, HAS_IDS)
-            dt_w = raw_w
-            if SOFTPLUS:
-                dt_w = _softplus(raw_w)
-            dt_w = tl.where(dmask & (l < L), dt_w, 0.0)
+            dt_w = _step_delta(raw_w, dmask & (l < L), SOFTPLUS)
             h = tl.exp2(A2 * dt_w[:, None]) * h + B_w[None, :] * (dt_w * u_w)[:, None]
         if BL > S:
             tl.store(ck_ptr + slot + (BL // S - 2) * D * N, h, mask=mask)
