@@ -23,9 +23,11 @@ import torch
 from torch import Tensor
 
 from .triton_backend import (
+    _chain,
     _nss_problem,
     _output_dots,
     check_nss_shapes,
+    forward_tiles,
     nss_scan_backward,
     nss_scan_forward,
     project_delta,
@@ -99,19 +101,18 @@ def nss_scan_gated_backward(dout: Tensor, x: Tensor, delta: Tensor, A: Tensor, B
     pb = _nss_problem(x, delta_full, A, B, C, D, delta_bias, ids, softplus)
     w_strides = (dout.stride(0), 0, dout.stride(1), dout.stride(2))
     found = _output_dots(pb, dout, w_strides, states, sub_states=True)  # Σ_l y_k ⊙ dout, adjoint summaries
-    del pb
     gate = ssa_gate(mean, gate_weight, gate_bias)
     d_mean, d_weight, d_bias = ssa_gate_backward(found.dots, gate, mean, gate_weight)
     gate, const = gate.float().contiguous(), (d_mean / x.shape[1]).float().contiguous()
     # dy_k = gate_k ⊙ dout (the sum) + d_mean_k / L at every position (the mean); its chunk summaries follow
     # from those of dout and of 1 by linearity (combined by the chain kernel as it reads them), and the scan's
     # backward kernel reads dout and forms dy itself
-    summaries = (found.summary_w, found.total, found.summary_1, gate, const)
+    adjoint = _chain(pb.A, found.summary_w, found.total, True, forward_tiles(pb.channels, pb.d_state).bn,
+                     (found.summary_1, gate, const))
     sub_states = found.sub_states
-    del found
+    del found, pb
     grads = nss_scan_backward(dout, x, delta, A, B, C, D, delta_bias, ids, states, softplus, delta_weight,
-                              delta_full=delta_full, adjoint_summaries=summaries, sub_states=sub_states,
-                              gated_dy=(gate, const))
+                              delta_full=delta_full, adjoint=adjoint, sub_states=sub_states, gated_dy=(gate, const))
     return (*grads, d_weight.to(gate_weight.dtype), d_bias.to(gate_bias.dtype))
 
 

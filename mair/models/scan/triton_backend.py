@@ -447,15 +447,14 @@ def nss_scan_forward(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, 
 def nss_scan_backward(dy: Tensor, x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
                       delta_bias: Tensor | None, ids: Tensor, hs: Tensor, softplus: bool,
                       delta_weight: Tensor | None = None, delta_full: Tensor | None = None,
-                      adjoint_summaries: tuple[Tensor, ...] | None = None, sub_states: Tensor | None = None,
+                      adjoint: Tensor | None = None, sub_states: Tensor | None = None,
                       gated_dy: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor | None, ...]:
     """Gradients of :func:`nss_scan` (x, delta, A, B, C, D, delta_bias, then delta_weight when given; None for
     absent D / delta_bias) from the output gradient and the chunk states of :func:`nss_scan_forward`. With
     ``delta_weight``, Δ is recomputed from its low-rank input (unless the caller passes it as ``delta_full``)
-    and the gradients are those of the low-rank input and of the projections. ``adjoint_summaries``: the
-    chunks' adjoint summaries for this dy and their ΣΔ, when the caller has them (the gated scan; or
-    (summary_w, ΣΔ, summary_1, gate, const), the summaries then being gate·summary_w + const·summary_1);
-    ``sub_states`` and ``gated_dy`` as in :func:`_bwd` (with ``gated_dy``, ``dy`` is (batch, L, D))."""
+    and the gradients are those of the low-rank input and of the projections. ``adjoint`` (the adjoint
+    entering every chunk from the right), ``sub_states`` and ``gated_dy`` as in :func:`_bwd`, when the caller
+    has them (the gated scan; with ``gated_dy``, ``dy`` is (batch, L, D))."""
     if delta_full is None:
         delta_full = delta if delta_weight is None else project_delta(delta, delta_weight)
     pb = _nss_problem(x, delta_full, A, B, C, D, delta_bias, ids, softplus)
@@ -465,11 +464,6 @@ def nss_scan_backward(dy: Tensor, x: Tensor, delta: Tensor, A: Tensor, B: Tensor
     # dΔ with the scan index outermost in memory, so that the low-rank gradients' einsums view it as
     # (K, batch·L, D) for their batched products instead of copying it (two copies of 94 MB per classic-SR block)
     ddt = torch.empty(pb.groups, pb.batch, pb.length, pb.channels, device=x.device, dtype=f32).transpose(0, 1)
-    adjoint = None
-    if adjoint_summaries is not None:
-        summary, total, *combine = adjoint_summaries
-        adjoint = _chain(pb.A, summary, total, True, forward_tiles(pb.channels, pb.d_state).bn,
-                         tuple(combine) if combine else None)
     dys = (dy.stride(0), 0, dy.stride(1), dy.stride(2)) if gated_dy is not None else _bkl_strides(dy)
     dB, dC, dA, dD = _bwd(pb, dy, dys, hs, du_k, _bkl_strides(du_k), ddt, _bkl_strides(ddt), adjoint, sub_states,
                           gated_dy)
