@@ -30,6 +30,11 @@ def main() -> None:
     parser.add_argument("--precision", default="fp32", help="fp32, tf32 or bf16 (mair.precision)")
     parser.add_argument("--compile-mode", default=None, choices=COMPILE_MODES,
                         help="profile the torch.compile'd network (the scan as custom ops) in this mode")
+    parser.add_argument("--per-kind", type=int, default=0, metavar="N",
+                        help="also print the N most expensive kernels of each kind")
+    parser.add_argument("--shapes", action="store_true",
+                        help="also print the matrix products by operand shapes with their TFLOP/s (needs the "
+                             "operators recorded: eager or a compile mode without CUDA graphs)")
     args = parser.parse_args()
     batch = args.batch or (1 if args.infer else 4)
     size = args.size or (256 if args.infer else 64)
@@ -73,7 +78,8 @@ def main() -> None:
         end.synchronize()
         times.append(start.elapsed_time(end))
     print(f"step: median {sorted(times)[5]:.1f} ms over 10 (events)")
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+    activities = [ProfilerActivity.CUDA] + ([ProfilerActivity.CPU] if args.shapes else [])
+    with profile(activities=activities, record_shapes=args.shapes) as prof:
         step()
         torch.cuda.synchronize()
     events = [e for e in prof.key_averages() if e.device_time_total > 0]
@@ -86,6 +92,51 @@ def main() -> None:
     for e in events:
         groups[kernel_group(e.key)] = groups.get(kernel_group(e.key), 0.0) + e.self_device_time_total / 1e3
     print("by kind (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in sorted(groups.items(), key=lambda kv: -kv[1])))
+    if args.per_kind:
+        for kind in sorted(groups, key=lambda k: -groups[k]):
+            print(f"-- {kind} (self ms, calls, name)")
+            for e in [e for e in events if kernel_group(e.key) == kind][: args.per_kind]:
+                print(f"{e.self_device_time_total / 1e3:9.2f} {e.count:6d}  {e.key[:140]}")
+    if args.shapes:
+        print_matmul_shapes(prof)
+
+
+#: Operators that are one matrix product each, and how to count their multiply-adds from the operand shapes.
+MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")
+
+
+def matmul_flops(name: str, shapes: list) -> float:
+    """Floating-point operations (2 per multiply-add) of one call of a MATMUL_OPS operator."""
+    if name == "aten::mm":
+        (m, k), (_, n) = shapes[0], shapes[1]
+        return 2.0 * m * k * n
+    if name == "aten::addmm":
+        (m, k), (_, n) = shapes[1], shapes[2]
+        return 2.0 * m * k * n
+    operands = shapes[1:3] if name == "aten::baddbmm" else shapes[0:2]
+    (b, m, k), (_, _, n) = operands
+    return 2.0 * b * m * k * n
+
+
+def print_matmul_shapes(prof) -> None:
+    """The matrix-product operators grouped by operand shapes: device ms, calls, TFLOP/s."""
+    rows = []
+    for e in prof.key_averages(group_by_input_shape=True):
+        if e.key not in MATMUL_OPS or e.device_time_total <= 0:
+            continue
+        flops = matmul_flops(e.key, e.input_shapes) * e.count
+        seconds = e.device_time_total * 1e-6
+        rows.append((e.device_time_total / 1e3, e.count, e.key, e.input_shapes, flops / seconds / 1e12))
+    rows.sort(reverse=True)
+    print(f"matrix products: {sum(r[0] for r in rows):.1f} ms; by shapes (device ms, calls, TFLOP/s, op, shapes):")
+    for ms, count, name, shapes, tflops in rows[:40]:
+        print(f"{ms:9.2f} {count:6d} {tflops:7.1f}  {name} {shapes}")
+    others = [e for e in prof.key_averages(group_by_input_shape=True)
+              if e.key.startswith("aten::") and e.key not in MATMUL_OPS and e.self_device_time_total > 0]
+    others.sort(key=lambda e: e.self_device_time_total, reverse=True)
+    print("other operators by shapes (self device ms, calls, op, shapes):")
+    for e in others[:40]:
+        print(f"{e.self_device_time_total / 1e3:9.2f} {e.count:6d}  {e.key} {str(e.input_shapes)[:150]}")
 
 
 def kernel_group(name: str) -> str:
