@@ -245,3 +245,49 @@ def test_ssa_gate_backward_matches_autograd() -> None:
     got = ssa_gate_backward(d_gate, gate.detach(), pooled.detach(), weight.detach())
     for g, w in zip(got, want, strict=True):
         torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("hidden,pad", [(13, 3), (450, 6), (8, 8)])
+def test_mlp_with_padded_hidden_width_matches_the_plain_mlp(hidden: int, pad: int) -> None:
+    """The MLP with zero hidden units appended (as on CUDA, ``Mlp.hidden_multiple``) gives the plain MLP's output
+    and gradients (float64: equal up to rounding), and its parameters keep their official shapes."""
+    from mair.models.blocks import Mlp
+
+    torch.manual_seed(int(torch.randint(0, 2**31 - 1, ()).item()))
+    mlp = Mlp(7, hidden).double()
+    x = torch.randn(2, 5, 3, 7, dtype=torch.float64, requires_grad=True)
+    results = []
+    for run in (mlp, lambda t: mlp.forward_padded(t, pad)):
+        mlp.zero_grad()
+        x.grad = None
+        out = run(x)
+        out.backward(torch.cos(torch.arange(out.numel(), dtype=torch.float64)).view_as(out))
+        results.append((out.detach(), x.grad.clone(), *(p.grad.clone() for p in mlp.parameters())))
+    for got, want in zip(results[1], results[0], strict=True):
+        assert got.shape == want.shape
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    assert mlp.fc1.weight.shape == (hidden, 7) and mlp.fc2.weight.shape == (7, hidden)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the hidden width is padded on CUDA only")
+def test_mlp_pads_on_cuda_and_flop_count_ignores_the_padding() -> None:
+    from mair.models.blocks import Mlp
+    from mair.models.flops import count_flops
+
+    mlp = Mlp(12, 30).cuda()
+    x = torch.randn(4, 9, 12, device="cuda")
+    calls = []
+    handle = torch.nn.modules.module.register_module_forward_hook(lambda m, i, o: calls.append(type(m).__name__))
+    try:
+        mlp(x)
+    finally:
+        handle.remove()
+    assert "Linear" not in calls  # the padded path calls F.linear with padded weights, not fc1 / fc2
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        torch.testing.assert_close(mlp(x), mlp.fc2(mlp.act(mlp.fc1(x))), rtol=1e-5, atol=1e-6)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+    model = tiny_mair(embed_dim=12, mlp_ratio=2.5).cuda()
+    assert count_flops(model, (8, 8), device=None).total == count_flops(model.cpu(), (8, 8)).total

@@ -72,6 +72,14 @@ class DropPath(nn.Module):
 class Mlp(nn.Module):
     """fc1 -> exact GELU -> fc2 (no dropout)."""
 
+    #: On CUDA the hidden width is padded with zero units to a multiple of this (1: never). cuBLAS runs matrix
+    #: products whose rows are not 16-byte aligned with slow unaligned kernels: classic SR's hidden width 450
+    #: (180 · 2.5) made the MLP's eight products per training step about 10 ms of the compiled SR x2 step
+    #: (docs/benchmarks.md, ninth round). A zero unit adds exactly zero (GELU(0) = 0, and its fc2 column is 0),
+    #: and the pad's backward drops the padded rows' gradients, so parameters and results are those of the plain
+    #: MLP up to rounding. Not on the CPU, where it would only cost time, nor while FLOPs are counted.
+    hidden_multiple: int = 8
+
     def __init__(self, width: int, hidden: int) -> None:
         super().__init__()
         self.fc1 = nn.Linear(width, hidden)
@@ -79,7 +87,17 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden, width)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(self.act(self.fc1(x)))
+        pad = -self.fc1.out_features % self.hidden_multiple if x.is_cuda else 0
+        if pad == 0:
+            return self.fc2(self.act(self.fc1(x)))
+        return self.forward_padded(x, pad)
+
+    def forward_padded(self, x: Tensor, pad: int) -> Tensor:
+        """The same MLP with ``pad`` zero hidden units appended (see ``hidden_multiple``)."""
+        weight1 = F.pad(self.fc1.weight, (0, 0, 0, pad))
+        bias1 = F.pad(self.fc1.bias, (0, pad))
+        weight2 = F.pad(self.fc2.weight, (0, pad))
+        return F.linear(self.act(F.linear(x, weight1, bias1)), weight2, self.fc2.bias)
 
 
 class ShuffleAttn(nn.Module):

@@ -29,7 +29,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
-from mair.models.blocks import VMM
+from mair.models.blocks import VMM, Mlp
 
 __all__ = [
     "FlopCount", "build_for_counting", "count_flops", "count_params", "selective_scan_flops", "vmm_flops",
@@ -153,7 +153,8 @@ def _scan_stub(count: FlopCount) -> Iterator[None]:
     """Replace ``selective_scan`` where the models bound it by a zero-output stub that adds the scan rule.
 
     The VMM's inference-only torch path (``torch_nss``) is switched off meanwhile, so every scan goes through
-    ``selective_scan`` (and so through the stub)."""
+    ``selective_scan`` (and so through the stub), and so is the MLPs' padding of their hidden width on CUDA
+    (``Mlp.hidden_multiple``), so that the count is the model's, not the padded products'."""
     from mair.models import scan as scan_pkg
 
     original = scan_pkg.selective_scan
@@ -167,12 +168,12 @@ def _scan_stub(count: FlopCount) -> Iterator[None]:
                if name.startswith("mair.models") and getattr(m, "selective_scan", None) is original]
     for module in patched:
         module.selective_scan = stub  # type: ignore[attr-defined]
-    fused = VMM.torch_inference_fused
-    VMM.torch_inference_fused = False
+    fused, multiple = VMM.torch_inference_fused, Mlp.hidden_multiple
+    VMM.torch_inference_fused, Mlp.hidden_multiple = False, 1
     try:
         yield
     finally:
-        VMM.torch_inference_fused = fused
+        VMM.torch_inference_fused, Mlp.hidden_multiple = fused, multiple
         for module in patched:
             module.selective_scan = original  # type: ignore[attr-defined]
 
