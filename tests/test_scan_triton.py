@@ -231,6 +231,26 @@ def test_gated_backward_reads_only_the_sub_chunk_states_the_dot_pass_wrote(monke
     assert poisoned, "the gated backward did not allocate the sub-chunk scratch through _sub_state_scratch"
 
 
+@pytest.mark.parametrize("batch,groups,length,channels", [(2, 4, 35, 5), (1, 4, 1, 7), (3, 2, 300, 9), (1, 1, 1030, 1)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gated_sum_kernel_matches_the_chain_of_multiply_adds(batch: int, groups: int, length: int, channels: int,
+                                                             dtype: torch.dtype) -> None:
+    """``gated_sum_triton`` (one pass, float32 accumulation) against ``gated_sum`` in float64, at sizes whose
+    L·D is not a multiple of the kernel's block and with blocks that span several rows."""
+    from mair.models.scan.nss_gated import gated_sum, gated_sum_triton
+
+    gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31 - 1, ()).item()))
+    ys = torch.randn(batch, groups, length, channels, generator=gen).to(dtype)
+    gate = torch.rand(batch, groups, channels, generator=gen)
+    got = gated_sum_triton(ys.to(DEVICE), gate.to(DEVICE)).cpu()
+    want = gated_sum(ys.double(), gate.double())
+    assert got.dtype == dtype and got.shape == (batch, length, channels)
+    tolerance = 1e-6 if dtype == torch.float32 else 8e-3  # bf16: the result's own rounding
+    torch.testing.assert_close(got.double(), want, rtol=tolerance, atol=tolerance)
+    with pytest.raises(ValueError, match="contiguous"):
+        gated_sum_triton(torch.zeros(1, 2, 3, 4, device=DEVICE).transpose(2, 3), torch.zeros(1, 2, 3, device=DEVICE))
+
+
 @pytest.mark.parametrize("batch,length,channels,rank", [(4, 4096, 9, 12), (2, 35, 5, 3), (1, 1, 7, 1), (3, 1000, 6, 4)])
 @pytest.mark.parametrize("k_major", [False, True])
 def test_low_rank_weight_gradient_by_slices_matches_the_einsum(batch: int, length: int, channels: int, rank: int,

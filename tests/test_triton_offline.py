@@ -23,7 +23,8 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.mark.parametrize("gated", [False, True])
 def test_every_scan_kernel_compiles_for_sm90_without_spills(tmp_path: Path, gated: bool) -> None:
     """Every kernel of the plain scan, or of the gated scan (the model's path: the DOT pass storing the
-    sub-chunk states, the backward without its first walk and with dy formed inside, under its register cap)."""
+    sub-chunk states, the backward without its first walk and with dy formed inside, under its register cap,
+    and the gated sum of the four outputs)."""
     env = {k: v for k, v in os.environ.items()
            if k not in ("TRITON_INTERPRET", "MAIR_TRITON_BWD_STEP", "MAIR_TRITON_TILES")}
     env.update(PYTHONPATH=str(REPO), TRITON_CACHE_DIR=str(tmp_path / "cache"), TMPDIR=str(tmp_path))
@@ -34,7 +35,7 @@ def test_every_scan_kernel_compiles_for_sm90_without_spills(tmp_path: Path, gate
     rows = [dict(re.findall(r"(\w+)=(\S+)", line)) for line in proc.stdout.splitlines() if line.startswith("kernel=")]
     names = {row["kernel"] for row in rows}
     want = {"scan_fwd_step_kernel", "scan_state_chain_kernel", "scan_bwd_step_kernel"}
-    assert names == (want if gated else want | {"scan_adjoint_summary_kernel"}), names
+    assert names == (want | {"gated_sum_kernel"} if gated else want | {"scan_adjoint_summary_kernel"}), names
     if gated:  # the DOT pass with sub-chunk states and the backward without its first walk were compiled
         assert any(row.get("DOT") == "True" and row.get("SUB") != "0" for row in rows), rows
         assert any(row.get("FIRST_WALK") == "False" and row.get("GATED_DY") == "True" for row in rows), rows

@@ -319,14 +319,16 @@ def _register_cap(registers: int) -> dict:
 
 def _bwd(pb: _Problem, dy: Tensor, dys: Strides, hs: Tensor, du: Tensor, dus: Strides, ddt: Tensor,
          ddts: Strides, adjoint: Tensor | None = None, sub_states: Tensor | None = None,
-         gated_dy: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+         gated_dy: tuple[Tensor, Tensor] | None = None
+         ) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None]:
     """The backward from the forward's chunk states ``hs`` (their chunk length follows from their number,
     :func:`chunk_length`): the adjoint entering every chunk from chunk summaries (unless the caller passes them
     as ``adjoint``), then one program per chunk (:func:`scan_bwd_step_kernel`) writes du and dΔ and partial sums
     of the other gradients. ``sub_states``: the states entering the sub-chunks, when the caller has them
     (:func:`_output_dots` with ``sub_states=True``); ``gated_dy``: (gate, const) (batch, K, D) float32, when
     the output gradient is ``gate·dy + const`` (dy then read with a k stride of 0). Returns dB, dC
-    (batch, K, L, N), dA (K·D, N), dD (K·D) or None."""
+    (batch, K, L, N), dA (K·D, N), dD (K·D) or None, and Δ bias's gradient (K·D) or None (summed in the kernel:
+    a pass over dΔ for it cost about 1.5 ms per classic SR x2 step)."""
     from .triton_kernels import scan_bwd_step_kernel
 
     n_chunks = hs.shape[2]
@@ -347,12 +349,13 @@ def _bwd(pb: _Problem, dy: Tensor, dys: Strides, hs: Tensor, du: Tensor, dus: St
     dC_part = torch.empty_like(dB_part)
     dA_part = torch.empty(pb.batch, n_chunks, pb.groups * pb.channels, pb.d_state, device=dev, dtype=f32)
     dD_part = torch.empty(pb.batch, n_chunks, pb.groups * pb.channels, device=dev, dtype=f32)
+    dbias_part = torch.empty_like(dD_part) if pb.bias is not None else dummy
     scan_bwd_step_kernel[(n_dblocks, n_chunks, pb.batch * pb.groups)](
         pb.x, *pb.xs, pb.dt, *pb.dts, pb.A, pb.B, *pb.bs, pb.C, *pb.cs,
         pb.D if pb.D is not None else dummy, pb.bias if pb.bias is not None else dummy,
         pb.ids if pb.ids is not None else dummy,
         dy, *dys, hs, gs, du, *dus, ddt, *ddts,
-        dB_part, dC_part, dA_part, dD_part, scratch, gate, const,
+        dB_part, dC_part, dA_part, dD_part, dbias_part, scratch, gate, const,
         pb.length, pb.channels, pb.d_state, pb.groups, n_chunks, n_dblocks, 1,
         HAS_D=pb.D is not None, **_launch_meta(pb), BL=bl, S=sub, BD=bd, BN=wide.bn, num_warps=1,
         FIRST_WALK=sub_states is None, GATED_DY=gated_dy is not None, **_register_cap(BWD_MAX_REGISTERS),
@@ -360,7 +363,8 @@ def _bwd(pb: _Problem, dy: Tensor, dys: Strides, hs: Tensor, du: Tensor, dus: St
     dD = dD_part.sum((0, 1)) if pb.D is not None else None
     dB = dB_part[:, :, 0] if n_dblocks == 1 else dB_part.sum(2)
     dC = dC_part[:, :, 0] if n_dblocks == 1 else dC_part.sum(2)
-    return dB, dC, dA_part.sum((0, 1)), dD
+    dbias = dbias_part.sum((0, 1)) if pb.bias is not None else None
+    return dB, dC, dA_part.sum((0, 1)), dD, dbias
 
 
 def _sub_state_scratch(pb: _Problem, n_chunks: int, bl: int, sub: int) -> Tensor:
@@ -465,10 +469,9 @@ def nss_scan_backward(dy: Tensor, x: Tensor, delta: Tensor, A: Tensor, B: Tensor
     # (K, batch·L, D) for their batched products instead of copying it (two copies of 94 MB per classic-SR block)
     ddt = torch.empty(pb.groups, pb.batch, pb.length, pb.channels, device=x.device, dtype=f32).transpose(0, 1)
     dys = (dy.stride(0), 0, dy.stride(1), dy.stride(2)) if gated_dy is not None else _bkl_strides(dy)
-    dB, dC, dA, dD = _bwd(pb, dy, dys, hs, du_k, _bkl_strides(du_k), ddt, _bkl_strides(ddt), adjoint, sub_states,
-                          gated_dy)
+    dB, dC, dA, dD, dbias = _bwd(pb, dy, dys, hs, du_k, _bkl_strides(du_k), ddt, _bkl_strides(ddt), adjoint,
+                                 sub_states, gated_dy)
     del delta_full, pb
-    dbias = ddt.sum(dim=(0, 2)).reshape(-1) if delta_bias is not None else None
     d_delta = ddt.to(delta.dtype)  # with delta_weight: as the einsum's own backward would see it
     d_weight: tuple[Tensor, ...] = ()
     if delta_weight is not None:
@@ -550,9 +553,8 @@ class _GenericScan(torch.autograd.Function):
         dy = dy.contiguous()
         du = torch.empty(u.shape, device=u.device, dtype=torch.float32)
         ddt = torch.empty_like(du)
-        dB, dC, dA, dD = _bwd(pb, dy, _gen_strides(dy, pb.channels), hs, du, _gen_strides(du, pb.channels),
-                              ddt, _gen_strides(ddt, pb.channels))
-        dbias = ddt.sum(dim=(0, 2)) if bias is not None else None
+        dB, dC, dA, dD, dbias = _bwd(pb, dy, _gen_strides(dy, pb.channels), hs, du, _gen_strides(du, pb.channels),
+                                     ddt, _gen_strides(ddt, pb.channels))
         return (du.to(u.dtype), ddt.to(delta.dtype), dA.to(A.dtype), dB.transpose(2, 3).to(B.dtype),
                 dC.transpose(2, 3).to(C.dtype), None if D is None else dD.to(D.dtype),
                 None if bias is None else dbias.to(bias.dtype), None)

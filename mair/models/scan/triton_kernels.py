@@ -489,7 +489,7 @@ def scan_bwd_step_kernel(
     du_ptr, sub, suk, sul, sud,
     ddt_ptr, sdb, sdk, sdl, sdd,
     dB_ptr, dC_ptr,  # (batch, K, NDB, L, N) float32 partial sums over the channel block
-    dA_ptr, dD_ptr,  # (batch, NCH, K·D, N) and (batch, NCH, K·D) float32 partial sums over the chunk
+    dA_ptr, dD_ptr, dbias_ptr,  # (batch, NCH, K·D, N), (batch, NCH, K·D) x 2 float32 partial sums over the chunk
     ck_ptr,  # (batch, K, NCH, BL / S - 1, D, N) float32 scratch: states entering the sub-chunks after the first
     gate_ptr, const_ptr,  # GATED_DY: (batch, K, D) float32, dy = gate·dy + const (dy read with k stride 0)
     L, D, N, K, NCH, NDB, SN,
@@ -522,6 +522,7 @@ def scan_bwd_step_kernel(
                                                            dmask, nmask, (l0 + BL) < L, SOFTPLUS)
     dA = tl.zeros((BD, BN), tl.float32)
     dD = tl.zeros((BD,), tl.float32)
+    dbias = tl.zeros((BD,), tl.float32)  # Σ dΔ (the bias's gradient), so that nothing re-reads dΔ for it
     gate, const = _gate_and_constant(gate_ptr, const_ptr, pid_bk, d, dmask, D, GATED_DY, BD)
     # First walk: the state entering every sub-chunk after the first, kept in a scratch (written and read back
     # by this program only, so it stays in L2). Without FIRST_WALK the DOT pass of the gated backward has filled
@@ -588,8 +589,29 @@ def scan_bwd_step_kernel(
             tl.store(dB_ptr + part + p * N, tl.sum(g * dtu[:, None], axis=0), mask=nmask & valid)
             tl.store(dC_ptr + part + p * N, tl.sum(states[j] * dy[:, None], axis=0), mask=nmask & valid)
             dD += dy * u
+            if HAS_BIAS:
+                dbias += tl.where(valid, ddt, 0.0)
             dt_next = dt
     row = (b * NCH + c) * K * D + e
     tl.store(dA_ptr + row[:, None] * N + ns, dA, mask=mask)
     if HAS_D:
         tl.store(dD_ptr + row, dD, mask=dmask)
+    if HAS_BIAS:
+        tl.store(dbias_ptr + row, dbias, mask=dmask)
+
+
+@triton.jit
+def gated_sum_kernel(ys_ptr, gate_ptr, out_ptr, LD, D, K: tl.constexpr, BLOCK: tl.constexpr):
+    """out[b, l, d] = Σ_k gate[b, k, d] · ys[b, k, l, d] in one pass over the four scan outputs (contiguous ys
+    (batch, K, L, D), gate (batch, K, D) float32, out (batch, L, D)); accumulated in float32. Grid
+    (cdiv(L·D, BLOCK), batch)."""
+    b = tl.program_id(1).to(tl.int64)
+    i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = i < LD
+    d = i % D
+    acc = tl.zeros([BLOCK], tl.float32)
+    for k in tl.static_range(K):
+        gate = tl.load(gate_ptr + (b * K + k) * D + d, mask=mask, other=0.0)
+        y = tl.load(ys_ptr + (b * K + k) * LD + i, mask=mask, other=0.0).to(tl.float32)
+        acc += gate * y
+    tl.store(out_ptr + b * LD + i, acc.to(out_ptr.dtype.element_ty), mask=mask)
