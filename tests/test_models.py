@@ -289,5 +289,8 @@ def test_mlp_pads_on_cuda_and_flop_count_ignores_the_padding() -> None:
         torch.testing.assert_close(mlp(x), mlp.fc2(mlp.act(mlp.fc1(x))), rtol=1e-5, atol=1e-6)
     finally:
         torch.backends.cuda.matmul.allow_tf32 = tf32
+    # The MLPs' products counted on CUDA (where they run padded) are those of the unpadded model (counted on the
+    # meta device); the scans are not compared: on CUDA the Triton path does not go through selective_scan.
     model = tiny_mair(embed_dim=12, mlp_ratio=2.5).cuda()
-    assert count_flops(model, (8, 8), device=None).total == count_flops(model.cpu(), (8, 8)).total
+    on_cuda = count_flops(model, (8, 8), device=None).by_kind["matmul"]
+    assert on_cuda == count_flops(model.cpu(), (8, 8)).by_kind["matmul"] > 0

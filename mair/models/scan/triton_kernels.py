@@ -489,7 +489,8 @@ def scan_bwd_step_kernel(
     du_ptr, sub, suk, sul, sud,
     ddt_ptr, sdb, sdk, sdl, sdd,
     dB_ptr, dC_ptr,  # (batch, K, NDB, L, N) float32 partial sums over the channel block
-    dA_ptr, dD_ptr, dbias_ptr,  # (batch, NCH, K·D, N), (batch, NCH, K·D) x 2 float32 partial sums over the chunk
+    dA_ptr,  # (batch, NCH, K·D, N) float32 partial sums over the chunk
+    dD_ptr, dbias_ptr,  # (K·D, batch·NCH) float32 partial sums over the chunk (rows: summed contiguously)
     ck_ptr,  # (batch, K, NCH, BL / S - 1, D, N) float32 scratch: states entering the sub-chunks after the first
     gate_ptr, const_ptr,  # GATED_DY: (batch, K, D) float32, dy = gate·dy + const (dy read with k stride 0)
     L, D, N, K, NCH, NDB, SN,
@@ -593,11 +594,12 @@ def scan_bwd_step_kernel(
                 dbias += tl.where(valid, ddt, 0.0)
             dt_next = dt
     row = (b * NCH + c) * K * D + e
+    column = e * (tl.num_programs(2) // K * NCH) + b * NCH + c
     tl.store(dA_ptr + row[:, None] * N + ns, dA, mask=mask)
     if HAS_D:
-        tl.store(dD_ptr + row, dD, mask=dmask)
+        tl.store(dD_ptr + column, dD, mask=dmask)
     if HAS_BIAS:
-        tl.store(dbias_ptr + row, dbias, mask=dmask)
+        tl.store(dbias_ptr + column, dbias, mask=dmask)
 
 
 @triton.jit
