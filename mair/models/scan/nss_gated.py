@@ -9,7 +9,9 @@ one parallel pass (``_output_dots``, every chunk at once, nothing of size (B, K,
 returns the chunks' adjoint summaries for dy = dout and dy = 1; those of the scan's output gradient
 ``dy = gate ⊙ dout + dmean / L`` follow by linearity, so the scan's backward skips its own summary pass; the
 pass also stores the states entering the backward kernel's sub-chunks, so that kernel skips its first walk, and
-the backward kernel forms dy itself from dout, the gate and the constant (no (B, K, L, D) dy is written).
+the backward kernel forms dy itself from dout, the gate and the constant (no (B, K, L, D) dy is written). In the
+forward the gated sum itself is one Triton pass over the four outputs (:func:`gated_sum_triton`; its reference is
+:func:`gated_sum`).
 
 The gate is computed in float32 with autocast off (as is the sum of the means), whatever the input precision.
 :func:`ssa_gate` is the one formula, shared with :class:`mair.models.blocks.ShuffleAttn`.

@@ -23,8 +23,9 @@ states entering the backward's sub-chunks, and the backward kernel skips its own
 forms dy = gate·dout + const from dout itself (``GATED_DY``). (Two earlier
 backwards, one program per sequence and per-chunk associative scans, were slower and are gone; their numbers
 are in docs/benchmarks.md.)
-The plain references these kernels are checked against are ``mair.models.scan.reference`` and the ``torch``
-backend (tests/test_scan_triton.py).
+``gated_sum_kernel`` forms the gated scan's output Σ_k gate_k ⊙ y_k in one pass (reference:
+``nss_gated.gated_sum``). The plain references these kernels are checked against are
+``mair.models.scan.reference`` and the ``torch`` backend (tests/test_scan_triton.py).
 """
 
 from __future__ import annotations
