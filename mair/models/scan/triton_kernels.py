@@ -609,9 +609,11 @@ def gated_sum_kernel(ys_ptr, gate_ptr, out_ptr, LD, D, K: tl.constexpr, BLOCK: t
     (batch, K, L, D), gate (batch, K, D) float32, out (batch, L, D)); accumulated in float32. Grid
     (cdiv(L·D, BLOCK), batch)."""
     b = tl.program_id(1).to(tl.int64)
-    i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    start = tl.program_id(0).to(tl.int64) * BLOCK  # 64-bit: L·D passes 2^31 at about 2440² positions
+    within = tl.arange(0, BLOCK)
+    i = start + within
     mask = i < LD
-    d = i % D
+    d = ((start % D).to(tl.int32) + within) % D  # one 64-bit remainder per program, the rest in 32 bits
     acc = tl.zeros([BLOCK], tl.float32)
     for k in tl.static_range(K):
         gate = tl.load(gate_ptr + (b * K + k) * D + d, mask=mask, other=0.0)
