@@ -99,9 +99,9 @@ def offline_launches(records: list[dict], dump: Path | None = None) -> Iterator[
 
 
 def trace_scan(batch: int, side: int, channels: int, d_state: int, groups: int = 4,
-               dump: Path | None = None, gated: bool = False) -> list[dict]:
+               dump: Path | None = None, gated: bool = False, rank: int = 0) -> list[dict]:
     """Compile every kernel of one ``nss_scan`` (``gated``: ``nss_scan_gated``) forward and backward at the
-    given shape."""
+    given shape (``rank`` > 0: Δ from its rank-``rank`` input, as the model passes it)."""
     from mair.models.nss import scan_orders
     from mair.models.scan import triton_backend
 
@@ -111,6 +111,11 @@ def trace_scan(batch: int, side: int, channels: int, d_state: int, groups: int =
     A = -torch.rand(groups * channels, d_state, requires_grad=True)
     x_dbl = torch.randn(batch, groups, length, 12 + 2 * d_state, requires_grad=True)
     B, C = x_dbl[..., 12:12 + d_state], x_dbl[..., 12 + d_state:]
+    weight = None
+    if rank:  # Δ's low-rank input as a view of the projections' output, like the model's
+        x_dbl = torch.randn(batch, groups, length, rank + 2 * d_state, requires_grad=True)
+        delta, B, C = x_dbl[..., :rank], x_dbl[..., rank:rank + d_state], x_dbl[..., rank + d_state:]
+        weight = torch.randn(groups, channels, rank, requires_grad=True)
     D = torch.ones(groups * channels, requires_grad=True)
     bias = torch.zeros(groups * channels, requires_grad=True)
     ids = scan_orders(side, side, 4, 0, torch.device("cpu"))[0]
@@ -120,9 +125,9 @@ def trace_scan(batch: int, side: int, channels: int, d_state: int, groups: int =
             from mair.models.scan.nss_gated import nss_scan_gated
 
             gate_w, gate_b = torch.randn(channels, groups, groups), torch.randn(channels, groups)
-            y = nss_scan_gated(x, delta, A, B, C, D, bias, ids, True, None, gate_w, gate_b)
+            y = nss_scan_gated(x, delta, A, B, C, D, bias, ids, True, weight, gate_w, gate_b)
         else:
-            y = triton_backend.nss_scan(x, delta, A, B, C, D, bias, ids, True)
+            y = triton_backend.nss_scan(x, delta, A, B, C, D, bias, ids, True, delta_weight=weight)
         y.backward(torch.randn_like(y))
     return records
 
@@ -136,8 +141,11 @@ def main() -> None:
     parser.add_argument("--layouts", action="store_true", help="print the blocked layouts of each kernel")
     parser.add_argument("--dump", type=Path, default=None, help="write each kernel's TTGIR, PTX, cubin and SASS here")
     parser.add_argument("--gated", action="store_true", help="trace nss_scan_gated (the model's path)")
+    parser.add_argument("--rank", type=int, default=0,
+                        help="Δ from a low-rank input of this rank (the model's 12 for classic SR); 0: full Δ")
     args = parser.parse_args()
-    for rec in trace_scan(args.batch, args.side, args.channels, args.d_state, dump=args.dump, gated=args.gated):
+    for rec in trace_scan(args.batch, args.side, args.channels, args.d_state, dump=args.dump, gated=args.gated,
+                          rank=args.rank):
         layouts = rec.pop("layouts")
         print(" ".join(f"{k}={v}" for k, v in rec.items()))
         if args.layouts:

@@ -90,11 +90,20 @@ def test_nss_fused_scan_matches_gather_scan_scatter(height: int, width: int, sca
 
 
 @pytest.mark.parametrize("length_side,d_state,rank", [((5, 7), 4, 3), ((6, 6), 1, 1), ((3, 11), 16, 12)])
-def test_low_rank_delta_matches_projecting_outside(length_side: tuple[int, int], d_state: int, rank: int) -> None:
+@pytest.mark.parametrize("in_kernel", [False, True])
+def test_low_rank_delta_matches_projecting_outside(length_side: tuple[int, int], d_state: int, rank: int,
+                                                   in_kernel: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     """``delta_weight``: Δ projected inside the op (and again in its backward) gives the output and every
-    gradient of the einsum followed by the scan, and the op keeps only the low-rank input for the backward."""
+    gradient of the einsum followed by the scan, and the op keeps only the low-rank input for the backward.
+    ``in_kernel``: the forward kernel projects Δ itself (``MAIR_TRITON_DELTA_IN_KERNEL``), without
+    ``project_delta``."""
+    from mair.models.scan import triton_backend
     from mair.models.scan.triton_backend import project_delta
 
+    monkeypatch.setenv("MAIR_TRITON_DELTA_IN_KERNEL", "1" if in_kernel else "0")
+    projections: list[int] = []
+    monkeypatch.setattr(triton_backend, "project_delta",
+                        lambda *a: projections.append(1) or project_delta(*a))
     torch.manual_seed(int(torch.randint(0, 2**31 - 1, ()).item()))
     height, width = length_side
     batch, groups, channels, length = 2, 4, 5, height * width
@@ -110,6 +119,7 @@ def test_low_rank_delta_matches_projecting_outside(length_side: tuple[int, int],
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(tuple(t.shape)) or t, lambda t: t):
         got = nss_scan(x, low, A, B, C, D, bias, ids, True, delta_weight=weight)
     assert (batch, groups, length, channels) not in saved, saved  # Δ itself is not kept
+    assert len(projections) == (0 if in_kernel else 1)  # the forward's own
     dy = torch.randn_like(want)
     assert _rel(got, want) <= 1e-6
     assert _rel(project_delta(low, weight), torch.einsum("bklr,kdr->bkld", low, weight)) <= 1e-6
@@ -172,18 +182,24 @@ def test_output_dots_and_adjoint_summaries_from_the_chunk_states(height: int, wi
         assert _rel(found.total[:, :, c], total) <= 1e-5, c
 
 
-@pytest.mark.parametrize("height,width,d_state,rank", [(5, 7, 4, 3), (6, 9, 1, None), (3, 11, 16, 12)])
+@pytest.mark.parametrize("height,width,d_state,rank,in_kernel", [
+    (5, 7, 4, 3, False), (6, 9, 1, None, False), (3, 11, 16, 12, False), (5, 7, 4, 3, True), (3, 11, 16, 12, True),
+])
 def test_gated_scan_matches_scan_then_gate_and_keeps_no_scan_outputs(height: int, width: int, d_state: int,
-                                                                      rank: int | None) -> None:
+                                                                      rank: int | None, in_kernel: bool,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """``nss_scan_gated``: the output and all ten gradients of the scan followed by the SSA gate and the sum,
-    without keeping any (B, K, L, D) tensor for the backward."""
+    without keeping any (B, K, L, D) tensor for the backward (``in_kernel``: Δ projected by the forward kernel;
+    the reference projects it outside)."""
     from mair.models.scan.nss_gated import nss_scan_gated, nss_scan_gated_reference
 
+    monkeypatch.setenv("MAIR_TRITON_DELTA_IN_KERNEL", "0")
     torch.manual_seed(int(torch.randint(0, 2**31 - 1, ()).item()))
     inputs = _gated_inputs(height, width, d_state, rank)
     ids = scan_orders(height, width, 4, 2, DEVICE)[0]
     args = [*inputs[:7], ids, True, *inputs[7:]]
     want = nss_scan_gated_reference(*args)
+    monkeypatch.setenv("MAIR_TRITON_DELTA_IN_KERNEL", "1" if in_kernel else "0")
     saved: list[tuple[int, ...]] = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(tuple(t.shape)) or t, lambda t: t):
         got = nss_scan_gated(*args)

@@ -109,6 +109,9 @@ class _Problem:
     bias: Tensor | None
     ids: Tensor | None
     softplus: bool
+    #: When given (K, D, R) float32: ``dt`` is Δ's rank-R input (batch, K, L, R), projected inside the forward
+    #: kernel (``scan_fwd_step_kernel``'s ``R``); forward passes only.
+    delta_weight: Tensor | None = None
 
 
 def _launch_meta(pb: _Problem) -> dict:
@@ -220,6 +223,9 @@ def _fwd_stepwise(pb: _Problem, args: tuple, cfg: TileConfig, n_chunks: int, sum
     grid = (-(-pb.channels // step_bd), n_seg, pb.batch * pb.groups)
     sizes = (pb.length, pb.channels, pb.d_state, pb.groups, n_chunks, n_seg, seg_chunks)
     meta = dict(HAS_D=pb.D is not None, **_launch_meta(pb), BL=cfg.bl, BD=step_bd, BN=cfg.bn, num_warps=1)
+    if pb.delta_weight is not None:
+        rank = pb.delta_weight.shape[2]
+        meta.update(R=rank, RP=1 << (rank - 1).bit_length())
     dummy = pb.A
     hin = None
     if n_seg > 1:
@@ -257,6 +263,8 @@ def _output_dots(pb: _Problem, w: Tensor, ws: Strides, hs: Tensor, sub_states: b
     :func:`_bwd` (given them) skips its own first walk."""
     from .triton_kernels import scan_fwd_step_kernel
 
+    if pb.delta_weight is not None:
+        raise ValueError("_output_dots: the DOT pass reads the full Δ (build the problem from project_delta's Δ)")
     n_chunks = hs.shape[2]
     bl = chunk_length(pb.length, n_chunks)
     step_bd = step_channels()
@@ -286,7 +294,8 @@ def _step_args(pb: _Problem, out: Tensor, os_: Strides) -> tuple:
     """The leading arguments of :func:`scan_fwd_step_kernel`: the problem's tensors and strides (absent D,
     delta bias and ids as a dummy pointer), then the output (or DOT mode's w) and its strides."""
     dummy = pb.A
-    return (pb.x, *pb.xs, pb.dt, *pb.dts, pb.A, pb.B, *pb.bs, pb.C, *pb.cs,
+    return (pb.x, *pb.xs, pb.dt, *pb.dts, pb.delta_weight if pb.delta_weight is not None else dummy,
+            pb.A, pb.B, *pb.bs, pb.C, *pb.cs,
             pb.D if pb.D is not None else dummy, pb.bias if pb.bias is not None else dummy,
             pb.ids if pb.ids is not None else dummy, out, *os_)
 
@@ -402,6 +411,21 @@ def _nss_problem(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: T
                     ids.contiguous(), bool(softplus))
 
 
+DELTA_IN_KERNEL_MAX_RANK = 64  # the forward keeps RP weights per lane: beyond this, registers would spill
+
+
+def delta_in_kernel(delta_low: Tensor) -> bool:
+    """Whether the forward kernel projects Δ from its low-rank input itself (``MAIR_TRITON_DELTA_IN_KERNEL`` =
+    1; default off until timed, docs/benchmarks.md): float32 inputs of rank up to
+    ``DELTA_IN_KERNEL_MAX_RANK`` only. The kernel's float32 multiply-adds then stand for :func:`project_delta`'s
+    product (the backward still recomputes Δ with it): the same values up to rounding with TF32 off, within
+    TF32's rounding (about 1e-3 relative) with it on. bf16 inputs keep the product outside, whose rounding to
+    bf16 the backward's recomputation repeats exactly."""
+    if os.environ.get("MAIR_TRITON_DELTA_IN_KERNEL", "0") in ("", "0"):
+        return False
+    return delta_low.dtype == torch.float32 and delta_low.shape[3] <= DELTA_IN_KERNEL_MAX_RANK
+
+
 def project_delta(delta_low: Tensor, weight: Tensor) -> Tensor:
     """Δ (batch, K, L, D) from its low-rank input (batch, K, L, R) and the per-group projections (K, D, R), in
     the input's precision (bf16 under autocast, as the model's einsum was) with autocast off, so that the
@@ -445,10 +469,15 @@ def nss_scan_forward(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, 
                      sums: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """:func:`nss_scan`'s forward without autograd: the output and the states entering every chunk
     (batch, K, NCH, D, N) float32, which :func:`nss_scan_backward` needs. ``sums``: when given
-    (batch, K, D) float32, receives Σ_l y (summed in float32 inside the kernel)."""
-    if delta_weight is not None:
+    (batch, K, D) float32, receives Σ_l y (summed in float32 inside the kernel). With ``delta_weight``, Δ is
+    projected from its low-rank input inside the kernel when :func:`delta_in_kernel` says so, else by
+    :func:`project_delta` first."""
+    in_kernel = delta_weight is not None and delta_in_kernel(delta)
+    if delta_weight is not None and not in_kernel:
         delta = project_delta(delta, delta_weight)  # freed when the forward returns
     pb = _nss_problem(x, delta, A, B, C, D, delta_bias, ids, softplus)
+    if in_kernel:
+        pb.delta_weight = delta_weight.float().contiguous()
     out = torch.empty(pb.batch, pb.groups, pb.length, pb.channels, device=x.device, dtype=x.dtype)
     return out, _fwd(pb, out, _bkl_strides(out), sums)
 

@@ -191,9 +191,20 @@ def _step_position(ids_ptr, k, l, L, HAS_IDS: tl.constexpr):
 
 
 @triton.jit
+def _raw_delta(loaded, W, R: tl.constexpr):
+    """Raw Δ (BD,) float32 of one position from what the forward loaded for it: Δ itself, or with ``R`` > 0 its
+    low-rank input (RP,) projected by the (RP, BD) weights (the sum over the rank stays inside each lane)."""
+    if R > 0:
+        return tl.sum(W * loaded.to(tl.float32)[:, None], axis=0)
+    else:
+        return loaded.to(tl.float32)
+
+
+@triton.jit
 def scan_fwd_step_kernel(
     x_ptr, sxb, sxk, sxl, sxd,
-    dt_ptr, stb, stk, stl, std,
+    dt_ptr, stb, stk, stl, std,  # raw Δ (batch, K, L, D); with R > 0 its low-rank input (batch, K, L, R)
+    w_ptr,  # R > 0: the per-group projections (K, D, R) float32, contiguous; raw Δ = W · input
     A_ptr, B_ptr, sbb, sbk, sbl, sbn,
     C_ptr, scb, sck, scl, scn,
     D_ptr, bias_ptr, ids_ptr,
@@ -209,6 +220,7 @@ def scan_fwd_step_kernel(
     HAS_IDS: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_HIN: tl.constexpr, SUMMARY: tl.constexpr, DOT: tl.constexpr,
     BL: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr, SUB: tl.constexpr = 0, SUM_Y: tl.constexpr = False,
+    R: tl.constexpr = 0, RP: tl.constexpr = 1,
 ):
     """Step-by-step forward: a program owns ``BD`` channels (one per lane) with all ``BN`` states of each in
     the lane's registers, and walks one segment of ``SEG_CHUNKS`` chunks position by position. Per position
@@ -229,7 +241,12 @@ def scan_fwd_step_kernel(
     product of the decays the walk takes anyway. The gated backward's dy = gate·w + c is constant in l up to w,
     so its summaries are gate·es + c·e1 without a pass over dy. With ``SUB`` > 0 the walk also stores the state
     entering every sub-chunk of ``SUB`` positions after the first in ``ck`` (the scratch of
-    :func:`scan_bwd_step_kernel`, which then skips its own first walk)."""
+    :func:`scan_bwd_step_kernel`, which then skips its own first walk).
+
+    With ``R`` > 0 (not in DOT mode) Δ is read as its rank-``R`` input and projected in the walk: each lane keeps
+    its channel's ``R`` weights (padded to ``RP``) and forms raw Δ with ``R`` multiply-adds per position, so the
+    (batch, K, L, D) Δ is never written or read (``nss_scan_forward``'s ``delta_weight``)."""
+    tl.static_assert(R == 0 or not DOT, "the DOT pass reads the full Δ")
     pid_d = tl.program_id(0)
     seg = tl.program_id(1)
     pid_bk = tl.program_id(2)
@@ -244,7 +261,16 @@ def scan_fwd_step_kernel(
         h = tl.load(hin_ptr + state, mask=mask, other=0.0)
     total = tl.zeros((BD,), tl.float32)
     x_base = x_ptr + b * sxb + k * sxk + d * sxd
-    dt_base = dt_ptr + b * stb + k * stk + d * std
+    if R > 0:  # raw Δ = W · (the position's R inputs), the weights as a (RP, BD) tile like the states'
+        r = tl.arange(0, RP)
+        dt_mask = r < R
+        W = tl.load(w_ptr + (k * D + d[None, :]) * R + r[:, None], mask=dt_mask[:, None] & dmask[None, :],
+                    other=0.0)
+        dt_base = dt_ptr + b * stb + k * stk + r * std
+    else:
+        dt_mask = dmask
+        W = tl.zeros((1, BD), tl.float32)  # unused
+        dt_base = dt_ptr + b * stb + k * stk + d * std
     b_base = B_ptr + b * sbb + k * sbk + n * sbn
     c_base = C_ptr + b * scb + k * sck + n * scn
     out_base = out_ptr + b * sob + k * sok + d * sod
@@ -254,7 +280,7 @@ def scan_fwd_step_kernel(
     # scan-order index two ahead), so their latency overlaps it; the last prefetches read a clamped position.
     p_next = _step_position(ids_ptr, k, l_first, L, HAS_IDS)
     p_after = _step_position(ids_ptr, k, tl.minimum(l_first + 1, L - 1), L, HAS_IDS)
-    raw_next = tl.load(dt_base + p_next * stl, mask=dmask, other=0.0)
+    raw_next = tl.load(dt_base + p_next * stl, mask=dt_mask, other=0.0)
     u_next = tl.load(x_base + p_next * sxl, mask=dmask, other=0.0)
     B_next = tl.load(b_base + p_next * sbl, mask=nmask, other=0.0)
     C_next = tl.load(c_base + p_next * scl, mask=nmask, other=0.0)
@@ -266,10 +292,10 @@ def scan_fwd_step_kernel(
     if DOT:
         w_next = tl.load(out_base + p_next * sol, mask=dmask, other=0.0).to(tl.float32)
     for l in range(l_first, l_last):
-        p, raw, u, Bl, Cl = p_next, raw_next.to(tl.float32) + bias, u_next.to(tl.float32), B_next, C_next
+        p, raw, u, Bl, Cl = p_next, _raw_delta(raw_next, W, R) + bias, u_next.to(tl.float32), B_next, C_next
         w = w_next
         p_next = p_after
-        raw_next = tl.load(dt_base + p_next * stl, mask=dmask, other=0.0)
+        raw_next = tl.load(dt_base + p_next * stl, mask=dt_mask, other=0.0)
         u_next = tl.load(x_base + p_next * sxl, mask=dmask, other=0.0)
         B_next = tl.load(b_base + p_next * sbl, mask=nmask, other=0.0)
         if not SUMMARY:
