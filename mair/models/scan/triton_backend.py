@@ -411,7 +411,10 @@ def _nss_problem(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: T
                     ids.contiguous(), bool(softplus))
 
 
-DELTA_IN_KERNEL_MAX_RANK = 64  # the forward keeps RP weights per lane: beyond this, registers would spill
+#: The forward keeps its channels' weights in registers, padded to a power of two: at rank 12 (padded 16) the
+#: passes take 126 and 128 registers without spills (benchmarks/triton_offline.py --rank 12); larger ranks (the
+#: U-Net's deeper levels) keep the product outside.
+DELTA_IN_KERNEL_MAX_RANK = 16
 
 
 def delta_in_kernel(delta_low: Tensor) -> bool:
