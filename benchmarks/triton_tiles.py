@@ -1,7 +1,8 @@
 """Sweep the Triton scan's tile sizes on the GPU at the classic-SR VMM shape (B 4, K 4, D 360, 64x64, N 16)
-and print forward and forward+backward times per configuration: "BL,BD,warps" sets MAIR_TRITON_TILES (chunk
-length of the stored states, adjoint-summary tile), "step:BD,S" sets MAIR_TRITON_BWD_STEP (channels per program
-and sub-chunk length of the backward).
+and print forward and forward+backward times per configuration (wall-clock median, and the GPU kernel time
+summed from the profiler, which does not depend on how fast the host launches the op's small kernels):
+"BL,BD,warps" sets MAIR_TRITON_TILES (chunk length of the stored states, adjoint-summary tile), "step:BD,S" sets
+MAIR_TRITON_BWD_STEP (channels per program and sub-chunk length of the backward).
 
     python benchmarks/triton_tiles.py --configs "default;64,8,4"
     python benchmarks/triton_tiles.py --variants "step;step:16,4;step:32,2"
@@ -59,7 +60,17 @@ if {profile}:
     print(prof.key_averages().table(sort_by="self_device_time_total", row_limit=12))
 f = triton.testing.do_bench(fwd, warmup=50, rep=200, return_mode="median")
 fb = triton.testing.do_bench(fwdbwd, warmup=50, rep=300, return_mode="median")
-print(f"RESULT {{f:.3f}} {{fb:.3f}}")
+def kernel_ms(fn, calls=20):
+    # GPU kernel time per call summed from the profiler: the wall time above also holds the host's launches
+    # of the op's small torch kernels, which differ between machines (the compiled step replays CUDA graphs)
+    fn()
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+    return sum(e.self_device_time_total for e in prof.key_averages()) / 1e3 / calls
+print(f"RESULT {{f:.3f}} {{fb:.3f}} {{kernel_ms(fwd):.3f}} {{kernel_ms(fwdbwd):.3f}}")
 '''
 
 
@@ -102,8 +113,9 @@ def main() -> None:
             if line is None:
                 print(f"{label:>28}: failed: {proc.stderr.strip().splitlines()[-3:]}", flush=True)
             else:
-                f, fb = line.split()[1:]
-                print(f"{label:>28}: fwd {f} ms  fwd+bwd {fb} ms", flush=True)
+                f, fb, kf, kfb = line.split()[1:]
+                print(f"{label:>28}: fwd {f} ms  fwd+bwd {fb} ms (wall, median); kernels: fwd {kf} ms  "
+                      f"fwd+bwd {kfb} ms", flush=True)
 
 
 if __name__ == "__main__":
