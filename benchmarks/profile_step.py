@@ -98,7 +98,7 @@ def main() -> None:
             for e in [e for e in events if kernel_group(e.key) == kind][: args.per_kind]:
                 print(f"{e.self_device_time_total / 1e3:9.2f} {e.count:6d}  {e.key[:140]}")
     if args.shapes:
-        print_matmul_shapes(prof)
+        print_operator_shapes(prof)
 
 
 #: Operators that are one matrix product each, and how to count their multiply-adds from the operand shapes.
@@ -118,10 +118,12 @@ def matmul_flops(name: str, shapes: list) -> float:
     return 2.0 * b * m * k * n
 
 
-def print_matmul_shapes(prof) -> None:
-    """The matrix-product operators grouped by operand shapes: device ms, calls, TFLOP/s."""
+def print_operator_shapes(prof) -> None:
+    """The matrix-product operators grouped by operand shapes (device ms, calls, TFLOP/s), then the other
+    operators by shapes (self device ms, calls)."""
+    by_shape = prof.key_averages(group_by_input_shape=True)
     rows = []
-    for e in prof.key_averages(group_by_input_shape=True):
+    for e in by_shape:
         if e.key not in MATMUL_OPS or e.device_time_total <= 0:
             continue
         flops = matmul_flops(e.key, e.input_shapes) * e.count
@@ -131,7 +133,7 @@ def print_matmul_shapes(prof) -> None:
     print(f"matrix products: {sum(r[0] for r in rows):.1f} ms; by shapes (device ms, calls, TFLOP/s, op, shapes):")
     for ms, count, name, shapes, tflops in rows[:40]:
         print(f"{ms:9.2f} {count:6d} {tflops:7.1f}  {name} {shapes}")
-    others = [e for e in prof.key_averages(group_by_input_shape=True)
+    others = [e for e in by_shape
               if e.key.startswith("aten::") and e.key not in MATMUL_OPS and e.self_device_time_total > 0]
     others.sort(key=lambda e: e.self_device_time_total, reverse=True)
     print("other operators by shapes (self device ms, calls, op, shapes):")

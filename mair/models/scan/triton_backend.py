@@ -361,8 +361,7 @@ def _bwd(pb: _Problem, dy: Tensor, dys: Strides, hs: Tensor, du: Tensor, dus: St
     # column sums over (batch, NCH, K·D) took about 19 µs each per classic SR block)
     vectors = [v for v in (pb.D, pb.bias) if v is not None]
     parts = torch.empty(max(1, len(vectors)), pb.groups * pb.channels, pb.batch * n_chunks, device=dev, dtype=f32)
-    dD_part = parts[0]
-    dbias_part = parts[len(vectors) - 1]
+    dD_part, dbias_part = parts[0], parts[-1]  # the same row when only one of them (or neither) is present
     scan_bwd_step_kernel[(n_dblocks, n_chunks, pb.batch * pb.groups)](
         pb.x, *pb.xs, pb.dt, *pb.dts, pb.A, pb.B, *pb.bs, pb.C, *pb.cs,
         pb.D if pb.D is not None else dummy, pb.bias if pb.bias is not None else dummy,
@@ -377,7 +376,7 @@ def _bwd(pb: _Problem, dy: Tensor, dys: Strides, hs: Tensor, du: Tensor, dus: St
     dD = sums[0] if pb.D is not None else None
     dB = dB_part[:, :, 0] if n_dblocks == 1 else dB_part.sum(2)
     dC = dC_part[:, :, 0] if n_dblocks == 1 else dC_part.sum(2)
-    dbias = sums[len(vectors) - 1] if pb.bias is not None else None
+    dbias = sums[-1] if pb.bias is not None else None
     return dB, dC, dA_part.sum((0, 1)), dD, dbias
 
 
@@ -402,13 +401,17 @@ def chunk_length(length: int, n_chunks: int) -> int:
 
 
 def _nss_problem(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
-                 delta_bias: Tensor | None, ids: Tensor, softplus: bool) -> _Problem:
+                 delta_bias: Tensor | None, ids: Tensor, softplus: bool,
+                 delta_weight: Tensor | None = None) -> _Problem:
+    """The NSS layout's problem; ``delta_weight``: ``delta`` is Δ's low-rank input, projected by the forward
+    kernel (see :attr:`_Problem.delta_weight`)."""
     batch, length, channels = x.shape
     return _Problem(batch, delta.shape[1], length, channels, A.shape[1],
                     x, (x.stride(0), 0, x.stride(1), x.stride(2)), delta, _bkl_strides(delta),
                     A.contiguous(), B, _bkl_strides(B), C, _bkl_strides(C),
                     None if D is None else D.contiguous(), None if delta_bias is None else delta_bias.contiguous(),
-                    ids.contiguous(), bool(softplus))
+                    ids.contiguous(), bool(softplus),
+                    None if delta_weight is None else delta_weight.float().contiguous())
 
 
 #: The forward keeps its channels' weights in registers, padded to a power of two: at rank 12 (padded 16) the
@@ -478,9 +481,7 @@ def nss_scan_forward(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, 
     in_kernel = delta_weight is not None and delta_in_kernel(delta)
     if delta_weight is not None and not in_kernel:
         delta = project_delta(delta, delta_weight)  # freed when the forward returns
-    pb = _nss_problem(x, delta, A, B, C, D, delta_bias, ids, softplus)
-    if in_kernel:
-        pb.delta_weight = delta_weight.float().contiguous()
+    pb = _nss_problem(x, delta, A, B, C, D, delta_bias, ids, softplus, delta_weight if in_kernel else None)
     out = torch.empty(pb.batch, pb.groups, pb.length, pb.channels, device=x.device, dtype=x.dtype)
     return out, _fwd(pb, out, _bkl_strides(out), sums)
 
