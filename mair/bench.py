@@ -103,10 +103,12 @@ def _build(workload: Workload, device: torch.device) -> tuple[torch.nn.Module, i
 
 def run_workload(workload: Workload, backend: str | None, precision: str, device: torch.device,
                  warmup: int = 3, repeat: int = 10, compile_model: bool = False,
-                 compile_mode: str | None = None) -> dict[str, Any]:
+                 compile_mode: str | None = None, adam: str = "default") -> dict[str, Any]:
     """Time one workload; returns a result row (``compile_mode``: a ``torch.compile`` mode, implies
-    ``compile_model``)."""
+    ``compile_model``; ``adam``: Adam's implementation in training steps, ``default`` as ``mair train`` chooses
+    (:func:`mair.train.optimizers.adam_implementation`), ``foreach`` or ``fused``)."""
     from mair.precision import autocast, check_precision, matmul_precision
+    from mair.train.optimizers import adam_implementation
 
     check_precision(precision)
     compile_model = compile_model or compile_mode is not None
@@ -131,7 +133,9 @@ def run_workload(workload: Workload, backend: str | None, precision: str, device
             model.train()
             target = torch.rand(workload.batch, 3, workload.size * scale, workload.size * scale, generator=gen)
             target = target.to(device)
-            optimizer = torch.optim.Adam(model.parameters(), lr=2e-4, betas=(0.9, 0.99))
+            impl = {"default": adam_implementation(device.type), "foreach": {"foreach": True},
+                    "fused": {"fused": True}}[adam]
+            optimizer = torch.optim.Adam(model.parameters(), lr=2e-4, betas=(0.9, 0.99), **impl)
 
             def fn() -> None:
                 optimizer.zero_grad(set_to_none=True)
@@ -149,7 +153,8 @@ def run_workload(workload: Workload, backend: str | None, precision: str, device
         times = timer(fn)
     row = {"workload": workload.name, "kind": workload.kind, "experiment": workload.experiment,
            "batch": workload.batch, "size": workload.size, "backend": backend or "auto", "precision": precision,
-           "compiled": compile_mode or compile_model, "ms_median": statistics.median(times), "ms_min": min(times),
+           "compiled": compile_mode or compile_model, "adam": adam if workload.kind == "train" else None,
+           "ms_median": statistics.median(times), "ms_min": min(times),
            "official_ms": OFFICIAL_MS.get(workload.name), "target_ms": TARGET_MS.get(workload.name)}
     if device.type == "cuda":
         row["peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
@@ -243,7 +248,8 @@ def main(args: argparse.Namespace) -> int:
                     continue
                 try:
                     row = run_workload(workload, None if backend == "auto" else backend, precision, device,
-                                       args.warmup, args.repeat, args.compile, args.compile_mode)
+                                       args.warmup, args.repeat, args.compile, args.compile_mode,
+                                       args.adam)
                 except Exception as error:
                     row = {"workload": workload.name, "backend": backend, "precision": precision,
                            "error": f"{type(error).__name__}: {error}"}

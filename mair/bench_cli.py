@@ -28,6 +28,9 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compile", action="store_true", help="torch.compile the network")
     parser.add_argument("--compile-mode", default=None, choices=COMPILE_MODES,
                         help="torch.compile mode (implies --compile; reduce-overhead replays CUDA graphs)")
+    parser.add_argument("--adam", default="default", choices=("default", "foreach", "fused"),
+                        help="Adam's implementation in training steps: default as `mair train` chooses (fused on "
+                        "CUDA), foreach or fused")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
 
 

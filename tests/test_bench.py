@@ -42,6 +42,15 @@ def test_main_writes_the_record_and_reports_errors_per_row(tmp_path: Path, monke
     assert "tiny_infer no_such_backend fp32:" in printed and "| tiny_infer | torch | fp32 | False |" in printed
 
 
+def test_adam_implementation_is_chosen_and_recorded() -> None:
+    workload = bench.Workload("tiny_train", "train", "sr_light_t_x4", 1, 12)
+    row = bench.run_workload(workload, "torch", "fp32", torch.device("cpu"), warmup=1, repeat=1, adam="foreach")
+    assert row["adam"] == "foreach"
+    assert _args().adam == "default"
+    with pytest.raises(SystemExit):
+        _args("--adam", "sgd")
+
+
 def test_compile_mode_choices_are_checked() -> None:
     assert _args("--compile-mode", "reduce-overhead").compile_mode == "reduce-overhead"
     with pytest.raises(SystemExit):
@@ -52,3 +61,4 @@ def test_experiment_ids_become_training_workloads_at_the_paper_batch() -> None:
     workload = bench.experiment_workload("sr_light_t_x4")
     assert (workload.kind, workload.experiment, workload.batch) == ("train", "sr_light_t_x4", 16)
     assert set(bench.TARGET_MS) == set(bench.WORKLOADS) == set(bench.OFFICIAL_MS)
+

@@ -144,6 +144,10 @@ class VMM(nn.Module):
     #: 3.2 GiB per SR x2 step, for one parallel pass over the chunks in the backward (docs/benchmarks.md).
     #: False: the scan op returns the four outputs and the gate and sum are separate autograd steps.
     fuse_gate: bool = True
+    #: With the Triton scan, the depthwise convolution runs as a Triton op on the (B, H, W, D) token layout
+    #: (``mair.models.dwconv``): no permutes, no cuDNN layout transforms, and a weight gradient that is one pass
+    #: instead of cuDNN's implicit-GEMM kernel (docs/benchmarks.md, tenth round). False: ``nn.Conv2d`` (cuDNN).
+    triton_conv: bool = True
 
     def __init__(self, d_model: int, d_state: int = 16, ssm_ratio: float = 2.0, d_conv: int = 3) -> None:
         super().__init__()
@@ -172,18 +176,24 @@ class VMM(nn.Module):
         """x: (B, H, W, C) -> (B, H, W, C)."""
         batch, height, width, _ = x.shape
         x, z = self.in_proj(x).chunk(2, dim=-1)
-        x = self.act(self.conv2d(x.permute(0, 3, 1, 2)))  # (B, D, H, W)
         ops = _custom_ops()
         resolve = ops.resolved_backend if ops is not None else resolve_backend
         backend = resolve(self.scan_backend, x.device)
-        if backend == "triton":
-            y = self._scan_fused(x, ids[0])
-        elif backend == "torch" and ops is None and self.torch_inference_fused and not torch.is_grad_enabled():
-            from mair.models.scan.torch_nss import nss_scan_torch
+        if backend == "triton" and self.triton_conv:
+            from mair.models.dwconv import depthwise_conv2d
 
-            y = self._scan_fused(x, ids[0], nss_scan_torch)  # inference: order folded into the chunk layout
+            raster = self.act(depthwise_conv2d(x, self.conv2d.weight, self.conv2d.bias))  # (B, H, W, D) dense
+            y = self._scan_fused(raster.view(batch, height * width, self.d_inner), ids[0])
         else:
-            y = self._scan_gathered(x, ids)
+            x = self.act(self.conv2d(x.permute(0, 3, 1, 2)))  # (B, D, H, W)
+            if backend == "triton":
+                y = self._scan_fused(_raster(x), ids[0])
+            elif backend == "torch" and ops is None and self.torch_inference_fused and not torch.is_grad_enabled():
+                from mair.models.scan.torch_nss import nss_scan_torch
+
+                y = self._scan_fused(_raster(x), ids[0], nss_scan_torch)  # inference: order folded into the chunks
+            else:
+                y = self._scan_gathered(x, ids)
         y = y.view(batch, height, width, self.d_inner)
         return _stage(self.recompute_output_stage, self._output_stage, y, z)
 
@@ -221,16 +231,14 @@ class VMM(nn.Module):
         gate = self.gating.gate(ys.mean(dim=3))  # (B, K, D)
         return torch.einsum("bkd,bkdl->bld", gate.to(ys.dtype), ys)
 
-    def _scan_fused(self, x: Tensor, scan_ids: Tensor, scan_fn: Callable[..., Tensor] | None = None) -> Tensor:
-        """The same computation with the scan order fused into the scan: projections stay in raster order
-        (they act per position), the scan reads through ``scan_ids`` and writes back in raster order, so no
-        permuted copies or inverse gathers exist. ``scan_fn``: the Triton ``nss_scan`` (default) or the
-        inference-only ``torch_nss.nss_scan_torch``. Returns (B, L, D)."""
+    def _scan_fused(self, raster: Tensor, scan_ids: Tensor, scan_fn: Callable[..., Tensor] | None = None) -> Tensor:
+        """The same computation on the raster map (B, L, D) with the scan order fused into the scan: projections
+        stay in raster order (they act per position), the scan reads through ``scan_ids`` and writes back in
+        raster order, so no permuted copies or inverse gathers exist. ``scan_fn``: the Triton ``nss_scan``
+        (default) or the inference-only ``torch_nss.nss_scan_torch``. Returns (B, L, D)."""
         from mair.models.scan.nss_gated import nss_scan_gated
         from mair.models.scan.triton_backend import nss_scan
 
-        batch, inner, height, width = x.shape
-        raster = x.permute(0, 2, 3, 1).reshape(batch, height * width, inner)  # (B, L, D)
         x_dbl = torch.einsum("bld,kcd->bklc", raster, self.x_proj_weight)  # (B, K, L, R+2N)
         dts, bs, cs = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=3)
         A, Ds, dt_bias = -torch.exp(self.A_logs.float()), self.Ds.float(), self.dt_projs_bias.float().reshape(-1)
@@ -248,6 +256,12 @@ class VMM(nn.Module):
             ys = scan_fn(raster, dts, A, bs, cs, Ds, dt_bias, scan_ids, delta_softplus=True)
         # Σ_k gate_k · y_k (on the CPU an einsum's copy of ys into (B, D, L, K) cost as much as the scan's gathers)
         return gated_sum(ys, self.gating.gate(ys.float().mean(dim=2)))
+
+
+def _raster(x: Tensor) -> Tensor:
+    """(B, D, H, W) -> the raster map (B, L, D)."""
+    batch, inner, height, width = x.shape
+    return x.permute(0, 2, 3, 1).reshape(batch, height * width, inner)
 
 
 def _dt_init(rank: int, inner: int, dt_min: float = 1e-3, dt_max: float = 0.1,

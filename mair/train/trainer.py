@@ -48,6 +48,7 @@ from mair.precision import PRECISIONS, apply_matmul_precision, autocast
 from mair.train import datasets as train_data
 from mair.train.launch import EXIT_STOPPED, STOP_MARKER, DistEnv, detect_env
 from mair.train.losses import build_loss
+from mair.train.optimizers import adam_implementation
 from mair.train.progressive import mixup, progressive_crop, step_rng
 from mair.train.sampler import EnlargedSampler
 from mair.train.schedules import build_scheduler, progressive_stage
@@ -506,6 +507,7 @@ class Trainer:
         optim = self.train_cfg["optimizer"]
         kwargs = {"lr": float(optim["lr"]), "betas": tuple(float(b) for b in optim["betas"]),
                   "eps": float(optim.get("eps", 1e-8)), "weight_decay": float(optim["weight_decay"])}
+        kwargs.update(adam_implementation(self.device.type))
         if optim["type"] == "Adam":
             self.optimizer: torch.optim.Optimizer = torch.optim.Adam(params, **kwargs)
         elif optim["type"] == "AdamW":

@@ -1,0 +1,78 @@
+"""Time the VMM's depthwise convolution on the GPU, forward + backward (and forward alone), cuDNN as the model
+ran it (``nn.Conv2d`` on the (B, D, H, W) view of in_proj's strided half) against the Triton op
+(``mair.models.dwconv``), at the models' shapes. GPU kernel time per call, summed from the profiler.
+
+    python benchmarks/dwconv.py                      # the workloads' shapes
+    python benchmarks/dwconv.py --shapes 4x64x64x360 --repeat 50
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch.profiler import ProfilerActivity, profile
+
+from mair.models.dwconv import depthwise_conv2d, depthwise_conv2d_reference
+
+# (name, batch, height, width, channels): classic SR x2 train, MaIR-T x4 and MaIR-S x4 train, colour DN train,
+# classic SR x2 inference
+SHAPES = {"sr_classic_x2_train": (4, 64, 64, 360), "sr_light_t_x4_train": (16, 64, 64, 66),
+          "sr_light_s_x4_train": (16, 64, 64, 84), "dn_color_train": (1, 128, 128, 234),
+          "sr_classic_x2_infer": (1, 256, 256, 360)}
+
+
+def gpu_ms(fn: Callable[[], None], repeat: int) -> float:
+    """GPU kernel time (ms) per call of ``fn``, summed from the profiler's kernel records."""
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(repeat):
+            fn()
+        torch.cuda.synchronize()
+    return sum(e.self_device_time_total for e in prof.key_averages()) / 1e3 / repeat
+
+
+def cudnn_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """The model's former path: nn.Conv2d on the permuted view."""
+    return F.conv2d(x.permute(0, 3, 1, 2), weight, bias, padding=weight.shape[-1] // 2, groups=weight.shape[0])
+
+
+def time_shape(batch: int, height: int, width: int, channels: int, repeat: int) -> str:
+    """One table row: the two paths' forward and forward + backward GPU times at one shape."""
+    wide = torch.randn(batch, height, width, 2 * channels, device="cuda")
+    x = wide[..., :channels].requires_grad_()  # in_proj's x half: a strided view
+    weight = (torch.randn(channels, 1, 3, 3, device="cuda") / 3).requires_grad_()
+    bias = torch.randn(channels, device="cuda", requires_grad=True)
+    grad = torch.randn(batch, height, width, channels, device="cuda")
+    ref = depthwise_conv2d_reference(x, weight, bias)
+    err = float((depthwise_conv2d(x, weight, bias) - ref).norm() / ref.norm())
+    row = [f"rel. difference {err:.1e}"]
+    for name, conv, dy in (("cudnn", cudnn_conv, grad.permute(0, 3, 1, 2)), ("triton", depthwise_conv2d, grad)):
+        def forward(conv: Callable[..., torch.Tensor] = conv) -> None:
+            with torch.no_grad():
+                conv(x, weight, bias)
+
+        def train(conv: Callable[..., torch.Tensor] = conv, dy: torch.Tensor = dy) -> None:
+            conv(x, weight, bias).backward(dy)
+
+        row.append(f"{name} fwd {gpu_ms(forward, repeat):.3f} fwd+bwd {gpu_ms(train, repeat):.3f} ms")
+    return " | ".join(row)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shapes", default=",".join(SHAPES), help="workload names or BxHxWxC, comma-separated")
+    parser.add_argument("--repeat", type=int, default=20)
+    args = parser.parse_args()
+    torch.backends.cudnn.benchmark = False
+    for spec in args.shapes.split(","):
+        batch, height, width, channels = SHAPES[spec] if spec in SHAPES else (int(v) for v in spec.split("x"))
+        print(f"{spec}: {time_shape(batch, height, width, channels, args.repeat)}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
