@@ -344,6 +344,22 @@ def test_model_with_the_gate_in_the_scan_op_matches_the_separate_gate() -> None:
     assert results[0][1]["layers.0.residual_group.blocks.0.self_attention.gating.gating.1.weight"].abs().sum() > 0
 
 
+def test_delta_in_kernel_is_chosen_by_state_size_unless_forced(monkeypatch: pytest.MonkeyPatch) -> None:
+    """By default the forward projects Δ itself only where it was measured faster (d_state 1); the variable
+    forces it either way; bf16 inputs and ranks past the register budget always keep the product outside."""
+    from mair.models.scan.triton_backend import DELTA_IN_KERNEL_MAX_RANK, delta_in_kernel
+
+    rank4 = torch.zeros(1, 4, 8, 4)
+    monkeypatch.delenv("MAIR_TRITON_DELTA_IN_KERNEL", raising=False)
+    assert delta_in_kernel(rank4, 1) and not delta_in_kernel(rank4, 16)
+    monkeypatch.setenv("MAIR_TRITON_DELTA_IN_KERNEL", "1")
+    assert delta_in_kernel(rank4, 16)
+    assert not delta_in_kernel(rank4.bfloat16(), 16)
+    assert not delta_in_kernel(torch.zeros(1, 4, 8, DELTA_IN_KERNEL_MAX_RANK + 1), 1)
+    monkeypatch.setenv("MAIR_TRITON_DELTA_IN_KERNEL", "0")
+    assert not delta_in_kernel(rank4, 1)
+
+
 def test_step_segments_fill_the_gpu_and_cover_every_chunk(monkeypatch: pytest.MonkeyPatch) -> None:
     from mair.models.scan import triton_backend as tb
 

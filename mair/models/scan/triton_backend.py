@@ -420,16 +420,26 @@ def _nss_problem(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: T
 DELTA_IN_KERNEL_MAX_RANK = 16
 
 
-def delta_in_kernel(delta_low: Tensor) -> bool:
-    """Whether the forward kernel projects Δ from its low-rank input itself (``MAIR_TRITON_DELTA_IN_KERNEL`` =
-    1; default off until timed, docs/benchmarks.md): float32 inputs of rank up to
-    ``DELTA_IN_KERNEL_MAX_RANK`` only. The kernel's float32 multiply-adds then stand for :func:`project_delta`'s
-    product (the backward still recomputes Δ with it): the same values up to rounding with TF32 off, within
-    TF32's rounding (about 1e-3 relative) with it on. bf16 inputs keep the product outside, whose rounding to
-    bf16 the backward's recomputation repeats exactly."""
-    if os.environ.get("MAIR_TRITON_DELTA_IN_KERNEL", "0") in ("", "0"):
+#: Without ``MAIR_TRITON_DELTA_IN_KERNEL``, the forward projects Δ itself for states up to this size: measured
+#: on an H100 (docs/benchmarks.md, tenth round), MaIR-T x4's step (d_state 1, rank 4, bound by reading Δ) went
+#: from 62.6 / 61.8 to 58.5 ms, while classic SR x2 (d_state 16, rank 12, bound by the walk's instructions) went
+#: from 150.6 to 158.2 ms in training and from 125.6 to 160.2 ms in inference.
+DELTA_IN_KERNEL_AUTO_MAX_STATE = 1
+
+
+def delta_in_kernel(delta_low: Tensor, d_state: int) -> bool:
+    """Whether the forward kernel projects Δ from its low-rank input itself: float32 inputs of rank up to
+    ``DELTA_IN_KERNEL_MAX_RANK`` only, then ``MAIR_TRITON_DELTA_IN_KERNEL`` = 1 / 0 forces it on / off, and by
+    default it is on for ``d_state`` up to ``DELTA_IN_KERNEL_AUTO_MAX_STATE``. The kernel's float32 multiply-adds
+    then stand for :func:`project_delta`'s product (the backward still recomputes Δ with it): the same values up
+    to rounding with TF32 off, within TF32's rounding (about 1e-3 relative) with it on. bf16 inputs keep the
+    product outside, whose rounding to bf16 the backward's recomputation repeats exactly."""
+    if delta_low.dtype != torch.float32 or delta_low.shape[3] > DELTA_IN_KERNEL_MAX_RANK:
         return False
-    return delta_low.dtype == torch.float32 and delta_low.shape[3] <= DELTA_IN_KERNEL_MAX_RANK
+    switch = os.environ.get("MAIR_TRITON_DELTA_IN_KERNEL", "").strip()
+    if switch:
+        return switch != "0"
+    return d_state <= DELTA_IN_KERNEL_AUTO_MAX_STATE
 
 
 def project_delta(delta_low: Tensor, weight: Tensor) -> Tensor:
@@ -478,7 +488,7 @@ def nss_scan_forward(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, 
     (batch, K, D) float32, receives Σ_l y (summed in float32 inside the kernel). With ``delta_weight``, Δ is
     projected from its low-rank input inside the kernel when :func:`delta_in_kernel` says so, else by
     :func:`project_delta` first."""
-    in_kernel = delta_weight is not None and delta_in_kernel(delta)
+    in_kernel = delta_weight is not None and delta_in_kernel(delta, A.shape[1])
     if delta_weight is not None and not in_kernel:
         delta = project_delta(delta, delta_weight)  # freed when the forward returns
     pb = _nss_problem(x, delta, A, B, C, D, delta_bias, ids, softplus, delta_weight if in_kernel else None)
