@@ -4,11 +4,13 @@ ran it (``nn.Conv2d`` on the (B, D, H, W) view of in_proj's strided half) agains
 
     python benchmarks/dwconv.py                      # the workloads' shapes
     python benchmarks/dwconv.py --shapes 4x64x64x360 --repeat 50
+    python benchmarks/dwconv.py --tiles 64,32,4 128,32,4 32,64,4 64,16,2   # Triton only, per tile choice
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Callable
 
 import torch
@@ -49,7 +51,7 @@ def time_shape(batch: int, height: int, width: int, channels: int, repeat: int) 
     bias = torch.randn(channels, device="cuda", requires_grad=True)
     grad = torch.randn(batch, height, width, channels, device="cuda")
     ref = depthwise_conv2d_reference(x, weight, bias)
-    err = float((depthwise_conv2d(x, weight, bias) - ref).norm() / ref.norm())
+    err = float((depthwise_conv2d(x, weight, bias) - ref).detach().norm() / ref.detach().norm())
     row = [f"rel. difference {err:.1e}"]
     for name, conv, dy in (("cudnn", cudnn_conv, grad.permute(0, 3, 1, 2)), ("triton", depthwise_conv2d, grad)):
         def forward(conv: Callable[..., torch.Tensor] = conv) -> None:
@@ -63,15 +65,39 @@ def time_shape(batch: int, height: int, width: int, channels: int, repeat: int) 
     return " | ".join(row)
 
 
+def time_tiles(batch: int, height: int, width: int, channels: int, repeat: int) -> str:
+    """The Triton op's forward and forward + backward GPU times at one shape with the current tiles."""
+    x = torch.randn(batch, height, width, 2 * channels, device="cuda")[..., :channels].requires_grad_()
+    weight = (torch.randn(channels, 1, 3, 3, device="cuda") / 3).requires_grad_()
+    bias = torch.randn(channels, device="cuda", requires_grad=True)
+    grad = torch.randn(batch, height, width, channels, device="cuda")
+
+    def forward() -> None:
+        with torch.no_grad():
+            depthwise_conv2d(x, weight, bias)
+
+    def train() -> None:
+        depthwise_conv2d(x, weight, bias).backward(grad)
+
+    return f"fwd {gpu_ms(forward, repeat):.3f} fwd+bwd {gpu_ms(train, repeat):.3f} ms"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shapes", default=",".join(SHAPES), help="workload names or BxHxWxC, comma-separated")
     parser.add_argument("--repeat", type=int, default=20)
+    parser.add_argument("--tiles", nargs="*", default=None, metavar="BP,BC,WARPS",
+                        help="time the Triton op only, once per tile choice (MAIR_DWCONV_TILES)")
     args = parser.parse_args()
     torch.backends.cudnn.benchmark = False
     for spec in args.shapes.split(","):
         batch, height, width, channels = SHAPES[spec] if spec in SHAPES else (int(v) for v in spec.split("x"))
-        print(f"{spec}: {time_shape(batch, height, width, channels, args.repeat)}", flush=True)
+        if args.tiles is None:
+            print(f"{spec}: {time_shape(batch, height, width, channels, args.repeat)}", flush=True)
+            continue
+        for tiles in args.tiles:
+            os.environ["MAIR_DWCONV_TILES"] = tiles
+            print(f"{spec} tiles {tiles}: {time_tiles(batch, height, width, channels, args.repeat)}", flush=True)
 
 
 if __name__ == "__main__":

@@ -79,6 +79,23 @@ def test_weight_gradient_partial_sums_cover_every_position(monkeypatch: pytest.M
     assert _rel(runs[0], expected) < 1e-6 and _rel(runs[1], dy.double().sum((0, 1, 2))) < 1e-6
 
 
+def test_tile_override_gives_the_same_results_and_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``MAIR_DWCONV_TILES`` (tuning sweeps): other tiles, the same convolution and gradients."""
+    x, weight, b = _inputs(2, 6, 5, 13, 3, seed=13, strided=True)
+    leaves = [t.to(DEVICE).requires_grad_() for t in (x, weight, b)]
+    dy = torch.randn(2, 6, 5, 13, generator=torch.Generator().manual_seed(14)).to(DEVICE)
+    results = []
+    for tiles in ("", "16,8,1"):
+        monkeypatch.setenv("MAIR_DWCONV_TILES", tiles)
+        y = depthwise_conv2d(*leaves)
+        results.append((y.detach(), *torch.autograd.grad(y, leaves, dy)))
+    for a, b_ in zip(*results, strict=True):
+        assert _rel(a, b_) < 1e-6
+    monkeypatch.setenv("MAIR_DWCONV_TILES", "64,24,4")
+    with pytest.raises(ValueError, match="three powers of two"):
+        depthwise_conv2d(*leaves)
+
+
 def test_bf16_inputs_accumulate_in_fp32() -> None:
     x, weight, b = _inputs(1, 6, 6, 12, 3, seed=5, strided=True)
     y = depthwise_conv2d(x.to(DEVICE, torch.bfloat16), weight.to(DEVICE), b.to(DEVICE))

@@ -11,6 +11,7 @@ tested against is :func:`depthwise_conv2d_reference` (cuDNN / ATen's grouped con
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
@@ -19,8 +20,24 @@ from torch import Tensor
 
 __all__ = ["depthwise_conv2d", "depthwise_conv2d_reference", "dwconv_forward", "dwconv_weight_grad"]
 
-BP, BC = 64, 32  # positions x channels per program (a 64 x 32 float32 tile per tap)
+BP, BC, WARPS = 64, 32, 4  # positions x channels per program (a 64 x 32 float32 tile per tap), warps
 TARGET_PROGRAMS = 528  # weight gradient: about 4 programs per SM on an H100 (132 SMs)
+
+
+def conv_tiles() -> tuple[int, int, int]:
+    """Positions and channels per program and warps of both kernels; ``MAIR_DWCONV_TILES`` = "BP,BC,warps"
+    (powers of two) overrides, for tuning sweeps (``benchmarks/dwconv.py --tiles``)."""
+    override = os.environ.get("MAIR_DWCONV_TILES", "").strip()
+    if not override:
+        return BP, BC, WARPS
+    try:
+        tiles = tuple(int(v) for v in override.split(","))
+    except ValueError:
+        tiles = ()
+    if len(tiles) != 3 or any(v < 1 or v & (v - 1) for v in tiles):
+        raise ValueError(f"MAIR_DWCONV_TILES must be 'BP,BC,warps' (three powers of two), got {override!r}")
+    bp, bc, warps = tiles
+    return bp, bc, warps
 
 
 def depthwise_conv2d_reference(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
@@ -54,9 +71,10 @@ def dwconv_forward(x: Tensor, weight: Tensor, bias: Tensor | None, flip: bool = 
     y = torch.empty(batch, height, width, channels, device=x.device, dtype=x.dtype)
     w = weight.detach().reshape(channels, ks * ks).float().contiguous()
     b = bias.detach().float().contiguous() if bias is not None else w
-    grid = (-(-height * width // BP), -(-channels // BC), batch)
+    bp, bc, warps = conv_tiles()
+    grid = (-(-height * width // bp), -(-channels // bc), batch)
     dwconv_kernel[grid](x, *_strides(x), w, b, y, *_strides(y), height, width, channels,
-                        KS=ks, FLIP=flip, HAS_BIAS=bias is not None, BP=BP, BC=BC, num_warps=4)
+                        KS=ks, FLIP=flip, HAS_BIAS=bias is not None, BP=bp, BC=bc, num_warps=warps)
     return y
 
 
@@ -67,16 +85,17 @@ def dwconv_weight_grad(x: Tensor, dy: Tensor, ks: int) -> tuple[Tensor, Tensor]:
 
     batch, height, width, channels = x.shape
     positions = batch * height * width
-    c_blocks = -(-channels // BC)
-    n_runs = max(1, min(-(-positions // BP), TARGET_PROGRAMS // c_blocks))
-    per_program = -(-positions // n_runs // BP) * BP
+    bp, bc, warps = conv_tiles()
+    c_blocks = -(-channels // bc)
+    n_runs = max(1, min(-(-positions // bp), TARGET_PROGRAMS // c_blocks))
+    per_program = -(-positions // n_runs // bp) * bp
     n_runs = -(-positions // per_program)
     taps = ks * ks
     tp = 1 << taps.bit_length()  # a power of two above KS² (room for the bias row)
     parts = torch.empty(n_runs, tp, channels, device=x.device, dtype=torch.float32)
     dwconv_weight_grad_kernel[(n_runs, c_blocks)](x, *_strides(x), dy, *_strides(dy), parts, height, width,
-                                                  channels, positions, per_program, KS=ks, TP=tp, BP=BP, BC=BC,
-                                                  num_warps=4)
+                                                  channels, positions, per_program, KS=ks, TP=tp, BP=bp, BC=bc,
+                                                  num_warps=warps)
     sums = parts.sum(0)
     # copies, so that the two gradients never share memory (a custom op's outputs may not alias each other)
     return sums[:taps].t().contiguous().view(channels, 1, ks, ks), sums[taps].clone()
