@@ -16,13 +16,10 @@ from mair.models.dwconv import (  # noqa: E402
     depthwise_conv2d_reference,
     dwconv_weight_grad,
 )
+from tests.conftest import assert_vmm_switch_keeps_results  # noqa: E402
+from tests.conftest import rel_err as _rel  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.detach().cpu().double(), b.detach().cpu().double()
-    return float((a - b).norm() / b.norm().clamp_min(1e-30))
 
 
 def _inputs(batch: int, height: int, width: int, channels: int, ks: int, seed: int, strided: bool,
@@ -122,25 +119,4 @@ def test_shapes_are_checked() -> None:
 
 def test_model_with_the_triton_conv_matches_cudnn_conv() -> None:
     """``VMM.triton_conv``: the same outputs and parameter gradients (the conv's own included) as nn.Conv2d."""
-    from mair.models import from_official
-    from mair.models.blocks import VMM
-
-    model = from_official("MaIR", upscale=2, embed_dim=8, depths=[2], d_state=4, ssm_ratio=1.5, mlp_ratio=1.5,
-                          upsampler="pixelshuffledirect", scan_len=4, drop_path_rate=0.0).to(DEVICE)
-    vmms = [m for m in model.modules() if isinstance(m, VMM)]
-    for vmm in vmms:
-        vmm.scan_backend = "triton"
-    x = torch.rand(2, 3, 7, 10, device=DEVICE)
-    results = []
-    for triton_conv in (False, True):
-        for vmm in vmms:
-            vmm.triton_conv = triton_conv
-        model.zero_grad()
-        with torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=True, allow_tf32=False):
-            out = model(x)
-            out.square().mean().backward()
-        results.append((out.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
-    assert _rel(results[1][0], results[0][0]) <= 1e-6
-    for name, grad in results[0][1].items():
-        assert _rel(results[1][1][name], grad) <= 1e-5, name
-    assert results[0][1]["layers.0.residual_group.blocks.0.self_attention.conv2d.weight"].abs().sum() > 0
+    assert_vmm_switch_keeps_results("triton_conv", "layers.0.residual_group.blocks.0.self_attention.conv2d.weight")

@@ -15,15 +15,12 @@ from mair.models import from_official  # noqa: E402
 from mair.models.nss import scan_orders  # noqa: E402
 from mair.models.scan import selective_scan  # noqa: E402
 from mair.models.scan.triton_backend import nss_scan, nss_scan_reference  # noqa: E402
+from tests.conftest import assert_vmm_switch_keeps_results  # noqa: E402
+from tests.conftest import rel_err as _rel  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # The forward is the step-by-step kernel with segment summaries and their chain; the backward chains adjoint
 # carries from chunk summaries, then walks every chunk step by step in sub-chunks (both exercised at these sizes).
-
-
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.detach().double(), b.detach().double()
-    return float((a - b).norm() / b.norm().clamp_min(1e-30))
 
 
 def _inputs(batch: int, groups: int, channels: int, d_state: int, length: int, seed: int,
@@ -319,29 +316,8 @@ def test_model_with_triton_backend_matches_torch_backend() -> None:
 
 def test_model_with_the_gate_in_the_scan_op_matches_the_separate_gate() -> None:
     """``VMM.fuse_gate``: the gate and sum inside the scan op give the same outputs and parameter gradients."""
-    from mair.models.blocks import VMM
-
-    model = from_official("MaIR", upscale=2, embed_dim=8, depths=[2], d_state=4, ssm_ratio=1.5, mlp_ratio=1.5,
-                          upsampler="pixelshuffledirect", scan_len=4, drop_path_rate=0.0).to(DEVICE)
-    for module in model.modules():
-        if hasattr(module, "scan_backend"):
-            module.scan_backend = "triton"
-    x = torch.rand(2, 3, 7, 10, device=DEVICE)
-    results = []
-    for fused in (False, True):
-        for module in model.modules():
-            if isinstance(module, VMM):
-                module.fuse_gate = fused
-        model.zero_grad()
-        # cuDNN's default TF32 convolutions would round the two paths' last-bit differences to 1e-4
-        with torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=True, allow_tf32=False):
-            out = model(x)
-            out.square().mean().backward()
-        results.append((out.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
-    assert _rel(results[1][0], results[0][0]) <= 1e-6
-    for name, grad in results[0][1].items():
-        assert _rel(results[1][1][name], grad) <= 1e-5, name
-    assert results[0][1]["layers.0.residual_group.blocks.0.self_attention.gating.gating.1.weight"].abs().sum() > 0
+    assert_vmm_switch_keeps_results("fuse_gate",
+                                    "layers.0.residual_group.blocks.0.self_attention.gating.gating.1.weight")
 
 
 def test_delta_in_kernel_is_chosen_by_state_size_unless_forced(monkeypatch: pytest.MonkeyPatch) -> None:
