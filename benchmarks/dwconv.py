@@ -43,43 +43,37 @@ def cudnn_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> tor
     return F.conv2d(x.permute(0, 3, 1, 2), weight, bias, padding=weight.shape[-1] // 2, groups=weight.shape[0])
 
 
-def time_shape(batch: int, height: int, width: int, channels: int, repeat: int) -> str:
-    """One table row: the two paths' forward and forward + backward GPU times at one shape."""
-    wide = torch.randn(batch, height, width, 2 * channels, device="cuda")
-    x = wide[..., :channels].requires_grad_()  # in_proj's x half: a strided view
-    weight = (torch.randn(channels, 1, 3, 3, device="cuda") / 3).requires_grad_()
-    bias = torch.randn(channels, device="cuda", requires_grad=True)
-    grad = torch.randn(batch, height, width, channels, device="cuda")
-    ref = depthwise_conv2d_reference(x, weight, bias)
-    err = float((depthwise_conv2d(x, weight, bias) - ref).detach().norm() / ref.detach().norm())
-    row = [f"rel. difference {err:.1e}"]
-    for name, conv, dy in (("cudnn", cudnn_conv, grad.permute(0, 3, 1, 2)), ("triton", depthwise_conv2d, grad)):
-        def forward(conv: Callable[..., torch.Tensor] = conv) -> None:
-            with torch.no_grad():
-                conv(x, weight, bias)
-
-        def train(conv: Callable[..., torch.Tensor] = conv, dy: torch.Tensor = dy) -> None:
-            conv(x, weight, bias).backward(dy)
-
-        row.append(f"{name} fwd {gpu_ms(forward, repeat):.3f} fwd+bwd {gpu_ms(train, repeat):.3f} ms")
-    return " | ".join(row)
-
-
-def time_tiles(batch: int, height: int, width: int, channels: int, repeat: int) -> str:
-    """The Triton op's forward and forward + backward GPU times at one shape with the current tiles."""
+def operands(batch: int, height: int, width: int, channels: int) -> tuple[torch.Tensor, ...]:
+    """x (in_proj's strided half, as the model passes it), weight, bias and an output gradient on the GPU."""
     x = torch.randn(batch, height, width, 2 * channels, device="cuda")[..., :channels].requires_grad_()
     weight = (torch.randn(channels, 1, 3, 3, device="cuda") / 3).requires_grad_()
     bias = torch.randn(channels, device="cuda", requires_grad=True)
     grad = torch.randn(batch, height, width, channels, device="cuda")
+    return x, weight, bias, grad
 
+
+def time_conv(conv: Callable[..., torch.Tensor], x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+              dy: torch.Tensor, repeat: int) -> str:
+    """``conv``'s forward and forward + backward GPU times."""
     def forward() -> None:
         with torch.no_grad():
-            depthwise_conv2d(x, weight, bias)
+            conv(x, weight, bias)
 
     def train() -> None:
-        depthwise_conv2d(x, weight, bias).backward(grad)
+        conv(x, weight, bias).backward(dy)
 
     return f"fwd {gpu_ms(forward, repeat):.3f} fwd+bwd {gpu_ms(train, repeat):.3f} ms"
+
+
+def time_shape(batch: int, height: int, width: int, channels: int, repeat: int) -> str:
+    """One table row: the two paths' forward and forward + backward GPU times at one shape."""
+    x, weight, bias, grad = operands(batch, height, width, channels)
+    ref = depthwise_conv2d_reference(x, weight, bias)
+    err = float((depthwise_conv2d(x, weight, bias) - ref).detach().norm() / ref.detach().norm())
+    row = [f"rel. difference {err:.1e}"]
+    for name, conv, dy in (("cudnn", cudnn_conv, grad.permute(0, 3, 1, 2)), ("triton", depthwise_conv2d, grad)):
+        row.append(f"{name} {time_conv(conv, x, weight, bias, dy, repeat)}")
+    return " | ".join(row)
 
 
 def main() -> None:
@@ -97,7 +91,9 @@ def main() -> None:
             continue
         for tiles in args.tiles:
             os.environ["MAIR_DWCONV_TILES"] = tiles
-            print(f"{spec} tiles {tiles}: {time_tiles(batch, height, width, channels, args.repeat)}", flush=True)
+            x, weight, bias, grad = operands(batch, height, width, channels)
+            print(f"{spec} tiles {tiles}: {time_conv(depthwise_conv2d, x, weight, bias, grad, args.repeat)}",
+                  flush=True)
 
 
 if __name__ == "__main__":

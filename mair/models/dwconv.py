@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .scan.triton_backend import _bkl_strides  # the four strides of a 4-D tensor, as the kernels take them
+
 __all__ = ["depthwise_conv2d", "depthwise_conv2d_reference", "dwconv_forward", "dwconv_weight_grad"]
 
 BP, BC, WARPS = 64, 32, 4  # positions x channels per program (a 64 x 32 float32 tile per tap), warps
@@ -57,10 +59,6 @@ def check_shapes(x: Tensor, weight: Tensor, bias: Tensor | None) -> None:
         raise ValueError(f"depthwise_conv2d: bias must be ({channels},); got {tuple(bias.shape)}")
 
 
-def _strides(t: Tensor) -> tuple[int, int, int, int]:
-    return t.stride(0), t.stride(1), t.stride(2), t.stride(3)
-
-
 def dwconv_forward(x: Tensor, weight: Tensor, bias: Tensor | None, flip: bool = False) -> Tensor:
     """The convolution (``flip``: with mirrored taps, the input gradient of dy = ``x``), (B, H, W, C)
     contiguous in x's dtype."""
@@ -73,7 +71,7 @@ def dwconv_forward(x: Tensor, weight: Tensor, bias: Tensor | None, flip: bool = 
     b = bias.detach().float().contiguous() if bias is not None else w
     bp, bc, warps = conv_tiles()
     grid = (-(-height * width // bp), -(-channels // bc), batch)
-    dwconv_kernel[grid](x, *_strides(x), w, b, y, *_strides(y), height, width, channels,
+    dwconv_kernel[grid](x, *_bkl_strides(x), w, b, y, *_bkl_strides(y), height, width, channels,
                         KS=ks, FLIP=flip, HAS_BIAS=bias is not None, BP=bp, BC=bc, num_warps=warps)
     return y
 
@@ -93,7 +91,7 @@ def dwconv_weight_grad(x: Tensor, dy: Tensor, ks: int) -> tuple[Tensor, Tensor]:
     taps = ks * ks
     tp = 1 << taps.bit_length()  # a power of two above KS² (room for the bias row)
     parts = torch.empty(n_runs, tp, channels, device=x.device, dtype=torch.float32)
-    dwconv_weight_grad_kernel[(n_runs, c_blocks)](x, *_strides(x), dy, *_strides(dy), parts, height, width,
+    dwconv_weight_grad_kernel[(n_runs, c_blocks)](x, *_bkl_strides(x), dy, *_bkl_strides(dy), parts, height, width,
                                                   channels, positions, per_program, KS=ks, TP=tp, BP=bp, BC=bc,
                                                   num_warps=warps)
     sums = parts.sum(0)

@@ -26,6 +26,16 @@ adapt_interpreter()  # the CPU interpreter's adjustments (no-op on GPUs)
 
 
 @triton.jit
+def _tap(h, w, valid, height, width, sh, sw, DI: tl.constexpr, DJ: tl.constexpr):
+    """Offsets (int64, through the strides ``sh``, ``sw``) of the positions (h + DI, w + DJ) and where they are
+    ``valid`` and inside the image (zero padding elsewhere)."""
+    hh = h + DI
+    ww = w + DJ
+    ok = valid & (hh >= 0) & (hh < height) & (ww >= 0) & (ww < width)
+    return hh.to(tl.int64) * sh + ww.to(tl.int64) * sw, ok
+
+
+@triton.jit
 def dwconv_kernel(x_ptr, sxb, sxh, sxw, sxc, w_ptr, bias_ptr, y_ptr, syb, syh, syw, syc, height, width, channels,
                   KS: tl.constexpr, FLIP: tl.constexpr, HAS_BIAS: tl.constexpr, BP: tl.constexpr,
                   BC: tl.constexpr):
@@ -42,12 +52,8 @@ def dwconv_kernel(x_ptr, sxb, sxh, sxw, sxc, w_ptr, bias_ptr, y_ptr, syb, syh, s
     x_base = x_ptr + b * sxb + c[None, :].to(tl.int64) * sxc
     acc = tl.zeros((BP, BC), dtype=tl.float32)
     for i in tl.static_range(KS):
-        hh = h + (i - KS // 2)
-        row_ok = in_image & (hh >= 0) & (hh < height)
         for j in tl.static_range(KS):
-            ww = w + (j - KS // 2)
-            ok = row_ok & (ww >= 0) & (ww < width)
-            offs = hh.to(tl.int64) * sxh + ww.to(tl.int64) * sxw
+            offs, ok = _tap(h, w, in_image, height, width, sxh, sxw, i - KS // 2, j - KS // 2)
             xv = tl.load(x_base + offs[:, None], mask=ok[:, None] & c_mask[None, :], other=0.0).to(tl.float32)
             tap = (KS - 1 - i) * KS + (KS - 1 - j) if FLIP else i * KS + j
             wv = tl.load(w_ptr + c * (KS * KS) + tap, mask=c_mask, other=0.0).to(tl.float32)
@@ -86,13 +92,9 @@ def dwconv_weight_grad_kernel(x_ptr, sxb, sxh, sxw, sxc, dy_ptr, sdb, sdh, sdw, 
                      + c64 * sdc, mask=m, other=0.0).to(tl.float32)
         acc += tl.where(rows[:, None] == KS * KS, tl.sum(dy, 0)[None, :], 0.0)
         for i in tl.static_range(KS):
-            hh = h + (i - KS // 2)
-            row_ok = valid & (hh >= 0) & (hh < height)
             for j in tl.static_range(KS):
-                ww = w + (j - KS // 2)
-                ok = row_ok & (ww >= 0) & (ww < width)
-                xv = tl.load(x_ptr + b[:, None] * sxb + hh.to(tl.int64)[:, None] * sxh
-                             + ww.to(tl.int64)[:, None] * sxw + c64 * sxc,
+                offs, ok = _tap(h, w, valid, height, width, sxh, sxw, i - KS // 2, j - KS // 2)
+                xv = tl.load(x_ptr + b[:, None] * sxb + offs[:, None] + c64 * sxc,
                              mask=ok[:, None] & c_mask[None, :], other=0.0).to(tl.float32)
                 acc += tl.where(rows[:, None] == i * KS + j, tl.sum(dy * xv, 0)[None, :], 0.0)
     out = part_ptr + pid_p.to(tl.int64) * TP * channels + rows[:, None] * channels + c[None, :]
