@@ -35,13 +35,20 @@ def _golden_cases() -> list[tuple[str, np.ndarray, int, np.ndarray]]:
     return cases
 
 
-def test_official_mode_matches_golden_exactly() -> None:
-    """The golden file holds the official (float32, torch) outputs; our official mode reproduces them."""
+def test_official_mode_matches_golden_to_summation_order() -> None:
+    """The golden file holds the official (float32, torch) outputs; our official mode reproduces their arithmetic.
+
+    Each output is two float32 ``Tensor.mv`` sums of about ten products. MKL's ``sgemv`` picks its summation order
+    by CPU: on the machine that made the golden values (and on earlier CI machines) the difference was 0; on an
+    AMD EPYC with the same torch wheel MKL sums in another order and about half the values move by one or two
+    float32 ulps. So the bound is that of a reordered float32 sum (3 ulp of 1.0), tighter than anything a wrong
+    weight, tap or border would give (those move values by 1e-3 and more).
+    """
     for key, img, s, want in _golden_cases():
         got = imresize_official(img, 1 / s)
         assert got.shape == want.shape, key
         assert got.dtype == np.float32
-        assert np.abs(got.astype(np.float64) - want.astype(np.float64)).max() <= 1e-10, key
+        assert np.abs(got.astype(np.float64) - want.astype(np.float64)).max() <= 3 * 2.0**-23, key
 
 
 def test_float64_mode_matches_golden_to_float32_precision() -> None:
