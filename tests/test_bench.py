@@ -61,4 +61,3 @@ def test_experiment_ids_become_training_workloads_at_the_paper_batch() -> None:
     workload = bench.experiment_workload("sr_light_t_x4")
     assert (workload.kind, workload.experiment, workload.batch) == ("train", "sr_light_t_x4", 16)
     assert set(bench.TARGET_MS) == set(bench.WORKLOADS) == set(bench.OFFICIAL_MS)
-

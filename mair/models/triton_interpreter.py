@@ -44,8 +44,6 @@ def _adapt() -> None:
     interpreter.ScanOps.generic_scan = sliced_scan
 
 
-
-
 def adapt_interpreter() -> None:
     """Apply the adjustments when Triton runs in its CPU interpreter (once; no-op otherwise)."""
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
