@@ -170,10 +170,21 @@ def test_dvc_stages_and_snakemake_dag_describe_the_same_steps(work: Path, scope:
     assert ("train_sr_light_s_x2", "train_sr_light_t_x3") in dvc_edges
     assert {("data", f"train_{e}") for e in EXPERIMENTS} <= dvc_edges
 
-    # params/ files are DVC params of the steps they drive.
+    # Experiment files are dependencies of their steps; params/pipeline.yaml settings are DVC params, a few only.
     for e in EXPERIMENTS:
-        assert f"params/experiments/{e}.yaml" in stages[f"train_{e}"]["params"]
-    assert "scope" in stages["data"]["params"]["params/pipeline.yaml"]
+        assert f"params/experiments/{e}.yaml" in stages[f"train_{e}"]["deps"]
+        assert f"params/experiments/{e}.yaml" in stages[f"evaluate_{e}"]["deps"]
+        assert set(stages[f"train_{e}"]["params"]) == {"params/pipeline.yaml"}
+    assert {"scope", "experiments"} <= set(stages["data"]["params"]["params/pipeline.yaml"])
+    assert "experiments" in stages["tables"]["params"]["params/pipeline.yaml"]
+    tracked = {k for s in stages.values() for keys in s["params"].values() for k in keys}
+    assert tracked == {"scope", "experiments", "data_dir", "init_quirk", "self_ensemble"}
+    # The data and tables stages take the experiments from params/pipeline.yaml (what `dvc exp run -S` edits).
+    assert "experiments" not in commands["data"]["config"] and "experiments" not in commands["tables"]["config"]
+    # Metrics: one small file per evaluation stage, not cached (git-tracked-size, shown by `dvc metrics show`).
+    for e in EXPERIMENTS:
+        assert stages[f"evaluate_{e}"]["outs"][f"results/{scope}/metrics/{e}.json"] == {"persist": False,
+                                                                                          "cache": False}
 
 
 @pytest.mark.skipif(shutil.which("mair") is None, reason="the mair command is not installed")

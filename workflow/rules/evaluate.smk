@@ -45,3 +45,14 @@ for _exp in P.all_experiments():
                 "mair evaluate {params.exp} --weights {input.weights} --datasets {params.datasets}{params.ensemble} "
                 "--scope {wildcards.scope} --results-dir {params.results_dir} --data-dir {params.data_dir} --quiet "
                 "> {log} 2>&1"
+
+
+rule eval_metrics:
+    """PSNR/SSIM of every test set and variant of an experiment in one small file: DVC's metrics."""
+    input:
+        lambda wc: P.eval_files(RESULTS, wc.scope, wc.exp, config),
+    output:
+        P.metrics_file(RESULTS, "{scope}", "{exp}"),
+    localrule: True
+    shell:
+        "python -m mair.pipeline eval-metrics --out {output} {input}"
