@@ -12,7 +12,8 @@ rule tables:
     params:
         results_dir=RESULTS,
         runs_dir=RUNS,
+        env=MLFLOW_ENV,
     localrule: True
     shell:
-        "mair tables --scope {wildcards.scope} --results-dir {params.results_dir} --runs-dir {params.runs_dir} "
-        "> {log} 2>&1"
+        "{params.env}mair tables --scope {wildcards.scope} --results-dir {params.results_dir} "
+        "--runs-dir {params.runs_dir} --log-mlflow > {log} 2>&1"
