@@ -8,7 +8,8 @@ both at one folder that outlives the process:
 
 * ``$MAIR_COMPILE_CACHE`` when set, else ``$XDG_CACHE_HOME/mair/compile``, else ``~/.cache/mair/compile``;
 * Inductor's cache in ``<root>/inductor`` (``TORCHINDUCTOR_CACHE_DIR``), Triton's in ``<root>/triton``
-  (``TRITON_CACHE_DIR``). A variable that is already set is left as it is.
+  (``TRITON_CACHE_DIR``). A variable that is already set is left as it is (except when it holds Inductor's own
+  ``/tmp`` default, which Inductor puts into the environment by itself).
 
 Set in the environment, the folders reach every process started afterwards (torchrun workers, Snakemake jobs).
 :func:`setup` must run before the first compile; the compilers read the variables when they first need them.
@@ -60,11 +61,22 @@ def default_root(environ: MutableMapping[str, str] | None = None) -> Path:
     return base / "mair" / "compile"
 
 
+def _is_inductor_default(value: str) -> bool:
+    """Whether ``value`` is Inductor's own ``/tmp`` default, which Inductor writes into the environment itself
+    (registering custom ops does so), so that it cannot be told from a user's choice otherwise."""
+    try:
+        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+    except ImportError:
+        return False
+    return os.path.abspath(value) == os.path.abspath(default_cache_dir())
+
+
 def setup(environ: MutableMapping[str, str] | None = None) -> CompileCache:
     """Point Inductor and Triton at the persistent folders (variables already set are kept); create them."""
     env = os.environ if environ is None else environ
     root = default_root(env)
-    inductor_preset, triton_preset = bool(env.get(INDUCTOR_VAR)), bool(env.get(TRITON_VAR))
+    inductor_preset = bool(env.get(INDUCTOR_VAR)) and not _is_inductor_default(env[INDUCTOR_VAR])
+    triton_preset = bool(env.get(TRITON_VAR))
     if not inductor_preset:
         env[INDUCTOR_VAR] = str(root / "inductor")
     if not triton_preset:

@@ -94,8 +94,10 @@ class RuntimeSettings:
         record["describe"] = self.describe()
         return record
 
-    def apply(self) -> None:
-        """Set the process-wide switches: TF32, cuDNN autotuning (CUDA), the persistent compile cache."""
+    def apply(self) -> Any:
+        """Set the process-wide switches: TF32, cuDNN autotuning (CUDA), the persistent compile cache (when
+        anything compiles: torch.compile, or our Triton kernels on CUDA). Returns the
+        :class:`mair.compile_cache.CompileCache` set up, or None."""
         import torch
 
         from mair import compile_cache
@@ -104,8 +106,9 @@ class RuntimeSettings:
         apply_matmul_precision(self.precision)
         if self.device == "cuda":
             torch.backends.cudnn.benchmark = self.cudnn_benchmark
-        if self.compile_backend is not None or self.device == "cuda":  # our Triton kernels compile too
-            compile_cache.setup()
+        if self.compile_backend is not None or self.device == "cuda":
+            return compile_cache.setup()
+        return None
 
     def prepare_model(self, model: Any) -> Any:
         """Pin the scan backend on every VMM of ``model`` (when one is pinned); returns ``model``."""

@@ -509,8 +509,8 @@ class Trainer:
             raise TrainError(f"--device must be cpu or cuda, got {device_type!r}")
         # Precision, scan backend, compile mode, Adam: mair.runtime (cuDNN autotuning on CUDA, as officially).
         self.runtime = runtime_settings(opts, self.device.type)
-        self.runtime.apply()
-        _log(self.runtime.describe(), env)
+        cache = self.runtime.apply()
+        _log(self.runtime.describe() + (f"; {cache.describe()}" if cache else ""), env)
         self.control_group: Any = None
         if env.distributed:
             self._init_process_group()
