@@ -168,9 +168,9 @@ def run_workload(workload: Workload, backend: str | None, precision: str, device
            "ms_median": statistics.median(times), "ms_min": min(times),
            "official_ms": OFFICIAL_MS.get(workload.name), "target_ms": TARGET_MS.get(workload.name)}
     if runtime is not None:
-        row.update(backend=runtime.scan_backend_resolved, compiled=runtime.compile_mode or runtime.compile_backend
-                   or False, adam=("fused" if runtime.fused_adam else "torch default") if workload.kind == "train"
-                   else None, runtime=runtime.as_dict())
+        compiled = (runtime.compile_mode or runtime.compile_backend or False) if workload.kind != "scan" else False
+        adam_name = ("fused" if runtime.fused_adam else "torch default") if workload.kind == "train" else None
+        row.update(backend=runtime.scan_backend_resolved, compiled=compiled, adam=adam_name, runtime=runtime.as_dict())
     if device.type == "cuda":
         row["peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
     return row

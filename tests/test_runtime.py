@@ -502,3 +502,28 @@ def test_pipeline_precision_reaches_every_training_and_evaluation(tmp_path: Path
     bad = snakemake(repo, "-n", *target, "--config", "precision=fastest", check=False)
     assert bad.returncode != 0 and "precision" in bad.stdout + bad.stderr
     assert os.environ.get("MAIR_SCAN_BACKEND") is None
+
+
+@pytest.mark.slow
+def test_compiled_tiles_restore_the_same_image_as_eager() -> None:
+    """``mair restore --tile --compile``: one tile shape for the whole image, compiled once (here with the
+    aot_eager compiler, no code generation), the same result as eager."""
+    import numpy as np
+
+    from mair.evaluate.restore import Restorer, _compiled_for_tiles
+    from mair.models import from_official
+    from mair.models.scan import custom_ops
+
+    torch.manual_seed(0)
+    model = from_official("MaIR", **TINY_MAIR).eval()
+    image = np.random.default_rng(0).random((22, 27, 3), dtype=np.float32)
+    eager = Restorer(model, scale=2, tile=16, tile_overlap=4).restore_array(image)
+    runtime = resolve_runtime("cpu", workload="infer", compile_backend="aot_eager")
+    try:
+        compiled = Restorer(_compiled_for_tiles(model, runtime), scale=2, tile=16, tile_overlap=4)
+        out = compiled.restore_array(image)
+    finally:
+        custom_ops.enable(None)
+        torch._dynamo.reset()
+    assert out.shape == eager.shape == (44, 54, 3)
+    np.testing.assert_allclose(out, eager, rtol=1e-5, atol=1e-5)
