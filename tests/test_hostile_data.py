@@ -212,9 +212,7 @@ def test_tar_bomb_stops_at_a_lowered_limit_and_the_flag_raises_it(
 
 
 @pytest.mark.parametrize("kind", ["tar", "zip"])
-def test_member_count_is_bounded(
-    env: dict[str, Any], server: Server, capsys: pytest.CaptureFixture, kind: str
-) -> None:
+def test_member_count_is_bounded(env: dict[str, Any], server: Server, capsys: pytest.CaptureFixture, kind: str) -> None:
     members: list[Member] = [(f"f/{i}.txt", b"") for i in range(300)]
     data = tar_members(members) if kind == "tar" else zip_members(members)
     name = f"many.{'tar.gz' if kind == 'tar' else 'zip'}"
@@ -227,7 +225,7 @@ def test_member_count_is_bounded(
 
 
 def test_limit_flags_reject_nonsense(env: dict[str, Any], capsys: pytest.CaptureFixture) -> None:
-    env["write"]({"toy": entry([{"name": "a.zip", "urls": []}])})
+    env["write"]({"toy": entry([{"name": "a.zip", "urls": ["http://127.0.0.1:9/a.zip"]}])})
     assert main(["data", "extract", "toy", "--max-extract-size", "lots"]) == 2
     assert "--max-extract-size" in capsys.readouterr().err
     assert main(["data", "extract", "toy", "--max-members", "0"]) == 2
@@ -411,9 +409,7 @@ def test_stale_extraction_of_other_raw_files_is_not_reported_as_extracted(
     assert not status(capsys)["toy"]["extracted"]
 
 
-def test_stale_temp_files_of_a_download_or_add_are_cleaned(
-    env: dict[str, Any], server: Server, tmp_path: Path
-) -> None:
+def test_stale_temp_files_of_a_download_or_add_are_cleaned(env: dict[str, Any], server: Server, tmp_path: Path) -> None:
     data = zip_bytes({"HR/a.png": png_bytes(60)})
     serve(env, server, "toy.zip", data)
     raw = env["data"] / "raw/toy"
