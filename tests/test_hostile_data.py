@@ -426,6 +426,60 @@ def test_stale_temp_files_of_a_download_or_add_are_cleaned(env: dict[str, Any], 
     assert not (raw / "toy.zip.part").exists()
 
 
+PAUSING_RMTREE = """
+import shutil, sys, time
+from pathlib import Path
+original = shutil.rmtree
+def pausing(path, *args, **kwargs):
+    Path(sys.argv[1]).write_text("paused")
+    time.sleep(120)
+shutil.rmtree = pausing
+from mair.data.prepare import prepare
+prepare("cbsd68", sys.argv[2], force=True)
+"""
+
+
+def clean_set(root: Path) -> Path:
+    """An extracted clean-image set (cbsd68) of three PNGs, as ``mair data prepare`` reads it."""
+    import cv2
+    import numpy as np
+
+    src = root / "extracted/cbsd68/original_png"
+    src.mkdir(parents=True)
+    for i in range(3):
+        cv2.imwrite(str(src / f"{i}.png"), np.full((8, 8, 3), 40 * i, np.uint8))
+    return src
+
+
+def test_prepare_removes_what_a_killed_run_left_and_force_drops_the_marker_first(tmp_path: Path) -> None:
+    from mair.data.paths import is_prepared
+    from mair.data.prepare import prepare
+
+    root = tmp_path / "data"
+    clean_set(root)
+    assert prepare("cbsd68", root)["counts"] == {"HR": 3}
+    out = root / "prepared/cbsd68"
+    (out / ".prepared.json").unlink()  # what a kill before the marker leaves: a temp file, no marker
+    (out / "HR/.1.png.5d1e0a77.part").write_bytes(b"half a png")
+    assert prepare("cbsd68", root)["total"] == 3
+    assert leftovers(out / "HR") == [] and is_prepared("cbsd68", root=root)
+
+    flag = tmp_path / "paused"
+    environ = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-c", PAUSING_RMTREE, str(flag), str(root)], env=environ)
+    try:
+        deadline = time.monotonic() + 60
+        while not flag.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, "prepare --force did not start"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    # killed while removing the old folder: whatever is left of it is never reported as prepared
+    assert not is_prepared("cbsd68", root=root)
+    assert prepare("cbsd68", root)["total"] == 3 and is_prepared("cbsd68", root=root)
+
+
 # ------------------------------------------------------------------------------------------ 5. modes
 
 
