@@ -1,8 +1,9 @@
 """``mair data download|add|status`` against a real HTTP server on 127.0.0.1 serving archives built here.
 
 The server (a ThreadingHTTPServer in a fixture) honours ``Range``, can cut a transfer part-way, can answer 500
-once, can leave out ``Content-Length`` (the body then ends when the connection closes), and serves a Google-Drive-style virus-scan confirmation page. Every test uses a temp catalog through
-``MAIR_PARAMS_DIR`` and a temp data root, so no real host is ever contacted.
+once, can leave out ``Content-Length`` (the body then ends when the connection closes), and serves a
+Google-Drive-style virus-scan confirmation page. Every test uses a temp catalog through ``MAIR_PARAMS_DIR`` and a
+temp data root, so no real host is ever contacted. tests/test_hostile_data.py reuses the server and ``env``.
 """
 
 from __future__ import annotations

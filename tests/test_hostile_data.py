@@ -25,21 +25,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import test_data_download as loopback
+from test_data_download import FAST, Server, entry, lock_entries, png_bytes, sha256, tar_gz, zip_bytes
 
 from mair.atomic import atomic_torch_save, atomic_write_json
 from mair.cli import main
-from test_data_download import (  # noqa: F401  (env and server are fixtures)
-    FAST,
-    Server,
-    entry,
-    env,
-    lock_entries,
-    png_bytes,
-    server,
-    sha256,
-    tar_gz,
-    zip_bytes,
-)
+
+server = loopback.server  # the loopback HTTP server fixture
+env = loopback.env  # temp catalog (MAIR_PARAMS_DIR) and data root (MAIR_DATA_DIR) pointing at it
 
 REPO = Path(__file__).resolve().parents[1]
 DEPTH = 48  # more levels than any temp folder is deep

@@ -328,7 +328,7 @@ def dataset_status(
             is_reference(e := lock_entries.get(f"{dataset_id}/{n}")) and e.get("size") == (raw / n).stat().st_size
             for n in names
         )
-        extracted = extraction_is_current(dataset, root)  # the marker, written last, of these raw files
+        extracted = extraction_is_current(dataset, root, source, lock_entries)  # marker of these raw files
         if dataset.accept_any_files and not dataset.files:
             files_present, files_expected = len(present), None
         else:  # counted against the complete source, else the default one

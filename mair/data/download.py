@@ -572,8 +572,7 @@ def complete_source(dataset: Dataset, root: PathLike | None = None) -> Source | 
     return None
 
 
-def _signature(dataset_id: str, source: Source, lock: LockFile) -> dict[str, Any]:
-    entries = lock.entries()
+def _signature(dataset_id: str, source: Source, entries: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return {s.name: (entries.get(LockFile.key(dataset_id, s.name)) or {}).get("sha256") for s in source.files}
 
 
@@ -583,16 +582,25 @@ def _is_current(marker: dict[str, Any] | None, source: Source | None, signature:
     )
 
 
-def extraction_is_current(dataset: Dataset, root: PathLike | None = None) -> bool:
+def extraction_is_current(
+    dataset: Dataset,
+    root: PathLike | None = None,
+    source: Source | None = None,
+    lock_entries: dict[str, dict[str, Any]] | None = None,
+) -> bool:
     """Whether ``extracted/<id>/`` is complete (its marker, written last) and made from the raw files recorded
-    now. When the raw files are gone (removed to save space after extraction), the marker alone decides."""
+    now. When the raw files are gone (removed to save space after extraction), the marker alone decides.
+
+    ``source`` (the complete source) and ``lock_entries`` may be given when the caller has them already.
+    """
     marker = read_marker(extracted_dir(dataset.id, root))
     if marker is None:
         return False
-    source = complete_source(dataset, root)
+    source = source or complete_source(dataset, root)
     if source is None:
         return True
-    return _is_current(marker, source, _signature(dataset.id, source, LockFile(lock_path(root))))
+    entries = lock_entries if lock_entries is not None else LockFile(lock_path(root)).entries()
+    return _is_current(marker, source, _signature(dataset.id, source, entries))
 
 
 def extract_raw(
@@ -612,7 +620,7 @@ def extract_raw(
     if source is None:
         return None
     lock = LockFile(lock_path(root))
-    signature = _signature(dataset.id, source, lock)
+    signature = _signature(dataset.id, source, lock.entries())
     target = extracted_dir(dataset.id, root)
     marker = read_marker(target)
     if marker and not force and _is_current(marker, source, signature):
