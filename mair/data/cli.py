@@ -190,13 +190,17 @@ def _limits(args: argparse.Namespace) -> Any:
         if max_bytes is not None and max_bytes <= 0:
             raise ValueError(size)
     except ValueError:
-        raise CommandError(f"--max-extract-size: expected a size such as 800M or 500G, got {size!r}") from None
+        raise CommandError(
+            f"--max-extract-size (or $MAIR_MAX_EXTRACT_SIZE): expected a size such as 800M or 500G, got {size!r}"
+        ) from None
     try:
         max_members = int(members) if members else DEFAULT_MAX_MEMBERS
         if max_members <= 0:
             raise ValueError(members)
     except ValueError:
-        raise CommandError(f"--max-members: expected a positive whole number, got {members!r}") from None
+        raise CommandError(
+            f"--max-members (or $MAIR_MAX_EXTRACT_MEMBERS): expected a positive whole number, got {members!r}"
+        ) from None
     return ExtractLimits(max_bytes=max_bytes, max_members=max_members)
 
 

@@ -175,7 +175,7 @@ def safe_member_path(root: Path, name: str, archive: str = "archive") -> Path:
 
 def _check_link_target(root: Path, member: str, target: str, archive: str) -> None:
     """Refuse a symlink ``member -> target`` whose target resolves outside ``root``."""
-    if not target or target.startswith(("/", "\\")) or _DRIVE_RE.match(target):
+    if not target or "\x00" in target or target.startswith(("/", "\\")) or _DRIVE_RE.match(target):
         raise UnsafeArchiveError(
             f"{archive}: symlink {member!r} -> {target!r} points outside the folder - refused"
         )

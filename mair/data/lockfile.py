@@ -9,8 +9,9 @@ verified.
 A first-seen value is only pinned when the transfer is known to be complete (:func:`new_entry`): the server
 announced a length and every byte of it arrived, or the catalog's size matched. A transfer that may have been cut
 (no ``Content-Length``) is recorded as ``origin: "unconfirmed-download"``: never a reference, fetched again by the
-next download, and pinned once a second such transfer gives the same bytes. The weights downloads use the same
-rules. :func:`provenance` says where a recorded value came from, for messages.
+next download, and pinned once a second such transfer gives the same bytes. :func:`provenance` says where a
+recorded value came from, for messages. Every download that records checksums (data, published weights) uses
+:func:`new_entry`, :func:`is_reference` and :func:`provenance`, so the rules live here only.
 
 Updates are read-modify-write under an exclusive ``flock`` on ``data.lock.json.lock`` and written atomically.
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import glob
 import json
 import os
 from collections.abc import Iterator
@@ -194,5 +196,5 @@ class LockFile:
 
     def _remove_stale_temp_files(self) -> None:
         """Temp files of the lock file's atomic writes left by a killed writer (only run under the lock)."""
-        for stale in self.path.parent.glob(f".{self.path.name}.*.part"):
+        for stale in self.path.parent.glob(f".{glob.escape(self.path.name)}.*.part"):
             stale.unlink(missing_ok=True)
