@@ -466,9 +466,9 @@ def download_file(
     pinned = is_reference(locked) and bool(locked and locked.get("sha256"))
     if final.is_file() and pinned and locked and locked.get("size") == final.stat().st_size:
         if _has_stale(final):
-            with contextlib.suppress(DownloadError), _busy_guard(guard, label):
+            with contextlib.suppress(DownloadError), _busy_guard(guard, label):  # busy: another process is on it
                 _remove_stale(final, resumable=False)
-            guard.unlink(missing_ok=True)
+                guard.unlink(missing_ok=True)
         return final
     if final.is_file() and (locked is None or is_reference(locked)):
         try:  # placed there by hand: verify it now (an unconfirmed earlier transfer is fetched again below)
