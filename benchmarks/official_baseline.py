@@ -43,7 +43,9 @@ def official_network(src: Path, workload_name: str) -> torch.nn.Module:
 def main() -> int:
     cli = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     cli.add_argument("workloads", nargs="*", help="mair bench workload names (default: every model workload)")
-    cli.add_argument("--official-src", type=Path, required=True, help="folder with mair_arch.py and shift_scanf_util.py")
+    cli.add_argument(
+        "--official-src", type=Path, required=True, help="folder with the official mair_arch.py, shift_scanf_util.py"
+    )
     cli.add_argument("--warmup", type=int, default=3)
     cli.add_argument("--repeat", type=int, default=10)
     cli.add_argument("--out", default=None, help="write the results as JSON here")
@@ -55,8 +57,9 @@ def main() -> int:
     rows = []
     for name in names:
         network = official_network(args.official_src, name).to(device)
-        row = run_workload(WORKLOADS[name], None, "fp32", device, args.warmup, args.repeat, adam="foreach",
-                           network=network)
+        row = run_workload(
+            WORKLOADS[name], None, "fp32", device, args.warmup, args.repeat, adam="foreach", network=network
+        )
         row["backend"] = "official"
         rows.append(row)
         print(json.dumps(row), flush=True)
