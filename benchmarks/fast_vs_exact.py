@@ -27,7 +27,8 @@ limit; the compile cache in ``$MAIR_COMPILE_CACHE`` or ``~/.cache/mair/compile``
 
     MAIR_SHARED_DIR=shared python benchmarks/fast_vs_exact.py --out fve --parts golden
     MAIR_SHARED_DIR=shared python benchmarks/fast_vs_exact.py --out fve --parts train --experiments sr_light_t_x4
-    MAIR_SHARED_DIR=shared python benchmarks/fast_vs_exact.py --out fve --parts train --experiments dn_real
+    MAIR_SHARED_DIR=shared python benchmarks/fast_vs_exact.py --out fve --parts train --experiments dn_real \
+        --paths fast                                 # and then --paths exact: one run per call, read back later
     MAIR_SHARED_DIR=shared python benchmarks/fast_vs_exact.py --out fve --parts eval --experiments sr_light_t_x4
 
 On a CPU, as a check of the script itself: ``--device cpu --tiny --iters 3 --max-images 3 --max-side 64
@@ -348,9 +349,15 @@ def train_part(args: argparse.Namespace, exp_ids: Sequence[str]) -> dict[str, An
             ]
             if args.num_workers is not None:
                 argv += ["--num-workers", str(args.num_workers)]
-            started = time.perf_counter()
-            run_mair(argv, args, work / "train.log")
-            wall = time.perf_counter() - started
+            wall_file = work / "wall_seconds.txt"
+            if name in args.paths.split(","):
+                started = time.perf_counter()
+                run_mair(argv, args, work / "train.log")
+                wall_file.write_text(f"{time.perf_counter() - started:.1f}\n")
+            elif not (work / "run" / "val_log.csv").is_file():
+                print(f"{exp_id}: no {name} run yet (run it with --paths {name}); comparison left out", flush=True)
+                continue
+            wall = float(wall_file.read_text()) if wall_file.is_file() else math.nan
             log = read_csv(work / "run" / "train_log.csv")
             val = read_csv(work / "run" / "val_log.csv")
             config = yaml.safe_load((work / "run" / "config.yaml").read_text())["run"]
@@ -363,6 +370,8 @@ def train_part(args: argparse.Namespace, exp_ids: Sequence[str]) -> dict[str, An
                 "runtime": config.get("runtime", {}).get("describe"),
                 "weights": str(work / "results" / "paper" / "weights" / f"{exp['id']}.pth"),
             }
+        if len(runs) < 2:
+            continue
         iters = sorted(set(runs["fast"]["losses"]) & set(runs["exact"]["losses"]))
         loss_file = args.out / "train" / f"{exp_id}_losses.csv"
         with loss_file.open("w", newline="") as handle:
@@ -390,12 +399,13 @@ def train_part(args: argparse.Namespace, exp_ids: Sequence[str]) -> dict[str, An
             "ok": diff <= VAL_PSNR_TOLERANCE_DB,
         }
         print(json.dumps({exp_id: results[exp_id]}), flush=True)
-    figure = plot_losses(load_curves(args.out / "train"), args.out / "train" / "losses.png")
+    curves = load_curves(args.out / "train")
+    figure = plot_losses(curves, args.out / "train" / "losses.png") if curves else None
     return {
         "experiments": results,
-        "figure": str(figure),
+        "figure": str(figure) if figure else None,
         "tolerance_db": VAL_PSNR_TOLERANCE_DB,
-        "ok": all(r["ok"] for r in results.values()),
+        "ok": bool(results) and all(r["ok"] for r in results.values()),
     }
 
 
@@ -515,6 +525,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default="sr_light_t_x4,dn_real",
         help="comma-separated experiment ids (SR, dn_real or deblur_*)",
     )
+    p.add_argument(
+        "--paths",
+        default="fast,exact",
+        help="train part: which runs to make in this call (default both); a run made by an earlier call "
+        "with the same --out is read back, so the two can go to separate calls",
+    )
     p.add_argument("--iters", type=int, default=2000, help="training iterations per run (default 2000)")
     p.add_argument("--batch", type=int, default=4, help="training batch (default 4)")
     p.add_argument("--sr-patch", type=int, default=32, help="SR LR patch side (default 32)")
@@ -560,7 +576,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         result = parts[part]()
         if part == "train":  # merge with earlier calls (one experiment per call on the GPU)
             result["experiments"] = {**summary.get("train", {}).get("experiments", {}), **result["experiments"]}
-            result["ok"] = all(r["ok"] for r in result["experiments"].values())
+            result["ok"] = bool(result["experiments"]) and all(r["ok"] for r in result["experiments"].values())
         summary[part] = result
         (args.out / f"{part}.json").write_text(json.dumps(result, indent=2) + "\n")
         summary_path.write_text(json.dumps(summary, indent=2) + "\n")

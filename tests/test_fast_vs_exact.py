@@ -108,3 +108,11 @@ def test_fast_vs_exact_runs_on_the_cpu(tmp_path: Path) -> None:
     for name in ("div2k", "urban100", "sidd_medium", "sidd_val", "set5", "set14"):
         assert (out / "data" / "prepared" / name / ".prepared.json").is_file(), name
     assert (out / "data" / "prepared" / "set14" / "LR_bicubic" / "X4" / "img0.png").is_file()  # grey BMP read in
+
+    # One path per call (GPU calls are time-limited): the other path's earlier run is read back.
+    fast_log = out / "train" / "sr_light_t_x4" / "fast" / "run" / "train_log.csv"
+    before = fast_log.stat().st_mtime_ns
+    rerun = ["--parts", "train", "--paths", "exact", "--experiments", "sr_light_t_x4"]
+    summary = fve.main(argv[: argv.index("--parts")] + rerun)  # the later --experiments wins
+    assert fast_log.stat().st_mtime_ns == before
+    assert summary["train"]["experiments"]["sr_light_t_x4"]["ok"] and set(summary["train"]["experiments"]) == set(train)
