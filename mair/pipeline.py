@@ -538,8 +538,8 @@ def _dvc_cmd(kind: str, targets: str, experiments: str | None = None) -> str:
 #: Experiment files are plain dependencies: any change reruns their stages, without one column per key.
 DVC_PARAMS: dict[str, tuple[str, ...]] = {
     "data": ("scope", "experiments", "data_dir"),
-    "train": ("init_quirk",),
-    "evaluate": ("self_ensemble",),
+    "train": ("init_quirk", "precision"),
+    "evaluate": ("self_ensemble", "precision"),
     "tables": ("experiments",),
 }
 

@@ -178,7 +178,7 @@ def test_dvc_stages_and_snakemake_dag_describe_the_same_steps(work: Path, scope:
     assert {"scope", "experiments"} <= set(stages["data"]["params"]["params/pipeline.yaml"])
     assert "experiments" in stages["tables"]["params"]["params/pipeline.yaml"]
     tracked = {k for s in stages.values() for keys in s["params"].values() for k in keys}
-    assert tracked == {"scope", "experiments", "data_dir", "init_quirk", "self_ensemble"}
+    assert tracked == {"scope", "experiments", "data_dir", "init_quirk", "self_ensemble", "precision"}
     # The data and tables stages take the experiments from params/pipeline.yaml (what `dvc exp run -S` edits).
     assert "experiments" not in commands["data"]["config"] and "experiments" not in commands["tables"]["config"]
     # Metrics: one small file per evaluation stage, not cached (git-tracked-size, shown by `dvc metrics show`).
