@@ -291,6 +291,68 @@ def manifest_file(results_dir: str, scope: str) -> str:
     return f"{results_dir}/{scope}/data/manifest.json"
 
 
+# ------------------------------------------------------------------------------------------------ published weights
+# `weights: published` evaluates the authors' checkpoints instead of training: no training job, one job fetching
+# the files (`mair weights download`), results in their own root <results_dir>/published/ so that they never
+# mix with those of trained weights.
+
+WEIGHTS_MODES: tuple[str, ...] = ("trained", "published")
+
+
+def weights_mode(config: Mapping[str, Any]) -> str:
+    """``config['weights']``: ``trained`` (default: train, then evaluate) or ``published`` (the authors' files)."""
+    mode = config.get("weights") or "trained"
+    if mode not in WEIGHTS_MODES:
+        raise PipelineError(f"config weights: expected one of {', '.join(WEIGHTS_MODES)}, got {mode!r}")
+    return str(mode)
+
+
+def results_root(results_dir: str, config: Mapping[str, Any]) -> str:
+    """Where a run writes: ``results_dir``, or ``results_dir/published`` for the published weights."""
+    results_dir = results_dir.rstrip("/")
+    return f"{results_dir}/published" if weights_mode(config) == "published" else results_dir
+
+
+@functools.cache
+def weights_catalog() -> Any:
+    """The published checkpoints' catalog params/weights.yaml (validated, cached)."""
+    from mair.weights.catalog import load_weights_catalog
+
+    return load_weights_catalog()
+
+
+def published_weights_file(data_dir: str, scope: str, exp_id: str) -> str:
+    """``<data>/weights/published/<file>`` (paper) or ``<data>/demo/weights/published/<file>`` (demo)."""
+    base = f"{data_dir}/weights/published" if scope == "paper" else f"{data_dir}/demo/weights/published"
+    return f"{base}/{weights_catalog().get(exp_id).file}"
+
+
+def published_manifest(results: str, scope: str) -> str:
+    """What the fetch job writes last: ``<results>/<scope>/weights/published.json`` (files and sha256)."""
+    return f"{results}/{scope}/weights/published.json"
+
+
+def eval_weights_input(results: str, scope: str, exp_id: str, config: Mapping[str, Any]) -> str:
+    """The file an evaluation waits for: the trained weights, or the fetch job's manifest."""
+    if weights_mode(config) == "published":
+        return published_manifest(results, scope)
+    return weights_file(results, scope, exp_id)
+
+
+def eval_weights_path(results: str, data_dir: str, scope: str, exp_id: str, config: Mapping[str, Any]) -> str:
+    """The weights file an evaluation loads: the trained one, or the published file under the data root."""
+    if weights_mode(config) == "published":
+        return published_weights_file(data_dir, scope, exp_id)
+    return weights_file(results, scope, exp_id)
+
+
+def pipeline_datasets(exps: Iterable[str], config: Mapping[str, Any]) -> list[str]:
+    """Datasets a run needs: everything the experiments use, or only their test sets for published weights."""
+    if weights_mode(config) == "published":
+        return list(dict.fromkeys(d for e in exps for d in test_datasets(e)))
+    return needed_datasets(exps)
+
+
 # ------------------------------------------------------------------------------------------------ GPUs
 
 

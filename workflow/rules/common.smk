@@ -22,7 +22,9 @@ def _check_config():
 EXPS = _check_config()
 SCOPE = config["scope"]
 DATA = config["data_dir"].rstrip("/")
-RESULTS = config["results_dir"].rstrip("/")
+# weights: published writes everything under <results_dir>/published/ (never mixed with trained weights' results).
+WEIGHTS = P.weights_mode(config)
+RESULTS = P.results_root(config["results_dir"], config)
 RUNS = config["runs_dir"].rstrip("/")
 SLURM = config["slurm"]
 RETRIES = config["retries"]
