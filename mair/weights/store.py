@@ -79,7 +79,7 @@ def manual_hint(catalog: WeightsCatalog, entry: PublishedWeights, scope: str) ->
 
 @functools.cache
 def _shapes(experiment: str, scope: str) -> dict[str, tuple[int, ...]]:
-    """``{state_dict key: shape}`` of an experiment's network at ``scope`` (built on the meta device: no memory)."""
+    """``{state_dict key: shape}`` of an experiment's network at ``scope`` (built once on the CPU, cached)."""
     import torch
 
     from mair.experiments import demo_experiment, load_experiment
@@ -89,7 +89,7 @@ def _shapes(experiment: str, scope: str) -> dict[str, tuple[int, ...]]:
     if scope == "demo":
         exp = demo_experiment(exp)
     net = exp["network"]
-    with torch.device("meta"):
+    with torch.no_grad():
         model = from_official(net["arch"], **net["kwargs"])
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
