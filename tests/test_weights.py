@@ -365,3 +365,84 @@ def test_demo_pipeline_with_published_weights_end_to_end(tmp_path: Path, mirror:
 
     again = snakemake(work, "--cores", "2", "reproduce_tables", *config, env=env)
     assert "Nothing to be done" in again.stderr
+
+
+# ------------------------------------------------------------------------------------------------ DVC
+
+needs_dvc = pytest.mark.skipif(shutil.which("dvc") is None, reason="dvc is not installed")
+
+
+@needs_dvc
+@needs_snakemake
+@pytest.mark.parametrize("scope", ["demo", "paper"])
+def test_published_dvc_pipeline_matches_the_snakemake_dag(tmp_path: Path, scope: str) -> None:
+    """workflow/published/dvc.yaml: no training stage, one stage per evaluation, the same order as Snakemake's
+    `weights=published` DAG (a Snakemake edge between two stages is a DVC dependency and back)."""
+    from test_dvc import _git_init, _inside, _set_scope, dvc_stages, parse_stage_command
+    from test_workflow import copy_repo, parse_dry_run, snakemake
+
+    work = copy_repo(tmp_path / "repo")
+    _git_init(work)
+    _set_scope(work, scope)
+    stages = dvc_stages(work, "workflow/published/dvc.yaml")
+    jobs = parse_dry_run(snakemake(work, "-n", "-p", "reproduce_tables", "prepare_all", "--config",
+                                   "weights=published").stdout)
+    jobs = [j for j in jobs if not j["rule"].startswith(("reproduce_", "prepare_all", "all"))]
+    commands = {name: parse_stage_command(s["cmd"][0]) for name, s in stages.items()}
+    assert set(stages) == {"published_data", "published_weights", "published_tables"} | {
+        f"published_evaluate_{e}" for e in OFFICIAL_FILES}
+    assert all(c["config"]["weights"] == "published" for c in commands.values())
+    assert not any("train" in c["rules"] for c in commands.values())
+    assert "train" not in {j["rule"] for j in jobs}
+
+    def stage_of(job: dict[str, Any]) -> str:
+        holders = {n for n, s in stages.items() for f in job["output"] if _inside(f, s["outs"])}
+        if not holders:  # data files (tracked by data.dvc): the data stage
+            holders = {"published_data"}
+        assert len(holders) == 1, (job, holders)
+        stage = holders.pop()
+        assert job["rule"] in commands[stage]["rules"], (job["rule"], stage)
+        return stage
+
+    producer = {f: j for j in jobs for f in j["output"]}
+    smk_edges = {(stage_of(producer[f]), stage_of(j)) for j in jobs for f in j["input"]
+                 if f in producer and stage_of(producer[f]) != stage_of(j)}
+    dvc_edges = {(o, n) for n, s in stages.items() for d in s["deps"] for o, t in stages.items()
+                 if o != n and _inside(d, t["outs"])}
+    assert smk_edges == dvc_edges
+    assert ("published_weights", "published_evaluate_dehaze_r6k") in dvc_edges
+    for name, stage in stages.items():
+        for out in stage["outs"]:
+            assert out.startswith(f"results/published/{scope}/"), (name, out)
+
+
+@needs_dvc
+@needs_snakemake
+@needs_mair
+@pytest.mark.slow
+def test_dvc_repro_of_the_published_weights(tmp_path: Path, mirror: Mirror) -> None:
+    """`dvc repro workflow/published/dvc.yaml:published_evaluate_dehaze_r6k` in a fresh copy: data, the weights
+    from the mirror, the evaluation; no training; recorded in the file's dvc.lock; a second repro does nothing."""
+    import subprocess
+
+    from test_dvc import _git_init
+    from test_workflow import copy_repo, run_env
+
+    for exp, name in OFFICIAL_FILES.items():
+        demo_checkpoint(exp, mirror.folder / "published" / name)
+    work = copy_repo(tmp_path / "repo")
+    _git_init(work)
+    env = run_env(work, MAIR_WEIGHTS_MIRROR=mirror.url)
+    target = "workflow/published/dvc.yaml:published_evaluate_dehaze_r6k"
+    proc = subprocess.run(["dvc", "repro", target], cwd=work, env=env, capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-4000:]
+    for stage in ("published_data", "published_weights", "published_evaluate_dehaze_r6k"):
+        assert f"Running stage '{stage}'" in proc.stdout
+    assert "train" not in proc.stdout.replace("trained", "")
+    lock_doc = yaml.safe_load((work / "workflow" / "published" / "dvc.lock").read_text())["stages"]
+    assert set(lock_doc) == {"published_data", "published_weights", "published_evaluate_dehaze_r6k"}
+    assert (work / "results/published/demo/eval/dehaze_r6k/reside_6k.json").is_file()
+    assert not (work / "results" / "demo" / "weights").exists()
+    assert len([k for k in lock(work / "data") if k.startswith("demo/weights/published/")]) == 17
+    again = subprocess.run(["dvc", "repro", target], cwd=work, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and "Running stage" not in again.stdout, again.stdout
