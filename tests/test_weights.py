@@ -437,7 +437,7 @@ def test_dvc_repro_of_the_published_weights(tmp_path: Path, mirror: Mirror) -> N
     proc = subprocess.run(["dvc", "repro", target], cwd=work, env=env, capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-4000:]
     for stage in ("published_data", "published_weights", "published_evaluate_dehaze_r6k"):
-        assert f"Running stage '{stage}'" in proc.stdout
+        assert f"Running stage 'workflow/published/dvc.yaml:{stage}'" in proc.stdout
     assert "train" not in proc.stdout.replace("trained", "")
     lock_doc = yaml.safe_load((work / "workflow" / "published" / "dvc.lock").read_text())["stages"]
     assert set(lock_doc) == {"published_data", "published_weights", "published_evaluate_dehaze_r6k"}
