@@ -274,6 +274,23 @@ def test_download_from_google_drive_goes_through_gdown(
     assert set(lock(data)) == {"demo/weights/published/MaIR_DH_ITS.pth"}
 
 
+def test_real_gdown_offline_fails_with_one_line(data: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """The real gdown, with every request sent to a closed local port: its failure is one line with the folder's
+    address and what to do by hand; nothing is written."""
+    pytest.importorskip("gdown")
+    for key in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
+        monkeypatch.setenv(key, "http://127.0.0.1:9")
+    monkeypatch.setenv("NO_PROXY", "")
+    monkeypatch.setenv("no_proxy", "")
+    assert main(["weights", "download", "dehaze_its", "--timeout", "5", "--quiet"]) == 1
+    errors = [ln for ln in capsys.readouterr().err.splitlines() if "error:" in ln]
+    assert len(errors) == 1 and "Traceback" not in errors[0]
+    assert f"cannot list Google Drive folder {FOLDER}" in errors[0]
+    assert "mair weights add dehaze_its --from PATH" in errors[0]
+    assert not (data / "weights").exists() or not any((data / "weights").rglob("*.pth"))
+    assert lock(data) == {}
+
+
 def test_list_json_reports_file_source_size_checksum_presence(
     data: Path, mirror: Mirror, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:

@@ -36,14 +36,24 @@ def _gdown() -> Any:
     return gdown
 
 
+def _supported(function: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``kwargs`` without the optional ones (``timeout``, ``retries``) that this gdown version does not take."""
+    import inspect
+
+    params = inspect.signature(function).parameters
+    return {k: v for k, v in kwargs.items() if k in params or k not in ("timeout", "retries")}
+
+
 def gdown_download(**kwargs: Any) -> Any:
     """``gdown.download(**kwargs)``."""
-    return _gdown().download(**kwargs)
+    function = _gdown().download
+    return function(**_supported(function, kwargs))
 
 
 def gdown_download_folder(**kwargs: Any) -> Any:
     """``gdown.download_folder(**kwargs)``."""
-    return _gdown().download_folder(**kwargs)
+    function = _gdown().download_folder
+    return function(**_supported(function, kwargs))
 
 
 def _first_line(error: BaseException) -> str:
