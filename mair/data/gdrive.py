@@ -63,6 +63,9 @@ def _first_line(error: BaseException) -> str:
 
 def _reason(error: BaseException) -> str:
     """What Drive (through gdown) said, in a few words."""
+    names = {cls.__name__ for cls in type(error).__mro__}
+    if names & {"ConnectionError", "Timeout", "ProxyError", "SSLError"}:
+        return f"cannot reach Google Drive ({type(error).__name__}: no network, a proxy or a firewall)"
     text = str(error).lower()
     if "too many users" in text or "quota" in text or ("rate" in text and "limit" in text):
         return "the file's download quota is exhausted (too many users); try again in 24 h or fetch it by hand"
@@ -113,8 +116,7 @@ def list_drive_folder(folder_id: str, label: str, hint: str, *, timeout: float |
             files = gdown_download_folder(id=folder_id, output=scratch, quiet=True, skip_download=True, timeout=timeout)
         except Exception as error:
             raise DownloadError(
-                f"{label}: cannot list Google Drive folder {folder_id}: {_reason(error)}; {hint} "
-                f"({FOLDER_URL.format(id=folder_id)})"
+                f"{label}: cannot list Google Drive folder {folder_id}: {_reason(error)}; {hint}"
             ) from None
     out: dict[str, str] = {}
     for item in files or []:
