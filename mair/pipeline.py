@@ -699,6 +699,21 @@ def dvc_published_yaml_text(config: Mapping[str, Any]) -> str:
     return DVC_PUBLISHED_HEADER + body
 
 
+def dvc_stage_conflict(stage: str | None, config: Mapping[str, Any]) -> str | None:
+    """Why a DVC stage (``$DVC_STAGE``, set by DVC for every stage command) cannot run with this config, or None.
+
+    dvc.yaml holds the trained journey: with ``weights: published`` its stages would train; the message points to
+    workflow/published/dvc.yaml instead.
+    """
+    if not stage or stage.startswith(f"{DVC_PUBLISHED_FILE}:") or weights_mode(config) != "published":
+        return None
+    return (
+        f"DVC stage {stage!r} belongs to dvc.yaml, the trained-weights journey, but params/pipeline.yaml sets "
+        f"weights: published. The published weights have their own DVC pipeline: dvc repro {DVC_PUBLISHED_FILE} "
+        f"(paper scope: dvc exp run -S params/pipeline.yaml:scope=paper {DVC_PUBLISHED_FILE})"
+    )
+
+
 def write_or_check_published_dvc(config: Mapping[str, Any], check: bool, out: Path | None = None) -> int:
     """Write workflow/published/dvc.yaml (or, with ``check``, return 1 when it is out of date)."""
     out = out or Path(DVC_PUBLISHED_FILE)

@@ -435,6 +435,22 @@ def test_published_dvc_pipeline_matches_the_snakemake_dag(tmp_path: Path, scope:
             assert out.startswith(f"results/published/{scope}/"), (name, out)
 
 
+@needs_snakemake
+def test_a_dvc_yaml_stage_with_published_weights_says_where_to_go(tmp_path: Path) -> None:
+    """dvc.yaml is the trained journey: one of its stages run with weights=published stops with one message
+    naming the published pipeline file instead of training or writing where DVC does not look."""
+    from test_workflow import copy_repo, run_env, snakemake
+
+    work = copy_repo(tmp_path / "repo")
+    env = run_env(work, DVC_STAGE="train_dehaze_r6k")
+    proc = snakemake(work, "-n", "reproduce_tables", "--config", "weights=published", env=env, check=False)
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    assert "dvc repro workflow/published/dvc.yaml" in out and "train_dehaze_r6k" in out
+    env["DVC_STAGE"] = "workflow/published/dvc.yaml:published_weights"
+    snakemake(work, "-n", "reproduce_tables", "--config", "weights=published", env=env)
+
+
 @needs_dvc
 @needs_snakemake
 @needs_mair
