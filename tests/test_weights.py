@@ -369,6 +369,7 @@ def test_demo_pipeline_with_published_weights_end_to_end(tmp_path: Path, mirror:
         assert (work / "data" / "demo" / "weights" / "published" / name).is_file()
     summary = json.loads((work / "results/published/demo/eval/dehaze_r6k/reside_6k.json").read_text())
     assert summary["complete"] and summary["weights"].endswith("data/demo/weights/published/MaIR_DH_R6K.pth")
+    assert summary["weights_source"] == "published"
     assert not (work / "results" / "demo" / "eval").exists()  # never mixed with trained weights' results
 
     import pandas as pd
@@ -481,3 +482,44 @@ def test_dvc_repro_of_the_published_weights(tmp_path: Path, mirror: Mirror) -> N
     assert len([k for k in lock(work / "data") if k.startswith("demo/weights/published/")]) == 17
     again = subprocess.run(["dvc", "repro", target], cwd=work, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and "Running stage" not in again.stdout, again.stdout
+
+
+# ------------------------------------------------------------------------------------------------ tables
+
+
+def test_tables_label_published_weights_and_keep_mlflow_runs_apart(tmp_path: Path, monkeypatch) -> None:
+    import sys
+    import types
+
+    import pandas as pd
+
+    import mair
+    from mair.report.collect import read_mlflow
+    from mair.report.tables import write_report
+
+    eval_dir = tmp_path / "results" / "published" / "paper" / "eval" / "dn_real"
+    eval_dir.mkdir(parents=True)
+    (eval_dir / "sidd.json").write_text(json.dumps({
+        "experiment": "dn_real", "dataset": "sidd", "variant": "MaIR", "scope": "paper", "complete": True,
+        "n_images": 2, "metrics": {"psnr": 39.5, "ssim": 0.95}, "weights_source": "published"}))
+    result = write_report("paper", tmp_path / "results" / "published", weights="published", figures=False)
+    table = pd.read_csv(result.out_dir / "dn_real.csv")
+    rows = table[table["method"] == "MaIR"].set_index("row")["SIDD PSNR"]
+    assert rows["published weights"] == 39.5 and rows["difference"] == pytest.approx(39.5 - rows["published"])
+    text = (result.out_dir / "dn_real.md").read_text()
+    assert "MaIR (published weights)" in text and "Δ published weights − paper" in text and "(ours)" not in text
+    assert "published checkpoints" in (result.out_dir / "dn_real.tex").read_text()
+
+    fake = types.ModuleType("mair.tracking")
+    fake.eval_summaries = lambda uri, scope: [  # one run of each kind
+        {"experiment": "dn_real", "dataset": "sidd", "variant": "MaIR", "metrics": {"psnr": 30.0},
+         "complete": True, "run_id": "trained-run"},
+        {"experiment": "dn_real", "dataset": "sidd", "variant": "MaIR", "metrics": {"psnr": 39.9},
+         "complete": True, "run_id": "published-run", "weights_source": "published"},
+    ]
+    monkeypatch.setitem(sys.modules, "mair.tracking", fake)
+    monkeypatch.setattr(mair, "tracking", fake, raising=False)
+    for weights, value in (("published", 39.9), ("trained", 30.0)):
+        frame = read_mlflow("sqlite:///x.db", "paper", weights=weights).frame
+        psnr = frame[(frame["dataset"] == "SIDD") & (frame["metric"] == "PSNR")]["value"]
+        assert list(psnr) == [pytest.approx(value)]

@@ -531,7 +531,7 @@ def write_report(
     out = Path(out_dir) if out_dir is not None else Path(results_dir) / scope / "tables"
     experiments_dir = experiments_dir if experiments_dir is not None else default_experiments_dir()
     collected = read_summaries(Path(results_dir), scope, experiments_dir)
-    secondary: Collected | None = read_mlflow(mlflow_uri, scope, experiments_dir) if mlflow_uri else None
+    secondary: Collected | None = read_mlflow(mlflow_uri, scope, experiments_dir, weights) if mlflow_uri else None
     merged = merge_sources(collected, secondary)
     notes = list(merged.notes)
     numbers = merged.frame[merged.frame["metric"].isin(["PSNR", "SSIM"])]

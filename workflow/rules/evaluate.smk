@@ -25,6 +25,7 @@ for _exp in P.all_experiments():
             params:
                 env=job_env,
                 exp=_exp,
+                source=WEIGHTS,
                 weights=lambda wc, exp=_exp: P.eval_weights_path(RESULTS, DATA, wc.scope, exp, config),
                 datasets=" ".join(P.test_datasets(_exp)),
                 ensemble=" --self-ensemble" if _plus else "",
@@ -44,6 +45,7 @@ for _exp in P.all_experiments():
                 slurm_extra=SLURM["extra"],
             shell:
                 "{params.env}python -m mair.pipeline run-with-gpus {resources.gpu} -- "
-                "mair evaluate {params.exp} --weights {params.weights} --datasets {params.datasets}{params.ensemble} "
+                "mair evaluate {params.exp} --weights {params.weights} --weights-source {params.source} "
+                "--datasets {params.datasets}{params.ensemble} "
                 "--scope {wildcards.scope} --results-dir {params.results_dir} --data-dir {params.data_dir} --quiet "
                 "> {log} 2>&1"
