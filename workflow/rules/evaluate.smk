@@ -45,7 +45,7 @@ for _exp in P.all_experiments():
                 slurm_extra=SLURM["extra"],
             shell:
                 "{params.env}python -m mair.pipeline run-with-gpus {resources.gpu} -- "
-                "mair evaluate {params.exp} --weights {params.weights} --weights-source {params.source} "
-                "--datasets {params.datasets}{params.ensemble} "
+                "mair evaluate {params.exp} --weights {params.weights} --datasets {params.datasets}{params.ensemble} "
                 "--scope {wildcards.scope} --results-dir {params.results_dir} --data-dir {params.data_dir} --quiet "
+                "--weights-source {params.source} "
                 "> {log} 2>&1"
