@@ -26,13 +26,23 @@ from mair.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 OFFICIAL_FILES = {
-    "sr_classic_x2": "MaIR_SR_x2.pth", "sr_classic_x3": "MaIR_SR_x3.pth", "sr_classic_x4": "MaIR_SR_x4.pth",
-    "sr_light_s_x2": "MaIR_S_lightSR_x2.pth", "sr_light_s_x3": "MaIR_S_lightSR_x3.pth",
-    "sr_light_s_x4": "MaIR_S_lightSR_x4.pth", "sr_light_t_x2": "MaIR_T_lightSR_x2.pth",
-    "sr_light_t_x3": "MaIR_T_lightSR_x3.pth", "sr_light_t_x4": "MaIR_T_lightSR_x4.pth",
-    "dn_color_s15": "MaIR_CDN_s15.pth", "dn_color_s25": "MaIR_CDN_s25.pth", "dn_color_s50": "MaIR_CDN_s50.pth",
-    "dn_real": "MaIR_RealDN.ckpt", "deblur_motion": "MaIR_MotionDeblur.ckpt", "dehaze_its": "MaIR_DH_ITS.pth",
-    "dehaze_ots": "MaIR_DH_OTS.pth", "dehaze_r6k": "MaIR_DH_R6K.pth",
+    "sr_classic_x2": "MaIR_SR_x2.pth",
+    "sr_classic_x3": "MaIR_SR_x3.pth",
+    "sr_classic_x4": "MaIR_SR_x4.pth",
+    "sr_light_s_x2": "MaIR_S_lightSR_x2.pth",
+    "sr_light_s_x3": "MaIR_S_lightSR_x3.pth",
+    "sr_light_s_x4": "MaIR_S_lightSR_x4.pth",
+    "sr_light_t_x2": "MaIR_T_lightSR_x2.pth",
+    "sr_light_t_x3": "MaIR_T_lightSR_x3.pth",
+    "sr_light_t_x4": "MaIR_T_lightSR_x4.pth",
+    "dn_color_s15": "MaIR_CDN_s15.pth",
+    "dn_color_s25": "MaIR_CDN_s25.pth",
+    "dn_color_s50": "MaIR_CDN_s50.pth",
+    "dn_real": "MaIR_RealDN.ckpt",
+    "deblur_motion": "MaIR_MotionDeblur.ckpt",
+    "dehaze_its": "MaIR_DH_ITS.pth",
+    "dehaze_ots": "MaIR_DH_OTS.pth",
+    "dehaze_r6k": "MaIR_DH_R6K.pth",
 }
 FOLDER = "1YYmIVTyynLg-Kfu-mviq24WdVkJu-S3M"
 
@@ -198,8 +208,10 @@ def test_download_from_the_mirror_records_then_verifies(
         name = OFFICIAL_FILES[exp]
         assert (folder / name).read_bytes() == (served / name).read_bytes()
         assert entries[f"demo/weights/published/{name}"]["origin"] == "first-download"
-        assert json.loads(manifest.read_text())["weights"][exp]["sha256"] == entries[
-            f"demo/weights/published/{name}"]["sha256"]
+        assert (
+            json.loads(manifest.read_text())["weights"][exp]["sha256"]
+            == entries[f"demo/weights/published/{name}"]["sha256"]
+        )
     assert sorted(p.name for p in folder.iterdir()) == ["MaIR_DH_R6K.pth", "MaIR_SR_x2.pth"]  # no leftovers
 
     # A second run does nothing: no request, same files.
@@ -246,14 +258,18 @@ def test_download_from_google_drive_goes_through_gdown(
         from collections import namedtuple
 
         item = namedtuple("GoogleDriveFileToDownload", "id path local_path")
-        return [item("1ItsFileId_abcdef", "MaIR/Dehaze/MaIR_DH_ITS.pth", "x"),
-                item("1OtsFileId_abcdef", "MaIR/Dehaze/MaIR_DH_OTS.pth", "y")]
+        return [
+            item("1ItsFileId_abcdef", "MaIR/Dehaze/MaIR_DH_ITS.pth", "x"),
+            item("1OtsFileId_abcdef", "MaIR/Dehaze/MaIR_DH_OTS.pth", "y"),
+        ]
 
     def fake_download(**kwargs: Any) -> str:
         calls.append(("file", kwargs))
         if kwargs["id"] == "1OtsFileId_abcdef":
-            raise RuntimeError("Failed to retrieve file url:\n\n\tToo many users have viewed or downloaded this "
-                               "file recently. Please try accessing the file again later.\n\nYou may still ...")
+            raise RuntimeError(
+                "Failed to retrieve file url:\n\n\tToo many users have viewed or downloaded this "
+                "file recently. Please try accessing the file again later.\n\nYou may still ..."
+            )
         Path(kwargs["output"]).write_bytes(payload)
         return kwargs["output"]
 
@@ -337,11 +353,16 @@ def test_paper_dry_run_with_published_weights_plans_no_training(tmp_path: Path) 
     assert fetch["shell"].startswith("mair weights download sr_classic_x2 ")
     assert elapsed < 60
 
-    sr = [j["rule"] for j in parse_dry_run(snakemake(work, "-n", "-p", "reproduce_sr", "--config", "scope=paper",
-                                                     "weights=published").stdout)]
+    sr = [
+        j["rule"]
+        for j in parse_dry_run(
+            snakemake(work, "-n", "-p", "reproduce_sr", "--config", "scope=paper", "weights=published").stdout
+        )
+    ]
     assert "train" not in sr and "fetch_weights" in sr
     assert {r for r in sr if r.startswith("evaluate_")} == {
-        f"evaluate{p}_sr_classic_x{s}" for p in ("", "_plus") for s in (2, 3, 4)}
+        f"evaluate{p}_sr_classic_x{s}" for p in ("", "_plus") for s in (2, 3, 4)
+    }
 
 
 @needs_snakemake
@@ -405,12 +426,14 @@ def test_published_dvc_pipeline_matches_the_snakemake_dag(tmp_path: Path, scope:
     _git_init(work)
     _set_scope(work, scope)
     stages = dvc_stages(work, "workflow/published/dvc.yaml")
-    jobs = parse_dry_run(snakemake(work, "-n", "-p", "reproduce_tables", "prepare_all", "--config",
-                                   "weights=published").stdout)
+    jobs = parse_dry_run(
+        snakemake(work, "-n", "-p", "reproduce_tables", "prepare_all", "--config", "weights=published").stdout
+    )
     jobs = [j for j in jobs if not j["rule"].startswith(("reproduce_", "prepare_all", "all"))]
     commands = {name: parse_stage_command(s["cmd"][0]) for name, s in stages.items()}
     assert set(stages) == {"published_data", "published_weights", "published_tables"} | {
-        f"published_evaluate_{e}" for e in OFFICIAL_FILES}
+        f"published_evaluate_{e}" for e in OFFICIAL_FILES
+    }
     assert all(c["config"]["weights"] == "published" for c in commands.values())
     assert not any("train" in c["rules"] for c in commands.values())
     assert "train" not in {j["rule"] for j in jobs}
@@ -425,10 +448,19 @@ def test_published_dvc_pipeline_matches_the_snakemake_dag(tmp_path: Path, scope:
         return stage
 
     producer = {f: j for j in jobs for f in j["output"]}
-    smk_edges = {(stage_of(producer[f]), stage_of(j)) for j in jobs for f in j["input"]
-                 if f in producer and stage_of(producer[f]) != stage_of(j)}
-    dvc_edges = {(o, n) for n, s in stages.items() for d in s["deps"] for o, t in stages.items()
-                 if o != n and _inside(d, t["outs"])}
+    smk_edges = {
+        (stage_of(producer[f]), stage_of(j))
+        for j in jobs
+        for f in j["input"]
+        if f in producer and stage_of(producer[f]) != stage_of(j)
+    }
+    dvc_edges = {
+        (o, n)
+        for n, s in stages.items()
+        for d in s["deps"]
+        for o, t in stages.items()
+        if o != n and _inside(d, t["outs"])
+    }
     assert smk_edges == dvc_edges
     assert ("published_weights", "published_evaluate_dehaze_r6k") in dvc_edges
     for name, stage in stages.items():
@@ -499,9 +531,20 @@ def test_tables_label_published_weights_and_keep_mlflow_runs_apart(tmp_path: Pat
 
     eval_dir = tmp_path / "results" / "published" / "paper" / "eval" / "dn_real"
     eval_dir.mkdir(parents=True)
-    (eval_dir / "sidd.json").write_text(json.dumps({
-        "experiment": "dn_real", "dataset": "sidd", "variant": "MaIR", "scope": "paper", "complete": True,
-        "n_images": 2, "metrics": {"psnr": 39.5, "ssim": 0.95}, "weights_source": "published"}))
+    (eval_dir / "sidd.json").write_text(
+        json.dumps(
+            {
+                "experiment": "dn_real",
+                "dataset": "sidd",
+                "variant": "MaIR",
+                "scope": "paper",
+                "complete": True,
+                "n_images": 2,
+                "metrics": {"psnr": 39.5, "ssim": 0.95},
+                "weights_source": "published",
+            }
+        )
+    )
     result = write_report("paper", tmp_path / "results" / "published", weights="published", figures=False)
     table = pd.read_csv(result.out_dir / "dn_real.csv")
     rows = table[table["method"] == "MaIR"].set_index("row")["SIDD PSNR"]
@@ -512,10 +555,23 @@ def test_tables_label_published_weights_and_keep_mlflow_runs_apart(tmp_path: Pat
 
     fake = types.ModuleType("mair.tracking")
     fake.eval_summaries = lambda uri, scope: [  # one run of each kind
-        {"experiment": "dn_real", "dataset": "sidd", "variant": "MaIR", "metrics": {"psnr": 30.0},
-         "complete": True, "run_id": "trained-run"},
-        {"experiment": "dn_real", "dataset": "sidd", "variant": "MaIR", "metrics": {"psnr": 39.9},
-         "complete": True, "run_id": "published-run", "weights_source": "published"},
+        {
+            "experiment": "dn_real",
+            "dataset": "sidd",
+            "variant": "MaIR",
+            "metrics": {"psnr": 30.0},
+            "complete": True,
+            "run_id": "trained-run",
+        },
+        {
+            "experiment": "dn_real",
+            "dataset": "sidd",
+            "variant": "MaIR",
+            "metrics": {"psnr": 39.9},
+            "complete": True,
+            "run_id": "published-run",
+            "weights_source": "published",
+        },
     ]
     monkeypatch.setitem(sys.modules, "mair.tracking", fake)
     monkeypatch.setattr(mair, "tracking", fake, raising=False)
