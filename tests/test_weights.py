@@ -367,6 +367,35 @@ def test_paper_dry_run_with_published_weights_plans_no_training(tmp_path: Path) 
 
 @needs_snakemake
 @needs_mair
+def test_fetch_job_stops_with_instructions_when_drive_cannot_be_reached(tmp_path: Path) -> None:
+    """Offline and without a mirror, the fetch job fails (after its retry) and its log says what to do by hand;
+    no record is written, so the evaluations never start on missing weights."""
+    from test_workflow import copy_repo, run_env, snakemake
+
+    work = copy_repo(tmp_path / "repo")
+    target = "results/published/demo/weights/published.json"
+    proc = snakemake(
+        work,
+        "--cores",
+        "1",
+        target,
+        "--config",
+        "weights=published",
+        "experiments=[dehaze_r6k]",
+        "retries={download: 0}",
+        env=run_env(work),
+        check=False,
+        timeout=300,
+    )
+    assert proc.returncode != 0
+    log = (work / "results/published/demo/logs/fetch_weights.log").read_text()
+    assert "cannot reach Google Drive" in log and "mair weights add dehaze_r6k --scope demo --from PATH" in log
+    assert "Traceback" not in log
+    assert not (work / target).exists()
+
+
+@needs_snakemake
+@needs_mair
 @pytest.mark.slow
 def test_demo_pipeline_with_published_weights_end_to_end(tmp_path: Path, mirror: Mirror) -> None:
     """weights=published in the demo scope, for real: the DAG fetches the mirror's files, records their checksums,
