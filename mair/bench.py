@@ -90,23 +90,33 @@ def _timer(device: torch.device, warmup: int, repeat: int) -> Callable[[Callable
     return run
 
 
-def _build(workload: Workload, device: torch.device) -> tuple[torch.nn.Module, int]:
+def network_spec(workload: Workload) -> dict[str, Any]:
+    """The experiment's ``network`` entry (official architecture name and arguments) of a model workload."""
     from mair.experiments import load_experiment
+
+    return load_experiment(workload.experiment)["network"]
+
+
+def upscale(net: dict[str, Any]) -> int:
+    """Output side over input side of a network entry (1 for the restoration tasks)."""
+    return int(net["kwargs"].get("upscale", 1)) if net["arch"] == "MaIR" and net["kwargs"].get("upsampler") else 1
+
+
+def _build(workload: Workload, device: torch.device) -> tuple[torch.nn.Module, int]:
     from mair.models import from_official
 
-    exp = load_experiment(workload.experiment)
-    net = exp["network"]
-    model = from_official(net["arch"], **net["kwargs"]).to(device)
-    scale = int(net["kwargs"].get("upscale", 1)) if net["arch"] == "MaIR" and net["kwargs"].get("upsampler") else 1
-    return model, scale
+    net = network_spec(workload)
+    return from_official(net["arch"], **net["kwargs"]).to(device), upscale(net)
 
 
 def run_workload(workload: Workload, backend: str | None, precision: str, device: torch.device,
                  warmup: int = 3, repeat: int = 10, compile_model: bool = False,
-                 compile_mode: str | None = None, adam: str = "default") -> dict[str, Any]:
+                 compile_mode: str | None = None, adam: str = "default",
+                 network: torch.nn.Module | None = None) -> dict[str, Any]:
     """Time one workload; returns a result row (``compile_mode``: a ``torch.compile`` mode, implies
     ``compile_model``; ``adam``: Adam's implementation in training steps, ``default`` as ``mair train`` chooses
-    (:func:`mair.train.optimizers.adam_implementation`), ``foreach`` or ``fused``)."""
+    (:func:`mair.train.optimizers.adam_implementation`), ``foreach`` or ``fused``; ``network``: a ready
+    network on ``device`` to time instead of mair's, e.g. the official code's for the baseline)."""
     from mair.precision import autocast, check_precision, matmul_precision
     from mair.train.optimizers import adam_implementation
 
@@ -120,7 +130,10 @@ def run_workload(workload: Workload, backend: str | None, precision: str, device
     if workload.kind == "scan":
         fn = _scan_job(workload, backend, device, gen)
     else:
-        model, scale = _build(workload, device)
+        if network is None:
+            model, scale = _build(workload, device)
+        else:
+            model, scale = network, upscale(network_spec(workload))
         set_scan_backend(model, backend)
         if compile_model:  # the scan as custom ops, whole network in one graph (mair.models.scan.custom_ops)
             from mair.models.scan.custom_ops import compile_model as compile_network

@@ -6,7 +6,8 @@ wrapped so that:
 
 * :func:`download_drive_file` writes the file to the caller's staging path only when the transfer is complete
   (gdown keeps a partial ``<name><random>.part`` beside it and resumes from it; it publishes the output only
-  after the last byte), so the caller verifies the checksum before anything reaches the final path;
+  after the last byte), so the caller verifies the checksum before anything reaches the final path; it says
+  whether the length was known and matched (a first-seen checksum is pinned only then);
 * :func:`list_drive_folder` maps the file names of a shared folder to their Drive file ids (nothing is
   downloaded);
 * every gdown or network failure becomes one :class:`~mair.data.download.DownloadError` line that says what
@@ -37,11 +38,11 @@ def _gdown() -> Any:
 
 
 def _supported(function: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-    """``kwargs`` without the optional ones (``timeout``, ``retries``) that this gdown version does not take."""
+    """``kwargs`` without the optional ones (``timeout``, ``retries``, ``progress``) this gdown does not take."""
     import inspect
 
     params = inspect.signature(function).parameters
-    return {k: v for k, v in kwargs.items() if k in params or k not in ("timeout", "retries")}
+    return {k: v for k, v in kwargs.items() if k in params or k not in ("timeout", "retries", "progress")}
 
 
 def gdown_download(**kwargs: Any) -> Any:
@@ -83,16 +84,32 @@ def download_drive_file(
     timeout: float | None = 60.0,
     retries: int = 3,
     quiet: bool = True,
-) -> Path:
+) -> bool:
     """Download Drive file ``file_id`` to ``output`` (created only once complete; resumes a partial one).
 
-    Raises :class:`~mair.data.download.DownloadError` with one line ending in ``hint`` on any failure.
+    Returns whether the transfer is known complete: gdown reported the file's length and that many bytes arrived
+    (False when Drive sent no length, or gdown found ``output`` already there and fetched nothing, so that the
+    caller never pins a first-seen checksum of a possibly cut transfer; see :mod:`mair.data.lockfile`). Raises
+    :class:`~mair.data.download.DownloadError` with one line ending in ``hint`` on any failure.
     """
     from mair.data.download import DownloadError
 
     output.parent.mkdir(parents=True, exist_ok=True)
+    seen: dict[str, int | None] = {"done": None, "total": None}
+
+    def progress(done: int, total: int | None) -> None:
+        seen["done"], seen["total"] = done, total
+
     try:
-        got = gdown_download(id=file_id, output=str(output), quiet=quiet, resume=True, timeout=timeout, retries=retries)
+        got = gdown_download(
+            id=file_id,
+            output=str(output),
+            quiet=quiet,
+            resume=True,
+            timeout=timeout,
+            retries=retries,
+            progress=progress,
+        )
     except DownloadError:
         raise
     except Exception as error:  # gdown raises its own errors, requests' and OSError
@@ -101,7 +118,7 @@ def download_drive_file(
         ) from None
     if got is None or not output.is_file():
         raise DownloadError(f"{label}: Google Drive file {file_id}: gdown returned no file; {hint}")
-    return output
+    return seen["total"] is not None and seen["done"] == seen["total"]
 
 
 def list_drive_folder(folder_id: str, label: str, hint: str, *, timeout: float | None = 60.0) -> dict[str, str]:

@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import functools
-import json
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from typing import Any
 
 from mair.data.catalog import FileSpec
 from mair.data.download import DownloadError, DownloadOptions, _place_verified, download_file, verify_file
-from mair.data.lockfile import LockFile, file_lock
+from mair.data.lockfile import LockBusyError, LockFile, file_lock, is_reference, new_entry, provenance
 from mair.data.paths import PathLike, data_dir, lock_path
 from mair.weights.catalog import PublishedWeights, WeightsCatalog
 
@@ -188,13 +187,14 @@ def status(
         entry = catalog.get(exp)
         path = weights_path(entry, scope, root)
         locked = entries.get(LockFile.key(lock_id(scope), entry.file)) or {}
+        pinned = is_reference(locked) and bool(locked.get("sha256"))
         present = path.is_file()
         if entry.sha256:
             sha, origin = entry.sha256, "catalog"
         else:
-            sha, origin = locked.get("sha256"), locked.get("origin") if locked.get("sha256") else None
-        size = entry.size if entry.size is not None else locked.get("size")
-        recorded = present and bool(locked.get("sha256")) and locked.get("size") == path.stat().st_size
+            sha, origin = (locked.get("sha256"), locked.get("origin")) if pinned else (None, None)
+        size = entry.size if entry.size is not None else (locked.get("size") if pinned else None)
+        recorded = present and pinned and locked.get("size") == path.stat().st_size
         out.append(
             WeightsStatus(exp, entry.file, path, source_of(catalog, entry), size, sha, origin, present, recorded)
         )
@@ -248,7 +248,12 @@ def download(
                 url = f"gdrive:{entry.gdrive_id}"
             else:
                 recorded = LockFile(lock_path(root)).get(lock_id(scope), entry.file)
-                if target.is_file() and recorded and recorded.get("size") == target.stat().st_size:
+                if (
+                    target.is_file()
+                    and is_reference(recorded)
+                    and recorded.get("sha256")
+                    and recorded.get("size") == target.stat().st_size
+                ):
                     paths.append(target)  # already there: no need to list the folder
                     continue
                 if folder is None:
@@ -304,45 +309,43 @@ def add(
     label = f"{lock_id(scope)}/{entry.file}"
     locked = lock.get(lock_id(scope), entry.file)
     spec = FileSpec(entry.file, (), size=entry.size, sha256=entry.sha256)
-    if locked and locked.get("sha256") and not entry.sha256:
+    if is_reference(locked) and locked.get("sha256") and not entry.sha256:
         actual = verify_file(src, label, None, None)["sha256"]
         if actual != locked["sha256"]:
             raise WeightsError(
-                f"{src}: sha256 {actual} differs from the one recorded for {label} ({locked['sha256']}); "
-                f"if the authors replaced the file, run `mair weights forget {experiment}` first"
+                f"{src}: sha256 {actual} differs from the one {provenance(locked)} for {label} "
+                f"({locked['sha256']}); if the authors replaced the file, run `mair weights forget {experiment}` first"
             )
     digests = _place_verified(src, final, label, spec, locked, copy)
-    origin = "catalog" if entry.sha256 else "first-add"
-    lock.record(lock_id(scope), entry.file, {**digests, "origin": origin, "source": str(src)})
+    record = new_entry(digests, str(src), "add", catalog_checksum=bool(entry.sha256), complete=True)
+    lock.record(lock_id(scope), entry.file, record)
     return final
 
 
 def forget(catalog: WeightsCatalog, experiment: str, scope: str = "paper", root: PathLike | None = None) -> list[str]:
     """Delete ``experiment``'s published file (and partial downloads) and its data.lock.json entry.
 
-    Returns what was removed. The next download records the checksum afresh.
+    Returns what was removed. The next download records the checksum afresh. Refused (``WeightsError``) while
+    another process downloads or adds that file.
     """
     entry = catalog.get(experiment)
     final = weights_path(entry, scope, root)
+    guard = final.with_name(f".{final.name}.lock")
     removed: list[str] = []
-    folder = final.parent
-    if folder.is_dir():
-        for path in sorted(folder.iterdir()):
-            name = path.name
-            if name == entry.file or name.startswith((entry.file + ".part", f".{entry.file}.")):
-                path.unlink(missing_ok=True)
-                removed.append(str(path))
-    lock = LockFile(lock_path(root))
-    key = LockFile.key(lock_id(scope), entry.file)
-    if lock.path.is_file():
-        from mair.atomic import atomic_write_json
-
-        with file_lock(lock.path.with_name(lock.path.name + ".lock")):
-            data = json.loads(lock.path.read_text(encoding="utf-8"))
-            if key in data.get("files", {}):
-                del data["files"][key]
-                atomic_write_json(lock.path, data)
-                removed.append(f"{lock.path}: {key}")
+    try:
+        with file_lock(guard, blocking=False):
+            for path in sorted(final.parent.iterdir()) if final.parent.is_dir() else []:
+                name = path.name
+                if path != guard and (name == entry.file or name.startswith((entry.file + ".part", f".{entry.file}."))):
+                    path.unlink(missing_ok=True)
+                    removed.append(str(path))
+            keys = LockFile(lock_path(root)).forget(lock_id(scope), [entry.file])
+            removed += [f"{lock_path(root)}: {k}" for k in keys]
+            guard.unlink(missing_ok=True)
+    except LockBusyError:
+        raise WeightsError(
+            f"{final} is being downloaded or added by another process; try again when it is done"
+        ) from None
     return removed
 
 
