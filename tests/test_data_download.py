@@ -389,6 +389,25 @@ def test_google_drive_goes_through_gdown(env: dict[str, Any], monkeypatch: pytes
     assert (env["data"] / "extracted/toy/test/target/a.png").is_file()
 
 
+@pytest.mark.parametrize(("announced", "origin"), [(True, "first-download"), (False, "unconfirmed-download")])
+def test_google_drive_pins_a_first_seen_checksum_only_when_the_length_was_announced(
+    env: dict[str, Any], monkeypatch: pytest.MonkeyPatch, announced: bool, origin: str
+) -> None:
+    from mair.data import gdrive
+
+    archive = zip_bytes({"test/input/a.png": png_bytes(8), "test/target/a.png": png_bytes(9)})
+
+    def fake_download(**kwargs: Any) -> str:
+        Path(kwargs["output"]).write_bytes(archive)
+        kwargs["progress"](len(archive), len(archive) if announced else None)
+        return kwargs["output"]
+
+    monkeypatch.setattr(gdrive, "gdown_download", fake_download)
+    env["write"]({"toy": entry([{"name": "test.zip", "urls": ["gdrive:1AbC-xyz_9"]}], access="gdrive")})
+    assert main(["data", "download", "toy", *FAST]) == 0
+    assert lock_entries(env["data"])["toy/test.zip"]["origin"] == origin
+
+
 def test_google_drive_refusal_is_one_line_with_instructions(
     env: dict[str, Any], monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
