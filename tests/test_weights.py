@@ -366,6 +366,18 @@ def test_paper_dry_run_with_published_weights_plans_no_training(tmp_path: Path) 
 
 
 @needs_snakemake
+def test_a_wrong_weights_setting_is_one_clear_line(tmp_path: Path) -> None:
+    from test_workflow import copy_repo, snakemake
+
+    work = copy_repo(tmp_path / "repo")
+    proc = snakemake(work, "-n", "--config", "weights=publishd", check=False)
+    assert proc.returncode != 0
+    assert "invalid pipeline config: weights: 'publishd' is not one of ['trained', 'published']" in (
+        proc.stdout + proc.stderr
+    )
+
+
+@needs_snakemake
 @needs_mair
 def test_fetch_job_stops_with_instructions_when_drive_cannot_be_reached(tmp_path: Path) -> None:
     """Offline and without a mirror, the fetch job fails (after its retry) and its log says what to do by hand;
