@@ -29,6 +29,7 @@ for _exp in P.all_experiments():
                 weights=lambda wc, exp=_exp: P.eval_weights_path(RESULTS, DATA, wc.scope, exp, config),
                 datasets=" ".join(P.test_datasets(_exp)),
                 ensemble=" --self-ensemble" if _plus else "",
+                exact=EXACT_FLAG,
                 data_dir=DATA,
                 results_dir=RESULTS,
             retries: RETRIES["evaluate"]
@@ -45,7 +46,8 @@ for _exp in P.all_experiments():
                 slurm_extra=SLURM["extra"],
             shell:
                 "{params.env}python -m mair.pipeline run-with-gpus {resources.gpu} -- "
-                "mair evaluate {params.exp} --weights {params.weights} --datasets {params.datasets}{params.ensemble} "
+                "mair evaluate {params.exp} --weights {params.weights} --datasets {params.datasets}{params.ensemble}"
+                "{params.exact} "
                 "--scope {wildcards.scope} --results-dir {params.results_dir} --data-dir {params.data_dir} --quiet "
                 "--weights-source {params.source} "
                 "> {log} 2>&1"
