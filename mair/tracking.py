@@ -499,7 +499,7 @@ def log_evaluation(summary: Mapping[str, Any], params: Mapping[str, Any] | None 
     tracker = Tracker(uri)
     tags = {"mair.kind": "evaluation", "mair.experiment": experiment, "mair.dataset": dataset,
             "mair.variant": variant, "mair.scope": scope}
-    for key in ("weights", "complete", "metric_space", "crop_border", "created", "submission"):
+    for key in ("weights", "weights_source", "complete", "metric_space", "crop_border", "created", "submission"):
         if summary.get(key) is not None:
             tags[f"mair.{key}"] = summary[key]
     if isinstance(summary.get("runtime"), Mapping):
@@ -581,7 +581,7 @@ def eval_summaries(uri: str | None = None, scope: str = "paper") -> list[dict[st
             "variant": tags.get("mair.variant", "MaIR"), "scope": tags.get("mair.scope", scope),
             "metrics": {}, "extra_metrics": {}, "run_id": run.info.run_id,
         }
-        for key in ("weights", "complete", "metric_space", "crop_border", "created", "submission"):
+        for key in ("weights", "weights_source", "complete", "metric_space", "crop_border", "created", "submission"):
             if f"mair.{key}" in tags:
                 summary[key] = _parse_tag(tags[f"mair.{key}"])
         if "n_images" in metrics:

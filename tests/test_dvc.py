@@ -38,16 +38,16 @@ def _set_scope(work: Path, scope: str) -> None:
     assert f"\nscope: {scope}\n" in path.read_text()
 
 
-def dvc_stages(work: Path) -> dict[str, dict[str, Any]]:
-    """Pipeline stages of dvc.yaml as DVC resolves them (vars from params/pipeline.yaml interpolated)."""
+def dvc_stages(work: Path, file: str = "dvc.yaml") -> dict[str, dict[str, Any]]:
+    """Pipeline stages of ``file`` as DVC resolves them (vars from params/pipeline.yaml interpolated)."""
     code = """
-import json
+import json, sys
 from dvc.dependency.param import ParamsDependency
 from dvc.repo import Repo
 with Repo(".") as repo:
     out = {}
     for st in repo.index.stages:
-        if not getattr(st, "cmd", None):
+        if not getattr(st, "cmd", None) or st.relpath != sys.argv[1]:
             continue
         out[st.name] = {
             "cmd": st.cmd if isinstance(st.cmd, list) else [st.cmd],
@@ -57,7 +57,7 @@ with Repo(".") as repo:
         }
 print(json.dumps(out))
 """
-    proc = subprocess.run([sys.executable, "-c", code], cwd=work, capture_output=True, text=True, check=False)
+    proc = subprocess.run([sys.executable, "-c", code, file], cwd=work, capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads(proc.stdout)
 

@@ -2,10 +2,8 @@
 
 * HTTP(S) with ``urllib``; an interrupted transfer resumes with an HTTP ``Range`` request into
   ``<file>.part``; transient failures are retried with bounded exponential backoff.
-* ``gdrive:<id>`` URLs go through Google Drive's download endpoint; the virus-scan interstitial page is parsed
-  (its form's ``confirm``/``uuid`` fields) and the confirmed URL is fetched. The endpoint base is
-  ``$MAIR_GDRIVE_BASE`` (default ``https://drive.usercontent.google.com``), so tests can point it at a local
-  server.
+* ``gdrive:<id>`` URLs go through gdown (:mod:`mair.data.gdrive`, the one Drive path of data and weights): it
+  follows Drive's confirmation pages and resumes; the file appears at the ``.part`` path only when complete.
 * A mirror (``--mirror`` or ``$MAIR_DATA_MIRROR``) serves ``<base>/<dataset>/<file>`` instead of the catalog
   URLs.
 * Size and sha256 (or sha1/md5 when only those are published, or the sha256 recorded in ``data.lock.json`` by
@@ -21,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import glob
 import hashlib
-import html.parser
 import http.client
 import os
 import re
@@ -40,10 +37,10 @@ from mair import __version__
 from mair.atomic import _fsync_dir, atomic_write_json, make_temp_file
 from mair.data.catalog import DEFAULT_SOURCE, Catalog, Dataset, FileSpec, Source, infer_format
 from mair.data.extract import ExtractLimits, extract_dataset, read_marker
+from mair.data.gdrive import download_drive_file
 from mair.data.lockfile import LockBusyError, LockFile, file_lock, is_reference, new_entry, provenance
 from mair.data.paths import PathLike, extracted_dir, lock_path, raw_dir
 
-GDRIVE_BASE = "https://drive.usercontent.google.com"
 _RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
 _HASH_BUFFER = 1 << 20
 
@@ -92,7 +89,6 @@ class DownloadOptions:
     max_backoff: float = 60.0
     timeout: float = 60.0
     mirror: str | None = None
-    gdrive_base: str | None = None
     progress: bool | None = None  # None: a bar only when stderr is a terminal
     quiet: bool = False
     chunk_size: int = 1 << 20
@@ -100,10 +96,6 @@ class DownloadOptions:
     def resolved_mirror(self) -> str | None:
         """``mirror`` or ``$MAIR_DATA_MIRROR`` (None when neither is set)."""
         return (self.mirror or os.environ.get("MAIR_DATA_MIRROR") or "").rstrip("/") or None
-
-    def resolved_gdrive_base(self) -> str:
-        """``gdrive_base`` or ``$MAIR_GDRIVE_BASE`` or the real Drive download host."""
-        return (self.gdrive_base or os.environ.get("MAIR_GDRIVE_BASE") or GDRIVE_BASE).rstrip("/")
 
     def show_progress(self) -> bool:
         """Whether to draw a progress bar."""
@@ -333,77 +325,6 @@ def fetch_to_part(
     return bool(_with_retries(once, label, opts, log))
 
 
-# ---------------------------------------------------------------------------------------------- Google Drive
-
-
-class _DriveFormParser(html.parser.HTMLParser):
-    """Collects the hidden inputs of the Drive download form and any ``confirm=`` link."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.in_form = False
-        self.form_fields: dict[str, str] = {}
-        self.found_form = False
-        self.links: list[str] = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        values = {k: v or "" for k, v in attrs}
-        if tag == "form" and ("download" in values.get("id", "") or "download" in values.get("action", "")):
-            self.in_form = self.found_form = True
-        elif tag == "input" and self.in_form and values.get("name"):
-            self.form_fields[values["name"]] = values.get("value", "")
-        elif tag == "a" and "confirm=" in values.get("href", ""):
-            self.links.append(values["href"])
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag == "form":
-            self.in_form = False
-
-
-def drive_confirm_params(page: str) -> dict[str, str] | None:
-    """The query parameters (``id``, ``confirm``, ``uuid``...) of Drive's confirmation page, or None."""
-    parser = _DriveFormParser()
-    parser.feed(page)
-    if parser.found_form and parser.form_fields.get("confirm"):
-        return dict(parser.form_fields)
-    for href in parser.links:
-        query = urllib.parse.parse_qs(urllib.parse.urlsplit(html.unescape(href)).query)
-        if query.get("confirm"):
-            return {k: v[0] for k, v in query.items()}
-    match = re.search(r"confirm=([0-9A-Za-z_-]+)", page)
-    if match:
-        params = {"confirm": match.group(1)}
-        uuid = re.search(r"uuid=([0-9A-Za-z_-]+)", page)
-        if uuid:
-            params["uuid"] = uuid.group(1)
-        return params
-    return None
-
-
-def resolve_gdrive(file_id: str, label: str, opts: DownloadOptions, log: Log = _stderr) -> str:
-    """The URL that serves Drive file ``file_id``, past the virus-scan confirmation page when there is one."""
-    base = opts.resolved_gdrive_base()
-    first = f"{base}/download?" + urllib.parse.urlencode({"id": file_id, "export": "download"})
-
-    def once() -> str:
-        with _open(first, opts) as response:
-            if not _is_html(response):
-                return first  # small files come directly
-            page = response.read(4_000_000).decode("utf-8", "replace")
-        params = drive_confirm_params(page)
-        if params is None:
-            hint = "quota exceeded" if re.search(r"quota|too many users", page, re.I) else "no download form"
-            raise DownloadError(
-                f"{label}: Google Drive returned a page without a download link ({hint}) for file {file_id}; "
-                f"download https://drive.google.com/file/d/{file_id}/view by hand and use `mair data add`"
-            )
-        params.setdefault("id", file_id)
-        params.setdefault("export", "download")
-        return f"{base}/download?" + urllib.parse.urlencode(params)
-
-    return _with_retries(once, label, opts, log)
-
-
 # ------------------------------------------------------------------------------------------------ one file
 
 
@@ -448,15 +369,23 @@ def download_file(
     root: PathLike | None = None,
     opts: DownloadOptions | None = None,
     log: Log = _stderr,
+    *,
+    target: Path | None = None,
+    manual_hint: str = "download it by hand and use `mair data add`",
+    check: Callable[[Path], None] | None = None,
 ) -> Path:
     """Fetch one catalog file into ``raw/<id>/<name>`` (verified first); return its path.
 
     An existing, recorded file is kept as it is. Each URL is tried in turn (or only the mirror); a checksum
     mismatch deletes the ``.part`` and moves on to the next URL; the first mismatch is raised when all fail.
+    ``target`` puts the file elsewhere (the published weights; ``dataset_id`` is then only the lock-file key
+    and ``spec.urls`` are used as given, no data mirror); ``manual_hint`` ends a Google Drive refusal;
+    ``check(part)`` may refuse a complete, checksum-verified transfer (raising DownloadError) before anything is
+    recorded or renamed (the weights: it must load into its experiment's network).
     """
     opts = opts or DownloadOptions()
     lock = LockFile(lock_path(root))
-    final = raw_dir(dataset_id, root) / spec.name
+    final = target if target is not None else raw_dir(dataset_id, root) / spec.name
     part = final.with_name(final.name + ".part")
     origin_file = final.with_name(f".{final.name}.part.json")
     label = f"{dataset_id}/{spec.name}"
@@ -473,11 +402,13 @@ def download_file(
     if final.is_file() and (locked is None or is_reference(locked)):
         try:  # placed there by hand: verify it now (an unconfirmed earlier transfer is fetched again below)
             digests = verify_file(final, label, spec, locked)
-        except ChecksumMismatch as error:
+            if check is not None:
+                check(final)
+        except DownloadError as error:
             raise DownloadError(f"{error}; {final} was there before this download: remove it") from error
         lock.record(dataset_id, spec.name, _entry(digests, spec, str(final), "download"))
         return final
-    mirror = opts.resolved_mirror()
+    mirror = opts.resolved_mirror() if target is None else None
     urls = [mirror_url(mirror, dataset_id, spec.name)] if mirror else list(spec.urls)
     if not urls:
         raise DownloadError(f"{label}: the catalog gives no URL for this file")
@@ -492,13 +423,24 @@ def download_file(
             if part.exists() and not checksum_known and _read_origin(origin_file) != url:
                 part.unlink()  # without a checksum, bytes from two different hosts must never be joined
             try:
-                real = resolve_gdrive(url[len("gdrive:") :], label, opts, log) if url.startswith("gdrive:") else url
                 atomic_write_json(origin_file, {"url": url})
                 if not opts.quiet:
                     log(f"{label}: fetching {url}")
-                complete = fetch_to_part(real, part, label, opts, expected_size, log, size_origin)
+                if url.startswith("gdrive:"):
+                    complete = download_drive_file(url[len("gdrive:") :], part, label, manual_hint,
+                                                   timeout=opts.timeout, retries=opts.retries,
+                                                   quiet=not opts.show_progress())
+                else:
+                    complete = fetch_to_part(url, part, label, opts, expected_size, log, size_origin)
                 digests = verify_file(part, label, spec, locked)
                 complete = complete or expected_size is not None  # a known size was matched
+                if check is not None:
+                    try:
+                        check(part)
+                    except DownloadError:
+                        part.unlink(missing_ok=True)
+                        raise
+                    complete = True  # the caller's check reads the whole file (a cut checkpoint does not load)
                 # record first, then rename: a crash in between leaves a lock entry the file will match
                 recorded = lock.record(dataset_id, spec.name, _entry(digests, spec, url, "download", complete))
             except DownloadError as error:
@@ -839,11 +781,9 @@ __all__ = [
     "add_files",
     "download_dataset",
     "download_file",
-    "drive_confirm_params",
     "extract_raw",
     "extraction_is_current",
     "fetch_to_part",
     "file_digests",
-    "resolve_gdrive",
     "verify_file",
 ]

@@ -19,6 +19,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ev.add_argument("experiment", help="experiment id (params/experiments/<id>.yaml)")
     ev.add_argument("--weights", metavar="PATH",
                     help="weights file, official or ours (default: results/<scope>/weights/<experiment>.pth)")
+    ev.add_argument("--weights-source", choices=("trained", "published"), default=None,
+                    help="record in the summaries (and MLflow tags) where the weights come from: trained here or "
+                    "the authors' published checkpoints")
     ev.add_argument("--datasets", nargs="+", metavar="ID", help="only these test datasets")
     ev.add_argument("--self-ensemble", action="store_true", help="MaIR+: 8x geometric self-ensemble")
     ev.add_argument("--scope", choices=("paper", "demo"), default="paper",
@@ -74,7 +77,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     try:
         evaluate(args.experiment, args.weights, datasets=args.datasets, self_ensemble=args.self_ensemble,
                  scope=args.scope, device=args.device, results_dir=args.results_dir, data_root=args.data_dir,
-                 track=not args.no_mlflow, progress=not args.quiet, exact=args.exact)
+                 track=not args.no_mlflow, progress=not args.quiet, exact=args.exact,
+                 weights_source=args.weights_source)
     except (EvaluationError, CheckpointError, OSError) as error:
         raise CommandError(str(error)) from None
     return 0

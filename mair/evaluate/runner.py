@@ -468,16 +468,20 @@ def _mean(values: Iterable[float]) -> float:
 def evaluate_dataset(model: Callable[[Any], Any], spec: EvalSpec, ref: DatasetRef, root: Path, out_dir: Path,
                      *, self_ensemble: bool = False, scope: str = "paper", device: Any = "cpu",
                      weights: str | None = None, weights_sha256: str | None = None,
-                     progress: bool = True, runtime: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                     progress: bool = True, runtime: Mapping[str, Any] | None = None,
+                     weights_source: str | None = None) -> dict[str, Any]:
     """Evaluate one dataset (resuming), write its CSV and summary JSON; return the summary. ``runtime``: the
     :meth:`mair.runtime.RuntimeSettings.as_dict` record of how the network runs (kept in the summary; a rerun
-    on another path starts the CSV again rather than mixing rows of both)."""
+    on another path starts the CSV again rather than mixing rows of both). ``weights_source`` (``published``
+    for the authors' checkpoints) is recorded in the summary when given."""
     import torch
 
     tag = ref.id + ("+" if self_ensemble else "")
     variant = "MaIR+" if self_ensemble else "MaIR"
     base = {"experiment": spec.experiment, "dataset": ref.id, "variant": variant, "scope": scope,
             "weights": weights, "created": None, **({"runtime": dict(runtime)} if runtime else {})}
+    if weights_source is not None:
+        base["weights_source"] = weights_source
     fingerprint = {"weights_sha256": weights_sha256, "spec": asdict(spec), "dataset": asdict(ref),
                    "variant": variant, "scope": scope}
     if runtime:
@@ -627,7 +631,7 @@ def evaluate(experiment: str | Mapping[str, Any], weights: str | os.PathLike[str
              device: str | None = None, results_dir: str | os.PathLike[str] = "results",
              data_root: str | os.PathLike[str] | None = None, model: Any = None,
              dataset_roots: Mapping[str, Path] | None = None, track: bool = True,
-             progress: bool = True, exact: bool = False) -> list[dict[str, Any]]:
+             progress: bool = True, exact: bool = False, weights_source: str | None = None) -> list[dict[str, Any]]:
     """Evaluate an experiment (id or dict) on its test sets; return the summaries.
 
     ``model`` replaces the network built from the experiment (tests); ``dataset_roots`` maps dataset ids to
@@ -664,7 +668,7 @@ def evaluate(experiment: str | Mapping[str, Any], weights: str | os.PathLike[str
                 else dataset_root(ref.id, scope, data_root))
         summary = evaluate_dataset(model, spec, ref, root, out_dir, self_ensemble=self_ensemble, scope=scope,
                                    device=dev, weights=weights_path, weights_sha256=sha, progress=progress,
-                                   runtime=runtime.as_dict())
+                                   runtime=runtime.as_dict(), weights_source=weights_source)
         tag = ref.id + ("+" if self_ensemble else "")
         if summary["metrics"]:
             extra = "".join(f", {s}: {v['psnr']:.4f} dB / {v['ssim']:.4f}"

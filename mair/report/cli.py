@@ -55,6 +55,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="URI",
         help="also read evaluation runs from this MLflow tracking URI (JSON files win)",
     )
+    parser.add_argument(
+        "--weights",
+        choices=("trained", "published"),
+        default="trained",
+        help="label our rows as weights trained here (default) or as the authors' published checkpoints",
+    )
     parser.add_argument("--no-figures", action="store_true", help="write the tables only")
     parser.add_argument(
         "--log-mlflow",
@@ -85,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
             paper_results=args.paper_results,
             mlflow_uri=args.mlflow,
             figures=not args.no_figures,
+            weights=args.weights,
         )
     except (OSError, ValueError) as error:
         raise CommandError(str(error)) from error

@@ -65,9 +65,9 @@ rule download_all:
     localrule: True
     input:
         (
-            [P.extracted_marker(DATA, d) for d in P.downloads(P.needed_datasets(EXPS))]
+            [P.extracted_marker(DATA, d) for d in P.downloads(P.pipeline_datasets(EXPS, config))]
             if SCOPE == "paper"
-            else P.data_markers(DATA, P.needed_datasets(EXPS), "demo")
+            else P.data_markers(DATA, P.pipeline_datasets(EXPS, config), "demo")
         ),
 
 
