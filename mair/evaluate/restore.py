@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 
 from mair.atomic import atomic_write_bytes
+from mair.errors import missing_weights_message, not_a_file_reason
 from mair.evaluate.runner import EvaluationError, eval_spec, load_experiment
 
 INPUT_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -315,7 +316,7 @@ def load_restorer(experiment: str | None = None, weights: str | os.PathLike[str]
     else:
         path = Path(weights)
         if not path.is_file():
-            raise EvaluationError(f"weights file {path} not found")
+            raise EvaluationError(missing_weights_message(path))
     if exp_id is None:
         try:
             state, _ = read_state_dict(path)
@@ -415,7 +416,7 @@ def restore_files(restorer: Restorer, inputs: Sequence[str | os.PathLike[str]],
             dst = out_root / rel
             try:
                 if not src.is_file():
-                    raise ValueError("no such file")
+                    raise ValueError(not_a_file_reason(src))
                 if dst.resolve() == src.resolve():
                     raise ValueError("output would overwrite the input; choose another -o folder")
                 note = restorer.restore_file(src, dst, keep_alpha=keep_alpha)

@@ -36,6 +36,7 @@ import cv2
 import numpy as np
 
 from mair.atomic import atomic_write_json, atomic_write_text
+from mair.errors import missing_weights_message
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".ppm", ".webp")
 MAIR_TASKS = ("sr_classic", "sr_light", "dn_color")
@@ -274,15 +275,17 @@ def dataset_root(dataset_id: str, scope: str, data_root: str | os.PathLike[str] 
 def build_model(spec: EvalSpec, weights: str | os.PathLike[str] | None, device: Any = "cpu") -> Any:
     """The experiment's network with ``weights`` loaded strictly, in eval mode on ``device``."""
     from mair.models import from_official
-    from mair.models.checkpoint import CheckpointError, load_weights
+    from mair.models.checkpoint import CheckpointError, CheckpointMismatch, load_weights
 
     model = from_official(spec.arch, **spec.kwargs)
     if weights is not None:
         try:
             load_weights(model, weights, strict=True)
-        except CheckpointError as error:
+        except CheckpointMismatch as error:
             raise EvaluationError(
                 f"weights do not fit experiment {spec.experiment} ({spec.arch}): {error}") from None
+        except CheckpointError as error:  # unreadable or damaged: the message names the file and the problem
+            raise EvaluationError(str(error)) from None
     return model.eval().to(device)
 
 
@@ -599,7 +602,7 @@ def evaluate(experiment: str | Mapping[str, Any], weights: str | os.PathLike[str
     if model is None:
         path = Path(weights) if weights is not None else default_weights(spec.experiment, scope, results_dir)
         if not path.is_file():
-            raise EvaluationError(f"weights file {path} not found" + (
+            raise EvaluationError(missing_weights_message(path) + (
                 "" if weights is not None else f" (train {spec.experiment} or pass --weights PATH)"))
         weights_path = str(path)
         model = build_model(spec, path, dev)
