@@ -114,6 +114,9 @@ def _read_yaml(path: Path) -> Any:
         text = path.read_text(encoding="utf-8")
     except OSError as error:
         raise ExperimentError(f"{path}: cannot read: {error}") from error
+    except UnicodeDecodeError as error:
+        raise ExperimentError(f"{path}: not a UTF-8 text file (byte {error.start}: {error.reason}); experiment "
+                              f"files are YAML in UTF-8") from None
     try:
         return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
     except yaml.YAMLError as error:

@@ -118,7 +118,7 @@ def _handle(args: argparse.Namespace) -> int:
     opts = options_from_args(args)
     try:
         env = detect_env()
-        gpus = args.gpus or 1
+        gpus = 1 if args.gpus is None else args.gpus
         if gpus < 1:
             raise TrainError(f"--gpus must be >= 1, got {gpus}")
         if gpus > 1 and not env.distributed:

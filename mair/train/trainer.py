@@ -285,6 +285,11 @@ def preflight(opts: TrainOptions, world_size: int) -> Preflight:
         raise TrainError(f"--max-iters must be >= 1, got {opts.max_iters}")
     if opts.checkpoint_every is not None and opts.checkpoint_every < 1:
         raise TrainError(f"--checkpoint-every must be >= 1, got {opts.checkpoint_every}")
+    if opts.num_workers is not None and opts.num_workers < 0:
+        raise TrainError(f"--num-workers must be >= 0 (0: load in the training process), got {opts.num_workers}")
+    run_dir = opts.resolved_run_dir()
+    if run_dir.exists() and not run_dir.is_dir():
+        raise TrainError(f"run folder {run_dir} exists and is not a folder; choose another --run-dir")
     exp = resolve_experiment(opts.experiment, opts.scope)
     plan = plan_batch(exp, world_size, opts.allow_batch_mismatch)
     train_set = train_data.build_train_dataset(exp, opts.scope, opts.data_dir)
@@ -295,7 +300,6 @@ def preflight(opts: TrainOptions, world_size: int) -> Preflight:
                          f"{sampler.ratio} give {sampler.num_samples} samples per process, fewer than one batch "
                          f"of {plan.batch_per_gpu}")
     val_set = train_data.build_val_dataset(exp, opts.scope, opts.data_dir) if opts.validate else None
-    run_dir = opts.resolved_run_dir()
     resumable = latest_checkpoint(run_dir) if opts.resume else None
     if resumable is not None:
         _check_run_config(run_dir, exp, opts)
