@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -236,11 +238,53 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _requested_workload(name: str) -> Workload:
+    from mair.errors import CommandError
+    from mair.experiments import ExperimentError
+
+    if name in WORKLOADS:
+        return WORKLOADS[name]
+    try:
+        return experiment_workload(name)
+    except ExperimentError:
+        raise CommandError(f"unknown workload {name!r}: expected one of {', '.join(WORKLOADS)} or an experiment "
+                           f"id") from None
+
+
+def _check_out(out: str | None) -> None:
+    """Refuse an ``--out`` that cannot be written before any time is spent measuring."""
+    from pathlib import Path
+
+    from mair.errors import CommandError
+
+    if not out:
+        return
+    path = Path(out)
+    if path.is_dir():
+        raise CommandError(f"--out {path}: is a folder; expected a JSON file name")
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise CommandError(f"--out {path}: cannot be written: {ancestor} is not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise CommandError(f"--out {path}: cannot be written: no write permission in {ancestor}")
+
+
 def main(args: argparse.Namespace) -> int:
+    from mair.errors import CommandError
+    from mair.precision import PRECISIONS
+
+    for precision in args.precision.split(","):
+        if precision not in PRECISIONS:
+            raise CommandError(f"--precision: unknown precision {precision!r}; expected a comma-separated list "
+                               f"of {', '.join(PRECISIONS)}")
+    _check_out(args.out)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     names = args.workloads or list(WORKLOADS)
-    workloads = [WORKLOADS[n] if n in WORKLOADS else experiment_workload(n) for n in names]
+    workloads = [_requested_workload(n) for n in names]
     rows = []
+    failed: list[str] = []
     for workload in workloads:
         for backend in args.backends.split(","):
             for precision in args.precision.split(","):
@@ -254,12 +298,17 @@ def main(args: argparse.Namespace) -> int:
                     row = {"workload": workload.name, "backend": backend, "precision": precision,
                            "error": f"{type(error).__name__}: {error}"}
                     print(f"{workload.name} {backend} {precision}: {row['error']}", flush=True)
+                    failed.append(f"{workload.name} {backend} {precision}")
                     continue
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     print(format_rows(rows))
     if args.out:
         atomic_write_json(args.out, {"environment": environment(), "rows": rows})
+    if failed:
+        print(f"mair bench: {len(failed)} of {len(failed) + len(rows)} runs failed ({'; '.join(failed)}); see "
+              f"the errors above", file=sys.stderr)
+        return 1
     return 0
 
 
