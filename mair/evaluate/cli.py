@@ -54,6 +54,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     rs.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     rs.add_argument("--alpha", choices=("keep", "drop"), default="keep",
                     help="RGBA inputs: keep the alpha channel (bicubic-upscaled for SR) or drop it")
+    rs.add_argument("--max-pixels", type=int, default=None, metavar="N",
+                    help="refuse images of more than N pixels, read from the file header before decoding "
+                         "(default 100000000; see docs/evaluation.md)")
     rs.add_argument("--quiet", action="store_true", help="no progress bar")
     rs.set_defaults(handler=_restore)
 
@@ -72,10 +75,19 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _restore(args: argparse.Namespace) -> int:
-    from mair.evaluate.restore import iter_errors, load_restorer, restore_files
+    from mair.evaluate.restore import DEFAULT_MAX_PIXELS, iter_errors, load_restorer, plan_outputs, restore_files
     from mair.evaluate.runner import EvaluationError
     from mair.models.checkpoint import CheckpointError
 
+    max_pixels = DEFAULT_MAX_PIXELS if args.max_pixels is None else args.max_pixels
+    if max_pixels < 1:
+        raise CommandError(f"--max-pixels must be a positive number of pixels, got {max_pixels}")
+    try:
+        planned = plan_outputs(args.inputs, args.output)
+    except EvaluationError as error:
+        raise CommandError(str(error)) from None
+    if not planned:
+        raise CommandError(f"no images (PNG, JPEG, TIFF, BMP) found in {', '.join(map(str, args.inputs))}")
     if not args.experiment and not args.weights and not args.arch_from:
         raise CommandError("name the network: --experiment ID, or --weights PATH [--arch-from ID]")
     if args.tile is not None and args.tile <= 0:
@@ -89,6 +101,7 @@ def _restore(args: argparse.Namespace) -> int:
                                  tile_blend=args.tile_mode == "blend")
     except (EvaluationError, CheckpointError, ValueError) as error:
         raise CommandError(str(error)) from None
+    restorer.max_pixels = max_pixels
     mode = f"tiles of {args.tile} px, overlap {args.tile_overlap}" if args.tile else "paper protocol"
     print(f"restoring x{restorer.scale} on {restorer.device} ({mode}"
           f"{', MaIR+ self-ensemble' if args.self_ensemble else ''}); RGBA inputs: alpha channel "
