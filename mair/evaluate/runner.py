@@ -355,7 +355,8 @@ class ResultsCSV:
     """A per-image CSV that is appended and fsynced row by row and can be resumed after a crash.
 
     On open, rows that do not parse (a line cut short by a crash) are dropped by rewriting the file
-    atomically; a file with other columns or another fingerprint (weights, settings) is started afresh.
+    atomically; a file with other columns or another fingerprint (weights, settings, test data) is started
+    afresh.
     """
 
     def __init__(self, path: Path, columns: Sequence[str], fingerprint: Mapping[str, Any]) -> None:
@@ -377,7 +378,7 @@ class ResultsCSV:
                 self._rewrite()
         else:
             if path.is_file():
-                print(f"note: {path} was made with other weights or settings; starting it again",
+                print(f"note: {path} was made with other weights, settings or test data; starting it again",
                       file=sys.stderr)
             self._rewrite()
         atomic_write_text(self.resume_path, json.dumps(fp, sort_keys=True, indent=2) + "\n")
@@ -439,6 +440,21 @@ class ResultsCSV:
             self._handle = None
 
 
+def data_identity(root: Path, files: Iterable[Path | None]) -> dict[str, Any]:
+    """What identifies the test data of a result: the data folder and each file's path, size and modification
+    time (nanoseconds). Any change (new ground truth, another input, another ``MAIR_DATA_DIR``) changes it."""
+    base = root.resolve()
+    entries = []
+    for path in sorted({Path(f) for f in files if f is not None}):
+        st = path.stat()
+        try:
+            name = path.resolve().relative_to(base).as_posix()
+        except ValueError:
+            name = str(path.resolve())
+        entries.append([name, st.st_size, st.st_mtime_ns])
+    return {"root": str(base), "files": entries}
+
+
 def sha256_file(path: str | os.PathLike[str]) -> str:
     """Hex SHA-256 of a file."""
     digest = hashlib.sha256()
@@ -484,6 +500,11 @@ def evaluate_dataset(model: Callable[[Any], Any], spec: EvalSpec, ref: DatasetRe
     if ref.submission_only or ref.pairing == "dnd_bboxes":
         from mair.evaluate.dnd import write_dnd_submission
 
+        images = root / (ref.lq or "images_srgb")
+        mats = sorted(images.glob("*.mat")) if images.is_dir() else []
+        info = root / "info.mat"
+        fingerprint["data"] = data_identity(root, [*mats, info if info.is_file() else None])
+
         def restore_patch(patch: np.ndarray) -> np.ndarray:
             x = torch.from_numpy(np.ascontiguousarray(patch.transpose(2, 0, 1)))[None].float().to(device)
             out = run_protocol(model, x, spec.protocol, self_ensemble)
@@ -499,6 +520,7 @@ def evaluate_dataset(model: Callable[[Any], Any], spec: EvalSpec, ref: DatasetRe
     pairs = list_pairs(ref, root, spec.scale)
     if not pairs:
         raise EvaluationError(f"{root}: no test images for {ref.id}")
+    fingerprint["data"] = data_identity(root, [f for p in pairs for f in (p.gt, p.lq)])
     results = ResultsCSV(out_dir / f"{tag}.csv", _columns(spec), fingerprint)
     try:
         todo = [p for p in pairs if p.name not in results.rows]
