@@ -299,6 +299,8 @@ def validate_experiment(doc: Any, source: str, known_ids: list[str] | None = Non
     problems = _schema_problems(doc)
     if not problems:
         problems = _consistency_problems(doc, experiment_ids() if known_ids is None else known_ids)
+    if len(problems) == 1:  # one line on the terminal
+        raise ExperimentError(f"{source}: invalid experiment: {problems[0]}")
     if problems:
         listed = "\n  ".join(problems)
         raise ExperimentError(f"{source}: invalid experiment:\n  {listed}")

@@ -92,6 +92,7 @@ class EvalSpec:
     extra_spaces: list[str] = field(default_factory=list)
     use_image: bool = True
     noise: dict[str, Any] | None = None
+    rgb2bgr: bool = True  # uint8 metrics: channel order given to the Y conversion (metrics.metric_images)
 
     @property
     def primary_space(self) -> str:
@@ -164,6 +165,7 @@ def eval_spec(exp: Mapping[str, Any]) -> EvalSpec:
         extra_spaces=[str(s) for s in metrics.get("extra_spaces") or []],
         use_image=bool(metrics.get("use_image", True)),
         noise=dict(test["noise"]) if test.get("noise") else None,
+        rgb2bgr=bool(metrics.get("rgb2bgr", True)),
     )
 
 
@@ -326,7 +328,7 @@ def image_metrics(out: Any, gt: np.ndarray, spec: EvalSpec) -> dict[str, float]:
     from mair.evaluate import metrics as m
     from mair.evaluate.protocol import tensor2img
 
-    out_u8 = tensor2img(out)
+    out_u8, gt_u8 = m.metric_images(tensor2img(out), gt, spec.rgb2bgr)
     row: dict[str, float] = {}
     out_float = None
     if spec.unet_metrics and not spec.use_image:
@@ -336,11 +338,11 @@ def image_metrics(out: Any, gt: np.ndarray, spec: EvalSpec) -> dict[str, float]:
         y = space == "y"
         suffix = "" if i == 0 else f"_{space}"
         if not spec.unet_metrics:
-            psnr = m.calculate_psnr(out_u8, gt, spec.crop_border, y)
-            ssim = m.calculate_ssim(out_u8, gt, spec.crop_border, y)
+            psnr = m.calculate_psnr(out_u8, gt_u8, spec.crop_border, y)
+            ssim = m.calculate_ssim(out_u8, gt_u8, spec.crop_border, y)
         elif out_float is None:
-            psnr = m.calculate_psnr_float(out_u8, gt, spec.crop_border, y)
-            ssim = m.calculate_ssim_float(out_u8, gt, spec.crop_border, y)
+            psnr = m.calculate_psnr_float(out_u8, gt_u8, spec.crop_border, y)
+            ssim = m.calculate_ssim_float(out_u8, gt_u8, spec.crop_border, y)
         else:
             psnr = m.calculate_psnr_float(out_float, gt_float, spec.crop_border, y)
             ssim = m.calculate_ssim_float(out_float, gt_float, spec.crop_border, y)

@@ -237,10 +237,14 @@ def _git_commit() -> str:
         return "unknown"
 
 
-def _default_workers(device_type: str, local_world: int) -> int:
+def default_workers(exp: Mapping[str, Any], device_type: str, local_world: int, cpus: int | None = None) -> int:
+    """Data loader workers per process when ``--num-workers`` is not given: the experiment's
+    ``num_workers_per_gpu`` on GPUs, at most the CPUs per process less one (at least 1); 0 on the CPU."""
     if device_type != "cuda":
         return 0
-    return max(1, min(8, (os.cpu_count() or 2) // max(1, local_world) - 1))
+    wanted = int(exp["train"]["num_workers_per_gpu"])
+    available = max(1, (cpus or os.cpu_count() or 2) // max(1, local_world) - 1)
+    return min(wanted, available)
 
 
 # ------------------------------------------------------------------------------------------------ pre-flight
@@ -522,8 +526,8 @@ class Trainer:
         self.loss_fn = build_loss(self.train_cfg["loss"])
         self.sampler = EnlargedSampler(len(self.pre.train_set), env.world_size, env.rank,
                                        int(self.train_cfg["dataset_enlarge_ratio"]))
-        workers = opts.num_workers if opts.num_workers is not None else _default_workers(
-            self.device.type, env.local_world_size)
+        workers = opts.num_workers if opts.num_workers is not None else default_workers(
+            self.exp, self.device.type, env.local_world_size)
         self.num_workers = int(workers)
         self.stream = BatchStream(self.pre.train_set, self.sampler, self.plan.batch_per_gpu, self.num_workers,
                                   pin_memory=self.device.type == "cuda")
@@ -805,6 +809,7 @@ class Trainer:
         val = self.exp["val"]
         cfg = val["metrics"]
         crop, y, use_image = int(cfg["crop_border"]), bool(cfg["test_y_channel"]), bool(cfg["use_image"])
+        rgb2bgr = bool(cfg["rgb2bgr"])
         unet = self.exp["task"] in UNET_TASKS
         net = self.net
         net.eval()
@@ -819,13 +824,13 @@ class Trainer:
                 out = out.float()
                 gt = item["gt"]
                 if not unet:
-                    out_u8 = tensor2img(out)
-                    psnrs.append(m.calculate_psnr(out_u8, gt, crop, y))
-                    ssims.append(m.calculate_ssim(out_u8, gt, crop, y))
+                    out_u8, gt_u8 = m.metric_images(tensor2img(out), gt, rgb2bgr)
+                    psnrs.append(m.calculate_psnr(out_u8, gt_u8, crop, y))
+                    ssims.append(m.calculate_ssim(out_u8, gt_u8, crop, y))
                 elif use_image:
-                    out_u8 = tensor2img(out)
-                    psnrs.append(m.calculate_psnr_float(out_u8, gt, crop, y))
-                    ssims.append(m.calculate_ssim_float(out_u8, gt, crop, y))
+                    out_u8, gt_u8 = m.metric_images(tensor2img(out), gt, rgb2bgr)
+                    psnrs.append(m.calculate_psnr_float(out_u8, gt_u8, crop, y))
+                    ssims.append(m.calculate_ssim_float(out_u8, gt_u8, crop, y))
                 else:
                     out_f = out[0].cpu().numpy().transpose(1, 2, 0)
                     gt_f = gt.astype(np.float32) / np.float32(255.0)
