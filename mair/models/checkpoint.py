@@ -149,9 +149,13 @@ def load_weights(model: nn.Module, source: str | os.PathLike[str] | Mapping[str,
     return report
 
 
-def save_weights(model_or_state: nn.Module | Mapping[str, Tensor], path: str | os.PathLike[str]) -> None:
-    """Save weights atomically as ``{'params': state_dict}`` (CPU tensors, no ``module.`` prefix), the
-    layout the official tools load."""
+def weights_payload(model_or_state: nn.Module | Mapping[str, Tensor]) -> dict[str, dict[str, Tensor]]:
+    """``{'params': state_dict}`` with CPU tensors and no ``module.`` prefix, the layout the official tools
+    load."""
     state = model_or_state.state_dict() if isinstance(model_or_state, nn.Module) else model_or_state
-    clean = {k.removeprefix("module."): v.detach().cpu() for k, v in state.items()}
-    atomic_torch_save(path, {"params": clean})
+    return {"params": {k.removeprefix("module."): v.detach().cpu() for k, v in state.items()}}
+
+
+def save_weights(model_or_state: nn.Module | Mapping[str, Tensor], path: str | os.PathLike[str]) -> None:
+    """Save weights atomically as :func:`weights_payload` lays them out."""
+    atomic_torch_save(path, weights_payload(model_or_state))

@@ -20,6 +20,9 @@ from __future__ import annotations
 import contextlib
 import csv
 import datetime as _dt
+import errno
+import fcntl
+import io
 import math
 import os
 import random
@@ -42,7 +45,7 @@ import yaml
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from mair.atomic import atomic_torch_save, atomic_write_json, atomic_write_text
+from mair.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text, remove_stale_parts
 from mair.compile_modes import COMPILE_MODES, CUDA_GRAPH_MODES
 from mair.precision import PRECISIONS, apply_matmul_precision, autocast
 from mair.train import datasets as train_data
@@ -55,14 +58,18 @@ from mair.train.schedules import build_scheduler, progressive_stage
 
 __all__ = [
     "BatchPlan",
+    "RunLock",
     "TrainError",
     "TrainOptions",
     "TrainResult",
+    "default_workers",
     "init_weights_source",
     "latest_checkpoint",
     "plan_batch",
     "preflight",
+    "remove_stale_run_parts",
     "resolve_experiment",
+    "save_checkpoint_file",
     "train",
     "val_due",
 ]
@@ -329,6 +336,77 @@ def _check_run_config(run_dir: Path, exp: Mapping[str, Any], opts: TrainOptions)
         raise TrainError(
             f"{run_dir} holds a run of {run.get('experiment')!r} ({run.get('scope')} scope), not {exp['id']!r} "
             f"({opts.scope}); choose another --run-dir or pass --no-resume")
+
+
+# ------------------------------------------------------------------------------------------------ run folder
+
+RUN_LOCK = ".mair-train.lock"
+#: Files of a run folder written atomically, as ``(sub-folder, name pattern)``: temp files of these targets
+#: left by a killed process are removed at the next start (under the run folder's lock).
+RUN_TARGETS = (("", "*.csv"), ("", "*.yaml"), ("", "*.json"), ("models", "net_g_*.pth"),
+               ("training_states", "*.state"))
+_SPACE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+class RunLock:
+    """An exclusive ``flock`` on ``<run folder>/.mair-train.lock``, held while a ``mair train`` uses the folder.
+
+    The lock ends with the process (also when it is killed), so a stale lock file never blocks a new run.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = Path(run_dir) / RUN_LOCK
+        self.fd: int | None = None
+
+    def acquire(self) -> RunLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            if error.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise TrainError(f"cannot lock the run folder {self.path.parent}: {error.strerror}") from None
+            raise TrainError(f"run folder {self.path.parent} is in use by another `mair train` (pid {holder}); "
+                             f"wait for it to end or choose another --run-dir") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing the descriptor releases the flock
+            self.fd = None
+
+
+def remove_stale_run_parts(run_dir: Path) -> list[Path]:
+    """Temp files of the run's checkpoints, logs and records left by a killed process (call under the lock)."""
+    removed = []
+    for sub, pattern in RUN_TARGETS:
+        removed += remove_stale_parts(run_dir / sub if sub else run_dir, pattern)
+    return removed
+
+
+def save_checkpoint_file(path: Path, obj: Any) -> None:
+    """``torch.save`` ``obj`` to ``path`` atomically; a full disk (or quota, or file size limit) is a
+    :class:`TrainError` naming the file and the bytes it needs, and leaves no partial file."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    data = buffer.getbuffer()
+    try:
+        atomic_write_bytes(path, data)
+    except OSError as error:
+        if error.errno not in _SPACE_ERRORS:
+            raise
+        try:
+            free = f"{shutil.disk_usage(path.parent).free:,} bytes free there"
+        except OSError:
+            free = "free space unknown"
+        raise TrainError(f"cannot write checkpoint {path}: {error.strerror} (it needs {len(data):,} bytes; "
+                         f"{free}); free some space and rerun the same command to resume from the last "
+                         f"complete checkpoint") from None
 
 
 # ------------------------------------------------------------------------------------------------ data stream
@@ -770,9 +848,9 @@ class Trainer:
             dist.all_gather_object(gathered, rng[0], group=self.control_group)
             rng = gathered
         if self.env.is_main:
-            from mair.models.checkpoint import save_weights
+            from mair.models.checkpoint import weights_payload
 
-            save_weights(self.net, self.run_dir / "models" / f"net_g_{iteration}.pth")
+            save_checkpoint_file(self.run_dir / "models" / f"net_g_{iteration}.pth", weights_payload(self.net))
             state = {
                 "format": STATE_FORMAT, "experiment": self.exp["id"], "scope": self.opts.scope,
                 "arch": self.exp["network"]["arch"], "iter": iteration, "epoch": self.stream.epoch,
@@ -782,7 +860,7 @@ class Trainer:
                 "rng": rng, "elapsed": self._elapsed(), "best": dict(self.best),
                 "last_validation": self.last_validation,
             }
-            atomic_torch_save(self.run_dir / "training_states" / f"{iteration}.state", state)
+            save_checkpoint_file(self.run_dir / "training_states" / f"{iteration}.state", state)
             self._prune_checkpoints()
         self.last_checkpoint = iteration
 
@@ -962,10 +1040,10 @@ class Trainer:
         weights = None
         if self.env.is_main:
             if iteration == total_iter:
-                from mair.models.checkpoint import save_weights
+                from mair.models.checkpoint import weights_payload
 
                 weights = Path(self.opts.results_dir) / self.opts.scope / "weights" / f"{self.exp['id']}.pth"
-                save_weights(self.net, weights)
+                save_checkpoint_file(weights, weights_payload(self.net))
                 _log(f"finished {self.exp['id']} at iteration {iteration}; final weights: {weights}", self.env)
                 if self.tracker is not None:
                     self.tracker.log_artifact(weights)
@@ -995,9 +1073,17 @@ def train(opts: TrainOptions, env: DistEnv | None = None) -> TrainResult:
     if opts.gpus is not None and env.distributed and opts.gpus != env.world_size:
         _log(f"--gpus {opts.gpus} ignored: the launcher started {env.world_size} processes", env)
     pre = preflight(opts, env.world_size)
-    trainer = Trainer(opts, env, pre)
+    lock = RunLock(opts.resolved_run_dir()).acquire() if env.is_main else None
     try:
-        trainer.setup()
-        return trainer.run()
+        if lock is not None:
+            for path in remove_stale_run_parts(opts.resolved_run_dir()):
+                _log(f"removed {path}, left by a process killed while writing it", env)
+        trainer = Trainer(opts, env, pre)
+        try:
+            trainer.setup()
+            return trainer.run()
+        finally:
+            trainer.close()
     finally:
-        trainer.close()
+        if lock is not None:
+            lock.release()
