@@ -19,8 +19,13 @@ def not_a_file_reason(path: str | os.PathLike[str]) -> str:
         return "no such file"
     except OSError as error:
         return f"cannot be read ({error.strerror or error})"
-    kinds = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
-             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+    kinds = (
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    )
     kind = next((name for test, name in kinds if test(mode)), "not a regular file")
     return f"is {kind}, not a regular file" if kind != "not a regular file" else "is not a regular file"
 

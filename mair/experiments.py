@@ -318,7 +318,11 @@ def load_experiment(id_or_path: str | os.PathLike[str]) -> dict[str, Any]:
     if _is_path(id_or_path):
         path = Path(id_or_path)
         if not path.is_file():
-            raise ExperimentError(f"{path}: no such experiment file")
+            from mair.errors import not_a_file_reason
+
+            reason = not_a_file_reason(path)
+            raise ExperimentError(f"{path}: no such experiment file" if reason == "no such file"
+                                  else f"{path} {reason}; expected an experiment YAML file")
     else:
         known = experiment_ids()
         if id_or_path not in known:

@@ -79,19 +79,40 @@ def _assert_one_line(code: int, err: str, *needles: str) -> str:
 def _long_experiment(tmp_path: Path) -> Path:
     """sr_light_t_x2 whose demo runs for 100000 iterations (a run that is still going when probed)."""
     doc = yaml.safe_load((REPO / "params" / "experiments" / "sr_light_t_x2.yaml").read_text())
-    doc["demo"]["train"].update({"total_iter": 100000, "checkpoint_freq": 100000,
-                                 "scheduler": {"type": "MultiStepLR", "milestones": [50000], "gamma": 0.5}})
+    doc["demo"]["train"].update(
+        {
+            "total_iter": 100000,
+            "checkpoint_freq": 100000,
+            "scheduler": {"type": "MultiStepLR", "milestones": [50000], "gamma": 0.5},
+        }
+    )
     doc["demo"]["val"] = {"val_freq": 100000, "val_freq_final": 100000, "val_milestone": 100000}
     path = tmp_path / "sr_light_t_x2_long.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path
 
 
-def _train_argv(run_dir: Path, data: Path, results: Path, *extra: Any, experiment: Any = "sr_light_t_x2"
-                ) -> list[str]:
-    return ["train", str(experiment), "--scope", "demo", "--device", "cpu", "--data-dir", str(data), "--run-dir",
-            str(run_dir), "--results-dir", str(results), "--no-mlflow", "--log-every", "1", "--num-workers", "0",
-            *[str(e) for e in extra]]
+def _train_argv(run_dir: Path, data: Path, results: Path, *extra: Any, experiment: Any = "sr_light_t_x2") -> list[str]:
+    return [
+        "train",
+        str(experiment),
+        "--scope",
+        "demo",
+        "--device",
+        "cpu",
+        "--data-dir",
+        str(data),
+        "--run-dir",
+        str(run_dir),
+        "--results-dir",
+        str(results),
+        "--no-mlflow",
+        "--log-every",
+        "1",
+        "--num-workers",
+        "0",
+        *[str(e) for e in extra],
+    ]
 
 
 def _demo_weights(tmp_path: Path, experiment: str = "sr_classic_x2") -> Path:
@@ -116,8 +137,21 @@ def _image(path: Path, h: int = 12, w: int = 14, seed: int = 0) -> Path:
 
 
 def _restore_argv(tmp_path: Path, *inputs: Any, out: str = "out") -> list[str]:
-    return ["restore", *[str(i) for i in inputs], "-o", str(tmp_path / out), "--experiment", "sr_classic_x2",
-            "--scope", "demo", "--results-dir", str(tmp_path / "results"), "--device", "cpu", "--quiet"]
+    return [
+        "restore",
+        *[str(i) for i in inputs],
+        "-o",
+        str(tmp_path / out),
+        "--experiment",
+        "sr_classic_x2",
+        "--scope",
+        "demo",
+        "--results-dir",
+        str(tmp_path / "results"),
+        "--device",
+        "cpu",
+        "--quiet",
+    ]
 
 
 # ------------------------------------------------------------------------------------------------ 9: train options
@@ -143,10 +177,12 @@ def test_run_dir_that_is_a_file(tmp_path: Path, capsys: pytest.CaptureFixture[st
 
 
 @pytest.mark.parametrize(("flag", "value"), [("--num-workers", "-1"), ("--gpus", "0"), ("--gpus", "-2")])
-def test_train_count_options_out_of_range(tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str,
-                                          value: str) -> None:
-    code, err = _cli(capsys, "train", "sr_light_t_x2", "--scope", "demo", "--no-mlflow", "--run-dir",
-                     tmp_path / "run", flag, value)
+def test_train_count_options_out_of_range(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str, value: str
+) -> None:
+    code, err = _cli(
+        capsys, "train", "sr_light_t_x2", "--scope", "demo", "--no-mlflow", "--run-dir", tmp_path / "run", flag, value
+    )
     _assert_one_line(code, err, flag, value)
     assert not (tmp_path / "run").exists()
 
@@ -162,10 +198,15 @@ def test_disk_full_while_writing_a_checkpoint(tmp_path: Path, demo_data: Path) -
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
     run = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-m", "mair", *_train_argv(run, demo_data, tmp_path / "res",
-                                                                        "--max-iters", "1", "--no-val")],
-                          env=_env(), cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                          preexec_fn=limit_file_size)
+    proc = subprocess.run(
+        [sys.executable, "-m", "mair", *_train_argv(run, demo_data, tmp_path / "res", "--max-iters", "1", "--no-val")],
+        env=_env(),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=limit_file_size,
+    )
     errors = [line for line in proc.stderr.splitlines() if not line.startswith("[mair train]")]
     line = _assert_one_line(proc.returncode, "\n".join(errors), "net_g_1.pth", "space")
     needed = int(line.split("needs ")[1].split(" bytes")[0].replace(",", ""))
@@ -179,11 +220,12 @@ def test_disk_full_while_writing_a_checkpoint(tmp_path: Path, demo_data: Path) -
 
 def _kill_during_atomic_write(target: Path) -> None:
     """Leave the temp file of an atomic write behind as SIGKILL does: a real process killed mid-write."""
-    code = ("import sys, time\nfrom mair.atomic import atomic_open\n"
-            "with atomic_open(sys.argv[1], 'wb') as h:\n    h.write(b'half a checkpoint')\n    h.flush()\n"
-            "    print('writing', flush=True)\n    time.sleep(60)\n")
-    proc = subprocess.Popen([sys.executable, "-c", code, str(target)], env=_env(), stdout=subprocess.PIPE,
-                            text=True)
+    code = (
+        "import sys, time\nfrom mair.atomic import atomic_open\n"
+        "with atomic_open(sys.argv[1], 'wb') as h:\n    h.write(b'half a checkpoint')\n    h.flush()\n"
+        "    print('writing', flush=True)\n    time.sleep(60)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code, str(target)], env=_env(), stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None and proc.stdout.readline().strip() == "writing"
     proc.kill()
     proc.wait(timeout=30)
@@ -203,9 +245,14 @@ def test_run_folder_lock_and_stale_temp_files(tmp_path: Path, demo_data: Path) -
     unrelated.write_text("not ours")
 
     long = _long_experiment(tmp_path)
-    first = subprocess.Popen([sys.executable, "-m", "mair", *_train_argv(run, demo_data, tmp_path / "res",
-                                                                         "--no-val", experiment=long)],
-                             env=_env(), cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen(
+        [sys.executable, "-m", "mair", *_train_argv(run, demo_data, tmp_path / "res", "--no-val", experiment=long)],
+        env=_env(),
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 240
         log = run / "train_log.csv"
@@ -216,9 +263,14 @@ def test_run_folder_lock_and_stale_temp_files(tmp_path: Path, demo_data: Path) -
             time.sleep(0.05)
         assert not any(p.exists() for p in stale), "stale temp files of the run's targets are removed"
         assert unrelated.exists()
-        second = subprocess.run([sys.executable, "-m", "mair", *_train_argv(run, demo_data, tmp_path / "res2",
-                                                                            experiment=long)],
-                                env=_env(), cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        second = subprocess.run(
+            [sys.executable, "-m", "mair", *_train_argv(run, demo_data, tmp_path / "res2", experiment=long)],
+            env=_env(),
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         errors = [line for line in second.stderr.splitlines() if not line.startswith("[mair train]")]
         _assert_one_line(second.returncode, "\n".join(errors), str(run), "in use")
         assert first.poll() is None, "the first run goes on"
@@ -279,15 +331,30 @@ def test_bench_refuses_unknown_names_and_unwritable_out(tmp_path: Path, capsys: 
     _assert_one_line(code, err, str(afile / "bench.json"))
 
 
-def test_bench_exits_non_zero_when_a_workload_failed(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bench_exits_non_zero_when_a_workload_failed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The GPU-only backend fails on the CPU: the other results are written, the exit status says so."""
     from mair import bench
 
     monkeypatch.setitem(bench.WORKLOADS, "tiny_infer", bench.Workload("tiny_infer", "infer", "sr_light_t_x4", 1, 12))
     out = tmp_path / "bench.json"
-    code = mair_main(["bench", "tiny_infer", "--backends", "torch,mamba", "--device", "cpu", "--warmup", "0",
-                      "--repeat", "1", "--out", str(out)])
+    code = mair_main(
+        [
+            "bench",
+            "tiny_infer",
+            "--backends",
+            "torch,mamba",
+            "--device",
+            "cpu",
+            "--warmup",
+            "0",
+            "--repeat",
+            "1",
+            "--out",
+            str(out),
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 1, captured.err
     assert [r["backend"] for r in json.loads(out.read_text())["rows"]] == ["torch"]
@@ -304,8 +371,17 @@ def test_restore_of_an_empty_folder(tmp_path: Path, capsys: pytest.CaptureFixtur
 
 
 def test_tables_without_results(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, err = _cli(capsys, "tables", "--scope", "demo", "--results-dir", tmp_path / "results", "--no-figures",
-                     "--runs-dir", tmp_path / "runs")
+    code, err = _cli(
+        capsys,
+        "tables",
+        "--scope",
+        "demo",
+        "--results-dir",
+        tmp_path / "results",
+        "--no-figures",
+        "--runs-dir",
+        tmp_path / "runs",
+    )
     _assert_one_line(code, err, str(tmp_path / "results" / "demo" / "eval"), "mair evaluate")
     assert not (tmp_path / "results" / "demo" / "tables").exists()
 
@@ -313,8 +389,9 @@ def test_tables_without_results(tmp_path: Path, capsys: pytest.CaptureFixture[st
 # ------------------------------------------------------------------------------------------------ 9: messages
 
 
-def test_random_bytes_as_weights_are_not_called_python_objects(tmp_path: Path,
-                                                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_random_bytes_as_weights_are_not_called_python_objects(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from mair.models.checkpoint import CheckpointError, read_state_dict
 
     blob = tmp_path / "blob.pth"
@@ -322,8 +399,9 @@ def test_random_bytes_as_weights_are_not_called_python_objects(tmp_path: Path,
     with pytest.raises(CheckpointError) as info:
         read_state_dict(blob)
     assert "Python objects" not in str(info.value) and "not a PyTorch weights file" in str(info.value)
-    code, err = _cli(capsys, "restore", _image(tmp_path / "in.png"), "-o", tmp_path / "out", "--weights", blob,
-                     "--device", "cpu")
+    code, err = _cli(
+        capsys, "restore", _image(tmp_path / "in.png"), "-o", tmp_path / "out", "--weights", blob, "--device", "cpu"
+    )
     line = _assert_one_line(code, err, str(blob), "not a PyTorch weights file")
     assert "Python objects" not in line
 
@@ -345,10 +423,15 @@ def test_fifo_is_not_called_missing(tmp_path: Path, capsys: pytest.CaptureFixtur
     with pytest.raises(CheckpointError) as info:
         read_state_dict(fifo)
     assert "no such" not in str(info.value) and "FIFO" in str(info.value)
-    code, err = _cli(capsys, "restore", _image(tmp_path / "in.png"), "-o", tmp_path / "out", "--weights", fifo,
-                     "--device", "cpu")
+    code, err = _cli(
+        capsys, "restore", _image(tmp_path / "in.png"), "-o", tmp_path / "out", "--weights", fifo, "--device", "cpu"
+    )
     line = _assert_one_line(code, err, str(fifo), "FIFO")
     assert "not found" not in line and "no such" not in line
+    experiment = tmp_path / "experiment.yaml"
+    os.mkfifo(experiment)
+    code, err = _cli(capsys, "train", experiment, "--no-mlflow", "--run-dir", tmp_path / "run")
+    assert "no such" not in _assert_one_line(code, err, str(experiment), "FIFO")
     # a FIFO named as an image: a per-file failure that says what it is
     _demo_weights(tmp_path)
     image_fifo = tmp_path / "image.png"
@@ -392,8 +475,12 @@ def _huge_png(path: Path, side: int) -> None:
     packer = zlib.compressobj(9)
     body = b"".join(packer.compress(row * 1000) for _ in range(side // 1000))
     body += packer.compress(row * (side % 1000)) + packer.flush()
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0))
-                     + chunk(b"IDAT", body) + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0))
+        + chunk(b"IDAT", body)
+        + chunk(b"IEND", b"")
+    )
 
 
 @pytest.mark.slow
@@ -409,8 +496,15 @@ def test_restore_huge_image_is_a_per_file_failure(tmp_path: Path) -> None:
     def limit_memory() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (8 << 30, 8 << 30))
 
-    proc = subprocess.run([sys.executable, "-m", "mair", *_restore_argv(tmp_path, folder)], env=_env(),
-                          cwd=tmp_path, capture_output=True, text=True, timeout=300, preexec_fn=limit_memory)
+    proc = subprocess.run(
+        [sys.executable, "-m", "mair", *_restore_argv(tmp_path, folder)],
+        env=_env(),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=limit_memory,
+    )
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr and "MemoryError" not in proc.stderr, proc.stderr[-3000:]
     assert "bomb.png" in proc.stderr and "900,000,000 pixels" in proc.stderr and "--max-pixels" in proc.stderr
@@ -494,8 +588,15 @@ def test_evaluate_resume_notices_changed_test_data(tmp_path: Path) -> None:
     root = _sr_set(tmp_path / "data" / "set5")
 
     def evaluate(data_root: Path, results: Path) -> dict[str, Any]:
-        return runner.evaluate(exp, weights, dataset_roots={"set5": data_root}, results_dir=results,
-                               device="cpu", track=False, progress=False)[0]
+        return runner.evaluate(
+            exp,
+            weights,
+            dataset_roots={"set5": data_root},
+            results_dir=results,
+            device="cpu",
+            track=False,
+            progress=False,
+        )[0]
 
     results = tmp_path / "results"
     first = evaluate(root, results)
