@@ -56,7 +56,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     help="RGBA inputs: keep the alpha channel (bicubic-upscaled for SR) or drop it")
     rs.add_argument("--max-pixels", type=int, default=None, metavar="N",
                     help="refuse images of more than N pixels, read from the file header before decoding "
-                         "(default 100000000; see docs/evaluation.md)")
+                         "(default 250000000; see docs/evaluation.md)")
     rs.add_argument("--quiet", action="store_true", help="no progress bar")
     rs.set_defaults(handler=_restore)
 

@@ -50,7 +50,7 @@ __all__ = [
 
 
 #: Default ``--max-pixels``: larger images are refused from their header, before any decoding.
-DEFAULT_MAX_PIXELS = 100_000_000
+DEFAULT_MAX_PIXELS = 250_000_000
 
 
 @dataclass
