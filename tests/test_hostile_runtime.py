@@ -173,6 +173,8 @@ def test_run_dir_that_is_a_file(tmp_path: Path, capsys: pytest.CaptureFixture[st
     afile.write_text("not a folder")
     code, err = _cli(capsys, "train", "sr_light_t_x2", "--scope", "demo", "--no-mlflow", "--run-dir", afile)
     _assert_one_line(code, err, str(afile), "not a folder")
+    code, err = _cli(capsys, "train", "sr_light_t_x2", "--scope", "demo", "--no-mlflow", "--run-dir", afile / "sub")
+    _assert_one_line(code, err, str(afile / "sub"), "not a folder")
     assert afile.read_text() == "not a folder"
 
 

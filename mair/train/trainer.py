@@ -301,6 +301,9 @@ def preflight(opts: TrainOptions, world_size: int) -> Preflight:
     run_dir = opts.resolved_run_dir()
     if run_dir.exists() and not run_dir.is_dir():
         raise TrainError(f"run folder {run_dir} exists and is not a folder; choose another --run-dir")
+    blocking = next((p for p in run_dir.parents if p.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        raise TrainError(f"run folder {run_dir} cannot be made: {blocking} is not a folder; choose another --run-dir")
     exp = resolve_experiment(opts.experiment, opts.scope)
     plan = plan_batch(exp, world_size, opts.allow_batch_mismatch)
     train_set = train_data.build_train_dataset(exp, opts.scope, opts.data_dir)
@@ -359,8 +362,11 @@ class RunLock:
         self.fd: int | None = None
 
     def acquire(self) -> RunLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as error:
+            raise TrainError(f"cannot use the run folder {self.path.parent}: {error.strerror}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as error:
