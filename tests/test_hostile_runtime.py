@@ -521,6 +521,11 @@ def test_restore_max_pixels_option(tmp_path: Path, capsys: pytest.CaptureFixture
     assert (tmp_path / "out" / "small.png").is_file() and not (tmp_path / "out" / "large.png").exists()
     code, err = _cli(capsys, *_restore_argv(tmp_path, small), "--max-pixels", "0")
     _assert_one_line(code, err, "--max-pixels")
+    # other formats: the size comes from their header too
+    from mair.evaluate.restore import header_size
+
+    for suffix in (".jpg", ".tif", ".bmp"):
+        assert header_size(_image(tmp_path / f"photo{suffix}", 9, 13)) == (9, 13)
 
 
 def test_restore_keeps_the_file_dtype_until_a_tile_needs_it(tmp_path: Path) -> None:
