@@ -536,14 +536,15 @@ def dvc_stages(config: Mapping[str, Any]) -> dict[str, Any]:
         stages[f"train_{e}"] = {
             "cmd": _dvc_cmd("train", weights(e)),
             "deps": [manifest, *[weights(i) for i in init_candidates(e)], "mair/train", "mair/models"],
-            "params": [{f"params/experiments/{e}.yaml": None}, {"params/pipeline.yaml": ["init_quirk"]}],
+            "params": [{f"params/experiments/{e}.yaml": None}, {"params/pipeline.yaml": ["init_quirk", "precision"]}],
             "outs": [weights(e), {f"${{runs_dir}}/{scope}/{e}": {"persist": True, "cache": False}}],
         }
     for e in exps:
         stages[f"evaluate_{e}"] = {
             "cmd": _dvc_cmd("evaluate", "evaluate_all", experiments=e),
             "deps": [weights(e), manifest, "mair/evaluate", "mair/models"],
-            "params": [{f"params/experiments/{e}.yaml": ["test"]}, {"params/pipeline.yaml": ["self_ensemble"]}],
+            "params": [{f"params/experiments/{e}.yaml": ["test"]},
+                       {"params/pipeline.yaml": ["self_ensemble", "precision"]}],
             "outs": [f"{res}/{scope}/eval/{e}"],
         }
     stages["tables"] = {

@@ -324,6 +324,22 @@ class Tracker:
         return dict(run.data.tags) if run is not None else {}
 
 
+# ------------------------------------------------------------------------------------------------ runtime
+
+
+def runtime_tags(runtime: Mapping[str, Any]) -> dict[str, str]:
+    """Tags saying which path a run took, from :meth:`mair.runtime.RuntimeSettings.as_dict`: ``mair.path``
+    (default, exact or custom), ``mair.precision``, ``mair.scan_backend_used``, ``mair.compile`` (backend or
+    off), ``mair.compile_mode`` (or -), ``mair.cuda_graphs``, ``mair.fused_adam`` and ``mair.runtime`` (the
+    one-line description)."""
+    return {"mair.path": str(runtime["path"]), "mair.precision": str(runtime["precision"]),
+            "mair.scan_backend_used": str(runtime["scan_backend_resolved"]),
+            "mair.compile": str(runtime["compile_backend"] or "off"),
+            "mair.compile_mode": str(runtime["compile_mode"] or "-"),
+            "mair.cuda_graphs": str(bool(runtime["cuda_graphs"])), "mair.fused_adam": str(bool(runtime["fused_adam"])),
+            "mair.runtime": str(runtime["describe"])[:4000]}
+
+
 # ------------------------------------------------------------------------------------------------ evaluation
 
 
@@ -359,6 +375,8 @@ def log_evaluation(summary: Mapping[str, Any], params: Mapping[str, Any] | None 
     for key in ("weights", "complete", "metric_space", "crop_border", "created", "submission"):
         if summary.get(key) is not None:
             tags[f"mair.{key}"] = summary[key]
+    if isinstance(summary.get("runtime"), Mapping):
+        tags.update(runtime_tags(summary["runtime"]))
     suffix = "+" if variant.endswith("+") else ""
     run_id = tracker.start(mlflow_experiment_name(scope, experiment), f"eval {dataset}{suffix}", tags)
     if run_id is None:

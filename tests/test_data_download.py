@@ -1,8 +1,9 @@
 """``mair data download|add|status`` against a real HTTP server on 127.0.0.1 serving archives built here.
 
 The server (a ThreadingHTTPServer in a fixture) honours ``Range``, can cut a transfer part-way, can answer 500
-once, and serves a Google-Drive-style virus-scan confirmation page. Every test uses a temp catalog through
-``MAIR_PARAMS_DIR`` and a temp data root, so no real host is ever contacted.
+once, can leave out ``Content-Length`` (the body then ends when the connection closes), and serves a
+Google-Drive-style virus-scan confirmation page. Every test uses a temp catalog through ``MAIR_PARAMS_DIR`` and a
+temp data root, so no real host is ever contacted. tests/test_hostile_data.py reuses the server and ``env``.
 """
 
 from __future__ import annotations
@@ -76,6 +77,7 @@ class Server:
     html: set[str] = field(default_factory=set)
     cut_once: dict[str, int] = field(default_factory=dict)  # path -> bytes sent before the connection drops
     fail_once: dict[str, int] = field(default_factory=dict)  # path -> HTTP status answered once
+    no_length: set[str] = field(default_factory=set)  # paths answered without Content-Length (read to EOF)
     requests: list[tuple[str, dict[str, str]]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -92,7 +94,8 @@ def _handler(state: Server) -> type[BaseHTTPRequestHandler]:
             self.send_response(status)
             for key, value in headers.items():
                 self.send_header(key, value)
-            self.send_header("Content-Length", str(len(body)))
+            if unquote(urlsplit(self.path).path) not in state.no_length:
+                self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body if send is None else body[:send])
             self.wfile.flush()

@@ -24,7 +24,7 @@ import numpy as np
 
 from mair.atomic import atomic_write_bytes
 from mair.errors import missing_weights_message, not_a_file_reason
-from mair.evaluate.runner import EvaluationError, eval_spec, load_experiment
+from mair.evaluate.runner import EvaluationError, eval_spec, inference_runtime, load_experiment
 
 INPUT_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
@@ -273,6 +273,8 @@ class Restorer:
         self.self_ensemble = self_ensemble
         #: Images with more pixels than this are refused before decoding (``--max-pixels``).
         self.max_pixels = DEFAULT_MAX_PIXELS
+        #: How the network runs (:class:`mair.runtime.RuntimeSettings`), set by :func:`load_restorer`.
+        self.runtime: Any = None
         #: Called as ``on_tile(done, total)`` after every user tile of the current image, counted over all
         #: self-ensemble passes (for a progress display of large images); ``None``: not called.
         self.on_tile: Callable[[int, int], None] | None = None
@@ -413,8 +415,12 @@ def load_restorer(experiment: str | None = None, weights: str | os.PathLike[str]
                   arch_from: str | None = None, *, scope: str = "paper", results_dir: str = "results",
                   device: str | None = None, tile: int | None = None, tile_overlap: int = 32,
                   self_ensemble: bool = False, tile_blend: bool = True,
-                  log: Callable[[str], None] | None = None) -> Restorer:
-    """Build a :class:`Restorer` from an experiment and/or a weights file (official or ours)."""
+                  log: Callable[[str], None] | None = None, exact: bool = False,
+                  compile: bool | None = None) -> Restorer:
+    """Build a :class:`Restorer` from an experiment and/or a weights file (official or ours).
+
+    ``exact``: true fp32 (``--exact``); ``compile``: compile the network for the tile shape (needs ``tile``).
+    Everything else about how the network runs is :func:`mair.runtime.resolve_runtime`'s default."""
     from mair.evaluate.runner import build_model, default_weights, resolve_device
     from mair.models.checkpoint import CheckpointError, read_state_dict
 
@@ -441,11 +447,32 @@ def load_restorer(experiment: str | None = None, weights: str | os.PathLike[str]
             raise EvaluationError(str(error)) from None
         exp_id = find_experiment_for_weights(state, scope)
         say(f"weights {path.name} fit the network of experiment {exp_id}")
+    if compile and tile is None:
+        raise EvaluationError("compiling needs tiles (--tile SIZE): without them every image size compiles again")
     spec = eval_spec(load_experiment(exp_id, scope))
     dev = resolve_device(device)
-    model = build_model(spec, path, dev)
-    return Restorer(model, scale=spec.scale, protocol=spec.protocol, device=dev, tile=tile,
-                    tile_overlap=tile_overlap, self_ensemble=self_ensemble, tile_blend=tile_blend)
+    runtime = inference_runtime(dev, exact, compile=compile)
+    model = runtime.prepare_model(build_model(spec, path, dev))
+    restorer = Restorer(_compiled_for_tiles(model, runtime), scale=spec.scale, protocol=spec.protocol,
+                        device=dev, tile=tile, tile_overlap=tile_overlap, self_ensemble=self_ensemble,
+                        tile_blend=tile_blend)
+    restorer.runtime = runtime
+    return restorer
+
+
+def _compiled_for_tiles(model: Any, runtime: Any) -> Any:
+    """``model`` compiled as ``runtime`` says; with CUDA graphs every call starts a new graph step (each tile's
+    output is copied off the device before the next call)."""
+    compiled = runtime.compile(model)
+    if compiled is model or not runtime.cuda_graphs:
+        return compiled
+    import torch
+
+    def forward(t: Any) -> Any:
+        torch.compiler.cudagraph_mark_step_begin()
+        return compiled(t)
+
+    return forward
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -380,7 +380,8 @@ class ResultsCSV:
                 self._rewrite()
         else:
             if path.is_file():
-                print(f"note: {path} was made with other weights, settings or test data; starting it again",
+                print(f"note: {path} was made with other weights or settings; starting it again "
+                      f"(the fingerprint covers weights, settings and test data)",
                       file=sys.stderr)
             self._rewrite()
         atomic_write_text(self.resume_path, json.dumps(fp, sort_keys=True, indent=2) + "\n")
@@ -489,16 +490,21 @@ def _mean(values: Iterable[float]) -> float:
 def evaluate_dataset(model: Callable[[Any], Any], spec: EvalSpec, ref: DatasetRef, root: Path, out_dir: Path,
                      *, self_ensemble: bool = False, scope: str = "paper", device: Any = "cpu",
                      weights: str | None = None, weights_sha256: str | None = None,
-                     progress: bool = True) -> dict[str, Any]:
-    """Evaluate one dataset (resuming), write its CSV and summary JSON; return the summary."""
+                     progress: bool = True, runtime: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Evaluate one dataset (resuming), write its CSV and summary JSON; return the summary. ``runtime``: the
+    :meth:`mair.runtime.RuntimeSettings.as_dict` record of how the network runs (kept in the summary; a rerun
+    on another path starts the CSV again rather than mixing rows of both)."""
     import torch
 
     tag = ref.id + ("+" if self_ensemble else "")
     variant = "MaIR+" if self_ensemble else "MaIR"
     base = {"experiment": spec.experiment, "dataset": ref.id, "variant": variant, "scope": scope,
-            "weights": weights, "created": None}
+            "weights": weights, "created": None, **({"runtime": dict(runtime)} if runtime else {})}
     fingerprint = {"weights_sha256": weights_sha256, "spec": asdict(spec), "dataset": asdict(ref),
                    "variant": variant, "scope": scope}
+    if runtime:
+        fingerprint["runtime"] = {k: runtime.get(k) for k in ("precision", "scan_backend_resolved",
+                                                              "compile_backend", "compile_mode")}
     if ref.submission_only or ref.pairing == "dnd_bboxes":
         from mair.evaluate.dnd import write_dnd_submission
 
@@ -607,21 +613,37 @@ def resolve_device(device: str | None) -> str:
     return str(device)
 
 
+def inference_runtime(device: str, exact: bool = False, compile: bool | None = None) -> Any:
+    """The :class:`mair.runtime.RuntimeSettings` of inference on ``device``, applied to this process
+    (TF32 switches, compile cache)."""
+    from mair.runtime import RuntimeSettingsError, resolve_runtime
+
+    try:
+        runtime = resolve_runtime(device, exact, workload="infer", compile=compile)
+    except RuntimeSettingsError as error:
+        raise EvaluationError(str(error)) from None
+    runtime.apply()
+    return runtime
+
+
 def evaluate(experiment: str | Mapping[str, Any], weights: str | os.PathLike[str] | None = None, *,
              datasets: Sequence[str] | None = None, self_ensemble: bool = False, scope: str = "paper",
              device: str | None = None, results_dir: str | os.PathLike[str] = "results",
              data_root: str | os.PathLike[str] | None = None, model: Any = None,
              dataset_roots: Mapping[str, Path] | None = None, track: bool = True,
-             progress: bool = True) -> list[dict[str, Any]]:
+             progress: bool = True, exact: bool = False) -> list[dict[str, Any]]:
     """Evaluate an experiment (id or dict) on its test sets; return the summaries.
 
     ``model`` replaces the network built from the experiment (tests); ``dataset_roots`` maps dataset ids to
-    prepared folders instead of :func:`mair.data.paths.prepared_dir`.
+    prepared folders instead of :func:`mair.data.paths.prepared_dir`. ``exact``: true fp32 (``--exact``);
+    otherwise :func:`mair.runtime.resolve_runtime`'s default for inference.
     """
     exp = load_experiment(experiment, scope) if isinstance(experiment, str) else dict(experiment)
     spec = eval_spec(exp)
     refs = spec.datasets if not datasets else [spec.dataset(d) for d in datasets]
     dev = resolve_device(device)
+    runtime = inference_runtime(dev, exact)
+    print(runtime.describe(), file=sys.stderr)
     weights_path: str | None = None
     if model is None:
         path = Path(weights) if weights is not None else default_weights(spec.experiment, scope, results_dir)
@@ -629,9 +651,12 @@ def evaluate(experiment: str | Mapping[str, Any], weights: str | os.PathLike[str
             raise EvaluationError(missing_weights_message(path) + (
                 "" if weights is not None else f" (train {spec.experiment} or pass --weights PATH)"))
         weights_path = str(path)
-        model = build_model(spec, path, dev)
-    elif weights is not None:
-        weights_path = str(weights)
+        model = runtime.prepare_model(build_model(spec, path, dev))
+    else:
+        if hasattr(model, "modules"):  # a network given by the caller gets the same scan backend
+            runtime.prepare_model(model)
+        if weights is not None:
+            weights_path = str(weights)
     sha = sha256_file(weights_path) if weights_path and Path(weights_path).is_file() else None
     if self_ensemble and spec.arch != "MaIR":
         print("note: MaIR+ (self-ensemble) is defined for the MaIR network; applying it to the U-Net anyway",
@@ -642,7 +667,8 @@ def evaluate(experiment: str | Mapping[str, Any], weights: str | os.PathLike[str
         root = (Path(dataset_roots[ref.id]) if dataset_roots and ref.id in dataset_roots
                 else dataset_root(ref.id, scope, data_root))
         summary = evaluate_dataset(model, spec, ref, root, out_dir, self_ensemble=self_ensemble, scope=scope,
-                                   device=dev, weights=weights_path, weights_sha256=sha, progress=progress)
+                                   device=dev, weights=weights_path, weights_sha256=sha, progress=progress,
+                                   runtime=runtime.as_dict())
         tag = ref.id + ("+" if self_ensemble else "")
         if summary["metrics"]:
             extra = "".join(f", {s}: {v['psnr']:.4f} dB / {v['ssim']:.4f}"

@@ -46,12 +46,11 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from mair.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text, remove_stale_parts
-from mair.compile_modes import COMPILE_MODES, CUDA_GRAPH_MODES
-from mair.precision import PRECISIONS, apply_matmul_precision, autocast
+from mair.compile_modes import COMPILE_MODES
+from mair.precision import autocast
 from mair.train import datasets as train_data
 from mair.train.launch import EXIT_STOPPED, STOP_MARKER, DistEnv, detect_env
 from mair.train.losses import build_loss
-from mair.train.optimizers import adam_implementation
 from mair.train.progressive import mixup, progressive_crop, step_rng
 from mair.train.sampler import EnlargedSampler
 from mair.train.schedules import build_scheduler, progressive_stage
@@ -92,7 +91,7 @@ class TrainOptions:
     scope: str = "paper"
     gpus: int | None = None
     max_iters: int | None = None
-    precision: str = "fp32"
+    precision: str | None = None  # None: the runtime default (mair.runtime: tf32 on CUDA, fp32 on CPU)
     run_dir: Path | None = None
     resume: bool = True
     init_fix_t_x3: bool = False
@@ -110,6 +109,8 @@ class TrainOptions:
     log_every: int | None = None
     compile: str | None = None  # torch.compile backend for the training forward/backward (None: eager)
     compile_mode: str | None = None  # torch.compile mode (implies the inductor backend); see compile_settings
+    exact: bool = False  # --exact: eager, true fp32, PyTorch's Adam (mair.runtime)
+    no_compile: bool = False  # --no-compile: eager, the other defaults kept
 
     def resolved_run_dir(self) -> Path:
         """``--run-dir``, else ``runs/<scope>/<experiment>`` (an experiment file is named by its stem)."""
@@ -285,11 +286,26 @@ def compile_settings(opts: TrainOptions, world_size: int) -> tuple[str | None, s
     return "inductor", mode
 
 
+def runtime_settings(opts: TrainOptions, device: str) -> Any:
+    """The :class:`mair.runtime.RuntimeSettings` of a run on ``device`` (cpu or cuda) from its options."""
+    from mair.runtime import RuntimeSettingsError, resolve_runtime
+
+    backend, mode = compile_settings(opts, 1)
+    try:
+        return resolve_runtime(device, opts.exact, workload="train", precision=opts.precision,
+                               compile=False if opts.no_compile else None, compile_backend=backend,
+                               compile_mode=mode)
+    except RuntimeSettingsError as error:
+        raise TrainError(str(error)) from None
+
+
 def preflight(opts: TrainOptions, world_size: int) -> Preflight:
     """Check the options, the experiment and the data for ``world_size`` processes; raise clear errors."""
     compile_settings(opts, world_size)
-    if opts.precision not in PRECISIONS:
-        raise TrainError(f"--precision must be one of {', '.join(PRECISIONS)}, got {opts.precision!r}")
+    if opts.precision not in (None, "fp32", "tf32", "bf16"):
+        raise TrainError(f"--precision must be one of fp32, tf32, bf16, got {opts.precision!r}")
+    runtime_settings(opts, opts.device if opts.device in ("cpu", "cuda") else
+                     ("cuda" if torch.cuda.is_available() else "cpu"))
     if opts.keep < 1:
         raise TrainError(f"--keep must be >= 1, got {opts.keep}")
     if opts.max_iters is not None and opts.max_iters < 1:
@@ -579,12 +595,14 @@ class Trainer:
             index = env.local_rank % torch.cuda.device_count()
             torch.cuda.set_device(index)
             self.device = torch.device("cuda", index)
-            torch.backends.cudnn.benchmark = True  # official setting
-            apply_matmul_precision(opts.precision)
         elif device_type == "cpu":
             self.device = torch.device("cpu")
         else:
             raise TrainError(f"--device must be cpu or cuda, got {device_type!r}")
+        # Precision, scan backend, compile mode, Adam: mair.runtime (cuDNN autotuning on CUDA, as officially).
+        self.runtime = runtime_settings(opts, self.device.type)
+        cache = self.runtime.apply()
+        _log(self.runtime.describe() + (f"; {cache.describe()}" if cache else ""), env)
         self.control_group: Any = None
         if env.distributed:
             self._init_process_group()
@@ -594,12 +612,12 @@ class Trainer:
         from mair.models import from_official
 
         net = from_official(self.exp["network"]["arch"], **self.exp["network"]["kwargs"]).to(self.device)
-        self.net = net
+        self.net = self.runtime.prepare_model(net)
         params = [p for p in net.parameters() if p.requires_grad]
         optim = self.train_cfg["optimizer"]
         kwargs = {"lr": float(optim["lr"]), "betas": tuple(float(b) for b in optim["betas"]),
                   "eps": float(optim.get("eps", 1e-8)), "weight_decay": float(optim["weight_decay"])}
-        kwargs.update(adam_implementation(self.device.type))
+        kwargs.update(self.runtime.adam_kwargs())
         if optim["type"] == "Adam":
             self.optimizer: torch.optim.Optimizer = torch.optim.Adam(params, **kwargs)
         elif optim["type"] == "AdamW":
@@ -622,13 +640,9 @@ class Trainer:
         else:
             self.model = net
         self.model.train()
-        backend, mode = compile_settings(opts, env.world_size)
-        self.cuda_graphs = mode in CUDA_GRAPH_MODES
-        if backend:  # the scan as custom ops, one graph (DDP: Dynamo splits it at the gradient buckets)
-            from mair.models.scan.custom_ops import compile_model
-
-            self.model = compile_model(self.model, fullgraph=not env.distributed, backend=backend,
-                                       **({"mode": mode} if mode else {}))
+        self.cuda_graphs = self.runtime.cuda_graphs
+        # The scan as custom ops, one graph (DDP: Dynamo splits it at the gradient buckets); eager when not compiled.
+        self.model = self.runtime.compile(self.model, fullgraph=not env.distributed)
 
     def _init_process_group(self) -> None:
         env = self.env
@@ -736,12 +750,14 @@ class Trainer:
             "world_size": self.env.world_size, "device": str(self.device.type),
             "batch_per_gpu": self.plan.batch_per_gpu, "accum": self.plan.accum,
             "effective_batch": self.plan.effective_batch, "paper_effective_batch": self.plan.paper_effective_batch,
-            "paper_gpus": int(self.exp["paper_gpus"]), "precision": self.opts.precision,
-            "compile": self.opts.compile, "compile_mode": self.opts.compile_mode,
+            "paper_gpus": int(self.exp["paper_gpus"]), "precision": self.runtime.precision,
+            "compile": self.runtime.compile_backend, "compile_mode": self.runtime.compile_mode,
+            "runtime": self.runtime.as_dict(),
             "num_workers": self.num_workers, "max_iters": self.opts.max_iters,
             "total_iter": int(self.train_cfg["total_iter"]), "checkpoint_every": self.checkpoint_every,
             "keep": self.opts.keep, "seed": self.seed, "init": self.pre.init_note, "init_report": self.init_report,
-            "scan_backend": describe_backend_choice(self.device), "git_commit": _git_commit(),
+            "scan_backend": describe_backend_choice(self.device, self.runtime.scan_backend),
+            "git_commit": _git_commit(),
             "torch": str(torch.__version__), "resumed_from": self.start_iter or None,
             "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         }
@@ -766,10 +782,8 @@ class Trainer:
         tags = {"mair.kind": "training", "mair.experiment": self.exp["id"], "mair.scope": self.opts.scope,
                 "mair.git_commit": info["git_commit"], "mair.world_size": info["world_size"],
                 "mair.effective_batch": info["effective_batch"], "mair.accum": info["accum"],
-                "mair.scan_backend": info["scan_backend"], "mair.precision": info["precision"],
-                "mair.device": info["device"], "mair.compile": str(info["compile"] or "off"),
-                "mair.compile_mode": str(info["compile_mode"] or "-"),
-                "mair.run_dir": str(self.run_dir.absolute())}
+                "mair.scan_backend": info["scan_backend"], "mair.device": info["device"],
+                "mair.run_dir": str(self.run_dir.absolute()), **tracking.runtime_tags(info["runtime"])}
         name = tracking.mlflow_experiment_name(self.opts.scope, self.exp["id"])
         run_id = self.tracker.start(name, f"train {self.exp['id']}", tags, run_id=previous)
         if run_id is None:
@@ -810,7 +824,7 @@ class Trainer:
     # -------------------------------------------------------------------------------------------- steps
 
     def _autocast(self) -> Any:
-        return autocast(self.opts.precision, self.device.type)
+        return autocast(self.runtime.precision, self.device.type)
 
     def _train_step(self, iteration: int) -> torch.Tensor:
         train = self.train_cfg

@@ -32,6 +32,9 @@ ALL_DATASETS = P.needed_datasets(P.all_experiments())
 # Datasets that are downloaded (derived sets such as df2k are built from others by `mair data prepare`).
 DOWNLOADABLE = P.downloads(ALL_DATASETS)
 
+# precision: exact runs every training and evaluation eager in true fp32 (mair train/evaluate --exact).
+EXACT_FLAG = " --exact" if config["precision"] == "exact" else ""
+
 # Extra environment of the jobs that log to MLflow.
 MLFLOW_ENV = f"MLFLOW_TRACKING_URI='{config['mlflow_uri']}' " if config["mlflow_uri"] else ""
 

@@ -26,6 +26,7 @@ for _exp in P.all_experiments():
                 exp=_exp,
                 datasets=" ".join(P.test_datasets(_exp)),
                 ensemble=" --self-ensemble" if _plus else "",
+                exact=EXACT_FLAG,
                 data_dir=DATA,
                 results_dir=RESULTS,
             retries: RETRIES["evaluate"]
@@ -42,6 +43,7 @@ for _exp in P.all_experiments():
                 slurm_extra=SLURM["extra"],
             shell:
                 "{params.env}python -m mair.pipeline run-with-gpus {resources.gpu} -- "
-                "mair evaluate {params.exp} --weights {input.weights} --datasets {params.datasets}{params.ensemble} "
+                "mair evaluate {params.exp} --weights {input.weights} --datasets {params.datasets}{params.ensemble}"
+                "{params.exact} "
                 "--scope {wildcards.scope} --results-dir {params.results_dir} --data-dir {params.data_dir} --quiet "
                 "> {log} 2>&1"
