@@ -112,3 +112,20 @@ def atomic_torch_save(path: str | os.PathLike[str], obj: Any) -> None:
 
     with atomic_open(path, "wb") as handle:
         torch.save(obj, handle)
+
+
+def remove_stale_parts(folder: str | os.PathLike[str], target_glob: str = "*") -> list[Path]:
+    """Remove the temp files that :func:`atomic_open` leaves in ``folder`` when its process is killed mid-write,
+    for targets whose names match ``target_glob``; return what was removed.
+
+    Only call this while no other process can be writing those targets (e.g. under the lock of a run folder).
+    """
+    removed = []
+    base = Path(folder)
+    if not base.is_dir():
+        return removed
+    for path in base.glob(f".{target_glob}.*.part"):
+        if path.is_file() and not path.is_symlink():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -265,8 +267,43 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _default_rows(args: argparse.Namespace, workloads: list[Workload], device: torch.device) -> list[dict[str, Any]]:
-    """``--default``: each workload once, with the settings the commands resolve for this device."""
+def _requested_workload(name: str) -> Workload:
+    from mair.errors import CommandError
+    from mair.experiments import ExperimentError
+
+    if name in WORKLOADS:
+        return WORKLOADS[name]
+    try:
+        return experiment_workload(name)
+    except ExperimentError:
+        raise CommandError(f"unknown workload {name!r}: expected one of {', '.join(WORKLOADS)} or an experiment "
+                           f"id") from None
+
+
+def _check_out(out: str | None) -> None:
+    """Refuse an ``--out`` that cannot be written before any time is spent measuring."""
+    from pathlib import Path
+
+    from mair.errors import CommandError
+
+    if not out:
+        return
+    path = Path(out)
+    if path.is_dir():
+        raise CommandError(f"--out {path}: is a folder; expected a JSON file name")
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise CommandError(f"--out {path}: cannot be written: {ancestor} is not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise CommandError(f"--out {path}: cannot be written: no write permission in {ancestor}")
+
+
+def _default_rows(args: argparse.Namespace, workloads: list[Workload], device: torch.device,
+                  failed: list[str]) -> list[dict[str, Any]]:
+    """``--default``: each workload once, with the settings the commands resolve for this device; the names of
+    the workloads that failed are appended to ``failed``."""
     from mair.runtime import resolve_runtime
 
     rows = []
@@ -276,6 +313,7 @@ def _default_rows(args: argparse.Namespace, workloads: list[Workload], device: t
             row = run_workload(workload, None, runtime.precision, device, args.warmup, args.repeat, runtime=runtime)
         except Exception as error:
             print(f"{workload.name} ({runtime.describe()}): {type(error).__name__}: {error}", flush=True)
+            failed.append(f"{workload.name} ({runtime.describe()})")
             continue
         rows.append(row)
         print(json.dumps(row), flush=True)
@@ -296,23 +334,39 @@ def check_default_args(args: argparse.Namespace) -> None:
         raise CommandError("--exact goes with --default (or time --precision exact)")
 
 
+def _report_failures(failed: list[str], rows: list[dict[str, Any]]) -> int:
+    """Exit status 1, with a summary line, when any requested run failed; else 0."""
+    if not failed:
+        return 0
+    print(f"mair bench: {len(failed)} of {len(failed) + len(rows)} runs failed ({'; '.join(failed)}); see "
+          f"the errors above", file=sys.stderr)
+    return 1
+
+
 def main(args: argparse.Namespace) -> int:
+    from mair.errors import CommandError
+    from mair.precision import PRECISIONS
+
     check_default_args(args)
+    for precision in (args.precision or "fp32").split(","):
+        if precision not in PRECISIONS:
+            raise CommandError(f"--precision: unknown precision {precision!r}; expected a comma-separated list "
+                               f"of {', '.join(PRECISIONS)}")
+    _check_out(args.out)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     names = args.workloads or list(WORKLOADS)
-    workloads = [WORKLOADS[n] if n in WORKLOADS else experiment_workload(n) for n in names]
+    workloads = [_requested_workload(n) for n in names]
+    failed: list[str] = []
     if args.default:
-        rows = _default_rows(args, workloads, device)
+        rows = _default_rows(args, workloads, device, failed)
         print(format_rows(rows))
         if args.out:
-            import os
-
             from mair import compile_cache
 
             caches = {var: os.environ.get(var) for var in (compile_cache.INDUCTOR_VAR, compile_cache.TRITON_VAR)}
             atomic_write_json(args.out, {"environment": environment(), "default": True, "exact": args.exact,
                                          "compile_cache": caches, "rows": rows})
-        return 0
+        return _report_failures(failed, rows)
     rows = []
     for workload in workloads:
         for backend in (args.backends or "auto").split(","):
@@ -327,13 +381,14 @@ def main(args: argparse.Namespace) -> int:
                     row = {"workload": workload.name, "backend": backend, "precision": precision,
                            "error": f"{type(error).__name__}: {error}"}
                     print(f"{workload.name} {backend} {precision}: {row['error']}", flush=True)
+                    failed.append(f"{workload.name} {backend} {precision}")
                     continue
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     print(format_rows(rows))
     if args.out:
         atomic_write_json(args.out, {"environment": environment(), "rows": rows})
-    return 0
+    return _report_failures(failed, rows)
 
 
 if __name__ == "__main__":

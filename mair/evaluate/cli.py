@@ -66,6 +66,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                          "pays off for many tiles (the first compile takes about a minute, docs/evaluation.md)")
     rs.add_argument("--alpha", choices=("keep", "drop"), default="keep",
                     help="RGBA inputs: keep the alpha channel (bicubic-upscaled for SR) or drop it")
+    rs.add_argument("--max-pixels", type=int, default=None, metavar="N",
+                    help="refuse images of more than N pixels, read from the file header before decoding "
+                         "(default 250000000; see docs/evaluation.md)")
     rs.add_argument("--quiet", action="store_true", help="no progress bar")
     rs.set_defaults(handler=_restore)
 
@@ -85,10 +88,13 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _restore(args: argparse.Namespace) -> int:
-    from mair.evaluate.restore import iter_errors, load_restorer, restore_files
+    from mair.evaluate.restore import DEFAULT_MAX_PIXELS, iter_errors, load_restorer, plan_outputs, restore_files
     from mair.evaluate.runner import EvaluationError
     from mair.models.checkpoint import CheckpointError
 
+    max_pixels = DEFAULT_MAX_PIXELS if args.max_pixels is None else args.max_pixels
+    if max_pixels < 1:
+        raise CommandError(f"--max-pixels must be a positive number of pixels, got {max_pixels}")
     if not args.experiment and not args.weights and not args.arch_from:
         raise CommandError("name the network: --experiment ID, or --weights PATH [--arch-from ID]")
     if args.tile is not None and args.tile <= 0:
@@ -100,6 +106,12 @@ def _restore(args: argparse.Namespace) -> int:
     if args.compile and args.exact:
         raise CommandError("--exact runs eager in true fp32; drop --compile or --exact")
     try:
+        planned = plan_outputs(args.inputs, args.output)
+    except EvaluationError as error:
+        raise CommandError(str(error)) from None
+    if not planned:
+        raise CommandError(f"no images (PNG, JPEG, TIFF, BMP) found in {', '.join(map(str, args.inputs))}")
+    try:
         restorer = load_restorer(args.experiment, args.weights, args.arch_from, scope=args.scope,
                                  results_dir=args.results_dir, device=args.device, tile=args.tile,
                                  tile_overlap=args.tile_overlap, self_ensemble=args.self_ensemble,
@@ -107,6 +119,7 @@ def _restore(args: argparse.Namespace) -> int:
                                  compile=args.compile or None)
     except (EvaluationError, CheckpointError, ValueError) as error:
         raise CommandError(str(error)) from None
+    restorer.max_pixels = max_pixels
     mode = f"tiles of {args.tile} px, overlap {args.tile_overlap}" if args.tile else "paper protocol"
     print(f"restoring x{restorer.scale} on {restorer.device} ({mode}"
           f"{', MaIR+ self-ensemble' if args.self_ensemble else ''}); RGBA inputs: alpha channel "

@@ -36,6 +36,7 @@ import cv2
 import numpy as np
 
 from mair.atomic import atomic_write_json, atomic_write_text
+from mair.errors import missing_weights_message
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".ppm", ".webp")
 MAIR_TASKS = ("sr_classic", "sr_light", "dn_color")
@@ -91,6 +92,7 @@ class EvalSpec:
     extra_spaces: list[str] = field(default_factory=list)
     use_image: bool = True
     noise: dict[str, Any] | None = None
+    rgb2bgr: bool = True  # uint8 metrics: channel order given to the Y conversion (metrics.metric_images)
 
     @property
     def primary_space(self) -> str:
@@ -163,6 +165,7 @@ def eval_spec(exp: Mapping[str, Any]) -> EvalSpec:
         extra_spaces=[str(s) for s in metrics.get("extra_spaces") or []],
         use_image=bool(metrics.get("use_image", True)),
         noise=dict(test["noise"]) if test.get("noise") else None,
+        rgb2bgr=bool(metrics.get("rgb2bgr", True)),
     )
 
 
@@ -274,15 +277,17 @@ def dataset_root(dataset_id: str, scope: str, data_root: str | os.PathLike[str] 
 def build_model(spec: EvalSpec, weights: str | os.PathLike[str] | None, device: Any = "cpu") -> Any:
     """The experiment's network with ``weights`` loaded strictly, in eval mode on ``device``."""
     from mair.models import from_official
-    from mair.models.checkpoint import CheckpointError, load_weights
+    from mair.models.checkpoint import CheckpointError, CheckpointMismatch, load_weights
 
     model = from_official(spec.arch, **spec.kwargs)
     if weights is not None:
         try:
             load_weights(model, weights, strict=True)
-        except CheckpointError as error:
+        except CheckpointMismatch as error:
             raise EvaluationError(
                 f"weights do not fit experiment {spec.experiment} ({spec.arch}): {error}") from None
+        except CheckpointError as error:  # unreadable or damaged: the message names the file and the problem
+            raise EvaluationError(str(error)) from None
     return model.eval().to(device)
 
 
@@ -323,7 +328,7 @@ def image_metrics(out: Any, gt: np.ndarray, spec: EvalSpec) -> dict[str, float]:
     from mair.evaluate import metrics as m
     from mair.evaluate.protocol import tensor2img
 
-    out_u8 = tensor2img(out)
+    out_u8, gt_u8 = m.metric_images(tensor2img(out), gt, spec.rgb2bgr)
     row: dict[str, float] = {}
     out_float = None
     if spec.unet_metrics and not spec.use_image:
@@ -333,11 +338,11 @@ def image_metrics(out: Any, gt: np.ndarray, spec: EvalSpec) -> dict[str, float]:
         y = space == "y"
         suffix = "" if i == 0 else f"_{space}"
         if not spec.unet_metrics:
-            psnr = m.calculate_psnr(out_u8, gt, spec.crop_border, y)
-            ssim = m.calculate_ssim(out_u8, gt, spec.crop_border, y)
+            psnr = m.calculate_psnr(out_u8, gt_u8, spec.crop_border, y)
+            ssim = m.calculate_ssim(out_u8, gt_u8, spec.crop_border, y)
         elif out_float is None:
-            psnr = m.calculate_psnr_float(out_u8, gt, spec.crop_border, y)
-            ssim = m.calculate_ssim_float(out_u8, gt, spec.crop_border, y)
+            psnr = m.calculate_psnr_float(out_u8, gt_u8, spec.crop_border, y)
+            ssim = m.calculate_ssim_float(out_u8, gt_u8, spec.crop_border, y)
         else:
             psnr = m.calculate_psnr_float(out_float, gt_float, spec.crop_border, y)
             ssim = m.calculate_ssim_float(out_float, gt_float, spec.crop_border, y)
@@ -352,7 +357,8 @@ class ResultsCSV:
     """A per-image CSV that is appended and fsynced row by row and can be resumed after a crash.
 
     On open, rows that do not parse (a line cut short by a crash) are dropped by rewriting the file
-    atomically; a file with other columns or another fingerprint (weights, settings) is started afresh.
+    atomically; a file with other columns or another fingerprint (weights, settings, test data) is started
+    afresh.
     """
 
     def __init__(self, path: Path, columns: Sequence[str], fingerprint: Mapping[str, Any]) -> None:
@@ -374,7 +380,8 @@ class ResultsCSV:
                 self._rewrite()
         else:
             if path.is_file():
-                print(f"note: {path} was made with other weights or settings; starting it again",
+                print(f"note: {path} was made with other weights or settings; starting it again "
+                      f"(the fingerprint covers weights, settings and test data)",
                       file=sys.stderr)
             self._rewrite()
         atomic_write_text(self.resume_path, json.dumps(fp, sort_keys=True, indent=2) + "\n")
@@ -436,6 +443,21 @@ class ResultsCSV:
             self._handle = None
 
 
+def data_identity(root: Path, files: Iterable[Path | None]) -> dict[str, Any]:
+    """What identifies the test data of a result: the data folder and each file's path, size and modification
+    time (nanoseconds). Any change (new ground truth, another input, another ``MAIR_DATA_DIR``) changes it."""
+    base = root.resolve()
+    entries = []
+    for path in sorted({Path(f) for f in files if f is not None}):
+        st = path.stat()
+        try:
+            name = path.resolve().relative_to(base).as_posix()
+        except ValueError:
+            name = str(path.resolve())
+        entries.append([name, st.st_size, st.st_mtime_ns])
+    return {"root": str(base), "files": entries}
+
+
 def sha256_file(path: str | os.PathLike[str]) -> str:
     """Hex SHA-256 of a file."""
     digest = hashlib.sha256()
@@ -490,6 +512,11 @@ def evaluate_dataset(model: Callable[[Any], Any], spec: EvalSpec, ref: DatasetRe
     if ref.submission_only or ref.pairing == "dnd_bboxes":
         from mair.evaluate.dnd import write_dnd_submission
 
+        images = root / (ref.lq or "images_srgb")
+        mats = sorted(images.glob("*.mat")) if images.is_dir() else []
+        info = root / "info.mat"
+        fingerprint["data"] = data_identity(root, [*mats, info if info.is_file() else None])
+
         def restore_patch(patch: np.ndarray) -> np.ndarray:
             x = torch.from_numpy(np.ascontiguousarray(patch.transpose(2, 0, 1)))[None].float().to(device)
             out = run_protocol(model, x, spec.protocol, self_ensemble)
@@ -505,6 +532,7 @@ def evaluate_dataset(model: Callable[[Any], Any], spec: EvalSpec, ref: DatasetRe
     pairs = list_pairs(ref, root, spec.scale)
     if not pairs:
         raise EvaluationError(f"{root}: no test images for {ref.id}")
+    fingerprint["data"] = data_identity(root, [f for p in pairs for f in (p.gt, p.lq)])
     results = ResultsCSV(out_dir / f"{tag}.csv", _columns(spec), fingerprint)
     try:
         todo = [p for p in pairs if p.name not in results.rows]
@@ -648,7 +676,7 @@ def evaluate(experiment: str | Mapping[str, Any], weights: str | os.PathLike[str
     if model is None:
         path = Path(weights) if weights is not None else default_weights(spec.experiment, scope, results_dir)
         if not path.is_file():
-            raise EvaluationError(f"weights file {path} not found" + (
+            raise EvaluationError(missing_weights_message(path) + (
                 "" if weights is not None else f" (train {spec.experiment} or pass --weights PATH)"))
         weights_path = str(path)
         model = runtime.prepare_model(build_model(spec, path, dev))

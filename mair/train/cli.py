@@ -125,12 +125,12 @@ def _handle(args: argparse.Namespace) -> int:
     from mair.models.checkpoint import CheckpointError
     from mair.train.datasets import DatasetError
     from mair.train.launch import detect_env, run_torchrun
-    from mair.train.trainer import TrainError, preflight, train
+    from mair.train.trainer import RunLock, TrainError, preflight, train
 
     opts = options_from_args(args)
     try:
         env = detect_env()
-        gpus = args.gpus or 1
+        gpus = 1 if args.gpus is None else args.gpus
         if gpus < 1:
             raise TrainError(f"--gpus must be >= 1, got {gpus}")
         if gpus > 1 and not env.distributed:
@@ -142,7 +142,7 @@ def _handle(args: argparse.Namespace) -> int:
             preflight(opts, gpus)  # every problem is reported before torchrun starts
             argv = child_argv(args)
             run_dir = opts.resolved_run_dir()
-            run_dir.mkdir(parents=True, exist_ok=True)
+            RunLock(run_dir).acquire().release()  # a folder in use: one line now (rank 0 takes the lock itself)
             return run_torchrun(gpus, argv, run_dir)
         return train(opts, env).exit_code
     except (TrainError, ExperimentError, DatasetError, CheckpointError) as error:
