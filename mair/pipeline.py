@@ -11,6 +11,8 @@
   commands from the same lists.
 * **Data manifest**: ``python -m mair.pipeline data-manifest`` gathers the prepared markers of a scope into one
   JSON file (the output DVC records for the data step; data/ itself is tracked by data.dvc).
+* **Metrics**: ``python -m mair.pipeline eval-metrics`` gathers an experiment's evaluation summaries into one small
+  JSON file (PSNR/SSIM per test set), the metrics DVC shows.
 
 Loading is cheap (no torch, no cv2): the Snakefile imports this module on every invocation.
 """
@@ -544,6 +546,21 @@ def write_manifest(out: Path, markers: Sequence[str]) -> dict[str, Any]:
     return manifest
 
 
+def write_eval_metrics(out: Path, summaries: Sequence[str]) -> dict[str, Any]:
+    """Gather evaluation summaries (``.../<dataset>[+].json``) into ``{"<dataset>[+]": {"psnr", "ssim"}}`` at
+    ``out``, atomically: the compact metrics DVC shows (``dvc metrics show``, ``dvc exp show``)."""
+    from mair.atomic import atomic_write_json
+
+    metrics: dict[str, Any] = {}
+    for summary in sorted(summaries):
+        doc = json.loads(Path(summary).read_text(encoding="utf-8"))
+        values = {k: v for k, v in (doc.get("metrics") or {}).items() if isinstance(v, int | float)}
+        if values:
+            metrics[Path(summary).stem] = values
+    atomic_write_json(out, metrics)
+    return metrics
+
+
 # ------------------------------------------------------------------------------------------------ dvc.yaml
 
 DVC_HEADER = """\
@@ -554,24 +571,62 @@ DVC_HEADER = """\
 # Scope and folders come from params/pipeline.yaml: `dvc repro` runs the demo; for the paper scope run
 # `dvc exp run -S params/pipeline.yaml:scope=paper` (or edit the file, then `dvc repro`).
 # --allowed-rules keeps each stage to its own step; DVC orders the stages by their deps and outs.
+# `experiments` (params/pipeline.yaml) chooses the experiments the data and tables stages work for: their commands
+# read it from the file, e.g. `dvc exp run -S 'params/pipeline.yaml:experiments=[dehaze_r6k]' evaluate_dehaze_r6k`.
+# Metrics: results/<scope>/metrics/<exp>.json (PSNR/SSIM per test set); plots: the training and validation logs.
 """
 
 #: Snakemake command of a DVC stage: only ``rules`` may run, up-to-date checks by modification time only.
-DVC_SNAKEMAKE = "snakemake --cores all --rerun-triggers mtime --allowed-rules {rules} --config {config}-- {targets}"
+DVC_SNAKEMAKE = "snakemake --cores all --rerun-triggers mtime --allowed-rules {rules} {config}-- {targets}"
 
 #: The Snakemake rules behind each kind of DVC stage (evaluation rules are per experiment, see evaluate.smk).
 DVC_STAGE_RULES: dict[str, tuple[str, ...]] = {
     "data": ("demo_data", "download", "prepare", "data_manifest"),
     "train": ("train",),
-    "evaluate": ("evaluate_{exp}", "evaluate_plus_{exp}"),
+    "evaluate": ("evaluate_{exp}", "evaluate_plus_{exp}", "eval_metrics"),
     "tables": ("tables",),
 }
 
 
 def _dvc_cmd(kind: str, targets: str, experiments: str | None = None) -> str:
-    config = f"'experiments=[{experiments}]' " if experiments else "experiments=all "
+    """The stage command; ``experiments`` narrows an evaluation stage to its experiment. Without it Snakemake reads
+    ``experiments`` from params/pipeline.yaml, the file ``dvc exp run -S`` edits (no ``--config`` override)."""
+    config = f"--config 'experiments=[{experiments}]' " if experiments else ""
     rules = " ".join(r.format(exp=experiments) for r in DVC_STAGE_RULES[kind])
     return DVC_SNAKEMAKE.format(rules=rules, config=config, targets=targets)
+
+
+#: The settings of params/pipeline.yaml that DVC tracks as params (``dvc exp show`` columns), per stage kind.
+#: Experiment files are plain dependencies: any change reruns their stages, without one column per key.
+DVC_PARAMS: dict[str, tuple[str, ...]] = {
+    "data": ("scope", "experiments", "data_dir"),
+    "train": ("init_quirk", "precision"),
+    "evaluate": ("self_ensemble", "precision"),
+    "tables": ("experiments",),
+}
+
+
+def _dvc_params(kind: str) -> list[dict[str, list[str]]]:
+    return [{"params/pipeline.yaml": list(DVC_PARAMS[kind])}]
+
+
+def metrics_file(results_dir: str, scope: str, exp_id: str) -> str:
+    """``results/<scope>/metrics/<exp>.json``: PSNR/SSIM of every test set and variant (DVC's metrics)."""
+    return f"{results_dir}/{scope}/metrics/{exp_id}.json"
+
+
+def dvc_plots(exps: Sequence[str]) -> list[dict[str, Any]]:
+    """dvc.yaml's top-level ``plots``: training loss and validation PSNR over iterations, one line per experiment
+    (``runs/<scope>/<exp>/train_log.csv`` and ``val_log.csv``, docs/contracts.md "Training logs")."""
+    def lines(log: str, column: str) -> dict[str, str]:
+        return {f"${{runs_dir}}/${{scope}}/{e}/{log}": column for e in exps}
+
+    return [
+        {"training loss": {"x": "iter", "y": lines("train_log.csv", "loss"), "x_label": "iteration",
+                           "y_label": "loss (L1)", "template": "linear"}},
+        {"validation PSNR": {"x": "iter", "y": lines("val_log.csv", "psnr"), "x_label": "iteration",
+                             "y_label": "PSNR (dB)", "template": "linear"}},
+    ]
 
 
 def dvc_stages(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -590,28 +645,30 @@ def dvc_stages(config: Mapping[str, Any]) -> dict[str, Any]:
         "data": {
             "cmd": _dvc_cmd("data", "prepare_all"),
             "deps": ["params/datasets.yaml", "mair/data"],
-            "params": [{"params/pipeline.yaml": ["scope", "data_dir"]}],
+            "params": _dvc_params("data"),
             "outs": [manifest],
         }
     }
     for e in exps:
         stages[f"train_{e}"] = {
             "cmd": _dvc_cmd("train", weights(e)),
-            "deps": [manifest, *[weights(i) for i in init_candidates(e)], "mair/train", "mair/models"],
-            "params": [{f"params/experiments/{e}.yaml": None}, {"params/pipeline.yaml": ["init_quirk", "precision"]}],
+            "deps": [manifest, *[weights(i) for i in init_candidates(e)], f"params/experiments/{e}.yaml",
+                     "mair/train", "mair/models"],
+            "params": _dvc_params("train"),
             "outs": [weights(e), {f"${{runs_dir}}/{scope}/{e}": {"persist": True, "cache": False}}],
         }
     for e in exps:
         stages[f"evaluate_{e}"] = {
             "cmd": _dvc_cmd("evaluate", "evaluate_all", experiments=e),
-            "deps": [weights(e), manifest, "mair/evaluate", "mair/models"],
-            "params": [{f"params/experiments/{e}.yaml": ["test"]},
-                       {"params/pipeline.yaml": ["self_ensemble", "precision"]}],
+            "deps": [weights(e), manifest, f"params/experiments/{e}.yaml", "mair/evaluate", "mair/models"],
+            "params": _dvc_params("evaluate"),
             "outs": [f"{res}/{scope}/eval/{e}"],
+            "metrics": [{metrics_file(res, scope, e): {"cache": False}}],
         }
     stages["tables"] = {
         "cmd": _dvc_cmd("tables", "reproduce_tables"),
         "deps": [f"{res}/{scope}/eval/{e}" for e in exps] + ["mair/report", "params/paper_results.csv"],
+        "params": _dvc_params("tables"),
         "outs": [f"{res}/{scope}/tables"],
     }
     return stages
@@ -620,7 +677,8 @@ def dvc_stages(config: Mapping[str, Any]) -> dict[str, Any]:
 def dvc_yaml_text(config: Mapping[str, Any]) -> str:
     import yaml
 
-    doc = {"vars": ["params/pipeline.yaml"], "stages": dvc_stages(config)}
+    doc = {"vars": ["params/pipeline.yaml"], "stages": dvc_stages(config),
+           "plots": dvc_plots(selected_experiments(config))}
     body = yaml.safe_dump(doc, sort_keys=False, width=110, default_flow_style=False)
     # `- params/experiments/x.yaml:` (every key of the file) reads better than `...: null`.
     body = body.replace(": null\n", ":\n")
@@ -643,7 +701,13 @@ DVC_PUBLISHED_HEADER = """\
 
 
 def _dvc_published_cmd(rules: Sequence[str], targets: str, experiments: str | None = None) -> str:
-    config = f"'experiments=[{experiments}]' " if experiments else "experiments=all "
+    """As :func:`_dvc_cmd`, with ``weights=published``; ``experiments``: one id, ``all``, or None (the file's)."""
+    if experiments is None:
+        config = "--config "
+    elif experiments == "all":
+        config = "--config experiments=all "
+    else:
+        config = f"--config 'experiments=[{experiments}]' "
     return DVC_SNAKEMAKE.format(rules=" ".join(rules), config=config + "weights=published ", targets=targets)
 
 
@@ -662,12 +726,12 @@ def dvc_published_stages(config: Mapping[str, Any]) -> dict[str, Any]:
             **common,
             "cmd": _dvc_published_cmd(DVC_STAGE_RULES["data"], "prepare_all"),
             "deps": ["params/datasets.yaml", "mair/data"],
-            "params": [{"params/pipeline.yaml": ["scope", "data_dir"]}],
+            "params": _dvc_params("data"),
             "outs": [manifest],
         },
         "published_weights": {
             **common,
-            "cmd": _dvc_published_cmd(("fetch_weights",), weights),
+            "cmd": _dvc_published_cmd(("fetch_weights",), weights, experiments="all"),  # every evaluation's
             "deps": ["params/weights.yaml", "mair/weights"],
             "params": [{"params/pipeline.yaml": ["scope", "data_dir"]}],
             "outs": [weights],
@@ -678,17 +742,16 @@ def dvc_published_stages(config: Mapping[str, Any]) -> dict[str, Any]:
         stages[f"published_evaluate_{e}"] = {
             **common,
             "cmd": _dvc_published_cmd(rules, "evaluate_all", experiments=e),
-            "deps": [weights, manifest, "mair/evaluate", "mair/models"],
-            "params": [
-                {f"params/experiments/{e}.yaml": ["test"]},
-                {"params/pipeline.yaml": ["self_ensemble", "precision"]},
-            ],
+            "deps": [weights, manifest, f"params/experiments/{e}.yaml", "mair/evaluate", "mair/models"],
+            "params": _dvc_params("evaluate"),
             "outs": [f"{root}/{scope}/eval/{e}"],
+            "metrics": [{metrics_file(root, scope, e): {"cache": False}}],
         }
     stages["published_tables"] = {
         **common,
         "cmd": _dvc_published_cmd(DVC_STAGE_RULES["tables"], "reproduce_tables"),
         "deps": [f"{root}/{scope}/eval/{e}" for e in exps] + ["mair/report", "params/paper_results.csv"],
+        "params": _dvc_params("tables"),
         "outs": [f"{root}/{scope}/tables"],
     }
     return stages
@@ -773,6 +836,12 @@ def _cmd_dvc_yaml(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_eval_metrics(args: argparse.Namespace) -> int:
+    doc = write_eval_metrics(Path(args.out), args.summaries)
+    print(f"wrote {args.out} ({len(doc)} test sets)")
+    return 0
+
+
 def _cmd_data_manifest(args: argparse.Namespace) -> int:
     doc = write_manifest(Path(args.out), args.markers)
     print(f"wrote {args.out} ({len(doc['datasets'])} datasets)")
@@ -800,6 +869,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="output JSON file")
     p.add_argument("markers", nargs="+", help="prepared markers (.../<id>/.prepared.json)")
     p.set_defaults(handler=_cmd_data_manifest)
+
+    p = sub.add_parser("eval-metrics", help="gather evaluation summaries into one metrics JSON file (DVC metrics)")
+    p.add_argument("--out", required=True, help="output JSON file")
+    p.add_argument("summaries", nargs="+", help="evaluation summaries (.../<dataset>[+].json)")
+    p.set_defaults(handler=_cmd_eval_metrics)
 
     argv = list(sys.argv[1:] if argv is None else argv)
     # `run-with-gpus [options] N -- COMMAND ...`: everything after the first `--` is the command, untouched.

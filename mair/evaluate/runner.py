@@ -536,6 +536,7 @@ def evaluate_dataset(model: Callable[[Any], Any], spec: EvalSpec, ref: DatasetRe
     results = ResultsCSV(out_dir / f"{tag}.csv", _columns(spec), fingerprint)
     try:
         todo = [p for p in pairs if p.name not in results.rows]
+        samples = {p.name for p in pairs[:SAMPLE_IMAGES]}
         if len(todo) < len(pairs):
             print(f"{tag}: {len(pairs) - len(todo)} of {len(pairs)} images already done"
                   + (", resuming" if todo else ""), file=sys.stderr)
@@ -545,6 +546,8 @@ def evaluate_dataset(model: Callable[[Any], Any], spec: EvalSpec, ref: DatasetRe
             out = run_protocol(model, x, spec.protocol, self_ensemble)
             if tuple(out.shape[-2:]) != gt.shape[:2]:
                 raise EvaluationError(f"{pair.name}: output {tuple(out.shape[-2:])} vs target {gt.shape[:2]}")
+            if pair.name in samples:
+                _save_sample(sample_path(out_dir, tag, pair.name), out)
             results.append({"name": pair.name, **image_metrics(out, gt, spec)})
     finally:
         results.close()
@@ -573,6 +576,25 @@ def evaluate_dataset(model: Callable[[Any], Any], spec: EvalSpec, ref: DatasetRe
     return summary
 
 
+#: Restored images kept per test set and variant (the first ones by name), logged to MLflow as samples.
+SAMPLE_IMAGES = 3
+
+
+def sample_path(out_dir: Path, tag: str, name: str) -> Path:
+    """``results/<scope>/eval/<exp>/samples/<dataset>[+]/<image>.png``: a restored sample image."""
+    return out_dir / "samples" / tag / f"{Path(name).stem}.png"
+
+
+def _save_sample(path: Path, out: Any) -> None:
+    from mair.atomic import atomic_write_bytes
+    from mair.evaluate.protocol import tensor2img
+
+    img = tensor2img(out)
+    ok, buf = cv2.imencode(".png", img if img.ndim == 2 else img[..., ::-1])
+    if ok:
+        atomic_write_bytes(path, buf.tobytes())
+
+
 def _count_mats(folder: Path) -> int:
     return sum(1 for p in folder.glob("*.mat")) if folder.is_dir() else 0
 
@@ -581,7 +603,8 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def _log_mlflow(summary: Mapping[str, Any], spec: EvalSpec, files: Sequence[Path]) -> None:
+def _log_mlflow(summary: Mapping[str, Any], spec: EvalSpec, files: Sequence[Path],
+                images: Sequence[Path] = ()) -> None:
     """Log one summary through :mod:`mair.tracking`; never raise."""
     try:
         from mair import tracking
@@ -594,7 +617,8 @@ def _log_mlflow(summary: Mapping[str, Any], spec: EvalSpec, files: Sequence[Path
         params = {"arch": spec.arch, "protocol": spec.protocol, "task": spec.task,
                   **{f"net.{k}": v for k, v in spec.kwargs.items()}}
         log(summary=dict(summary), params=params,
-            artifacts=[str(f) for f in files if Path(f).exists()])
+            artifacts=[str(f) for f in files if Path(f).exists()],
+            images=[str(f) for f in images if Path(f).is_file()])
     except Exception as error:  # tracking must never break an evaluation
         warnings.warn(f"MLflow logging failed ({type(error).__name__}: {error}); results are in the files",
                       stacklevel=2)
@@ -683,6 +707,7 @@ def evaluate(experiment: str | Mapping[str, Any], weights: str | os.PathLike[str
         else:
             print(f"{spec.experiment} {tag}: submission bundle {summary['submission']}")
         if track:
-            _log_mlflow(summary, spec, [out_dir / f"{tag}.csv", out_dir / f"{tag}.json"])
+            samples = sorted((out_dir / "samples" / tag).glob("*.png"))
+            _log_mlflow(summary, spec, [out_dir / f"{tag}.csv", out_dir / f"{tag}.json"], samples)
         summaries.append(summary)
     return summaries

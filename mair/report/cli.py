@@ -62,6 +62,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="label our rows as weights trained here (default) or as the authors' published checkpoints",
     )
     parser.add_argument("--no-figures", action="store_true", help="write the tables only")
+    parser.add_argument(
+        "--log-mlflow",
+        action="store_true",
+        help="also log the tables and figures as the run 'tables' of the MLflow experiment mair/<scope>/tables "
+        "(store: $MLFLOW_TRACKING_URI, default sqlite:///mlflow.db); the pipeline does",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -96,6 +102,10 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(str(error)) from error
     for note in result.notes:
         print(f"note: {note}", file=sys.stderr)
+    if args.log_mlflow:
+        from mair.tracking import log_tables
+
+        log_tables(args.scope, result.files, result.out_dir)  # never raises: warns once when MLflow is off
     ours = sum(
         1
         for t in result.tables

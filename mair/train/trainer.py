@@ -785,7 +785,7 @@ class Trainer:
                 "mair.scan_backend": info["scan_backend"], "mair.device": info["device"],
                 "mair.run_dir": str(self.run_dir.absolute()), **tracking.runtime_tags(info["runtime"])}
         name = tracking.mlflow_experiment_name(self.opts.scope, self.exp["id"])
-        run_id = self.tracker.start(name, f"train {self.exp['id']}", tags, run_id=previous)
+        run_id = self.tracker.start(name, f"train {self.exp['id']}", tags, run_id=previous, source="mair train")
         if run_id is None:
             return
         atomic_write_json(record, {"run_id": run_id, "tracking_uri": self.tracker.uri,
@@ -1067,10 +1067,15 @@ class Trainer:
                 _log(f"finished {self.exp['id']} at iteration {iteration}; final weights: {weights}", self.env)
                 if self.tracker is not None:
                     self.tracker.log_artifact(weights)
+                    self.tracker.log_model(weights, self.exp["id"], files=[self.run_dir / "config.yaml"],
+                                           params={"experiment": self.exp["id"], "scope": self.opts.scope,
+                                                   "iterations": iteration}, step=iteration)
             else:
                 _log(f"stopped at --max-iters {iteration} of {total_iter}: final weights not exported; the "
                      f"checkpoint is {self.run_dir / 'models' / f'net_g_{iteration}.pth'}", self.env)
             if self.tracker is not None:
+                self.tracker.log_artifacts([self.run_dir / n for n in ("train_log.csv", "val_log.csv", "best.json")],
+                                           "logs")
                 self.tracker.end("FINISHED")
         self._barrier()
         return TrainResult(0, iteration, self.run_dir, weights, dict(self.best))

@@ -51,3 +51,14 @@ for _exp in P.all_experiments():
                 "--scope {wildcards.scope} --results-dir {params.results_dir} --data-dir {params.data_dir} --quiet "
                 "--weights-source {params.source} "
                 "> {log} 2>&1"
+
+
+rule eval_metrics:
+    """PSNR/SSIM of every test set and variant of an experiment in one small file: DVC's metrics."""
+    input:
+        lambda wc: P.eval_files(RESULTS, wc.scope, wc.exp, config),
+    output:
+        P.metrics_file(RESULTS, "{scope}", "{exp}"),
+    localrule: True
+    shell:
+        "python -m mair.pipeline eval-metrics --out {output} {input}"

@@ -15,6 +15,7 @@ rule reproduce_tables:
     localrule: True
     input:
         P.table_files(RESULTS, SCOPE),
+        [P.metrics_file(RESULTS, SCOPE, e) for e in EXPS],
 
 
 rule reproduce_sr:
@@ -85,7 +86,8 @@ rule train_all:
 
 
 rule evaluate_all:
-    """Every evaluation (results/<scope>/eval/)."""
+    """Every evaluation (results/<scope>/eval/) and its metrics (results/<scope>/metrics/<exp>.json)."""
     localrule: True
     input:
         evals_of(EXPS),
+        [P.metrics_file(RESULTS, SCOPE, e) for e in EXPS],
