@@ -14,7 +14,6 @@ Skipped, with the reason, where the cluster cannot run (not root, slurm-wlm or m
 from __future__ import annotations
 
 import math
-import os
 import re
 import shutil
 import subprocess
@@ -144,7 +143,9 @@ def test_snakemake_on_slurm(cluster: SlurmCluster, tmp_path: Path) -> None:
     assert headers[0][1] == stopped_job and headers[1][1] != stopped_job
     first, second = attempts_log.split("==== train ")[1:]
     assert re.search(r"stopped by SIGTERM at iteration \d+", first) and "exit status 75" in first
-    assert re.search(r"resuming \S+ from \S+ iteration", second) or "resum" in second
+    stopped_at = int(re.search(r"stopped by SIGTERM at iteration (\d+)", first).group(1))
+    resumed_at = int(re.search(r"resuming \S+ from \S+ \(iteration (\d+),", second).group(1))
+    assert 0 < resumed_at == stopped_at < SLOW_ITERS  # the checkpoint written on SIGTERM
     assert "exit status 0 (done)" in second
     assert f"iterations 1..{SLOW_ITERS} of {SLOW_ITERS}" in first  # the copy's own params, not the install's
     assert "exit status 75" in output  # the outer Snakemake shows the failed attempt's log
@@ -152,3 +153,63 @@ def test_snakemake_on_slurm(cluster: SlurmCluster, tmp_path: Path) -> None:
     slurm_logs = work / "results" / "demo" / "logs" / "slurm"
     assert (slurm_logs / "rule_train" / f"demo_{SLOW_EXP}" / f"{stopped_job}.log").is_file()
     assert not (work / "results" / "paper").exists()
+
+
+def job_span(ctld_log: str, job_id: str) -> tuple[str, str]:
+    """When slurmctld started and ended a job (its log's time stamps, which sort as text)."""
+    start = re.search(rf"^\[(\S+)\] sched\S*: (?:Allocate|_start_job: Started) JobId={job_id}\b", ctld_log,
+                      flags=re.MULTILINE)
+    end = re.search(rf"^\[(\S+)\] _job_complete: JobId={job_id} done", ctld_log, flags=re.MULTILINE)
+    assert start and end, (job_id, ctld_log[-3000:])
+    return start.group(1), end.group(1)
+
+
+def _git(work: Path, *args: str) -> None:
+    subprocess.run(["git", "-c", "user.name=mair test", "-c", "user.email=test@localhost", *args], cwd=work,
+                   check=True, capture_output=True)
+
+
+def test_dvc_queue_runs_experiments_at_once_on_slurm(cluster: SlurmCluster, tmp_path: Path) -> None:
+    """`executor: slurm`: two queued DVC experiments (`dvc queue start -j 2`) run at once, each stage's work as
+    SLURM jobs submitted from the queue's workers; both finish and `dvc exp show` lists them."""
+    if shutil.which("dvc") is None:
+        pytest.skip("dvc is not installed")
+    work = copy_repo(tmp_path / "repo")
+    settings = work / "params" / "pipeline.yaml"
+    settings.write_text(re.sub(r"(?m)^executor: local$", "executor: slurm", settings.read_text()))
+    assert "\nexecutor: slurm\n" in settings.read_text()
+    _git(work, "init", "-q")
+    _git(work, "add", "-A")
+    _git(work, "commit", "-qm", "fresh clone")
+    env = pipeline_env(cluster, work)
+    before = set(re.findall(r"_slurm_rpc_submit_batch_job: JobId=(\d+)",
+                            (cluster.root / "log" / "slurmctld.log").read_text()))
+    started = time.monotonic()
+
+    def dvc(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(["dvc", *args], cwd=work, env=env, capture_output=True, text=True, timeout=timeout)
+        assert proc.returncode == 0, f"dvc {' '.join(args)}:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+        return proc
+
+    for exp in EXPS:
+        dvc("exp", "run", "--queue", "-n", f"on-slurm-{exp}", f"train_{exp}")
+    dvc("queue", "start", "-j", "2")
+    deadline, states = time.monotonic() + 600, ""
+    while time.monotonic() < deadline:
+        states = dvc("queue", "status").stdout
+        if not re.search(r"\b(Queued|Running)\b", states):
+            break
+        time.sleep(1)
+    took = time.monotonic() - started
+    print(f"dvc queue on SLURM (2 experiments, -j 2): {took:.0f} s")
+    assert states.count("Success") == 2, states + dvc("queue", "logs", f"on-slurm-{EXPS[0]}").stdout[-4000:]
+    logs = dvc("queue", "logs", f"on-slurm-{EXPS[0]}").stdout
+    assert "mair.snakemake_run: snakemake --profile workflow/profiles/slurm" in logs, logs[-4000:]
+    ctld = (cluster.root / "log" / "slurmctld.log").read_text()
+    new_jobs = set(re.findall(r"_slurm_rpc_submit_batch_job: JobId=(\d+)", ctld)) - before
+    assert len(new_jobs) == 2, ctld[-3000:]  # one training job per experiment; data and tables are local rules
+    (start_a, end_a), (start_b, end_b) = (job_span(ctld, job) for job in sorted(new_jobs))
+    assert start_b < end_a and start_a < end_b, "the two experiments' training jobs never ran at the same time"
+    shown = dvc("exp", "show", "--no-pager").stdout
+    for exp in EXPS:
+        assert f"on-slurm-{exp}" in shown
