@@ -54,8 +54,9 @@ def slurm_job_state(job_id: str, timeout: float = 10) -> str | None:
     if scontrol is None:
         return None
     try:
-        out = subprocess.run([scontrol, "show", "job", "-o", job_id], capture_output=True, text=True,
-                             timeout=timeout, check=False).stdout
+        out = subprocess.run(
+            [scontrol, "show", "job", "-o", job_id], capture_output=True, text=True, timeout=timeout, check=False
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         return None
     match = re.search(r"\bJobState=(\w+)", out)
@@ -76,8 +77,15 @@ def describe_status(status: int) -> str:
 class JobStep:
     """Runs COMMAND once as attempt ``attempt`` of a job whose run folder is ``run_dir``."""
 
-    def __init__(self, run_dir: Path, attempt: int, label: str, command: Sequence[str],
-                 env: Mapping[str, str] | None = None, out: IO[bytes] | None = None):
+    def __init__(
+        self,
+        run_dir: Path,
+        attempt: int,
+        label: str,
+        command: Sequence[str],
+        env: Mapping[str, str] | None = None,
+        out: IO[bytes] | None = None,
+    ):
         self.run_dir = run_dir
         self.attempt = attempt
         self.label = label
@@ -105,8 +113,10 @@ class JobStep:
             if state == "CANCELLED":
                 from mair.atomic import atomic_write_json
 
-                atomic_write_json(self.run_dir / CANCEL_MARKER, {"slurm_job": self.job_id, "time": _now(),
-                                                                 "attempt": self.attempt, "label": self.label})
+                atomic_write_json(
+                    self.run_dir / CANCEL_MARKER,
+                    {"slurm_job": self.job_id, "time": _now(), "attempt": self.attempt, "label": self.label},
+                )
         else:
             self._say(f"{name} received")
         inside_slurm_step = bool(self.env.get("SLURM_STEP_ID"))
@@ -122,9 +132,11 @@ class JobStep:
             if marker.is_file():
                 if self.attempt > 1:
                     info = json.loads(marker.read_text(encoding="utf-8"))
-                    self._say(f"not retried: SLURM job {info.get('slurm_job')} of this run was cancelled by a user "
-                              f"(scancel) at {info.get('time')}. Run the pipeline again to continue from the "
-                              f"checkpoint ({marker} is removed then).")
+                    self._say(
+                        f"not retried: SLURM job {info.get('slurm_job')} of this run was cancelled by a user "
+                        f"(scancel) at {info.get('time')}. Run the pipeline again to continue from the "
+                        f"checkpoint ({marker} is removed then)."
+                    )
                     self._write(f"==== exit status {EXIT_REFUSED} ({describe_status(EXIT_REFUSED)}) ====\n".encode())
                     return EXIT_REFUSED
                 self._say(f"a new run of the pipeline after a cancelled job: continuing ({marker.name} removed)")
@@ -132,8 +144,9 @@ class JobStep:
             previous = {sig: signal.signal(sig, self._on_signal) for sig in _FORWARDED}
             try:
                 try:
-                    self.process = subprocess.Popen(self.command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                                    env=self.env)
+                    self.process = subprocess.Popen(
+                        self.command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=self.env
+                    )
                 except OSError as error:
                     self._say(f"cannot run {self.command[0]!r}: {error}")
                     return 127
@@ -155,13 +168,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("python -m mair.jobstep: error: write the command after `--`", file=sys.stderr)
         return 2
     split = argv.index("--")
-    parser = argparse.ArgumentParser(prog="python -m mair.jobstep", description=__doc__.splitlines()[0],
-                                     usage="python -m mair.jobstep --run-dir DIR --attempt N [--label T] -- CMD ...")
+    parser = argparse.ArgumentParser(
+        prog="python -m mair.jobstep",
+        description=__doc__.splitlines()[0],
+        usage="python -m mair.jobstep --run-dir DIR --attempt N [--label T] -- CMD ...",
+    )
     parser.add_argument("--run-dir", type=Path, required=True, help=f"run folder ({ATTEMPTS_LOG} is appended)")
     parser.add_argument("--attempt", type=int, default=1, help="Snakemake's attempt number (1 = first)")
     parser.add_argument("--label", default="job", help="what runs, for the log's header lines")
     args = parser.parse_args(argv[:split])
-    command = argv[split + 1:]
+    command = argv[split + 1 :]
     if not command:
         parser.error("no command after `--`")
     return JobStep(args.run_dir, args.attempt, args.label, command).run()

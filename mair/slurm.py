@@ -42,8 +42,19 @@ def _run(argv: list[str], timeout: float = 30) -> tuple[int, str]:
 
 def sacct_probe() -> tuple[bool, str]:
     """Run ``sacct`` once as the plugin would: (works, first line of its error)."""
-    code, text = _run(["sacct", "-X", "--parsable2", "--noheader", "--format=JobIdRaw,State",
-                       "--starttime", "now-1hours", "--endtime", "now"])
+    code, text = _run(
+        [
+            "sacct",
+            "-X",
+            "--parsable2",
+            "--noheader",
+            "--format=JobIdRaw,State",
+            "--starttime",
+            "now-1hours",
+            "--endtime",
+            "now",
+        ]
+    )
     first = next((line for line in text.splitlines() if line.strip()), "")
     return code == 0, first if code != 0 else ""
 
@@ -54,16 +65,18 @@ def min_job_age_s() -> int | None:
     if code != 0:
         return None
     try:
-        out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=30,
-                             check=False).stdout
+        out = subprocess.run(
+            ["scontrol", "show", "config"], capture_output=True, text=True, timeout=30, check=False
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         return None
     match = re.search(r"^\s*MinJobAge\s*=\s*(\d+)", out, flags=re.MULTILINE)
     return int(match.group(1)) if match else None
 
 
-def choose_status_command(current: str | None, sacct_ok: bool, sacct_error: str, min_job_age: int | None,
-                          first_check_s: int) -> tuple[str, str | None]:
+def choose_status_command(
+    current: str | None, sacct_ok: bool, sacct_error: str, min_job_age: int | None, first_check_s: int
+) -> tuple[str, str | None]:
     """The status command to use and a one-line note (None: nothing to say), or :class:`SlurmSetupError`.
 
     The plugin itself falls back from squeue to sacct when ``MinJobAge`` is below three times the first status
@@ -73,8 +86,10 @@ def choose_status_command(current: str | None, sacct_ok: bool, sacct_error: str,
         return current or "sacct", None
     needed = 3 * first_check_s
     if min_job_age is not None and min_job_age >= needed:
-        note = (f"sacct does not work on this cluster ({sacct_error or 'it failed'}): job states are read with "
-                f"squeue instead (--slurm-status-command squeue; slurmctld keeps finished jobs {min_job_age} s)")
+        note = (
+            f"sacct does not work on this cluster ({sacct_error or 'it failed'}): job states are read with "
+            f"squeue instead (--slurm-status-command squeue; slurmctld keeps finished jobs {min_job_age} s)"
+        )
         return "squeue", (note if current != "squeue" else None)
     age = f"MinJobAge={min_job_age} s" if min_job_age is not None else "MinJobAge unknown (scontrol show config)"
     raise SlurmSetupError(

@@ -115,8 +115,10 @@ class SlurmCluster:
         }
         (self.root / "plugstack.conf").write_text("")
         text = "".join(f"{k}={v}\n" for k, v in lines.items())
-        text += (f"NodeName={self.NODE} NodeHostname=localhost NodeAddr=127.0.0.1 CPUs={self.cpus} "
-                 f"RealMemory={node_memory_mb()} State=UNKNOWN\n")
+        text += (
+            f"NodeName={self.NODE} NodeHostname=localhost NodeAddr=127.0.0.1 CPUs={self.cpus} "
+            f"RealMemory={node_memory_mb()} State=UNKNOWN\n"
+        )
         text += f"PartitionName={self.PARTITION} Nodes={self.NODE} Default=YES MaxTime=INFINITE State=UP\n"
         self.conf.write_text(text)
 
@@ -128,8 +130,9 @@ class SlurmCluster:
 
     def _spawn(self, name: str, argv: list[str]) -> None:
         log = open(self.root / "log" / f"{name}.out", "ab")  # noqa: SIM115 - closed with the process
-        self.processes[name] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=self.env(),
-                                                start_new_session=True)
+        self.processes[name] = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, env=self.env(), start_new_session=True
+        )
         log.close()
 
     def start(self, timeout: float = 60) -> None:
@@ -138,10 +141,18 @@ class SlurmCluster:
         DEFAULT_CONF.symlink_to(self.conf)
         self.linked = True
         run = self.root / "run"
-        self._spawn("munged", ["munged", "-F", f"--socket={run / 'munge.socket'}",
-                               f"--key-file={self.root / 'munge' / 'munge.key'}",
-                               f"--pid-file={run / 'munged.pid'}", f"--seed-file={self.root / 'munge' / 'seed'}",
-                               f"--log-file={self.root / 'log' / 'munged.log'}"])
+        self._spawn(
+            "munged",
+            [
+                "munged",
+                "-F",
+                f"--socket={run / 'munge.socket'}",
+                f"--key-file={self.root / 'munge' / 'munge.key'}",
+                f"--pid-file={run / 'munged.pid'}",
+                f"--seed-file={self.root / 'munge' / 'seed'}",
+                f"--log-file={self.root / 'log' / 'munged.log'}",
+            ],
+        )
         self._wait(lambda: (run / "munge.socket").exists(), timeout, "munged created no socket")
         self._spawn("slurmctld", ["slurmctld", "-D", "-i", "-f", str(self.conf)])
         self._wait(lambda: self.run("scontrol", "ping", check=False).returncode == 0, timeout, "slurmctld is not up")
@@ -165,8 +176,7 @@ class SlurmCluster:
 
     def run(self, *argv: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         """A SLURM client command against this cluster."""
-        return subprocess.run(list(argv), env=self.env(), capture_output=True, text=True, timeout=timeout,
-                               check=check)
+        return subprocess.run(list(argv), env=self.env(), capture_output=True, text=True, timeout=timeout, check=check)
 
     def logs(self, tail: int = 4000) -> str:
         parts = []

@@ -95,8 +95,7 @@ def stop_by_time_limit(cluster: SlurmCluster, work: Path, exp: str, stop_signal_
             cluster.run("scontrol", "update", f"JobId={job_id}", f"TimeLimit={minutes}")
             return job_id
         time.sleep(0.5)
-    raise AssertionError(f"no running training job of {exp} with a checkpoint after {timeout:.0f} s:\n"
-                         f"{cluster.logs()}")
+    raise AssertionError(f"no running training job of {exp} with a checkpoint after {timeout:.0f} s:\n{cluster.logs()}")
 
 
 def test_snakemake_on_slurm(cluster: SlurmCluster, tmp_path: Path) -> None:
@@ -104,12 +103,22 @@ def test_snakemake_on_slurm(cluster: SlurmCluster, tmp_path: Path) -> None:
     lengthen_demo_training(work, SLOW_EXP, SLOW_ITERS)
     stop_signal_s = 300
     started = time.monotonic()
-    command = ["snakemake", "--profile", "workflow/profiles/slurm", "--slurm-init-seconds-before-status-checks", "3",
-               "--config", "scope=demo", f"experiments=[{','.join(EXPS)}]",
-               f"slurm={{train_runtime: 10, cpu_mem_mb: 1000, stop_signal_s: {stop_signal_s}}}", "retries={train: 2}"]
+    command = [
+        "snakemake",
+        "--profile",
+        "workflow/profiles/slurm",
+        "--slurm-init-seconds-before-status-checks",
+        "3",
+        "--config",
+        "scope=demo",
+        f"experiments=[{','.join(EXPS)}]",
+        f"slurm={{train_runtime: 10, cpu_mem_mb: 1000, stop_signal_s: {stop_signal_s}}}",
+        "retries={train: 2}",
+    ]
     with open(tmp_path / "snakemake.out", "w+") as out:
-        proc = subprocess.Popen(command, cwd=work, env=pipeline_env(cluster, work), stdout=out,
-                                stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.Popen(
+            command, cwd=work, env=pipeline_env(cluster, work), stdout=out, stderr=subprocess.STDOUT, text=True
+        )
         try:
             stopped_job = stop_by_time_limit(cluster, work, SLOW_EXP, stop_signal_s, timeout=300)
             status = proc.wait(timeout=600)
@@ -157,16 +166,21 @@ def test_snakemake_on_slurm(cluster: SlurmCluster, tmp_path: Path) -> None:
 
 def job_span(ctld_log: str, job_id: str) -> tuple[str, str]:
     """When slurmctld started and ended a job (its log's time stamps, which sort as text)."""
-    start = re.search(rf"^\[(\S+)\] sched\S*: (?:Allocate|_start_job: Started) JobId={job_id}\b", ctld_log,
-                      flags=re.MULTILINE)
+    start = re.search(
+        rf"^\[(\S+)\] sched\S*: (?:Allocate|_start_job: Started) JobId={job_id}\b", ctld_log, flags=re.MULTILINE
+    )
     end = re.search(rf"^\[(\S+)\] _job_complete: JobId={job_id} done", ctld_log, flags=re.MULTILINE)
     assert start and end, (job_id, ctld_log[-3000:])
     return start.group(1), end.group(1)
 
 
 def _git(work: Path, *args: str) -> None:
-    subprocess.run(["git", "-c", "user.name=mair test", "-c", "user.email=test@localhost", *args], cwd=work,
-                   check=True, capture_output=True)
+    subprocess.run(
+        ["git", "-c", "user.name=mair test", "-c", "user.email=test@localhost", *args],
+        cwd=work,
+        check=True,
+        capture_output=True,
+    )
 
 
 def test_dvc_queue_runs_experiments_at_once_on_slurm(cluster: SlurmCluster, tmp_path: Path) -> None:
@@ -182,8 +196,9 @@ def test_dvc_queue_runs_experiments_at_once_on_slurm(cluster: SlurmCluster, tmp_
     _git(work, "add", "-A")
     _git(work, "commit", "-qm", "fresh clone")
     env = pipeline_env(cluster, work)
-    before = set(re.findall(r"_slurm_rpc_submit_batch_job: JobId=(\d+)",
-                            (cluster.root / "log" / "slurmctld.log").read_text()))
+    before = set(
+        re.findall(r"_slurm_rpc_submit_batch_job: JobId=(\d+)", (cluster.root / "log" / "slurmctld.log").read_text())
+    )
     started = time.monotonic()
 
     def dvc(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
