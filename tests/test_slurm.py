@@ -164,6 +164,49 @@ def test_snakemake_on_slurm(cluster: SlurmCluster, tmp_path: Path) -> None:
     assert not (work / "results" / "paper").exists()
 
 
+def test_a_job_cancelled_by_a_user_is_not_retried(cluster: SlurmCluster, tmp_path: Path) -> None:
+    """`scancel` of a running training: the job records the cancel, its retry (a new job) stops at once without
+    training, Snakemake fails; a new run of the pipeline would continue from the checkpoint."""
+    work = copy_repo(tmp_path / "repo")
+    lengthen_demo_training(work, SLOW_EXP, SLOW_ITERS)
+    command = [
+        "snakemake", "--profile", "workflow/profiles/slurm", "--slurm-init-seconds-before-status-checks", "3",
+        f"results/demo/weights/{SLOW_EXP}.pth", "--config", "scope=demo", "slurm={cpu_mem_mb: 1000}",
+        "retries={train: 1}",
+    ]  # fmt: skip
+    started = time.monotonic()
+    with open(tmp_path / "snakemake.out", "w+") as out:
+        proc = subprocess.Popen(
+            command, cwd=work, env=pipeline_env(cluster, work), stdout=out, stderr=subprocess.STDOUT, text=True
+        )
+        try:
+            states = work / "runs" / "demo" / SLOW_EXP / "training_states"
+            deadline, job = time.monotonic() + 300, None
+            while time.monotonic() < deadline:
+                job = running_job(cluster, f"wildcards_demo_{SLOW_EXP}")
+                if job is not None and states.is_dir() and any(states.iterdir()):
+                    break
+                time.sleep(0.5)
+            assert job is not None, cluster.logs()
+            cluster.run("scancel", job[0])
+            status = proc.wait(timeout=400)
+        finally:
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(timeout=120)
+        out.seek(0)
+        output = out.read()
+    print(f"snakemake on SLURM, one training cancelled by scancel: {time.monotonic() - started:.0f} s")
+    assert status != 0, output[-6000:]
+    attempts_log = (work / "runs" / "demo" / SLOW_EXP / "pipeline.log").read_text()
+    first, second = attempts_log.split("==== train ")[1:]
+    assert f"SLURM job {job[0]} is CANCELLED" in first
+    assert "not retried: SLURM job" in second and "cancelled by a user" in second
+    assert "[mair train]" not in second  # the retry trained nothing
+    assert (work / "runs" / "demo" / SLOW_EXP / "CANCELLED.json").is_file()
+    assert not (work / "results" / "demo" / "weights" / f"{SLOW_EXP}.pth").exists()
+
+
 def job_span(ctld_log: str, job_id: str) -> tuple[str, str]:
     """When slurmctld started and ended a job (its log's time stamps, which sort as text)."""
     start = re.search(
@@ -185,7 +228,7 @@ def _git(work: Path, *args: str) -> None:
 
 def test_dvc_queue_runs_experiments_at_once_on_slurm(cluster: SlurmCluster, tmp_path: Path) -> None:
     """`executor: slurm`: two queued DVC experiments (`dvc queue start -j 2`) run at once, each stage's work as
-    SLURM jobs submitted from the queue's workers; both finish and `dvc exp show` lists them."""
+    SLURM jobs submitted from the queue's workers; both finish and `dvc exp list` lists them."""
     if shutil.which("dvc") is None:
         pytest.skip("dvc is not installed")
     work = copy_repo(tmp_path / "repo")
@@ -225,6 +268,6 @@ def test_dvc_queue_runs_experiments_at_once_on_slurm(cluster: SlurmCluster, tmp_
     assert len(new_jobs) == 2, ctld[-3000:]  # one training job per experiment; data and tables are local rules
     (start_a, end_a), (start_b, end_b) = (job_span(ctld, job) for job in sorted(new_jobs))
     assert start_b < end_a and start_a < end_b, "the two experiments' training jobs never ran at the same time"
-    shown = dvc("exp", "show", "--no-pager").stdout
+    shown = dvc("exp", "list").stdout
     for exp in EXPS:
         assert f"on-slurm-{exp}" in shown
