@@ -170,3 +170,26 @@ def test_mair_reads_the_params_of_the_checkout_it_runs_in(tmp_path: Path) -> Non
     started = time.monotonic()
     out = subprocess.run([sys.executable, "-c", code], cwd=work, env=env, capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "123", out.stderr + f" ({time.monotonic() - started:.0f} s)"
+
+
+# ------------------------------------------------------------------------------------------------ dvc executor
+
+
+def test_dvc_stages_run_snakemake_with_the_profile_executor_names(tmp_path: Path) -> None:
+    from mair.snakemake_run import snakemake_command
+
+    (tmp_path / "params").mkdir()
+    settings = tmp_path / "params" / "pipeline.yaml"
+    settings.write_text("scope: demo\nexecutor: slurm\n")
+    assert snakemake_command(["-n", "x"], tmp_path) == ["snakemake", "--profile", "workflow/profiles/slurm", "-n", "x"]
+    settings.write_text("scope: demo\n")
+    assert snakemake_command([], tmp_path)[:3] == ["snakemake", "--profile", "workflow/profiles/local"]
+    settings.write_text("scope: demo\nexecutor: pbs\n")
+    proc = subprocess.run([sys.executable, "-m", "mair.snakemake_run", "-n"], cwd=tmp_path, env=_env(),
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"mair.snakemake_run: error: {settings}: executor: expected one of local, slurm, got 'pbs'"
+    ]
+    stages = (REPO / "dvc.yaml").read_text()
+    assert stages.count("cmd: python -m mair.snakemake_run ") == stages.count("cmd: ")
