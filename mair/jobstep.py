@@ -9,7 +9,8 @@
   This process waits for COMMAND; SIGTERM, SIGINT and SIGUSR1 are passed on to it outside SLURM (inside a SLURM
   job step, SLURM signals every process of the step itself).
 * **A user's ``scancel`` is not retried.** Inside a SLURM job, SIGTERM makes this wrapper read the job's state
-  (``scontrol show job``); CANCELLED (scancel) leaves ``DIR/CANCELLED.json``. A retry of the same pipeline run
+  (``scontrol show job``); a job ending well before its time limit without a reason (scancel, see
+  :func:`cancelled_by_user`) leaves ``DIR/CANCELLED.json``. A retry of the same pipeline run
   (``--attempt`` > 1) then stops at once with one line; a new run of the pipeline (attempt 1) removes the marker
   and continues from the checkpoint. A time limit (the ``--signal`` warning or the limit itself) or a
   preemption is not a cancellation: the retry resumes.
@@ -48,19 +49,42 @@ def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def slurm_job_state(job_id: str, timeout: float = 10) -> str | None:
-    """The state slurmctld reports for ``job_id`` (RUNNING, CANCELLED, TIMEOUT, PREEMPTED...), or None."""
+def slurm_job(job_id: str, timeout: float = 10) -> dict[str, str]:
+    """The fields of ``scontrol show job -o JOB_ID`` (JobState, RunTime, TimeLimit...), or {} when unknown."""
     scontrol = shutil.which("scontrol")
     if scontrol is None:
-        return None
+        return {}
     try:
         out = subprocess.run(
             [scontrol, "show", "job", "-o", job_id], capture_output=True, text=True, timeout=timeout, check=False
         ).stdout
     except (OSError, subprocess.SubprocessError):
+        return {}
+    return dict(re.findall(r"(?:^|\s)(\w+)=(\S*)", out))
+
+
+def slurm_seconds(text: str) -> float | None:
+    """``[days-]hours:minutes:seconds`` (SLURM's RunTime, TimeLimit) in seconds; None for UNLIMITED or garbage."""
+    match = re.fullmatch(r"(?:(\d+)-)?(?:(\d+):)?(\d+):(\d+)", text or "")
+    if not match:
         return None
-    match = re.search(r"\bJobState=(\w+)", out)
-    return match.group(1) if match else None
+    days, hours, minutes, seconds = (int(g or 0) for g in match.groups())
+    return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
+
+
+def cancelled_by_user(job: dict[str, str], slack_s: float = 10) -> bool:
+    """Whether SLURM is ending the job before its time limit without a reason: ``scancel``.
+
+    The warning before the time limit (``--signal``) comes while the job is RUNNING; at the time limit the job is
+    COMPLETING with a run time of at least its limit; after ``scancel`` it is COMPLETING (or CANCELLED) well
+    before its limit, with no reason. A preempted job is requeued by SLURM (PENDING, REQUEUED, PREEMPTED)."""
+    state = job.get("JobState")
+    if state == "CANCELLED":
+        return True
+    if state != "COMPLETING" or job.get("Reason", "None") != "None":
+        return False
+    run, limit = slurm_seconds(job.get("RunTime", "")), slurm_seconds(job.get("TimeLimit", ""))
+    return run is not None and (limit is None or run < limit - slack_s)
 
 
 def describe_status(status: int) -> str:
@@ -108,9 +132,14 @@ class JobStep:
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         name = signal.Signals(signum).name
         if self.job_id and signum == signal.SIGTERM:
-            state = slurm_job_state(self.job_id)
-            self._say(f"{name} received; SLURM job {self.job_id} is {state or 'in an unknown state'}")
-            if state == "CANCELLED":
+            job = slurm_job(self.job_id)
+            cancelled = cancelled_by_user(job)
+            state = "cancelled by a user (scancel)" if cancelled else job.get("JobState", "in an unknown state")
+            self._say(
+                f"{name} received; SLURM job {self.job_id}: {state} (run time {job.get('RunTime', '?')} of "
+                f"{job.get('TimeLimit', '?')})"
+            )
+            if cancelled:
                 from mair.atomic import atomic_write_json
 
                 atomic_write_json(

@@ -193,3 +193,20 @@ def test_dvc_stages_run_snakemake_with_the_profile_executor_names(tmp_path: Path
     ]
     stages = (REPO / "dvc.yaml").read_text()
     assert stages.count("cmd: python -m mair.snakemake_run ") == stages.count("cmd: ")
+
+
+# What `scontrol show job -o` said, inside the job, when SIGTERM came (slurm-wlm 22.05 without accounting).
+_WARNING = {"JobState": "RUNNING", "Reason": "None", "RunTime": "00:00:26", "TimeLimit": "00:01:00"}
+_TIME_LIMIT = {"JobState": "COMPLETING", "Reason": "TimeLimit", "RunTime": "00:01:26", "TimeLimit": "00:01:00"}
+_SCANCEL = {"JobState": "COMPLETING", "Reason": "None", "RunTime": "00:00:06", "TimeLimit": "00:05:00"}
+
+
+def test_only_a_user_s_scancel_counts_as_cancelled() -> None:
+    assert jobstep.cancelled_by_user(_SCANCEL)
+    assert jobstep.cancelled_by_user({**_SCANCEL, "JobState": "CANCELLED"})
+    assert not jobstep.cancelled_by_user(_WARNING)  # --signal=TERM@N before the time limit
+    assert not jobstep.cancelled_by_user(_TIME_LIMIT)
+    assert not jobstep.cancelled_by_user({**_TIME_LIMIT, "Reason": "None"})  # run time reached the limit
+    assert not jobstep.cancelled_by_user({"JobState": "PENDING", "Reason": "BeginTime"})  # requeued (preemption)
+    assert not jobstep.cancelled_by_user({})
+    assert jobstep.slurm_seconds("1-02:03:04") == 93784 and jobstep.slurm_seconds("UNLIMITED") is None

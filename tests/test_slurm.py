@@ -200,7 +200,7 @@ def test_a_job_cancelled_by_a_user_is_not_retried(cluster: SlurmCluster, tmp_pat
     assert status != 0, output[-6000:]
     attempts_log = (work / "runs" / "demo" / SLOW_EXP / "pipeline.log").read_text()
     first, second = attempts_log.split("==== train ")[1:]
-    assert f"SLURM job {job[0]} is CANCELLED" in first
+    assert f"SLURM job {job[0]}: cancelled by a user (scancel)" in first
     assert "not retried: SLURM job" in second and "cancelled by a user" in second
     assert "[mair train]" not in second  # the retry trained nothing
     assert (work / "runs" / "demo" / SLOW_EXP / "CANCELLED.json").is_file()
