@@ -4,6 +4,7 @@
 #   snakemake --cores all reproduce_tables                       # demo scope: all 17 experiments, tiny, CPU
 #   snakemake --cores all reproduce_tables --config scope=paper  # the full reproduction (results/paper/)
 #   snakemake --profile workflow/profiles/slurm reproduce_tables # paper scope on a SLURM cluster
+#   snakemake --cores all reproduce_tables --config scope=paper weights=published  # the authors' checkpoints
 from snakemake.utils import min_version
 
 min_version("9.0")
@@ -16,6 +17,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/targets.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
+include: "workflow/rules/weights.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
 

@@ -58,7 +58,8 @@ def main() -> None:
         cmd = [sys.executable, "-m", "mair", "train", args.experiment, "--gpus", str(gpus), "--device", args.device,
                "--max-iters", str(args.iters), "--run-dir", str(run_dir), "--data-dir", str(work),
                "--results-dir", str(work / "results"), "--no-val", "--no-mlflow", "--no-resume",
-               "--precision", args.precision, "--checkpoint-every", str(args.iters), "--log-every", "1"]
+               "--precision", args.precision, "--checkpoint-every", str(args.iters), "--log-every", "1",
+               "--no-compile"]  # eager, as measured in docs/benchmarks.md
         start = time.time()
         print(f"{gpus} GPU(s): {' '.join(cmd)}", flush=True)
         log_path = args.out.parent / f"train_{gpus}gpu.log"

@@ -28,8 +28,7 @@ def run_mode(mode: str, args: argparse.Namespace, data: Path, work: Path) -> dic
            "--data-dir", str(data), "--run-dir", str(work / mode), "--results-dir", str(work / f"res_{mode}"),
            "--max-iters", str(args.iters), "--no-mlflow", "--no-val", "--log-every", "1",
            "--precision", args.precision, "--num-workers", "0"]
-    if mode != "eager":
-        cmd += ["--compile-mode", mode]
+    cmd += ["--no-compile"] if mode == "eager" else ["--compile-mode", mode]
     start = time.perf_counter()
     path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     proc = subprocess.run(cmd, cwd=work, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=path))

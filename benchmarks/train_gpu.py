@@ -150,10 +150,10 @@ def ddp_vs_accum(device: str, work: Path, iters: int | None, compile_modes: tupl
         common += ["--max-iters", str(iters)]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     runs = {}
-    plan = [("accum2", ["--gpus", "1"])]
+    plan = [("accum2", ["--gpus", "1", "--no-compile"])]
     for mode in compile_modes:
         plan.append(("ddp2" if mode == "eager" else f"ddp2-{mode}",
-                     ["--gpus", "2"] + ([] if mode == "eager" else ["--compile-mode", mode])))
+                     ["--gpus", "2"] + (["--no-compile"] if mode == "eager" else ["--compile-mode", mode])))
     for name, extra in plan:
         run_dir = work / name
         start = time.perf_counter()

@@ -3,15 +3,19 @@
 Workloads (one GPU): a training step (forward, L1 loss, backward, Adam step) at an experiment's per-GPU batch
 and patch size, inference on one image, and the selective scan alone including the scan-order gather and
 scatter. Prints ms per step and peak memory; ``--out`` writes JSON. Times use CUDA events on GPUs (median of
-``--repeat`` after ``--warmup``), wall clock on the CPU.
+``--repeat`` after ``--warmup``), wall clock on the CPU. ``--default`` times what a user gets without flags
+(:func:`mair.runtime.resolve_runtime`; training workloads as ``mair train``, inference as ``mair evaluate``) and
+records the resolved settings in every row.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -90,26 +94,43 @@ def _timer(device: torch.device, warmup: int, repeat: int) -> Callable[[Callable
     return run
 
 
-def _build(workload: Workload, device: torch.device) -> tuple[torch.nn.Module, int]:
+def network_spec(workload: Workload) -> dict[str, Any]:
+    """The experiment's ``network`` entry (official architecture name and arguments) of a model workload."""
     from mair.experiments import load_experiment
+
+    return load_experiment(workload.experiment)["network"]
+
+
+def upscale(net: dict[str, Any]) -> int:
+    """Output side over input side of a network entry (1 for the restoration tasks)."""
+    return int(net["kwargs"].get("upscale", 1)) if net["arch"] == "MaIR" and net["kwargs"].get("upsampler") else 1
+
+
+def _build(workload: Workload, device: torch.device) -> tuple[torch.nn.Module, int]:
     from mair.models import from_official
 
-    exp = load_experiment(workload.experiment)
-    net = exp["network"]
-    model = from_official(net["arch"], **net["kwargs"]).to(device)
-    scale = int(net["kwargs"].get("upscale", 1)) if net["arch"] == "MaIR" and net["kwargs"].get("upsampler") else 1
-    return model, scale
+    net = network_spec(workload)
+    return from_official(net["arch"], **net["kwargs"]).to(device), upscale(net)
 
 
 def run_workload(workload: Workload, backend: str | None, precision: str, device: torch.device,
                  warmup: int = 3, repeat: int = 10, compile_model: bool = False,
-                 compile_mode: str | None = None, adam: str = "default") -> dict[str, Any]:
+                 compile_mode: str | None = None, adam: str = "default",
+                 network: torch.nn.Module | None = None, runtime: Any = None) -> dict[str, Any]:
     """Time one workload; returns a result row (``compile_mode``: a ``torch.compile`` mode, implies
     ``compile_model``; ``adam``: Adam's implementation in training steps, ``default`` as ``mair train`` chooses
-    (:func:`mair.train.optimizers.adam_implementation`), ``foreach`` or ``fused``)."""
+    (:func:`mair.train.optimizers.adam_implementation`), ``foreach`` or ``fused``; ``network``: a ready
+    network on ``device`` to time instead of mair's, e.g. the official code's for the baseline). ``runtime``: a
+    :class:`mair.runtime.RuntimeSettings` that decides backend, precision, compile and Adam instead
+    (``--default``), recorded in the row.
+    """
     from mair.precision import autocast, check_precision, matmul_precision
     from mair.train.optimizers import adam_implementation
 
+    if runtime is not None:
+        runtime.apply()
+        backend, precision, adam = runtime.scan_backend, runtime.precision, "runtime"
+        compile_model, compile_mode = runtime.compile_backend is not None, runtime.compile_mode
     check_precision(precision)
     compile_model = compile_model or compile_mode is not None
     timer = _timer(device, warmup, repeat)
@@ -120,9 +141,14 @@ def run_workload(workload: Workload, backend: str | None, precision: str, device
     if workload.kind == "scan":
         fn = _scan_job(workload, backend, device, gen)
     else:
-        model, scale = _build(workload, device)
+        if network is None:
+            model, scale = _build(workload, device)
+        else:
+            model, scale = network, upscale(network_spec(workload))
         set_scan_backend(model, backend)
-        if compile_model:  # the scan as custom ops, whole network in one graph (mair.models.scan.custom_ops)
+        if runtime is not None:  # exactly as the commands compile it
+            step_model = runtime.compile(model)
+        elif compile_model:  # the scan as custom ops, whole network in one graph (mair.models.scan.custom_ops)
             from mair.models.scan.custom_ops import compile_model as compile_network
 
             step_model = compile_network(model, **({"mode": compile_mode} if compile_mode else {}))
@@ -133,8 +159,9 @@ def run_workload(workload: Workload, backend: str | None, precision: str, device
             model.train()
             target = torch.rand(workload.batch, 3, workload.size * scale, workload.size * scale, generator=gen)
             target = target.to(device)
-            impl = {"default": adam_implementation(device.type), "foreach": {"foreach": True},
-                    "fused": {"fused": True}}[adam]
+            impl = runtime.adam_kwargs() if runtime is not None else {
+                "default": adam_implementation(device.type), "foreach": {"foreach": True},
+                "fused": {"fused": True}}[adam]
             optimizer = torch.optim.Adam(model.parameters(), lr=2e-4, betas=(0.9, 0.99), **impl)
 
             def fn() -> None:
@@ -156,6 +183,10 @@ def run_workload(workload: Workload, backend: str | None, precision: str, device
            "compiled": compile_mode or compile_model, "adam": adam if workload.kind == "train" else None,
            "ms_median": statistics.median(times), "ms_min": min(times),
            "official_ms": OFFICIAL_MS.get(workload.name), "target_ms": TARGET_MS.get(workload.name)}
+    if runtime is not None:
+        compiled = (runtime.compile_mode or runtime.compile_backend or False) if workload.kind != "scan" else False
+        adam_name = ("fused" if runtime.fused_adam else "torch default") if workload.kind == "train" else None
+        row.update(backend=runtime.scan_backend_resolved, compiled=compiled, adam=adam_name, runtime=runtime.as_dict())
     if device.type == "cuda":
         row["peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
     return row
@@ -236,14 +267,110 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def main(args: argparse.Namespace) -> int:
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    names = args.workloads or list(WORKLOADS)
-    workloads = [WORKLOADS[n] if n in WORKLOADS else experiment_workload(n) for n in names]
+def _requested_workload(name: str) -> Workload:
+    from mair.errors import CommandError
+    from mair.experiments import ExperimentError
+
+    if name in WORKLOADS:
+        return WORKLOADS[name]
+    try:
+        return experiment_workload(name)
+    except ExperimentError:
+        raise CommandError(f"unknown workload {name!r}: expected one of {', '.join(WORKLOADS)} or an experiment "
+                           f"id") from None
+
+
+def _check_out(out: str | None) -> None:
+    """Refuse an ``--out`` that cannot be written before any time is spent measuring."""
+    from pathlib import Path
+
+    from mair.errors import CommandError
+
+    if not out:
+        return
+    path = Path(out)
+    if path.is_dir():
+        raise CommandError(f"--out {path}: is a folder; expected a JSON file name")
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise CommandError(f"--out {path}: cannot be written: {ancestor} is not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise CommandError(f"--out {path}: cannot be written: no write permission in {ancestor}")
+
+
+def _default_rows(args: argparse.Namespace, workloads: list[Workload], device: torch.device,
+                  failed: list[str]) -> list[dict[str, Any]]:
+    """``--default``: each workload once, with the settings the commands resolve for this device; the names of
+    the workloads that failed are appended to ``failed``."""
+    from mair.runtime import resolve_runtime
+
     rows = []
     for workload in workloads:
-        for backend in args.backends.split(","):
-            for precision in args.precision.split(","):
+        runtime = resolve_runtime(device, args.exact, workload="infer" if workload.kind == "infer" else "train")
+        try:
+            row = run_workload(workload, None, runtime.precision, device, args.warmup, args.repeat, runtime=runtime)
+        except Exception as error:
+            print(f"{workload.name} ({runtime.describe()}): {type(error).__name__}: {error}", flush=True)
+            failed.append(f"{workload.name} ({runtime.describe()})")
+            continue
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+def check_default_args(args: argparse.Namespace) -> None:
+    """``--default`` takes no setting of its own; ``--exact`` only comes with it. One clear error otherwise."""
+    from mair.errors import CommandError
+
+    if args.default:
+        given = [flag for flag, value in (("--backends", args.backends), ("--precision", args.precision),
+                                          ("--compile", args.compile), ("--compile-mode", args.compile_mode),
+                                          ("--adam", args.adam != "default")) if value]
+        if given:
+            raise CommandError(f"--default times the resolved defaults; drop {', '.join(given)}")
+    elif args.exact:
+        raise CommandError("--exact goes with --default (or time --precision exact)")
+
+
+def _report_failures(failed: list[str], rows: list[dict[str, Any]]) -> int:
+    """Exit status 1, with a summary line, when any requested run failed; else 0."""
+    if not failed:
+        return 0
+    print(f"mair bench: {len(failed)} of {len(failed) + len(rows)} runs failed ({'; '.join(failed)}); see "
+          f"the errors above", file=sys.stderr)
+    return 1
+
+
+def main(args: argparse.Namespace) -> int:
+    from mair.errors import CommandError
+    from mair.precision import PRECISIONS
+
+    check_default_args(args)
+    for precision in (args.precision or "fp32").split(","):
+        if precision not in PRECISIONS:
+            raise CommandError(f"--precision: unknown precision {precision!r}; expected a comma-separated list "
+                               f"of {', '.join(PRECISIONS)}")
+    _check_out(args.out)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    names = args.workloads or list(WORKLOADS)
+    workloads = [_requested_workload(n) for n in names]
+    failed: list[str] = []
+    if args.default:
+        rows = _default_rows(args, workloads, device, failed)
+        print(format_rows(rows))
+        if args.out:
+            from mair import compile_cache
+
+            caches = {var: os.environ.get(var) for var in (compile_cache.INDUCTOR_VAR, compile_cache.TRITON_VAR)}
+            atomic_write_json(args.out, {"environment": environment(), "default": True, "exact": args.exact,
+                                         "compile_cache": caches, "rows": rows})
+        return _report_failures(failed, rows)
+    rows = []
+    for workload in workloads:
+        for backend in (args.backends or "auto").split(","):
+            for precision in (args.precision or "fp32").split(","):
                 if workload.kind == "scan" and precision != "fp32":  # the scan has no matmuls
                     continue
                 try:
@@ -254,13 +381,14 @@ def main(args: argparse.Namespace) -> int:
                     row = {"workload": workload.name, "backend": backend, "precision": precision,
                            "error": f"{type(error).__name__}: {error}"}
                     print(f"{workload.name} {backend} {precision}: {row['error']}", flush=True)
+                    failed.append(f"{workload.name} {backend} {precision}")
                     continue
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     print(format_rows(rows))
     if args.out:
         atomic_write_json(args.out, {"environment": environment(), "rows": rows})
-    return 0
+    return _report_failures(failed, rows)
 
 
 if __name__ == "__main__":

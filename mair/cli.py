@@ -1,4 +1,4 @@
-"""The ``mair`` command: ``mair data|train|evaluate|restore|tables|bench|info``.
+"""The ``mair`` command: ``mair data|weights|train|evaluate|restore|tables|bench|info``.
 
 Each command group lives beside the code it drives and exposes ``register(subparsers)``; this module only
 collects them. Registration must stay cheap (no torch import) so that ``mair --help`` is instant; handlers
@@ -23,6 +23,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "mair.report.cli",
     "mair.evaluate.cli",
     "mair.train.cli",
+    "mair.weights.cli",
 )
 
 

@@ -131,6 +131,9 @@ def _read_yaml(path: Path) -> Any:
         text = path.read_text(encoding="utf-8")
     except OSError as error:
         raise ExperimentError(f"{path}: cannot read: {error}") from error
+    except UnicodeDecodeError as error:
+        raise ExperimentError(f"{path}: not a UTF-8 text file (byte {error.start}: {error.reason}); experiment "
+                              f"files are YAML in UTF-8") from None
     try:
         return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
     except yaml.YAMLError as error:
@@ -313,6 +316,8 @@ def validate_experiment(doc: Any, source: str, known_ids: list[str] | None = Non
     problems = _schema_problems(doc)
     if not problems:
         problems = _consistency_problems(doc, experiment_ids() if known_ids is None else known_ids)
+    if len(problems) == 1:  # one line on the terminal
+        raise ExperimentError(f"{source}: invalid experiment: {problems[0]}")
     if problems:
         listed = "\n  ".join(problems)
         raise ExperimentError(f"{source}: invalid experiment:\n  {listed}")
@@ -330,7 +335,11 @@ def load_experiment(id_or_path: str | os.PathLike[str]) -> dict[str, Any]:
     if _is_path(id_or_path):
         path = Path(id_or_path)
         if not path.is_file():
-            raise ExperimentError(f"{path}: no such experiment file")
+            from mair.errors import not_a_file_reason
+
+            reason = not_a_file_reason(path)
+            raise ExperimentError(f"{path}: no such experiment file" if reason == "no such file"
+                                  else f"{path} {reason}; expected an experiment YAML file")
     else:
         known = experiment_ids()
         if id_or_path not in known:

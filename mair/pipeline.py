@@ -11,6 +11,8 @@
   commands from the same lists.
 * **Data manifest**: ``python -m mair.pipeline data-manifest`` gathers the prepared markers of a scope into one
   JSON file (the output DVC records for the data step; data/ itself is tracked by data.dvc).
+* **Metrics**: ``python -m mair.pipeline eval-metrics`` gathers an experiment's evaluation summaries into one small
+  JSON file (PSNR/SSIM per test set), the metrics DVC shows.
 
 Loading is cheap (no torch, no cv2): the Snakefile imports this module on every invocation.
 """
@@ -291,6 +293,68 @@ def manifest_file(results_dir: str, scope: str) -> str:
     return f"{results_dir}/{scope}/data/manifest.json"
 
 
+# ------------------------------------------------------------------------------------------------ published weights
+# `weights: published` evaluates the authors' checkpoints instead of training: no training job, one job fetching
+# the files (`mair weights download`), results in their own root <results_dir>/published/ so that they never
+# mix with those of trained weights.
+
+WEIGHTS_MODES: tuple[str, ...] = ("trained", "published")
+
+
+def weights_mode(config: Mapping[str, Any]) -> str:
+    """``config['weights']``: ``trained`` (default: train, then evaluate) or ``published`` (the authors' files)."""
+    mode = config.get("weights") or "trained"
+    if mode not in WEIGHTS_MODES:
+        raise PipelineError(f"config weights: expected one of {', '.join(WEIGHTS_MODES)}, got {mode!r}")
+    return str(mode)
+
+
+def results_root(results_dir: str, config: Mapping[str, Any]) -> str:
+    """Where a run writes: ``results_dir``, or ``results_dir/published`` for the published weights."""
+    results_dir = results_dir.rstrip("/")
+    return f"{results_dir}/published" if weights_mode(config) == "published" else results_dir
+
+
+@functools.cache
+def weights_catalog() -> Any:
+    """The published checkpoints' catalog params/weights.yaml (validated, cached)."""
+    from mair.weights.catalog import load_weights_catalog
+
+    return load_weights_catalog()
+
+
+def published_weights_file(data_dir: str, scope: str, exp_id: str) -> str:
+    """``<data>/weights/published/<file>`` (paper) or ``<data>/demo/weights/published/<file>`` (demo)."""
+    base = f"{data_dir}/weights/published" if scope == "paper" else f"{data_dir}/demo/weights/published"
+    return f"{base}/{weights_catalog().get(exp_id).file}"
+
+
+def published_manifest(results: str, scope: str) -> str:
+    """What the fetch job writes last: ``<results>/<scope>/weights/published.json`` (files and sha256)."""
+    return f"{results}/{scope}/weights/published.json"
+
+
+def eval_weights_input(results: str, scope: str, exp_id: str, config: Mapping[str, Any]) -> str:
+    """The file an evaluation waits for: the trained weights, or the fetch job's manifest."""
+    if weights_mode(config) == "published":
+        return published_manifest(results, scope)
+    return weights_file(results, scope, exp_id)
+
+
+def eval_weights_path(results: str, data_dir: str, scope: str, exp_id: str, config: Mapping[str, Any]) -> str:
+    """The weights file an evaluation loads: the trained one, or the published file under the data root."""
+    if weights_mode(config) == "published":
+        return published_weights_file(data_dir, scope, exp_id)
+    return weights_file(results, scope, exp_id)
+
+
+def pipeline_datasets(exps: Iterable[str], config: Mapping[str, Any]) -> list[str]:
+    """Datasets a run needs: everything the experiments use, or only their test sets for published weights."""
+    if weights_mode(config) == "published":
+        return list(dict.fromkeys(d for e in exps for d in test_datasets(e)))
+    return needed_datasets(exps)
+
+
 # ------------------------------------------------------------------------------------------------ GPUs
 
 
@@ -482,6 +546,21 @@ def write_manifest(out: Path, markers: Sequence[str]) -> dict[str, Any]:
     return manifest
 
 
+def write_eval_metrics(out: Path, summaries: Sequence[str]) -> dict[str, Any]:
+    """Gather evaluation summaries (``.../<dataset>[+].json``) into ``{"<dataset>[+]": {"psnr", "ssim"}}`` at
+    ``out``, atomically: the compact metrics DVC shows (``dvc metrics show``, ``dvc exp show``)."""
+    from mair.atomic import atomic_write_json
+
+    metrics: dict[str, Any] = {}
+    for summary in sorted(summaries):
+        doc = json.loads(Path(summary).read_text(encoding="utf-8"))
+        values = {k: v for k, v in (doc.get("metrics") or {}).items() if isinstance(v, int | float)}
+        if values:
+            metrics[Path(summary).stem] = values
+    atomic_write_json(out, metrics)
+    return metrics
+
+
 # ------------------------------------------------------------------------------------------------ dvc.yaml
 
 DVC_HEADER = """\
@@ -492,27 +571,63 @@ DVC_HEADER = """\
 # Scope and folders come from params/pipeline.yaml: `dvc repro` runs the demo; for the paper scope run
 # `dvc exp run -S params/pipeline.yaml:scope=paper` (or edit the file, then `dvc repro`).
 # --allowed-rules keeps each stage to its own step; DVC orders the stages by their deps and outs.
+# `experiments` (params/pipeline.yaml) chooses the experiments the data and tables stages work for: their commands
+# read it from the file, e.g. `dvc exp run -S 'params/pipeline.yaml:experiments=[dehaze_r6k]' evaluate_dehaze_r6k`.
+# Metrics: results/<scope>/metrics/<exp>.json (PSNR/SSIM per test set); plots: the training and validation logs.
 """
 
 #: Snakemake command of a DVC stage: only ``rules`` may run, up-to-date checks by modification time only.
 #: ``mair.snakemake_run`` adds the profile that ``executor`` in params/pipeline.yaml names (local or slurm).
-DVC_SNAKEMAKE = (
-    "python -m mair.snakemake_run --rerun-triggers mtime --allowed-rules {rules} --config {config}-- {targets}"
-)
+DVC_SNAKEMAKE = "python -m mair.snakemake_run --rerun-triggers mtime --allowed-rules {rules} {config}-- {targets}"
 
 #: The Snakemake rules behind each kind of DVC stage (evaluation rules are per experiment, see evaluate.smk).
 DVC_STAGE_RULES: dict[str, tuple[str, ...]] = {
     "data": ("demo_data", "download", "prepare", "data_manifest"),
     "train": ("train",),
-    "evaluate": ("evaluate_{exp}", "evaluate_plus_{exp}"),
+    "evaluate": ("evaluate_{exp}", "evaluate_plus_{exp}", "eval_metrics"),
     "tables": ("tables",),
 }
 
 
 def _dvc_cmd(kind: str, targets: str, experiments: str | None = None) -> str:
-    config = f"'experiments=[{experiments}]' " if experiments else "experiments=all "
+    """The stage command; ``experiments`` narrows an evaluation stage to its experiment. Without it Snakemake reads
+    ``experiments`` from params/pipeline.yaml, the file ``dvc exp run -S`` edits (no ``--config`` override)."""
+    config = f"--config 'experiments=[{experiments}]' " if experiments else ""
     rules = " ".join(r.format(exp=experiments) for r in DVC_STAGE_RULES[kind])
     return DVC_SNAKEMAKE.format(rules=rules, config=config, targets=targets)
+
+
+#: The settings of params/pipeline.yaml that DVC tracks as params (``dvc exp show`` columns), per stage kind.
+#: Experiment files are plain dependencies: any change reruns their stages, without one column per key.
+DVC_PARAMS: dict[str, tuple[str, ...]] = {
+    "data": ("scope", "experiments", "data_dir"),
+    "train": ("init_quirk", "precision"),
+    "evaluate": ("self_ensemble", "precision"),
+    "tables": ("experiments",),
+}
+
+
+def _dvc_params(kind: str) -> list[dict[str, list[str]]]:
+    return [{"params/pipeline.yaml": list(DVC_PARAMS[kind])}]
+
+
+def metrics_file(results_dir: str, scope: str, exp_id: str) -> str:
+    """``results/<scope>/metrics/<exp>.json``: PSNR/SSIM of every test set and variant (DVC's metrics)."""
+    return f"{results_dir}/{scope}/metrics/{exp_id}.json"
+
+
+def dvc_plots(exps: Sequence[str]) -> list[dict[str, Any]]:
+    """dvc.yaml's top-level ``plots``: training loss and validation PSNR over iterations, one line per experiment
+    (``runs/<scope>/<exp>/train_log.csv`` and ``val_log.csv``, docs/contracts.md "Training logs")."""
+    def lines(log: str, column: str) -> dict[str, str]:
+        return {f"${{runs_dir}}/${{scope}}/{e}/{log}": column for e in exps}
+
+    return [
+        {"training loss": {"x": "iter", "y": lines("train_log.csv", "loss"), "x_label": "iteration",
+                           "y_label": "loss (L1)", "template": "linear"}},
+        {"validation PSNR": {"x": "iter", "y": lines("val_log.csv", "psnr"), "x_label": "iteration",
+                             "y_label": "PSNR (dB)", "template": "linear"}},
+    ]
 
 
 def dvc_stages(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -531,27 +646,30 @@ def dvc_stages(config: Mapping[str, Any]) -> dict[str, Any]:
         "data": {
             "cmd": _dvc_cmd("data", "prepare_all"),
             "deps": ["params/datasets.yaml", "mair/data"],
-            "params": [{"params/pipeline.yaml": ["scope", "data_dir"]}],
+            "params": _dvc_params("data"),
             "outs": [manifest],
         }
     }
     for e in exps:
         stages[f"train_{e}"] = {
             "cmd": _dvc_cmd("train", weights(e)),
-            "deps": [manifest, *[weights(i) for i in init_candidates(e)], "mair/train", "mair/models"],
-            "params": [{f"params/experiments/{e}.yaml": None}, {"params/pipeline.yaml": ["init_quirk"]}],
+            "deps": [manifest, *[weights(i) for i in init_candidates(e)], f"params/experiments/{e}.yaml",
+                     "mair/train", "mair/models"],
+            "params": _dvc_params("train"),
             "outs": [weights(e), {f"${{runs_dir}}/{scope}/{e}": {"persist": True, "cache": False}}],
         }
     for e in exps:
         stages[f"evaluate_{e}"] = {
             "cmd": _dvc_cmd("evaluate", "evaluate_all", experiments=e),
-            "deps": [weights(e), manifest, "mair/evaluate", "mair/models"],
-            "params": [{f"params/experiments/{e}.yaml": ["test"]}, {"params/pipeline.yaml": ["self_ensemble"]}],
+            "deps": [weights(e), manifest, f"params/experiments/{e}.yaml", "mair/evaluate", "mair/models"],
+            "params": _dvc_params("evaluate"),
             "outs": [f"{res}/{scope}/eval/{e}"],
+            "metrics": [{metrics_file(res, scope, e): {"cache": False}}],
         }
     stages["tables"] = {
         "cmd": _dvc_cmd("tables", "reproduce_tables"),
         "deps": [f"{res}/{scope}/eval/{e}" for e in exps] + ["mair/report", "params/paper_results.csv"],
+        "params": _dvc_params("tables"),
         "outs": [f"{res}/{scope}/tables"],
     }
     return stages
@@ -560,11 +678,125 @@ def dvc_stages(config: Mapping[str, Any]) -> dict[str, Any]:
 def dvc_yaml_text(config: Mapping[str, Any]) -> str:
     import yaml
 
-    doc = {"vars": ["params/pipeline.yaml"], "stages": dvc_stages(config)}
+    doc = {"vars": ["params/pipeline.yaml"], "stages": dvc_stages(config),
+           "plots": dvc_plots(selected_experiments(config))}
     body = yaml.safe_dump(doc, sort_keys=False, width=110, default_flow_style=False)
     # `- params/experiments/x.yaml:` (every key of the file) reads better than `...: null`.
     body = body.replace(": null\n", ":\n")
     return DVC_HEADER + body
+
+
+#: The DVC pipeline of the published weights: a file of its own, because `dvc repro` runs every stage of a
+#: dvc.yaml and DVC's stage list cannot depend on a parameter's value (dvc.yaml would otherwise always train).
+DVC_PUBLISHED_FILE = "workflow/published/dvc.yaml"
+
+DVC_PUBLISHED_HEADER = """\
+# DVC stages of the published-weights journey (weights: published): fetch the authors' checkpoints, evaluate
+# every experiment on its test sets, write the tables; no training. Results in ${results_dir}/published/${scope}/.
+# GENERATED by `python -m mair.pipeline dvc-yaml` with dvc.yaml; do not edit by hand (tests/test_weights.py
+# checks that it is up to date and describes the same steps as `snakemake ... --config weights=published`).
+# Run:  dvc repro workflow/published/dvc.yaml
+#       dvc exp run -S params/pipeline.yaml:scope=paper workflow/published/dvc.yaml     # the paper scope
+# It has its own file because `dvc repro` runs every stage of a dvc.yaml: the trained journey is dvc.yaml.
+"""
+
+
+def _dvc_published_cmd(rules: Sequence[str], targets: str, experiments: str | None = None) -> str:
+    """As :func:`_dvc_cmd`, with ``weights=published``; ``experiments``: one id, ``all``, or None (the file's)."""
+    if experiments is None:
+        config = "--config "
+    elif experiments == "all":
+        config = "--config experiments=all "
+    else:
+        config = f"--config 'experiments=[{experiments}]' "
+    return DVC_SNAKEMAKE.format(rules=" ".join(rules), config=config + "weights=published ", targets=targets)
+
+
+def dvc_published_stages(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``stages`` of workflow/published/dvc.yaml: data (test sets), the weights, ``evaluate_<exp>``, tables.
+
+    Stage names start with ``published_`` (no clash with dvc.yaml's); every stage runs from the repository root.
+    """
+    exps = selected_experiments(config)
+    root, scope = "${results_dir}/published", "${scope}"
+    manifest = f"{root}/{scope}/data/manifest.json"
+    weights = published_manifest(root, scope)
+    common = {"wdir": "../.."}
+    stages: dict[str, Any] = {
+        "published_data": {
+            **common,
+            "cmd": _dvc_published_cmd(DVC_STAGE_RULES["data"], "prepare_all"),
+            "deps": ["params/datasets.yaml", "mair/data"],
+            "params": _dvc_params("data"),
+            "outs": [manifest],
+        },
+        "published_weights": {
+            **common,
+            "cmd": _dvc_published_cmd(("fetch_weights",), weights, experiments="all"),  # every evaluation's
+            "deps": ["params/weights.yaml", "mair/weights"],
+            "params": [{"params/pipeline.yaml": ["scope", "data_dir"]}],
+            "outs": [weights],
+        },
+    }
+    for e in exps:
+        rules = [r.format(exp=e) for r in DVC_STAGE_RULES["evaluate"]]
+        stages[f"published_evaluate_{e}"] = {
+            **common,
+            "cmd": _dvc_published_cmd(rules, "evaluate_all", experiments=e),
+            "deps": [weights, manifest, f"params/experiments/{e}.yaml", "mair/evaluate", "mair/models"],
+            "params": _dvc_params("evaluate"),
+            "outs": [f"{root}/{scope}/eval/{e}"],
+            "metrics": [{metrics_file(root, scope, e): {"cache": False}}],
+        }
+    stages["published_tables"] = {
+        **common,
+        "cmd": _dvc_published_cmd(DVC_STAGE_RULES["tables"], "reproduce_tables"),
+        "deps": [f"{root}/{scope}/eval/{e}" for e in exps] + ["mair/report", "params/paper_results.csv"],
+        "params": _dvc_params("tables"),
+        "outs": [f"{root}/{scope}/tables"],
+    }
+    return stages
+
+
+def dvc_published_yaml_text(config: Mapping[str, Any]) -> str:
+    """workflow/published/dvc.yaml (its vars path is relative to the file, its stages run from the root)."""
+    import yaml
+
+    doc = {"vars": ["../../params/pipeline.yaml"], "stages": dvc_published_stages(config)}
+    body = yaml.safe_dump(doc, sort_keys=False, width=110, default_flow_style=False)
+    return DVC_PUBLISHED_HEADER + body
+
+
+def dvc_stage_conflict(stage: str | None, config: Mapping[str, Any]) -> str | None:
+    """Why a DVC stage (``$DVC_STAGE``, set by DVC for every stage command) cannot run with this config, or None.
+
+    dvc.yaml holds the trained journey: with ``weights: published`` its stages would train; the message points to
+    workflow/published/dvc.yaml instead.
+    """
+    if not stage or stage.startswith(f"{DVC_PUBLISHED_FILE}:") or weights_mode(config) != "published":
+        return None
+    return (
+        f"DVC stage {stage!r} belongs to dvc.yaml, the trained-weights journey, but params/pipeline.yaml sets "
+        f"weights: published. The published weights have their own DVC pipeline: dvc repro {DVC_PUBLISHED_FILE} "
+        f"(paper scope: dvc exp run -S params/pipeline.yaml:scope=paper {DVC_PUBLISHED_FILE})"
+    )
+
+
+def write_or_check_published_dvc(config: Mapping[str, Any], check: bool, out: Path | None = None) -> int:
+    """Write workflow/published/dvc.yaml (or, with ``check``, return 1 when it is out of date)."""
+    out = out or Path(DVC_PUBLISHED_FILE)
+    text = dvc_published_yaml_text(config)
+    if check:
+        current = out.read_text(encoding="utf-8") if out.is_file() else ""
+        if current != text:
+            print(f"{out} is out of date: run `python -m mair.pipeline dvc-yaml`", file=sys.stderr)
+            return 1
+        return 0
+    from mair.atomic import atomic_write_text
+
+    atomic_write_text(out, text)
+    print(f"wrote {out} ({len(dvc_published_stages(config))} stages)")
+    return 0
 
 
 def load_pipeline_config(path: str | os.PathLike[str] = "params/pipeline.yaml") -> dict[str, Any]:
@@ -590,6 +822,8 @@ def _cmd_dvc_yaml(args: argparse.Namespace) -> int:
     config = {**config, "experiments": "all"}  # dvc.yaml always holds every experiment
     text = dvc_yaml_text(config)
     out = Path(args.out)
+    if args.out == "dvc.yaml" and write_or_check_published_dvc(config, args.check):
+        return 1
     if args.check:
         current = out.read_text(encoding="utf-8") if out.is_file() else ""
         if current != text:
@@ -600,6 +834,12 @@ def _cmd_dvc_yaml(args: argparse.Namespace) -> int:
 
     atomic_write_text(out, text)
     print(f"wrote {out} ({len(dvc_stages(config))} stages)")
+    return 0
+
+
+def _cmd_eval_metrics(args: argparse.Namespace) -> int:
+    doc = write_eval_metrics(Path(args.out), args.summaries)
+    print(f"wrote {args.out} ({len(doc)} test sets)")
     return 0
 
 
@@ -630,6 +870,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="output JSON file")
     p.add_argument("markers", nargs="+", help="prepared markers (.../<id>/.prepared.json)")
     p.set_defaults(handler=_cmd_data_manifest)
+
+    p = sub.add_parser("eval-metrics", help="gather evaluation summaries into one metrics JSON file (DVC metrics)")
+    p.add_argument("--out", required=True, help="output JSON file")
+    p.add_argument("summaries", nargs="+", help="evaluation summaries (.../<dataset>[+].json)")
+    p.set_defaults(handler=_cmd_eval_metrics)
 
     argv = list(sys.argv[1:] if argv is None else argv)
     # `run-with-gpus [options] N -- COMMAND ...`: everything after the first `--` is the command, untouched.

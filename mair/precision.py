@@ -1,5 +1,7 @@
-"""Numeric precision modes shared by training and benchmarks.
+"""Numeric precision modes shared by training, evaluation and benchmarks (:mod:`mair.runtime` picks one).
 
+* ``exact``: true float32 on GPUs: TF32 off for matrix multiplications and cuDNN convolutions alike (the
+  ``--exact`` path, for bit-faithful comparisons).
 * ``fp32``: float32 everywhere with PyTorch's defaults on GPUs: matrix multiplications in full float32,
   cuDNN convolutions allowed to use TF32 (which is how the official code ran its grouped-conv1d projections).
 * ``tf32``: float32 storage, matrix multiplications and convolutions in TF32 on GPUs that have it
@@ -14,7 +16,7 @@ from collections.abc import Iterator
 
 import torch
 
-PRECISIONS = ("fp32", "tf32", "bf16")
+PRECISIONS = ("exact", "fp32", "tf32", "bf16")
 
 
 def check_precision(name: str) -> str:
@@ -25,10 +27,11 @@ def check_precision(name: str) -> str:
 
 
 def apply_matmul_precision(name: str) -> None:
-    """Set the process-wide TF32 switches for ``name`` (tf32: on for matmul and cuDNN; else PyTorch's defaults)."""
+    """Set the process-wide TF32 switches for ``name``: tf32 on for matmul and cuDNN, exact off for both, else
+    PyTorch's defaults (full-fp32 matmuls, TF32 cuDNN convolutions)."""
     check_precision(name)
     torch.backends.cuda.matmul.allow_tf32 = name == "tf32"
-    torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = name != "exact"
 
 
 @contextlib.contextmanager

@@ -3,8 +3,9 @@ params/pipeline.yaml names, ``workflow/profiles/<executor>`` (local: this machin
 
 DVC's stage commands start here (dvc.yaml), so that ``executor: slurm`` makes ``dvc repro`` and ``dvc exp run``
 run every stage's work as SLURM jobs from a login node, while the stage commands themselves stay the same text
-(DVC reruns a stage whose command changes). Every stage's ``--config`` replaces a profile's ``config`` list, so
-the scope stays the one in params/pipeline.yaml.
+(DVC reruns a stage whose command changes). The scope stays the one in params/pipeline.yaml (the file
+``dvc exp run -S`` edits): it is passed as ``--config scope=...``, since a profile's ``config`` list (the slurm
+profile's ``scope=paper``) would otherwise win over the config file.
 """
 
 from __future__ import annotations
@@ -27,9 +28,18 @@ def snakemake_command(args: Sequence[str], repo: Path) -> list[str]:
         config = yaml.safe_load(config_file.read_text(encoding="utf-8")) or {}
     except (OSError, yaml.YAMLError) as error:
         raise ValueError(f"{config_file}: cannot read: {error}") from None
-    executor = config.get("executor", "local") if isinstance(config, dict) else "local"
+    config = config if isinstance(config, dict) else {}
+    executor = config.get("executor", "local")
     if executor not in EXECUTORS:
         raise ValueError(f"{config_file}: executor: expected one of {', '.join(EXECUTORS)}, got {executor!r}")
+    args = list(args)
+    scope = f"scope={config.get('scope', 'demo')}"
+    if "--config" in args:  # one --config list (a second --config flag would replace the first)
+        at = args.index("--config") + 1
+        args[at:at] = [scope]
+    else:
+        at = args.index("--") if "--" in args else len(args)
+        args[at:at] = ["--config", scope]
     return ["snakemake", "--profile", str(Path("workflow", "profiles", executor)), *args]
 
 

@@ -9,15 +9,24 @@
 * An HTTP store is probed with a short TCP connection first, so an unreachable server costs seconds, not
   MLflow's minutes of HTTP retries.
 * MLflow experiments are named ``mair/<scope>/<experiment>``; training runs and evaluation runs of one paper
-  experiment land in the same MLflow experiment.
+  experiment land in the same MLflow experiment. They are tagged as model-training experiments
+  (``mlflow.experimentKind``), and every run carries MLflow's standard source, commit and user tags.
+* A finished training logs its final weights as an MLflow logged model (the weights-only ``{'params': ...}`` file
+  and the run's config; load it with ``mair``, never with pickle). An evaluation run whose weights are those of a
+  training run (same SHA-256) becomes a child of that run (``mlflow.parentRunId``) and logs its metrics to the model.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import getpass
+import hashlib
 import os
 import random
 import socket
+import subprocess
+import sys
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -27,12 +36,16 @@ from urllib.parse import urlparse
 
 __all__ = [
     "DEFAULT_TRACKING_URI",
+    "EXPERIMENT_KIND",
+    "EXPERIMENT_KIND_TAG",
     "Tracker",
     "TrackingWarning",
     "eval_summaries",
     "flatten_params",
     "log_evaluation",
+    "log_tables",
     "mlflow_experiment_name",
+    "source_tags",
     "tracking_uri",
 ]
 
@@ -41,6 +54,11 @@ _MAX_PARAM_VALUE = 6000
 _BATCH = 100  # MLflow accepts at most 100 params / 1000 metrics per log_batch call
 
 T = TypeVar("T")
+
+#: The experiment tag MLflow 3 keeps an experiment's type in, and the value for model training (MLflow's UI
+#: otherwise treats a new experiment as GenAI development).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 
 
 class TrackingWarning(UserWarning):
@@ -67,6 +85,46 @@ def flatten_params(obj: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
         else:
             out[name] = str(value)[:_MAX_PARAM_VALUE]
     return out
+
+
+@functools.cache
+def _code_commit() -> str | None:
+    """The git commit of the mair code that runs (its checkout), or None outside a git checkout."""
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out or None
+
+
+def _default_source() -> str:
+    """``mair train`` for ``.../bin/mair train ...``: the program and its subcommand."""
+    words = [Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python"]
+    if len(sys.argv) > 1 and not sys.argv[1].startswith("-"):
+        words.append(sys.argv[1])
+    return " ".join(words)
+
+
+def source_tags(source: str | None = None) -> dict[str, str]:
+    """MLflow's standard run tags: what ran (``mlflow.source.name``, type ``LOCAL``), the code's git commit and the
+    user, which the MLflow UI shows as "Source", the commit and "Created by"."""
+    tags = {"mlflow.source.name": source or _default_source(), "mlflow.source.type": "LOCAL"}
+    with contextlib.suppress(Exception):
+        tags["mlflow.user"] = getpass.getuser()
+    commit = _code_commit()
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    return tags
+
+
+def _sha256(path: str | os.PathLike[str]) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _sqlite_path(uri: str) -> Path | None:
@@ -203,11 +261,14 @@ class Tracker:
         def get_or_create() -> str:
             found = client.get_experiment_by_name(name)
             if found is not None:
+                if found.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:  # made before the tag existed
+                    client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
                 return str(found.experiment_id)
             db = _sqlite_path(self.uri)
             location = (db.parent / "mlartifacts").as_uri() if db is not None else None
             try:
-                return str(client.create_experiment(name, artifact_location=location))
+                return str(client.create_experiment(name, artifact_location=location,
+                                                    tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}))
             except Exception as error:  # created meanwhile by another process
                 again = client.get_experiment_by_name(name)
                 if again is None:
@@ -219,13 +280,15 @@ class Tracker:
     # -------------------------------------------------------------------------------------------- runs
 
     def start(self, experiment: str, run_name: str, tags: Mapping[str, Any] | None = None,
-              run_id: str | None = None) -> str | None:
+              run_id: str | None = None, source: str | None = None) -> str | None:
         """Start a run in MLflow experiment ``experiment``, or continue ``run_id`` if the store has it.
 
-        Returns the run id, or None when tracking is off.
+        The run gets :func:`source_tags` (``source``: what ran, default the command line's program and subcommand)
+        under ``tags``. Returns the run id, or None when tracking is off.
         """
         if not self._connect():
             return None
+        tags = {**source_tags(source), **(tags or {})}
         if run_id is not None:
             def resume() -> str | None:
                 try:
@@ -283,14 +346,14 @@ class Tracker:
                 if param.key not in existing:
                     self._client.log_param(self.run_id, param.key, param.value)
 
-    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        """Log metrics at ``step`` (one batch call)."""
+    def log_metrics(self, metrics: Mapping[str, float], step: int, model_id: str | None = None) -> None:
+        """Log metrics at ``step`` (one batch call); with ``model_id`` they also belong to that logged model."""
         if not self.active:
             return
         from mlflow.entities import Metric
 
         stamp = int(time.time() * 1000)
-        items = [Metric(str(k), float(v), stamp, int(step)) for k, v in metrics.items()]
+        items = [Metric(str(k), float(v), stamp, int(step), model_id=model_id) for k, v in metrics.items()]
         self._call("logging metrics",
                    lambda: self._client.log_batch(self.run_id, metrics=items, synchronous=True))
 
@@ -310,6 +373,66 @@ class Tracker:
         self._call("logging an artifact",
                    lambda: self._client.log_artifact(self.run_id, str(path), artifact_path))
 
+    def log_artifacts(self, paths: Iterable[str | os.PathLike[str]], artifact_path: str | None = None) -> None:
+        """Copy existing files into the run's artifacts (under ``artifact_path``)."""
+        for path in paths:
+            self.log_artifact(path, artifact_path)
+
+    def log_model(self, weights: str | os.PathLike[str], name: str, files: Iterable[str | os.PathLike[str]] = (),
+                  params: Mapping[str, Any] | None = None, step: int = 0) -> str | None:
+        """Log final weights as an MLflow logged model of this run; return its model id (None when off).
+
+        The model holds the weights file as written (``{'params': state_dict}``, safe to read with
+        ``torch.load(weights_only=True)``) and ``files`` (e.g. the run's config.yaml). The run is tagged with the
+        model id and the weights' SHA-256, by which evaluations of these weights find their training run.
+        """
+        if not self.active or not Path(weights).is_file():
+            return None
+        import shutil
+        import tempfile
+
+        from mlflow.entities import LoggedModelOutput
+
+        sha = _sha256(weights)
+        client, run_id = self._client, self.run_id
+
+        def create() -> str:
+            model = client.create_logged_model(
+                self.experiment_id, name=name, source_run_id=run_id, model_type="pytorch-weights",
+                tags={"mair.weights_sha256": sha, "mair.format": "state_dict (torch.load weights_only=True)"},
+                params={str(k): str(v)[:_MAX_PARAM_VALUE] for k, v in (params or {}).items()})
+            with tempfile.TemporaryDirectory(prefix="mair-model-") as folder:
+                for path in [weights, *files]:
+                    if Path(path).is_file():
+                        shutil.copy2(path, Path(folder) / Path(path).name)
+                client.log_model_artifacts(model.model_id, folder)
+            client.finalize_logged_model(model.model_id, "READY")
+            client.log_outputs(run_id, [LoggedModelOutput(model.model_id, int(step))])
+            return str(model.model_id)
+
+        model_id = self._call("logging the model", create)
+        if model_id is not None:
+            self.set_tags({"mair.model_id": model_id, "mair.weights_sha256": sha})
+        return model_id
+
+    def training_run_of(self, weights: str | os.PathLike[str]) -> tuple[str, str | None] | None:
+        """``(run_id, model_id)`` of the training run in this run's experiment that logged exactly ``weights``
+        (same SHA-256), or None."""
+        if not self.active or not Path(weights).is_file():
+            return None
+        sha = _sha256(weights)
+        client, experiment_id = self._client, self.experiment_id
+
+        def find() -> list[Any]:
+            return list(client.search_runs([experiment_id], max_results=1, order_by=["attributes.start_time DESC"],
+                                           filter_string=f"tags.`mair.kind` = 'training' and "
+                                                         f"tags.`mair.weights_sha256` = '{sha}'"))
+
+        runs = self._call("finding the training run", find) or []
+        if not runs:
+            return None
+        return str(runs[0].info.run_id), runs[0].data.tags.get("mair.model_id")
+
     def end(self, status: str = "FINISHED") -> None:
         """Mark the run ``FINISHED``, ``FAILED`` or ``KILLED`` (an interrupted run that will resume)."""
         if not self.active:
@@ -322,6 +445,22 @@ class Tracker:
             return {}
         run = self._call("reading the run", lambda: self._client.get_run(self.run_id))
         return dict(run.data.tags) if run is not None else {}
+
+
+# ------------------------------------------------------------------------------------------------ runtime
+
+
+def runtime_tags(runtime: Mapping[str, Any]) -> dict[str, str]:
+    """Tags saying which path a run took, from :meth:`mair.runtime.RuntimeSettings.as_dict`: ``mair.path``
+    (default, exact or custom), ``mair.precision``, ``mair.scan_backend_used``, ``mair.compile`` (backend or
+    off), ``mair.compile_mode`` (or -), ``mair.cuda_graphs``, ``mair.fused_adam`` and ``mair.runtime`` (the
+    one-line description)."""
+    return {"mair.path": str(runtime["path"]), "mair.precision": str(runtime["precision"]),
+            "mair.scan_backend_used": str(runtime["scan_backend_resolved"]),
+            "mair.compile": str(runtime["compile_backend"] or "off"),
+            "mair.compile_mode": str(runtime["compile_mode"] or "-"),
+            "mair.cuda_graphs": str(bool(runtime["cuda_graphs"])), "mair.fused_adam": str(bool(runtime["fused_adam"])),
+            "mair.runtime": str(runtime["describe"])[:4000]}
 
 
 # ------------------------------------------------------------------------------------------------ evaluation
@@ -342,12 +481,16 @@ def _flat_metrics(summary: Mapping[str, Any]) -> dict[str, float]:
 
 
 def log_evaluation(summary: Mapping[str, Any], params: Mapping[str, Any] | None = None,
-                   artifacts: Iterable[str | os.PathLike[str]] = (), uri: str | None = None) -> str | None:
+                   artifacts: Iterable[str | os.PathLike[str]] = (), uri: str | None = None,
+                   images: Iterable[str | os.PathLike[str]] = ()) -> str | None:
     """Log one evaluation summary (docs/contracts.md, "Evaluation results") as its own MLflow run.
 
     The run goes to ``mair/<scope>/<experiment>``, is named ``eval <dataset>`` (``+`` for MaIR+), holds the
     metrics (extra spaces as ``psnr_<space>``), ``params``, tags (experiment, dataset, variant, scope,
-    weights) and the ``artifacts`` files. Returns the run id, or None when MLflow is unavailable (after one warning).
+    weights), the ``artifacts`` files and the restored sample ``images`` (under ``samples/``). When the weights are
+    those a training run of the experiment logged, the run is that run's child (``mlflow.parentRunId``, also
+    ``mair.training_run``) and its metrics belong to the training's logged model too. Returns the run id, or None
+    when MLflow is unavailable (after one warning).
     """
     experiment = str(summary.get("experiment", "unknown"))
     scope = str(summary.get("scope", "paper"))
@@ -356,17 +499,48 @@ def log_evaluation(summary: Mapping[str, Any], params: Mapping[str, Any] | None 
     tracker = Tracker(uri)
     tags = {"mair.kind": "evaluation", "mair.experiment": experiment, "mair.dataset": dataset,
             "mair.variant": variant, "mair.scope": scope}
-    for key in ("weights", "complete", "metric_space", "crop_border", "created", "submission"):
+    for key in ("weights", "weights_source", "complete", "metric_space", "crop_border", "created", "submission"):
         if summary.get(key) is not None:
             tags[f"mair.{key}"] = summary[key]
+    if isinstance(summary.get("runtime"), Mapping):
+        tags.update(runtime_tags(summary["runtime"]))
     suffix = "+" if variant.endswith("+") else ""
-    run_id = tracker.start(mlflow_experiment_name(scope, experiment), f"eval {dataset}{suffix}", tags)
+    run_id = tracker.start(mlflow_experiment_name(scope, experiment), f"eval {dataset}{suffix}", tags,
+                           source="mair evaluate")
     if run_id is None:
         return None
+    weights = summary.get("weights")
+    trained = tracker.training_run_of(weights) if isinstance(weights, str) else None
+    model_id = None
+    if trained is not None:
+        training_run, model_id = trained
+        tracker.set_tags({"mlflow.parentRunId": training_run, "mair.training_run": training_run,
+                          **({"mair.model_id": model_id} if model_id else {})})
     tracker.log_params(dict(params or {}))
     tracker.log_metrics(_flat_metrics(summary), step=0)
-    for path in artifacts:
-        tracker.log_artifact(path)
+    if model_id:  # the same values, keyed by test set, on the logged model (compare models in the UI)
+        tracker.log_metrics({f"{dataset}{suffix}/{k}": v for k, v in _flat_metrics(summary).items()
+                             if k != "n_images"}, step=0, model_id=model_id)
+    tracker.log_artifacts(artifacts)
+    tracker.log_artifacts(images, "samples")
+    tracker.end("FINISHED")
+    return run_id if tracker.enabled else None
+
+
+def log_tables(scope: str, files: Iterable[str | os.PathLike[str]], out_dir: str | os.PathLike[str],
+               uri: str | None = None) -> str | None:
+    """Log the tables and figures of ``mair tables`` (``files`` under ``out_dir``) as one run ``tables`` in the
+    MLflow experiment ``mair/<scope>/tables``, keeping their folders. Returns the run id, or None when off."""
+    tracker = Tracker(uri)
+    run_id = tracker.start(mlflow_experiment_name(scope, "tables"), "tables",
+                           {"mair.kind": "tables", "mair.scope": scope}, source="mair tables")
+    if run_id is None:
+        return None
+    root = Path(out_dir).resolve()
+    for path in files:
+        resolved = Path(path).resolve()
+        folder = resolved.parent.relative_to(root).as_posix() if resolved.is_relative_to(root) else "."
+        tracker.log_artifact(path, None if folder == "." else folder)
     tracker.end("FINISHED")
     return run_id if tracker.enabled else None
 
@@ -407,7 +581,7 @@ def eval_summaries(uri: str | None = None, scope: str = "paper") -> list[dict[st
             "variant": tags.get("mair.variant", "MaIR"), "scope": tags.get("mair.scope", scope),
             "metrics": {}, "extra_metrics": {}, "run_id": run.info.run_id,
         }
-        for key in ("weights", "complete", "metric_space", "crop_border", "created", "submission"):
+        for key in ("weights", "weights_source", "complete", "metric_space", "crop_border", "created", "submission"):
             if f"mair.{key}" in tags:
                 summary[key] = _parse_tag(tags[f"mair.{key}"])
         if "n_images" in metrics:

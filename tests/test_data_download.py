@@ -1,8 +1,10 @@
 """``mair data download|add|status`` against a real HTTP server on 127.0.0.1 serving archives built here.
 
 The server (a ThreadingHTTPServer in a fixture) honours ``Range``, can cut a transfer part-way, can answer 500
-once, and serves a Google-Drive-style virus-scan confirmation page. Every test uses a temp catalog through
-``MAIR_PARAMS_DIR`` and a temp data root, so no real host is ever contacted.
+once and can leave out ``Content-Length`` (the body then ends when the connection closes). Google Drive goes
+through gdown, whose calls are replaced at our boundary (mair.data.gdrive) in the Drive tests, since Google cannot
+be reached. Every test uses a temp catalog through ``MAIR_PARAMS_DIR`` and a temp data root, so no real host is
+ever contacted. tests/test_hostile_data.py reuses the server and ``env``.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import unquote, urlsplit
 
 import cv2
 import numpy as np
@@ -29,7 +31,7 @@ import yaml
 
 from mair.cli import main
 from mair.data.catalog import load_catalog
-from mair.data.download import DownloadOptions, download_file, drive_confirm_params
+from mair.data.download import DownloadOptions, download_file
 
 FAST = ["--retries", "2", "--backoff", "0", "--timeout", "10", "--quiet"]
 
@@ -72,10 +74,10 @@ class Server:
 
     base: str = ""
     files: dict[str, bytes] = field(default_factory=dict)
-    drive: dict[str, bytes] = field(default_factory=dict)
     html: set[str] = field(default_factory=set)
     cut_once: dict[str, int] = field(default_factory=dict)  # path -> bytes sent before the connection drops
     fail_once: dict[str, int] = field(default_factory=dict)  # path -> HTTP status answered once
+    no_length: set[str] = field(default_factory=set)  # paths answered without Content-Length (read to EOF)
     requests: list[tuple[str, dict[str, str]]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -92,7 +94,8 @@ def _handler(state: Server) -> type[BaseHTTPRequestHandler]:
             self.send_response(status)
             for key, value in headers.items():
                 self.send_header(key, value)
-            self.send_header("Content-Length", str(len(body)))
+            if unquote(urlsplit(self.path).path) not in state.no_length:
+                self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body if send is None else body[:send])
             self.wfile.flush()
@@ -107,9 +110,6 @@ def _handler(state: Server) -> type[BaseHTTPRequestHandler]:
                 cut = None if fail else state.cut_once.pop(path, None)
             if fail:
                 self._send(fail, b"try again", {"Content-Type": "text/plain"})
-                return
-            if path == "/drive/download":
-                self._drive(parse_qs(url.query))
                 return
             data = state.files.get(path)
             if data is None:
@@ -132,29 +132,6 @@ def _handler(state: Server) -> type[BaseHTTPRequestHandler]:
                 self._send(206, data[start:], headers, cut)
                 return
             self._send(200, data, {"Content-Type": ctype}, cut)
-
-        def _drive(self, query: dict[str, list[str]]) -> None:
-            file_id = query.get("id", [""])[0]
-            data = state.drive.get(file_id)
-            if data is None:
-                self._send(404, b"no such file", {"Content-Type": "text/html"})
-                return
-            if query.get("confirm") == ["t"] and query.get("uuid") == ["5e1f-00aa"]:
-                self._serve(data, "application/octet-stream", None)
-                return
-            page = (
-                "<!DOCTYPE html><html><head><title>Google Drive - Virus scan warning</title></head><body>"
-                "<p>Google Drive can't scan this file for viruses.</p>"
-                '<form id="download-form" action="https://drive.usercontent.google.com/download"'
-                ' method="get">'
-                '<input type="submit" id="uc-download-link" class="goog-inline-block"'
-                ' value="Download anyway"/>'
-                f'<input type="hidden" name="id" value="{file_id}">'
-                '<input type="hidden" name="export" value="download">'
-                '<input type="hidden" name="confirm" value="t">'
-                '<input type="hidden" name="uuid" value="5e1f-00aa"></form></body></html>'
-            )
-            self._send(200, page.encode(), {"Content-Type": "text/html; charset=utf-8"})
 
     return Handler
 
@@ -199,7 +176,6 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, server: Server) -> dict
     data = tmp_path / "data"
     monkeypatch.setenv("MAIR_PARAMS_DIR", str(params))
     monkeypatch.setenv("MAIR_DATA_DIR", str(data))
-    monkeypatch.setenv("MAIR_GDRIVE_BASE", f"{server.base}/drive")
     monkeypatch.delenv("MAIR_DATA_MIRROR", raising=False)
 
     def write(datasets: dict[str, Any]) -> Path:
@@ -390,27 +366,67 @@ def test_html_page_is_not_taken_for_the_file(env: dict[str, Any], server: Server
     assert not (env["data"] / "data.lock.json").exists()
 
 
-def test_google_drive_confirmation_page(env: dict[str, Any], server: Server) -> None:
+def test_google_drive_goes_through_gdown(env: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A gdrive:<id> file is fetched by gdown (replaced at our boundary) into the .part path, then verified,
+    recorded and extracted like any other download."""
+    from mair.data import gdrive
+
     archive = zip_bytes({"test/input/a.png": png_bytes(8), "test/target/a.png": png_bytes(9)})
-    server.drive["1AbC-xyz_9"] = archive
+    calls: list[dict[str, Any]] = []
+
+    def fake_download(**kwargs: Any) -> str:
+        calls.append(kwargs)
+        Path(kwargs["output"]).write_bytes(archive)
+        return kwargs["output"]
+
+    monkeypatch.setattr(gdrive, "gdown_download", fake_download)
     spec = {"name": "test.zip", "urls": ["gdrive:1AbC-xyz_9"], "sha256": sha256(archive)}
     env["write"]({"toy": entry([spec], access="gdrive")})
     assert main(["data", "download", "toy", *FAST]) == 0
     assert (env["data"] / "raw/toy/test.zip").read_bytes() == archive
-    queries = [
-        parse_qs(urlsplit(p).query) for p, _ in server.requests if urlsplit(p).path == "/drive/download"
-    ]
-    assert queries[0] == {"id": ["1AbC-xyz_9"], "export": ["download"]}
-    assert any(q.get("confirm") == ["t"] and q.get("uuid") == ["5e1f-00aa"] for q in queries[1:])
+    assert len(calls) == 1 and calls[0]["id"] == "1AbC-xyz_9" and calls[0]["resume"] is True
+    assert calls[0]["output"] == str(env["data"] / "raw/toy/test.zip.part")
     assert (env["data"] / "extracted/toy/test/target/a.png").is_file()
 
 
-def test_drive_page_parsing_old_style_link() -> None:
-    page = (
-        '<a id="uc-download-link" href="/uc?export=download&amp;confirm=AbC1&amp;id=XYZ">Download anyway</a>'
-    )
-    assert drive_confirm_params(page) == {"export": "download", "confirm": "AbC1", "id": "XYZ"}
-    assert drive_confirm_params("<html>Too many users have viewed or downloaded this file</html>") is None
+@pytest.mark.parametrize(("announced", "origin"), [(True, "first-download"), (False, "unconfirmed-download")])
+def test_google_drive_pins_a_first_seen_checksum_only_when_the_length_was_announced(
+    env: dict[str, Any], monkeypatch: pytest.MonkeyPatch, announced: bool, origin: str
+) -> None:
+    from mair.data import gdrive
+
+    archive = zip_bytes({"test/input/a.png": png_bytes(8), "test/target/a.png": png_bytes(9)})
+
+    def fake_download(**kwargs: Any) -> str:
+        Path(kwargs["output"]).write_bytes(archive)
+        kwargs["progress"](len(archive), len(archive) if announced else None)
+        return kwargs["output"]
+
+    monkeypatch.setattr(gdrive, "gdown_download", fake_download)
+    env["write"]({"toy": entry([{"name": "test.zip", "urls": ["gdrive:1AbC-xyz_9"]}], access="gdrive")})
+    assert main(["data", "download", "toy", *FAST]) == 0
+    assert lock_entries(env["data"])["toy/test.zip"]["origin"] == origin
+
+
+def test_google_drive_refusal_is_one_line_with_instructions(
+    env: dict[str, Any], monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    from mair.data import gdrive
+
+    def refused(**kwargs: Any) -> str:
+        raise RuntimeError(
+            "Failed to retrieve file url:\n\n\tToo many users have viewed or downloaded this file recently. "
+            "Please try accessing the file again later.\n\nYou may still be able to access the file from the browser"
+        )
+
+    monkeypatch.setattr(gdrive, "gdown_download", refused)
+    env["write"]({"toy": entry([{"name": "test.zip", "urls": ["gdrive:1AbC-xyz_9"]}], access="gdrive")})
+    assert main(["data", "download", "toy", *FAST]) == 1
+    err = [ln for ln in capsys.readouterr().err.splitlines() if "1AbC-xyz_9" in ln]
+    assert len(err) == 1 and "too many users" in err[0] and "mair data add" in err[0]
+    assert "https://drive.google.com/file/d/1AbC-xyz_9/view" in err[0]
+    assert not (env["data"] / "raw/toy/test.zip").exists()
+    assert not (env["data"] / "data.lock.json").exists()
 
 
 def test_add_registers_verified_files(env: dict[str, Any], server: Server, tmp_path: Path, capsys) -> None:

@@ -38,16 +38,16 @@ def _set_scope(work: Path, scope: str) -> None:
     assert f"\nscope: {scope}\n" in path.read_text()
 
 
-def dvc_stages(work: Path) -> dict[str, dict[str, Any]]:
-    """Pipeline stages of dvc.yaml as DVC resolves them (vars from params/pipeline.yaml interpolated)."""
+def dvc_stages(work: Path, file: str = "dvc.yaml") -> dict[str, dict[str, Any]]:
+    """Pipeline stages of ``file`` as DVC resolves them (vars from params/pipeline.yaml interpolated)."""
     code = """
-import json
+import json, sys
 from dvc.dependency.param import ParamsDependency
 from dvc.repo import Repo
 with Repo(".") as repo:
     out = {}
     for st in repo.index.stages:
-        if not getattr(st, "cmd", None):
+        if not getattr(st, "cmd", None) or st.relpath != sys.argv[1]:
             continue
         out[st.name] = {
             "cmd": st.cmd if isinstance(st.cmd, list) else [st.cmd],
@@ -57,7 +57,7 @@ with Repo(".") as repo:
         }
 print(json.dumps(out))
 """
-    proc = subprocess.run([sys.executable, "-c", code], cwd=work, capture_output=True, text=True, check=False)
+    proc = subprocess.run([sys.executable, "-c", code, file], cwd=work, capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads(proc.stdout)
 
@@ -172,10 +172,21 @@ def test_dvc_stages_and_snakemake_dag_describe_the_same_steps(work: Path, scope:
     assert ("train_sr_light_s_x2", "train_sr_light_t_x3") in dvc_edges
     assert {("data", f"train_{e}") for e in EXPERIMENTS} <= dvc_edges
 
-    # params/ files are DVC params of the steps they drive.
+    # Experiment files are dependencies of their steps; params/pipeline.yaml settings are DVC params, a few only.
     for e in EXPERIMENTS:
-        assert f"params/experiments/{e}.yaml" in stages[f"train_{e}"]["params"]
-    assert "scope" in stages["data"]["params"]["params/pipeline.yaml"]
+        assert f"params/experiments/{e}.yaml" in stages[f"train_{e}"]["deps"]
+        assert f"params/experiments/{e}.yaml" in stages[f"evaluate_{e}"]["deps"]
+        assert set(stages[f"train_{e}"]["params"]) == {"params/pipeline.yaml"}
+    assert {"scope", "experiments"} <= set(stages["data"]["params"]["params/pipeline.yaml"])
+    assert "experiments" in stages["tables"]["params"]["params/pipeline.yaml"]
+    tracked = {k for s in stages.values() for keys in s["params"].values() for k in keys}
+    assert tracked == {"scope", "experiments", "data_dir", "init_quirk", "self_ensemble", "precision"}
+    # The data and tables stages take the experiments from params/pipeline.yaml (what `dvc exp run -S` edits).
+    assert "experiments" not in commands["data"]["config"] and "experiments" not in commands["tables"]["config"]
+    # Metrics: one small file per evaluation stage, not cached (git-tracked-size, shown by `dvc metrics show`).
+    for e in EXPERIMENTS:
+        assert stages[f"evaluate_{e}"]["outs"][f"results/{scope}/metrics/{e}.json"] == {"persist": False,
+                                                                                          "cache": False}
 
 
 @pytest.mark.skipif(shutil.which("mair") is None, reason="the mair command is not installed")
@@ -206,3 +217,77 @@ def test_dvc_repro_runs_a_demo_step_in_a_fresh_clone(tmp_path: Path) -> None:
     again = subprocess.run(["dvc", "repro", "evaluate_dehaze_r6k"], cwd=work, env=env, capture_output=True,
                            text=True, timeout=600)
     assert again.returncode == 0 and "Running stage" not in again.stdout, again.stdout
+
+
+def _dvc(work: Path, *args: str, timeout: float = 1800) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(["dvc", *args], cwd=work, env=run_env(work), capture_output=True, text=True,
+                          timeout=timeout)
+    assert proc.returncode == 0, f"dvc {' '.join(args)}:\n{proc.stdout[-6000:]}\n{proc.stderr[-4000:]}"
+    return proc
+
+
+def _documented_dvc_commands() -> list[str]:
+    """The `dvc ...` lines of the code blocks of docs/pipeline.md's DVC section, comments stripped."""
+    text = (REPO / "docs" / "pipeline.md").read_text()
+    section = text.split("\n## DVC\n", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```\n(.*?)```", section, flags=re.S)
+    lines = [ln.split("  #", 1)[0].strip() for b in blocks for ln in b.splitlines()]
+    return [ln for ln in lines if ln.startswith("dvc ")]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("mair") is None, reason="the mair command is not installed")
+def test_dvc_experiment_metrics_plots_and_documented_commands_on_a_fresh_clone(tmp_path: Path) -> None:
+    """On a fresh clone (committed state): the dry run plans every stage from nothing; `dvc exp run -S` chooses
+    the experiments (only dehaze_r6k's data is prepared); `dvc metrics show`, `dvc plots show` and `dvc exp show`
+    present the real outputs with few params; the documented data commands work as written."""
+    work = copy_repo(tmp_path / "repo")
+    subprocess.run(["git", "init", "-q"], cwd=work, check=True)
+    git_id = ["-c", "user.name=t", "-c", "user.email=t@example.invalid"]
+    subprocess.run(["git", *git_id, "add", "-A"], cwd=work, check=True)
+    subprocess.run(["git", *git_id, "commit", "-qm", "fresh"], cwd=work, check=True)
+    subprocess.run(["git", "config", "user.name", "t"], cwd=work, check=True)
+    subprocess.run(["git", "config", "user.email", "t@example.invalid"], cwd=work, check=True)
+
+    # (8) The plan from nothing, as documented: every stage, in order (data first, tables last).
+    documented = _documented_dvc_commands()
+    dry = next(c for c in documented if "--dry" in c)
+    plan = re.findall(r"Running stage '([^']+)'", _dvc(work, *shlex.split(dry)[1:], timeout=600).stdout)
+    assert len(plan) == 36 and plan[0] == "data" and plan[-1] == "tables"
+    assert plan.index("train_sr_classic_x2") < plan.index("train_sr_classic_x3") < plan.index(
+        "evaluate_sr_classic_x3")
+
+    # (10) Experiments chosen through DVC params, as with --config: the data stage prepares only dehaze_r6k's sets.
+    _dvc(work, "exp", "run", "-n", "r6k", "-S", "params/pipeline.yaml:experiments=[dehaze_r6k]",
+         "evaluate_dehaze_r6k")
+    manifest = json.loads((work / "results" / "demo" / "data" / "manifest.json").read_text())
+    assert set(manifest["datasets"]) == {"reside_6k"}
+    metrics_file = work / "results" / "demo" / "metrics" / "dehaze_r6k.json"
+    assert json.loads(metrics_file.read_text())["reside_6k"]["psnr"] > 0
+
+    # (9) Metrics, plots and the experiments table.
+    shown = json.loads(_dvc(work, "metrics", "show", "--json").stdout)
+    values = shown[""]["data"]["results/demo/metrics/dehaze_r6k.json"]["data"]
+    assert values["reside_6k"]["psnr"] == pytest.approx(json.loads(metrics_file.read_text())["reside_6k"]["psnr"])
+    out = tmp_path / "plots"
+    _dvc(work, "plots", "show", "-o", str(out))
+    html = (out / "index.html").read_text()
+    assert "training loss" in html and "validation PSNR" in html  # the two plots' titles
+    assert "dehaze_r6k/train_log.csv" in html and "dehaze_r6k/val_log.csv" in html  # with the run's data
+    rows = json.loads(_dvc(work, "exp", "show", "--json", "-A").stdout)
+    exps = [e for row in rows for e in (row.get("experiments") or []) if e.get("name") == "r6k"]
+    assert exps, rows
+    data = exps[0]["revs"][0]["data"]
+    params = {k for f in data["params"].values() for k in f.get("data", {})}
+    assert "experiments" in params and len(params) <= 12, params
+    assert data["metrics"]["results/demo/metrics/dehaze_r6k.json"]["data"]["reside_6k"]["psnr"] > 0
+
+    # (12) The documented data commands, as written, in a non-interactive shell (a local remote for the push).
+    remote = tmp_path / "remote"
+    _dvc(work, "remote", "add", "-d", "local", str(remote))
+    for command in documented:
+        if command.startswith(("dvc commit", "dvc push", "dvc config")):
+            for part in command.split("&&"):
+                _dvc(work, *shlex.split(part)[1:], timeout=600)
+    assert yaml.safe_load((work / "data.dvc").read_text())["outs"][0]["md5"].endswith(".dir")
+    assert any(remote.rglob("*")), "dvc push sent the data to the remote"

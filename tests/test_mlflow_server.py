@@ -141,3 +141,116 @@ print(json.dumps({{"train": run, "eval": ev, "enabled": tracker.enabled}}))
         assert exp["experiment"]["name"] == "mair/demo/sr_classic_x2"
         listed = _request(f"{url}/api/2.0/mlflow/artifacts/list?run_id={ids['eval']}")
         assert "set5.csv" in [f["path"] for f in listed.get("files", [])]
+
+
+def _download(url: str, timeout: float = 30.0) -> bytes:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(url, timeout=timeout) as response:
+        return response.read()
+
+
+@pytest.mark.slow
+def test_experiment_kind_source_tags_training_link_model_and_artifacts(tmp_path: Path) -> None:
+    """What the MLflow UI shows, read back through the REST API of a real server: the experiment is a
+    model-training experiment, runs carry the standard Source / commit / user tags, an evaluation of a training's
+    weights is that run's child, the final weights are a logged model (weights-only loadable) with the evaluation
+    metrics, and tables, figures, logs and restored samples are artifacts."""
+    torch = pytest.importorskip("torch")
+    weights = tmp_path / "results" / "weights" / "dehaze_r6k.pth"
+    weights.parent.mkdir(parents=True)
+    torch.save({"params": {"conv.weight": torch.arange(6.0).reshape(1, 1, 2, 3)}}, weights)
+    other = tmp_path / "other.pth"  # weights no training run logged (e.g. published ones)
+    torch.save({"params": {"conv.weight": torch.zeros(1)}}, other)
+    config, log = tmp_path / "config.yaml", tmp_path / "train_log.csv"
+    config.write_text("experiment: {id: dehaze_r6k}\n")
+    log.write_text("iter,epoch,loss,lr,seconds\n10,0,0.5,0.0002,1.0\n")
+    sample = tmp_path / "samples" / "0001.png"
+    sample.parent.mkdir()
+    sample.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 16)
+    tables = tmp_path / "tables"
+    (tables / "figures").mkdir(parents=True)
+    for name in ("tables.md", "tables.tex", "table4_dehazing.csv", "figures/psnr_curves.png"):
+        (tables / name).write_text(name)
+
+    with mlflow_server(tmp_path / "mlflow.db", tmp_path / "mlartifacts") as url:
+        code = f"""
+import json
+from pathlib import Path
+from mair import tracking
+t = tracking.Tracker({url!r})
+train = t.start(tracking.mlflow_experiment_name("demo", "dehaze_r6k"), "train dehaze_r6k",
+                {{"mair.kind": "training", "mair.experiment": "dehaze_r6k"}}, source="mair train")
+t.log_metrics({{"loss": 0.5}}, step=10)
+model = t.log_model({str(weights)!r}, "dehaze_r6k", files=[{str(config)!r}], params={{"iterations": 10}}, step=10)
+t.log_artifacts([{str(log)!r}], "logs")
+t.end("FINISHED")
+summary = {{"experiment": "dehaze_r6k", "dataset": "reside_6k", "variant": "MaIR", "scope": "demo",
+           "metrics": {{"psnr": 25.5, "ssim": 0.9}}, "n_images": 3, "complete": True}}
+ev = tracking.log_evaluation({{**summary, "weights": {str(weights)!r}}}, {{}}, [], images=[{str(sample)!r}])
+lone = tracking.log_evaluation({{**summary, "weights": {str(other)!r}}}, {{}}, [])
+files = [str(p) for p in Path({str(tables)!r}).rglob("*") if p.is_file()]
+tab = tracking.log_tables("demo", files, {str(tables)!r})
+print(json.dumps({{"train": train, "model": model, "eval": ev, "lone": lone, "tables": tab}}))
+"""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+        env["MLFLOW_TRACKING_URI"] = url
+        env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
+        proc = subprocess.run([sys.executable, "-W", "error::UserWarning:mair.tracking", "-c", code], env=env,
+                              capture_output=True, text=True, timeout=300, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        ids = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert all(ids.values()), ids
+
+        runs = {r["info"]["run_id"]: r for r in search_runs(url)}
+        train, evaluation, lone = runs[ids["train"]], runs[ids["eval"]], runs[ids["lone"]]
+
+        # A model-training experiment (MLflow 3's experiment kind), not a GenAI one.
+        exp = _request(f"{url}/api/2.0/mlflow/experiments/get?experiment_id={train['info']['experiment_id']}")
+        exp_tags = {t["key"]: t["value"] for t in exp["experiment"].get("tags", [])}
+        assert exp_tags["mlflow.experimentKind"] == "custom_model_development"
+
+        # Source, type, user and commit: the UI's "Source" and "Created by".
+        commit = subprocess.run(["git", "-C", str(Path(__file__).parent), "rev-parse", "HEAD"], capture_output=True,
+                                text=True).stdout.strip()
+        for run, source in ((train, "mair train"), (evaluation, "mair evaluate")):
+            assert run["tags"]["mlflow.source.name"] == source and run["tags"]["mlflow.source.type"] == "LOCAL"
+            assert run["tags"]["mlflow.user"]
+            if commit:
+                assert run["tags"]["mlflow.source.git.commit"] == commit
+
+        # The evaluation of these weights is the training run's child; weights no run logged have no parent.
+        assert evaluation["tags"]["mlflow.parentRunId"] == ids["train"] == evaluation["tags"]["mair.training_run"]
+        assert "mlflow.parentRunId" not in lone["tags"]
+
+        # The logged model: this experiment, this source run, READY, the evaluation's metrics, weights-only files.
+        model = _request(f"{url}/api/2.0/mlflow/logged-models/{ids['model']}")["model"]
+        assert model["info"]["experiment_id"] == train["info"]["experiment_id"]
+        assert model["info"]["source_run_id"] == ids["train"] and model["info"]["name"] == "dehaze_r6k"
+        assert model["info"]["status"] == "LOGGED_MODEL_READY"
+        model_metrics = {m["key"]: m["value"] for m in model["data"].get("metrics", [])}
+        assert model_metrics["reside_6k/psnr"] == pytest.approx(25.5)
+        found = _request(f"{url}/api/2.0/mlflow/logged-models/search",
+                         {"experiment_ids": [train["info"]["experiment_id"]]})
+        assert [m["info"]["model_id"] for m in found["models"]] == [ids["model"]]
+        listed = _request(f"{url}/api/2.0/mlflow/logged-models/{ids['model']}/artifacts/directories")
+        assert {f["path"] for f in listed["files"]} == {"dehaze_r6k.pth", "config.yaml"}
+        data = _download(f"{url}/ajax-api/2.0/mlflow/logged-models/{ids['model']}/artifacts/files"
+                         f"?artifact_file_path=dehaze_r6k.pth")
+        fetched = tmp_path / "fetched.pth"
+        fetched.write_bytes(data)
+        state = torch.load(fetched, weights_only=True)
+        assert torch.equal(state["params"]["conv.weight"], torch.arange(6.0).reshape(1, 1, 2, 3))
+        assert train["tags"]["mair.model_id"] == ids["model"]
+
+        # Artifacts: training logs, restored samples, tables and figures (folders kept).
+        def artifacts(run_id: str, path: str = "") -> set[str]:
+            query = f"run_id={run_id}" + (f"&path={path}" if path else "")
+            return {f["path"] for f in _request(f"{url}/api/2.0/mlflow/artifacts/list?{query}").get("files", [])}
+
+        assert "logs/train_log.csv" in artifacts(ids["train"], "logs")
+        assert artifacts(ids["eval"], "samples") == {"samples/0001.png"}
+        assert {"tables.md", "tables.tex", "table4_dehazing.csv", "figures"} <= artifacts(ids["tables"])
+        assert artifacts(ids["tables"], "figures") == {"figures/psnr_curves.png"}
+        tables_exp = _request(f"{url}/api/2.0/mlflow/experiments/get?experiment_id="
+                              f"{runs[ids['tables']]['info']['experiment_id']}")
+        assert tables_exp["experiment"]["name"] == "mair/demo/tables"

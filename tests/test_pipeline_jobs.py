@@ -180,10 +180,17 @@ def test_dvc_stages_run_snakemake_with_the_profile_executor_names(tmp_path: Path
 
     (tmp_path / "params").mkdir()
     settings = tmp_path / "params" / "pipeline.yaml"
-    settings.write_text("scope: demo\nexecutor: slurm\n")
-    assert snakemake_command(["-n", "x"], tmp_path) == ["snakemake", "--profile", "workflow/profiles/slurm", "-n", "x"]
-    settings.write_text("scope: demo\n")
-    assert snakemake_command([], tmp_path)[:3] == ["snakemake", "--profile", "workflow/profiles/local"]
+    settings.write_text("scope: demo\nexecutor: slurm\n")  # the slurm profile's scope=paper must not win
+    assert snakemake_command(["-n", "--", "x"], tmp_path) == [
+        "snakemake", "--profile", "workflow/profiles/slurm", "-n", "--config", "scope=demo", "--", "x"
+    ]  # fmt: skip
+    assert snakemake_command(["--config", "experiments=[a]", "--", "x"], tmp_path)[3:] == [
+        "--config", "scope=demo", "experiments=[a]", "--", "x"
+    ]  # fmt: skip
+    settings.write_text("scope: paper\n")
+    assert snakemake_command([], tmp_path) == [
+        "snakemake", "--profile", "workflow/profiles/local", "--config", "scope=paper"
+    ]  # fmt: skip
     settings.write_text("scope: demo\nexecutor: pbs\n")
     proc = subprocess.run([sys.executable, "-m", "mair.snakemake_run", "-n"], cwd=tmp_path, env=_env(),
                           capture_output=True, text=True, timeout=60)  # fmt: skip

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import shutil
 import socket
@@ -275,7 +276,38 @@ def test_training_is_tracked_and_a_resumed_run_continues_the_same_mlflow_run(
     assert [m.step for m in client.get_metric_history(run_id, "val_psnr")] == [3, 30]  # end of each launch
     assert {m.key for m in client.get_metric_history(run_id, "best_psnr")} == {"best_psnr"}
     artifacts = {a.path for a in client.list_artifacts(run_id)}
-    assert {"config.yaml", "sr_light_t_x2.pth"} <= artifacts
+    assert {"config.yaml", "sr_light_t_x2.pth", "logs"} <= artifacts
+    assert {a.path for a in client.list_artifacts(run_id, "logs")} == {
+        "logs/train_log.csv", "logs/val_log.csv", "logs/best.json"}
+    assert tags["mlflow.source.name"] == "mair train" and tags["mlflow.source.type"] == "LOCAL"
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    # The final weights are a logged model of this run, holding exactly the exported weights file.
+    model = client.get_logged_model(tags["mair.model_id"])
+    assert model.source_run_id == run_id and model.experiment_id == run.info.experiment_id
+    assert model.name == "sr_light_t_x2" and str(model.status).endswith("READY")
+    weights = tmp_path / "results" / "demo" / "weights" / "sr_light_t_x2.pth"
+    assert tags["mair.weights_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert {a.path for a in client.list_logged_model_artifacts(model.model_id)} == {"sr_light_t_x2.pth",
+                                                                                     "config.yaml"}
+
+    # `mair evaluate` of these weights: a child run of the training, restored samples, metrics on the model.
+    from mair.cli import main
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    assert main(["evaluate", "sr_light_t_x2", "--scope", "demo", "--device", "cpu", "--weights", str(weights),
+                 "--datasets", "set5", "--data-dir", str(demo_data), "--results-dir", str(tmp_path / "results"),
+                 "--quiet"]) == 0
+    (evaluation,) = client.search_runs([run.info.experiment_id], "tags.`mair.kind` = 'evaluation'")
+    assert evaluation.data.tags["mlflow.parentRunId"] == run_id == evaluation.data.tags["mair.training_run"]
+    assert evaluation.data.tags["mlflow.source.name"] == "mair evaluate"
+    samples = {a.path for a in client.list_artifacts(evaluation.info.run_id, "samples")}
+    assert 1 <= len(samples) <= 3 and all(a.startswith("samples/") and a.endswith(".png") for a in samples)
+    on_disk = sorted((tmp_path / "results" / "demo" / "eval" / "sr_light_t_x2" / "samples" / "set5").glob("*.png"))
+    assert {f"samples/{f.name}" for f in on_disk} == samples
+    model = client.get_logged_model(model.model_id)
+    psnr = {m.key: m.value for m in model.metrics}["set5/psnr"]
+    assert psnr == pytest.approx(evaluation.data.metrics["psnr"])
     with (run_dir / "train_log.csv").open() as handle:
         assert [int(r["iter"]) for r in csv.DictReader(handle)] == list(range(1, 31))
 

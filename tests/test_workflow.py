@@ -491,3 +491,8 @@ def test_demo_dehazing_end_to_end(tmp_path: Path) -> None:
     trainings = [r for r in runs if r["tags"].get("mair.kind") != "evaluation"]
     assert sorted(r["tags"]["mair.experiment"] for r in evaluations) == exps
     assert len(trainings) == 3 and all(r["params"] and r["metrics"] for r in trainings + evaluations)
+    # Each evaluation is a child of the training run that made its weights (the MLflow UI nests it there).
+    by_id = {r["info"]["run_id"]: r for r in trainings}
+    for evaluation in evaluations:
+        parent = by_id[evaluation["tags"]["mlflow.parentRunId"]]
+        assert parent["tags"]["mair.experiment"] == evaluation["tags"]["mair.experiment"]

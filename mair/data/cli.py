@@ -1,4 +1,4 @@
-"""``mair data``: list, status, download, add, extract, prepare and demo (see docs/data.md).
+"""``mair data``: list, status, download, add, extract, forget, prepare and demo (see docs/data.md).
 
 Registration only builds argparse parsers; every handler imports what it needs (nothing here imports torch).
 User errors raise :class:`mair.cli.CommandError` (exit status 2); failed downloads print what failed and
@@ -27,9 +27,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="FILE",
         help="catalog file (default: $MAIR_PARAMS_DIR/datasets.yaml, else params/datasets.yaml of the repo)",
     )
+    limits = argparse.ArgumentParser(add_help=False)
+    limits.add_argument(
+        "--max-extract-size",
+        metavar="SIZE",
+        help="most bytes an extraction may write, e.g. 500G (K/M/G/T are powers of 1024; default: 20x the "
+        "archives' size, at least 256 MiB each; $MAIR_MAX_EXTRACT_SIZE)",
+    )
+    limits.add_argument(
+        "--max-members",
+        metavar="N",
+        help="most files/folders/links an extraction may create (default: 1000000; $MAIR_MAX_EXTRACT_MEMBERS)",
+    )
     parser = subparsers.add_parser(
         "data",
-        help="datasets: list, status, download, add, extract, prepare, demo",
+        help="datasets: list, status, download, add, extract, forget, prepare, demo",
         description="Download, verify, extract and prepare the datasets of the paper (docs/data.md).",
     )
     actions = parser.add_subparsers(dest="data_command", metavar="ACTION")
@@ -45,7 +57,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(handler=_cmd_status)
 
-    p = actions.add_parser("download", parents=[common], help="fetch, verify and extract datasets")
+    p = actions.add_parser("download", parents=[common, limits], help="fetch, verify and extract datasets")
     p.add_argument("names", nargs="*", metavar="NAME", help="dataset ids (derived sets expand to their sources)")
     p.add_argument("--all", action="store_true", help="every dataset of the catalog")
     p.add_argument("--mirror", metavar="URL", help="fetch <URL>/<dataset>/<file> instead ($MAIR_DATA_MIRROR)")
@@ -57,7 +69,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress and no log lines")
     p.set_defaults(handler=_cmd_download)
 
-    p = actions.add_parser("add", parents=[common], help="register files you already have (verified first)")
+    p = actions.add_parser("add", parents=[common, limits], help="register files you already have (verified first)")
     p.add_argument("name", metavar="NAME", help="dataset id")
     p.add_argument("--from", dest="from_path", required=True, metavar="PATH", help="a file or a folder")
     p.add_argument("--copy", action="store_true", help="copy instead of hard-linking")
@@ -65,11 +77,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no log lines")
     p.set_defaults(handler=_cmd_add)
 
-    p = actions.add_parser("extract", parents=[common], help="(re-)extract downloaded files")
+    p = actions.add_parser("extract", parents=[common, limits], help="(re-)extract downloaded files")
     p.add_argument("names", nargs="*", metavar="NAME", help="dataset ids")
     p.add_argument("--all", action="store_true", help="every dataset whose files are all there")
     p.add_argument("--force", action="store_true", help="extract again even when up to date")
     p.set_defaults(handler=_cmd_extract)
+
+    p = actions.add_parser(
+        "forget",
+        parents=[common],
+        help="remove a set's raw files, recorded checksums and extracted folder",
+        description="The way out after a bad file: remove raw/<id>/ (or the --file ones), their entries in "
+        "data.lock.json and extracted/<id>/, so that the next download or add starts afresh.",
+    )
+    p.add_argument("name", metavar="NAME", help="dataset id")
+    p.add_argument(
+        "--file", dest="files", action="append", metavar="FILE", help="only this file of the set (repeatable)"
+    )
+    p.add_argument("--prepared", action="store_true", help="also remove prepared/<id>/")
+    p.set_defaults(handler=_cmd_forget)
 
     p = actions.add_parser("prepare", parents=[common], help="build the prepared layouts (docs/contracts.md)")
     p.add_argument("names", nargs="*", metavar="NAME", help="dataset ids")
@@ -136,6 +162,55 @@ def _compact_tasks(tasks: list[str]) -> str:
 
 def _err(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """``"500G"`` -> bytes (K, M, G, T are powers of 1024; ``KiB``/``KB`` spellings accepted); ValueError else."""
+    import re
+
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*", text, re.IGNORECASE)
+    if not match:
+        raise ValueError(text)
+    return int(float(match.group(1)) * _UNITS[match.group(2).upper()])
+
+
+def _limits(args: argparse.Namespace) -> Any:
+    """The extraction limits from ``--max-extract-size``/``--max-members`` (or their environment variables)."""
+    import os
+
+    from mair.data.extract import DEFAULT_MAX_MEMBERS, ExtractLimits
+
+    size = args.max_extract_size or os.environ.get("MAIR_MAX_EXTRACT_SIZE")
+    members = args.max_members or os.environ.get("MAIR_MAX_EXTRACT_MEMBERS")
+    try:
+        max_bytes = parse_size(size) if size else None
+        if max_bytes is not None and max_bytes <= 0:
+            raise ValueError(size)
+    except ValueError:
+        raise CommandError(
+            f"--max-extract-size (or $MAIR_MAX_EXTRACT_SIZE): expected a size such as 800M or 500G, got {size!r}"
+        ) from None
+    try:
+        max_members = int(members) if members else DEFAULT_MAX_MEMBERS
+        if max_members <= 0:
+            raise ValueError(members)
+    except ValueError:
+        raise CommandError(
+            f"--max-members (or $MAIR_MAX_EXTRACT_MEMBERS): expected a positive whole number, got {members!r}"
+        ) from None
+    return ExtractLimits(max_bytes=max_bytes, max_members=max_members)
+
+
+def _extract_error(dataset_id: str, error: Exception) -> str:
+    """An extraction error, with the way out when the archive itself is bad."""
+    from mair.data.extract import ExtractLimitError, MissingToolError
+
+    if isinstance(error, (ExtractLimitError, MissingToolError)):
+        return str(error)
+    return f"{error} (`mair data forget {dataset_id}` removes its raw files and recorded checksums)"
 
 
 # ------------------------------------------------------------------------------------------------ list
@@ -236,8 +311,8 @@ def dataset_status(
     cache = {} if cache is None else cache
     if dataset_id in cache:
         return cache[dataset_id]
-    from mair.data.download import complete_source, present_files
-    from mair.data.extract import read_marker
+    from mair.data.download import complete_source, extraction_is_current, present_files
+    from mair.data.lockfile import is_reference
     from mair.data.paths import disk_usage, extracted_dir, prepared_dir, prepared_marker, raw_dir
 
     dataset = catalog.get(dataset_id)
@@ -253,12 +328,11 @@ def dataset_status(
         downloaded = source is not None
         names = [s.name for s in source.files] if source else present
         raw = raw_dir(dataset_id, root)
-        verified = downloaded and all(
-            (e := lock_entries.get(f"{dataset_id}/{n}")) is not None and e.get("size") == (raw / n).stat().st_size
+        verified = downloaded and all(  # an unconfirmed transfer (no length announced) is not verified
+            is_reference(e := lock_entries.get(f"{dataset_id}/{n}")) and e.get("size") == (raw / n).stat().st_size
             for n in names
         )
-        marker = read_marker(extracted_dir(dataset_id, root))
-        extracted = marker is not None
+        extracted = extraction_is_current(dataset, root, source, lock_entries)  # marker of these raw files
         if dataset.accept_any_files and not dataset.files:
             files_present, files_expected = len(present), None
         else:  # counted against the complete source, else the default one
@@ -377,15 +451,21 @@ def _cmd_download(args: argparse.Namespace) -> int:
     opts = DownloadOptions(
         retries=args.retries, backoff=args.backoff, timeout=args.timeout, mirror=args.mirror, quiet=args.quiet
     )
+    limits = _limits(args)
     failed: list[str] = []
     manual: list[str] = []
     for dataset_id in catalog.expand(names):
         try:
-            download_dataset(catalog, dataset_id, root, opts, source=args.source, extract=not args.no_extract)
+            download_dataset(
+                catalog, dataset_id, root, opts, source=args.source, extract=not args.no_extract, limits=limits
+            )
         except ManualDownloadRequired as error:
             manual.append(dataset_id)
             _err(f"mair data download: {dataset_id}: manual download needed\n{error}\n")
-        except (DownloadError, ExtractError, OSError, ValueError) as error:
+        except ExtractError as error:
+            failed.append(dataset_id)
+            _err(f"mair data download: error: {_extract_error(dataset_id, error)}")
+        except (DownloadError, OSError, ValueError) as error:
             failed.append(dataset_id)
             _err(f"mair data download: error: {error}")
     if manual or failed:
@@ -406,6 +486,7 @@ def _cmd_add(args: argparse.Namespace) -> int:
     catalog = _catalog(args)
     if args.name not in catalog:
         raise CommandError(f"unknown dataset {args.name!r}; known: {', '.join(catalog.ids())}")
+    limits = _limits(args)
     try:
         add_files(
             catalog,
@@ -415,10 +496,14 @@ def _cmd_add(args: argparse.Namespace) -> int:
             copy=args.copy,
             extract=not args.no_extract,
             quiet=args.quiet,
+            limits=limits,
         )
     except ValueError as error:
         raise CommandError(str(error)) from None
-    except (DownloadError, ExtractError, OSError) as error:
+    except ExtractError as error:
+        _err(f"mair data add: error: {_extract_error(args.name, error)}")
+        return 1
+    except (DownloadError, OSError) as error:
         _err(f"mair data add: error: {error}")
         return 1
     return 0
@@ -430,12 +515,17 @@ def _cmd_extract(args: argparse.Namespace) -> int:
 
     catalog = _catalog(args)
     root = _root(args)
+    limits = _limits(args)
     names = catalog.expand(_names(args, catalog))
     status = 0
     for dataset_id in names:
         try:
-            marker = extract_raw(catalog.get(dataset_id), root, force=args.force)
-        except (ExtractError, OSError) as error:
+            marker = extract_raw(catalog.get(dataset_id), root, force=args.force, limits=limits)
+        except ExtractError as error:
+            _err(f"mair data extract: error: {_extract_error(dataset_id, error)}")
+            status = 1
+            continue
+        except OSError as error:
             _err(f"mair data extract: error: {error}")
             status = 1
             continue
@@ -446,6 +536,20 @@ def _cmd_extract(args: argparse.Namespace) -> int:
         else:
             print(f"{dataset_id}: extracted ({marker.get('n_files')} files)")
     return status
+
+
+def _cmd_forget(args: argparse.Namespace) -> int:
+    from mair.data.forget import ForgetError, forget_dataset
+
+    catalog = _catalog(args)
+    if args.name not in catalog:
+        raise CommandError(f"unknown dataset {args.name!r}; known: {', '.join(catalog.ids())}")
+    try:
+        done = forget_dataset(catalog.get(args.name), _root(args), names=args.files, prepared=args.prepared)
+    except (ForgetError, ValueError) as error:
+        raise CommandError(str(error)) from None
+    print(done.summary(args.name))
+    return 0
 
 
 # -------------------------------------------------------------------------------------------- prepare / demo

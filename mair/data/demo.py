@@ -476,9 +476,13 @@ def build_demo(data_dir: str | os.PathLike[str] | None = None, force: bool = Fal
         ctx.sources["demo"] = "scikit-image photographs, seeded synthetic degradations (mair.data.demo)"
         counts = builder(ctx, base)
         marker = write_marker(ctx, counts, deterministic=True)
-        if final.exists():
-            shutil.rmtree(final)
+        old = base / f".{set_id}.old"
+        if old.exists():
+            shutil.rmtree(old)
+        if final.exists():  # moved aside in one step: a half-removed set never keeps its marker in place
+            os.replace(final, old)
         os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
         report["datasets"][set_id] = _entry(marker, final, skipped=False)
     return report
 

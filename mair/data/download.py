@@ -2,15 +2,14 @@
 
 * HTTP(S) with ``urllib``; an interrupted transfer resumes with an HTTP ``Range`` request into
   ``<file>.part``; transient failures are retried with bounded exponential backoff.
-* ``gdrive:<id>`` URLs go through Google Drive's download endpoint; the virus-scan interstitial page is parsed
-  (its form's ``confirm``/``uuid`` fields) and the confirmed URL is fetched. The endpoint base is
-  ``$MAIR_GDRIVE_BASE`` (default ``https://drive.usercontent.google.com``), so tests can point it at a local
-  server.
+* ``gdrive:<id>`` URLs go through gdown (:mod:`mair.data.gdrive`, the one Drive path of data and weights): it
+  follows Drive's confirmation pages and resumes; the file appears at the ``.part`` path only when complete.
 * A mirror (``--mirror`` or ``$MAIR_DATA_MIRROR``) serves ``<base>/<dataset>/<file>`` instead of the catalog
   URLs.
 * Size and sha256 (or sha1/md5 when only those are published, or the sha256 recorded in ``data.lock.json`` by
   the first download) are verified BEFORE the atomic rename to the final path; a mismatch deletes the
-  ``.part``.
+  ``.part``. A first-seen sha256 is only pinned when the transfer is known complete (see
+  :mod:`mair.data.lockfile`); messages say where an expected value came from.
 * Login-only and manual sets raise :class:`ManualDownloadRequired` with the catalog's instructions;
   :func:`add_files` registers files the user fetched by hand (verified first, hard-linked or copied).
 """
@@ -18,14 +17,13 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
-import html.parser
 import http.client
 import os
 import re
 import shutil
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -36,13 +34,13 @@ from pathlib import Path
 from typing import Any
 
 from mair import __version__
-from mair.atomic import _fsync_dir, atomic_write_json
+from mair.atomic import _fsync_dir, atomic_write_json, make_temp_file
 from mair.data.catalog import DEFAULT_SOURCE, Catalog, Dataset, FileSpec, Source, infer_format
-from mair.data.extract import extract_dataset, read_marker
-from mair.data.lockfile import LockBusyError, LockFile, file_lock
+from mair.data.extract import ExtractLimits, extract_dataset, read_marker
+from mair.data.gdrive import download_drive_file
+from mair.data.lockfile import LockBusyError, LockFile, file_lock, is_reference, new_entry, provenance
 from mair.data.paths import PathLike, extracted_dir, lock_path, raw_dir
 
-GDRIVE_BASE = "https://drive.usercontent.google.com"
 _RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
 _HASH_BUFFER = 1 << 20
 
@@ -91,7 +89,6 @@ class DownloadOptions:
     max_backoff: float = 60.0
     timeout: float = 60.0
     mirror: str | None = None
-    gdrive_base: str | None = None
     progress: bool | None = None  # None: a bar only when stderr is a terminal
     quiet: bool = False
     chunk_size: int = 1 << 20
@@ -99,10 +96,6 @@ class DownloadOptions:
     def resolved_mirror(self) -> str | None:
         """``mirror`` or ``$MAIR_DATA_MIRROR`` (None when neither is set)."""
         return (self.mirror or os.environ.get("MAIR_DATA_MIRROR") or "").rstrip("/") or None
-
-    def resolved_gdrive_base(self) -> str:
-        """``gdrive_base`` or ``$MAIR_GDRIVE_BASE`` or the real Drive download host."""
-        return (self.gdrive_base or os.environ.get("MAIR_GDRIVE_BASE") or GDRIVE_BASE).rstrip("/")
 
     def show_progress(self) -> bool:
         """Whether to draw a progress bar."""
@@ -125,17 +118,20 @@ def file_digests(path: Path, algorithms: tuple[str, ...] = ("sha256",)) -> dict[
 
 
 def expected_checksums(spec: FileSpec | None, locked: dict[str, Any] | None) -> dict[str, tuple[Any, str]]:
-    """``{algorithm: (value, origin)}`` a file must match: the catalog's, then the lock file's sha256/size."""
+    """``{algorithm: (value, origin)}`` a file must match: the catalog's, then the lock file's sha256/size.
+
+    Unconfirmed lock entries (a transfer that may have been cut) are no reference and are ignored.
+    """
     out: dict[str, tuple[Any, str]] = {}
     if spec is not None:
         for algorithm in ("size", "sha256", "sha1", "md5"):
             value = getattr(spec, algorithm)
             if value is not None:
                 out[algorithm] = (value, "catalog")
-    if locked:
+    if locked and is_reference(locked):
         for algorithm in ("size", "sha256"):
             if algorithm not in out and locked.get(algorithm) is not None:
-                out[algorithm] = (locked[algorithm], "data.lock.json, recorded by the first download")
+                out[algorithm] = (locked[algorithm], provenance(locked))
     return out
 
 
@@ -254,24 +250,35 @@ def _is_html(response: http.client.HTTPResponse) -> bool:
 
 
 def fetch_to_part(
-    url: str, part: Path, label: str, opts: DownloadOptions, expected_size: int | None, log: Log = _stderr
-) -> None:
-    """Download ``url`` into ``part``, resuming from its current size with ``Range`` and retrying."""
+    url: str,
+    part: Path,
+    label: str,
+    opts: DownloadOptions,
+    expected_size: int | None,
+    log: Log = _stderr,
+    size_origin: str = "catalog",
+) -> bool:
+    """Download ``url`` into ``part``, resuming from its current size with ``Range`` and retrying.
 
-    def once() -> None:
+    Returns whether the transfer is known to be complete: the server announced the file's length and ``part``
+    holds that many bytes (or ``expected_size``, from ``size_origin``, was reached). False means the server sent
+    no length, so a connection cut early cannot be told from the end of the file.
+    """
+
+    def once() -> bool:
         offset = part.stat().st_size if part.exists() else 0
         if expected_size is not None and offset > expected_size:
             part.unlink()
             offset = 0
         if expected_size is not None and offset == expected_size and offset > 0:
-            return  # complete from an earlier run; verified by the caller
+            return True  # complete from an earlier run; verified by the caller
         headers = {"Range": f"bytes={offset}-"} if offset else {}
         try:
             response = _open(url, opts, headers)
         except urllib.error.HTTPError as error:  # 416: the part already holds the whole file (or more)
             _start, total = _content_range(error.headers.get("Content-Range") if error.headers else None)
             if total is not None and total == offset:
-                return
+                return True
             part.unlink(missing_ok=True)
             raise _Transient("HTTP 416 (range not satisfiable); restarting from zero") from error
         with response:
@@ -291,7 +298,7 @@ def fetch_to_part(
                 length = response.headers.get("Content-Length")
                 total = int(length) if length and length.isdigit() else None
             if expected_size is not None and total is not None and total != expected_size:
-                raise ChecksumMismatch(label, "size", expected_size, f"{total} (announced by the server)")
+                raise ChecksumMismatch(label, "size", expected_size, f"{total} (announced by the server)", size_origin)
             if offset and not opts.quiet:
                 log(f"{label}: resuming at byte {offset}")
             bar = _Progress(label, total, offset, opts.show_progress())
@@ -313,79 +320,9 @@ def fetch_to_part(
             size = part.stat().st_size
             if total is not None and size < total:
                 raise _Transient(f"transfer interrupted at {size} of {total} bytes")
+            return total is not None and size == total
 
-    _with_retries(once, label, opts, log)
-
-
-# ---------------------------------------------------------------------------------------------- Google Drive
-
-
-class _DriveFormParser(html.parser.HTMLParser):
-    """Collects the hidden inputs of the Drive download form and any ``confirm=`` link."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.in_form = False
-        self.form_fields: dict[str, str] = {}
-        self.found_form = False
-        self.links: list[str] = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        values = {k: v or "" for k, v in attrs}
-        if tag == "form" and ("download" in values.get("id", "") or "download" in values.get("action", "")):
-            self.in_form = self.found_form = True
-        elif tag == "input" and self.in_form and values.get("name"):
-            self.form_fields[values["name"]] = values.get("value", "")
-        elif tag == "a" and "confirm=" in values.get("href", ""):
-            self.links.append(values["href"])
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag == "form":
-            self.in_form = False
-
-
-def drive_confirm_params(page: str) -> dict[str, str] | None:
-    """The query parameters (``id``, ``confirm``, ``uuid``...) of Drive's confirmation page, or None."""
-    parser = _DriveFormParser()
-    parser.feed(page)
-    if parser.found_form and parser.form_fields.get("confirm"):
-        return dict(parser.form_fields)
-    for href in parser.links:
-        query = urllib.parse.parse_qs(urllib.parse.urlsplit(html.unescape(href)).query)
-        if query.get("confirm"):
-            return {k: v[0] for k, v in query.items()}
-    match = re.search(r"confirm=([0-9A-Za-z_-]+)", page)
-    if match:
-        params = {"confirm": match.group(1)}
-        uuid = re.search(r"uuid=([0-9A-Za-z_-]+)", page)
-        if uuid:
-            params["uuid"] = uuid.group(1)
-        return params
-    return None
-
-
-def resolve_gdrive(file_id: str, label: str, opts: DownloadOptions, log: Log = _stderr) -> str:
-    """The URL that serves Drive file ``file_id``, past the virus-scan confirmation page when there is one."""
-    base = opts.resolved_gdrive_base()
-    first = f"{base}/download?" + urllib.parse.urlencode({"id": file_id, "export": "download"})
-
-    def once() -> str:
-        with _open(first, opts) as response:
-            if not _is_html(response):
-                return first  # small files come directly
-            page = response.read(4_000_000).decode("utf-8", "replace")
-        params = drive_confirm_params(page)
-        if params is None:
-            hint = "quota exceeded" if re.search(r"quota|too many users", page, re.I) else "no download form"
-            raise DownloadError(
-                f"{label}: Google Drive returned a page without a download link ({hint}) for file {file_id}; "
-                f"download https://drive.google.com/file/d/{file_id}/view by hand and use `mair data add`"
-            )
-        params.setdefault("id", file_id)
-        params.setdefault("export", "download")
-        return f"{base}/download?" + urllib.parse.urlencode(params)
-
-    return _with_retries(once, label, opts, log)
+    return bool(_with_retries(once, label, opts, log))
 
 
 # ------------------------------------------------------------------------------------------------ one file
@@ -396,9 +333,25 @@ def mirror_url(base: str, dataset_id: str, name: str) -> str:
     return f"{base.rstrip('/')}/{dataset_id}/{urllib.parse.quote(name)}"
 
 
-def _entry(digests: dict[str, Any], spec: FileSpec | None, source: str, via: str) -> dict[str, Any]:
-    origin = "catalog" if spec is not None and spec.checksum_known else f"first-{via}"
-    return {**digests, "origin": origin, "source": source}
+def _entry(
+    digests: dict[str, Any], spec: FileSpec | None, source: str, via: str, complete: bool = True
+) -> dict[str, Any]:
+    return new_entry(digests, source, via, catalog_checksum=spec is not None and spec.checksum_known, complete=complete)
+
+
+def _has_stale(final: Path) -> bool:
+    part = final.with_name(final.name + ".part")
+    return part.exists() or any(final.parent.glob(f".{glob.escape(final.name)}.*.add"))
+
+
+def _remove_stale(final: Path, resumable: bool) -> None:
+    """Leftovers of killed runs for ``final`` (call under its guard): temp copies of `mair data add` and, when
+    it cannot be resumed, the ``.part`` with its origin file."""
+    for stale in final.parent.glob(f".{glob.escape(final.name)}.*.add"):
+        stale.unlink(missing_ok=True)
+    if not resumable:
+        final.with_name(final.name + ".part").unlink(missing_ok=True)
+        final.with_name(f".{final.name}.part.json").unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -416,51 +369,80 @@ def download_file(
     root: PathLike | None = None,
     opts: DownloadOptions | None = None,
     log: Log = _stderr,
+    *,
+    target: Path | None = None,
+    manual_hint: str = "download it by hand and use `mair data add`",
+    check: Callable[[Path], None] | None = None,
 ) -> Path:
     """Fetch one catalog file into ``raw/<id>/<name>`` (verified first); return its path.
 
     An existing, recorded file is kept as it is. Each URL is tried in turn (or only the mirror); a checksum
     mismatch deletes the ``.part`` and moves on to the next URL; the first mismatch is raised when all fail.
+    ``target`` puts the file elsewhere (the published weights; ``dataset_id`` is then only the lock-file key
+    and ``spec.urls`` are used as given, no data mirror); ``manual_hint`` ends a Google Drive refusal;
+    ``check(part)`` may refuse a complete, checksum-verified transfer (raising DownloadError) before anything is
+    recorded or renamed (the weights: it must load into its experiment's network).
     """
     opts = opts or DownloadOptions()
     lock = LockFile(lock_path(root))
-    final = raw_dir(dataset_id, root) / spec.name
+    final = target if target is not None else raw_dir(dataset_id, root) / spec.name
     part = final.with_name(final.name + ".part")
     origin_file = final.with_name(f".{final.name}.part.json")
     label = f"{dataset_id}/{spec.name}"
     final.parent.mkdir(parents=True, exist_ok=True)
     locked = lock.get(dataset_id, spec.name)
-    if final.is_file():
-        if locked and locked.get("sha256") and locked.get("size") == final.stat().st_size:
-            return final
-        try:  # placed there by hand: verify it now
+    guard = final.with_name(f".{final.name}.lock")
+    pinned = is_reference(locked) and bool(locked and locked.get("sha256"))
+    if final.is_file() and pinned and locked and locked.get("size") == final.stat().st_size:
+        if _has_stale(final):
+            with contextlib.suppress(DownloadError), _busy_guard(guard, label):  # busy: another process is on it
+                _remove_stale(final, resumable=False)
+                guard.unlink(missing_ok=True)
+        return final
+    if final.is_file() and (locked is None or is_reference(locked)):
+        try:  # placed there by hand: verify it now (an unconfirmed earlier transfer is fetched again below)
             digests = verify_file(final, label, spec, locked)
-        except ChecksumMismatch as error:
+            if check is not None:
+                check(final)
+        except DownloadError as error:
             raise DownloadError(f"{error}; {final} was there before this download: remove it") from error
         lock.record(dataset_id, spec.name, _entry(digests, spec, str(final), "download"))
         return final
-    mirror = opts.resolved_mirror()
+    mirror = opts.resolved_mirror() if target is None else None
     urls = [mirror_url(mirror, dataset_id, spec.name)] if mirror else list(spec.urls)
     if not urls:
         raise DownloadError(f"{label}: the catalog gives no URL for this file")
-    checksum_known = bool(expected_checksums(spec, locked).keys() - {"size"})
-    expected_size = spec.size if spec.size is not None else (locked or {}).get("size")
+    expected = expected_checksums(spec, locked)
+    checksum_known = bool(expected.keys() - {"size"})
+    expected_size, size_origin = expected.get("size", (None, "catalog"))
     errors: list[DownloadError] = []
-    guard = final.with_name(f".{final.name}.lock")
     with _busy_guard(guard, label):
+        _remove_stale(final, resumable=True)
         for index, url in enumerate(urls):
             more = index + 1 < len(urls)
             if part.exists() and not checksum_known and _read_origin(origin_file) != url:
                 part.unlink()  # without a checksum, bytes from two different hosts must never be joined
             try:
-                real = resolve_gdrive(url[len("gdrive:") :], label, opts, log) if url.startswith("gdrive:") else url
                 atomic_write_json(origin_file, {"url": url})
                 if not opts.quiet:
                     log(f"{label}: fetching {url}")
-                fetch_to_part(real, part, label, opts, expected_size, log)
+                if url.startswith("gdrive:"):
+                    complete = download_drive_file(url[len("gdrive:") :], part, label, manual_hint,
+                                                   timeout=opts.timeout, retries=opts.retries,
+                                                   quiet=not opts.show_progress())
+                else:
+                    complete = fetch_to_part(url, part, label, opts, expected_size, log, size_origin)
                 digests = verify_file(part, label, spec, locked)
+                complete = complete or expected_size is not None  # a known size was matched
+                if check is not None:
+                    try:
+                        check(part)
+                    except DownloadError:
+                        part.unlink(missing_ok=True)
+                        raise
+                    complete = True  # the caller's check reads the whole file (a cut checkpoint does not load)
                 # record first, then rename: a crash in between leaves a lock entry the file will match
-                lock.record(dataset_id, spec.name, _entry(digests, spec, url, "download"))
+                recorded = lock.record(dataset_id, spec.name, _entry(digests, spec, url, "download", complete))
             except DownloadError as error:
                 if isinstance(error, ChecksumMismatch):
                     part.unlink(missing_ok=True)
@@ -475,7 +457,12 @@ def download_file(
             _fsync_dir(final.parent)
             origin_file.unlink(missing_ok=True)
             guard.unlink(missing_ok=True)
-            if not opts.quiet:
+            if not is_reference(recorded):
+                log(
+                    f"{label}: the server sent no length, so this transfer may be incomplete; its sha256 "
+                    f"{digests['sha256']} is not pinned (the next download fetches it again to confirm)"
+                )
+            elif not opts.quiet:
                 log(f"{label}: verified sha256 {digests['sha256']}")
             return final
         if not part.exists():
@@ -527,9 +514,35 @@ def complete_source(dataset: Dataset, root: PathLike | None = None) -> Source | 
     return None
 
 
-def _signature(dataset_id: str, source: Source, lock: LockFile) -> dict[str, Any]:
-    entries = lock.entries()
+def _signature(dataset_id: str, source: Source, entries: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return {s.name: (entries.get(LockFile.key(dataset_id, s.name)) or {}).get("sha256") for s in source.files}
+
+
+def _is_current(marker: dict[str, Any] | None, source: Source | None, signature: dict[str, Any]) -> bool:
+    return (
+        bool(marker) and source is not None and marker.get("source") == source.name and marker.get("files") == signature
+    )
+
+
+def extraction_is_current(
+    dataset: Dataset,
+    root: PathLike | None = None,
+    source: Source | None = None,
+    lock_entries: dict[str, dict[str, Any]] | None = None,
+) -> bool:
+    """Whether ``extracted/<id>/`` is complete (its marker, written last) and made from the raw files recorded
+    now. When the raw files are gone (removed to save space after extraction), the marker alone decides.
+
+    ``source`` (the complete source) and ``lock_entries`` may be given when the caller has them already.
+    """
+    marker = read_marker(extracted_dir(dataset.id, root))
+    if marker is None:
+        return False
+    source = source or complete_source(dataset, root)
+    if source is None:
+        return True
+    entries = lock_entries if lock_entries is not None else LockFile(lock_path(root)).entries()
+    return _is_current(marker, source, _signature(dataset.id, source, entries))
 
 
 def extract_raw(
@@ -538,26 +551,28 @@ def extract_raw(
     force: bool = False,
     log: Log = _stderr,
     quiet: bool = False,
+    limits: ExtractLimits | None = None,
 ) -> dict[str, Any] | None:
     """Extract (or link) the complete source of ``dataset`` into ``extracted/<id>/``; skip when up to date.
 
-    Returns the completion marker, or None when the raw files are not all there.
+    ``limits`` bound the bytes and members written (:class:`mair.data.extract.ExtractLimits`). Returns the
+    completion marker, or None when the raw files are not all there.
     """
     source = complete_source(dataset, root)
     if source is None:
         return None
     lock = LockFile(lock_path(root))
-    signature = _signature(dataset.id, source, lock)
+    signature = _signature(dataset.id, source, lock.entries())
     target = extracted_dir(dataset.id, root)
     marker = read_marker(target)
-    if marker and not force and marker.get("source") == source.name and marker.get("files") == signature:
+    if marker and not force and _is_current(marker, source, signature):
         return marker
     base = raw_dir(dataset.id, root)
     items = [(base / spec.name, spec.name, spec.format) for spec in source.files]
     if not quiet:
         log(f"{dataset.id}: extracting {len(items)} file(s) into {target}")
     info = {"dataset": dataset.id, "source": source.name, "files": signature}
-    return extract_dataset(items, target, info)
+    return extract_dataset(items, target, info, limits)
 
 
 def download_dataset(
@@ -568,6 +583,7 @@ def download_dataset(
     source: str | None = None,
     extract: bool = True,
     log: Log = _stderr,
+    limits: ExtractLimits | None = None,
 ) -> list[Path]:
     """Fetch every file of ``dataset_id`` (its default source or ``source``), then extract unless told not to.
 
@@ -588,7 +604,7 @@ def download_dataset(
             raise ManualDownloadRequired(dataset)
         paths = [raw_dir(dataset_id, root) / spec.name for spec in present.files]
         if extract:
-            extract_raw(dataset, root, log=log, quiet=opts.quiet)
+            extract_raw(dataset, root, log=log, quiet=opts.quiet, limits=limits)
         return paths
     paths, errors = [], []
     for spec in chosen.files:
@@ -601,7 +617,7 @@ def download_dataset(
             raise errors[0]
         raise DownloadError("\n".join(str(e) for e in errors))
     if extract:
-        extract_raw(dataset, root, log=log, quiet=opts.quiet)
+        extract_raw(dataset, root, log=log, quiet=opts.quiet, limits=limits)
     return paths
 
 
@@ -613,9 +629,26 @@ def _place_verified(
 ) -> dict[str, Any]:
     """Hard-link (or copy) ``src`` to a temp name beside ``final``, verify it there, rename it into place."""
     final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".add", dir=final.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    guard = final.with_name(f".{final.name}.lock")
+    with _busy_guard(guard, label):
+        _remove_stale(final, resumable=True)
+        fd, tmp = make_temp_file(final.parent, f".{final.name}.", ".add")
+        os.close(fd)
+        try:
+            return _verify_in_place(src, tmp, final, label, spec, locked, copy)
+        finally:
+            guard.unlink(missing_ok=True)
+
+
+def _verify_in_place(
+    src: Path,
+    tmp: Path,
+    final: Path,
+    label: str,
+    spec: FileSpec | None,
+    locked: dict[str, Any] | None,
+    copy: bool,
+) -> dict[str, Any]:
     try:
         linked = False
         if not copy:
@@ -683,6 +716,7 @@ def add_files(
     extract: bool = True,
     log: Log = _stderr,
     quiet: bool = False,
+    limits: ExtractLimits | None = None,
 ) -> list[str]:
     """Register files the user already has: verify each against the catalog/lock, then link or copy into raw/.
 
@@ -710,7 +744,12 @@ def add_files(
         spec = dataset.file_spec(name)
         locked = known.get(LockFile.key(dataset_id, name))
         final = base / name
-        if final.exists() and locked and locked.get("size") == final.stat().st_size and _same_file(path, final):
+        if (
+            final.exists()
+            and is_reference(locked)
+            and locked.get("size") == final.stat().st_size
+            and _same_file(path, final)
+        ):
             added.append(name)
             continue
         digests = _place_verified(path, final, label, spec, locked, copy)
@@ -724,7 +763,7 @@ def add_files(
     if not quiet:
         log(f"{dataset_id}: registered {len(added)} file(s) in {base}")
     if extract:
-        extract_raw(dataset, root, log=log, quiet=quiet)
+        extract_raw(dataset, root, log=log, quiet=quiet, limits=limits)
     return added
 
 
@@ -742,10 +781,9 @@ __all__ = [
     "add_files",
     "download_dataset",
     "download_file",
-    "drive_confirm_params",
     "extract_raw",
+    "extraction_is_current",
     "fetch_to_part",
     "file_digests",
-    "resolve_gdrive",
     "verify_file",
 ]

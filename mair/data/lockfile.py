@@ -2,8 +2,16 @@
 
 Every file that passed verification gets an entry ``"<dataset>/<file>": {"sha256", "size", "origin", ...}``.
 Where the catalog publishes no sha256, the first verified download (or ``mair data add``) records it here
-(``origin: "first-download"``) and every later download of that file must match it. Entries for files whose
-checksum the catalog gives say ``origin: "catalog"``; they only record that the file on disk was verified.
+(``origin: "first-download"`` / ``"first-add"``) and every later download of that file must match it. Entries for
+files whose checksum the catalog gives say ``origin: "catalog"``; they only record that the file on disk was
+verified.
+
+A first-seen value is only pinned when the transfer is known to be complete (:func:`new_entry`): the server
+announced a length and every byte of it arrived, or the catalog's size matched. A transfer that may have been cut
+(no ``Content-Length``) is recorded as ``origin: "unconfirmed-download"``: never a reference, fetched again by the
+next download, and pinned once a second such transfer gives the same bytes. :func:`provenance` says where a
+recorded value came from, for messages. Every download that records checksums (data, published weights) uses
+:func:`new_entry`, :func:`is_reference` and :func:`provenance`, so the rules live here only.
 
 Updates are read-modify-write under an exclusive ``flock`` on ``data.lock.json.lock`` and written atomically.
 """
@@ -12,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import glob
 import json
 import os
 from collections.abc import Iterator
@@ -19,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from mair.atomic import atomic_write_json
+from mair.data.paths import LOCK_FILE
 
 try:  # POSIX only; elsewhere concurrent writers are not guarded
     import fcntl
@@ -36,7 +46,7 @@ class LockBusyError(RuntimeError):
 def file_lock(path: Path, blocking: bool = True) -> Iterator[None]:
     """Hold an exclusive advisory lock on ``path`` (created if needed) for the duration of the block."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)  # the umask applies: a team can share the lock
     try:
         if fcntl is not None:
             flags = fcntl.LOCK_EX if blocking else fcntl.LOCK_EX | fcntl.LOCK_NB
@@ -52,6 +62,45 @@ def file_lock(path: Path, blocking: bool = True) -> Iterator[None]:
 def now_iso() -> str:
     """The current UTC time, ISO 8601, seconds precision."""
     return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+
+
+CATALOG = "catalog"
+_UNCONFIRMED = "unconfirmed-"
+
+
+def new_entry(digests: dict[str, Any], source: str, via: str, catalog_checksum: bool, complete: bool) -> dict[str, Any]:
+    """The lock entry of a file that passed verification (``digests``: ``size``, ``sha256``, ...).
+
+    ``via`` is how it came (``download``, ``add``); ``catalog_checksum`` whether the catalog gave a checksum it
+    was verified against; ``complete`` whether the bytes are known to be all of the file (a length announced by
+    the server and matched, the catalog's size matched, or a file the user handed over). Without a catalog
+    checksum, only a complete file becomes the reference (``first-<via>``); otherwise ``unconfirmed-<via>``.
+    """
+    if catalog_checksum:
+        origin = CATALOG
+    elif complete:
+        origin = f"first-{via}"
+    else:
+        origin = f"{_UNCONFIRMED}{via}"
+    return {**digests, "origin": origin, "source": source}
+
+
+def is_reference(entry: dict[str, Any] | None) -> bool:
+    """Whether ``entry``'s sha256/size pin the file (not a possibly incomplete, unconfirmed transfer)."""
+    return bool(entry) and not str(entry.get("origin", "")).startswith(_UNCONFIRMED)
+
+
+def provenance(entry: dict[str, Any]) -> str:
+    """Where a recorded value came from: ``catalog`` or ``recorded at first download on DATE from URL``."""
+    origin = str(entry.get("origin", ""))
+    if origin == CATALOG:
+        return CATALOG
+    how = origin.split("-", 1)[-1] if "-" in origin else "download"
+    day = str(entry.get("recorded", "?"))[:10]
+    where = entry.get("source") or "?"
+    if origin.startswith(_UNCONFIRMED):
+        return f"seen at an unconfirmed {how} on {day} from {where}"
+    return f"recorded at first {how} on {day} from {where}, in {LOCK_FILE}"
 
 
 class LockFile:
@@ -95,14 +144,25 @@ class LockFile:
 
         The first recording of a file stays the reference: its ``origin``, ``recorded`` and ``source`` are
         kept, and a different sha256 raises ``ValueError`` (callers verify first; this guards against a race).
+        An unconfirmed entry (:func:`is_reference` false) is replaced by the new one, or, when an unconfirmed
+        transfer gives the same sha256 again, pinned as ``first-<via>`` (two transfers agree).
         """
         out: dict[str, dict[str, Any]] = {}
         with file_lock(self.path.with_name(self.path.name + ".lock")):
+            self._remove_stale_temp_files()
             data = self._read_unlocked()
             stamp = now_iso()
             for name, entry in entries.items():
                 key = self.key(dataset_id, name)
                 old = data["files"].get(key) or {}
+                if old and not is_reference(old):
+                    same = bool(old.get("sha256")) and old.get("sha256") == entry.get("sha256")
+                    if same and not is_reference(entry):
+                        entry = {**entry, "origin": str(entry["origin"]).replace(_UNCONFIRMED, "first-", 1)}
+                        entry["confirmed"] = "two transfers without a length gave the same bytes"
+                        old = {k: v for k, v in old.items() if k in ("recorded", "source")}
+                    else:
+                        old = {}
                 if old.get("sha256") and entry.get("sha256") and old["sha256"] != entry["sha256"]:
                     raise ValueError(
                         f"{key}: sha256 {entry['sha256']} differs from the one recorded in {self.path} "
@@ -117,3 +177,24 @@ class LockFile:
             data["version"] = LOCK_VERSION
             atomic_write_json(self.path, data)
         return out
+
+    def forget(self, dataset_id: str, names: list[str] | None = None) -> list[str]:
+        """Remove the entries of ``dataset_id`` (only the files ``names`` when given); return the removed keys."""
+        with file_lock(self.path.with_name(self.path.name + ".lock")):
+            self._remove_stale_temp_files()
+            if not self.path.exists():
+                return []
+            data = self._read_unlocked()
+            prefix = self.key(dataset_id, "")
+            wanted = None if names is None else {self.key(dataset_id, n) for n in names}
+            removed = [k for k in data["files"] if k.startswith(prefix) and (wanted is None or k in wanted)]
+            if removed:
+                for key in removed:
+                    del data["files"][key]
+                atomic_write_json(self.path, data)
+        return removed
+
+    def _remove_stale_temp_files(self) -> None:
+        """Temp files of the lock file's atomic writes left by a killed writer (only run under the lock)."""
+        for stale in self.path.parent.glob(f".{glob.escape(self.path.name)}.*.part"):
+            stale.unlink(missing_ok=True)

@@ -65,6 +65,18 @@ def rgb_to_y(img: np.ndarray) -> np.ndarray:
     return (y * 255.0)[..., None]
 
 
+def metric_images(out: np.ndarray, gt: np.ndarray, rgb2bgr: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """The uint8 RGB output and target in the channel order an experiment's ``rgb2bgr`` gives the metrics.
+
+    The official code converts images to BGR (``rgb2bgr: true``) before its BGR-to-Y conversion; with
+    ``rgb2bgr: false`` it hands RGB to that conversion, which swaps the red and blue weights of Y. The metrics
+    here take RGB, so false is the same swap: both images reversed. Only Y-channel metrics change.
+    """
+    if rgb2bgr or out.ndim != 3 or out.shape[2] != 3:
+        return out, gt
+    return out[..., ::-1], gt[..., ::-1]
+
+
 def _prepare(img: np.ndarray, crop_border: int, test_y_channel: bool) -> np.ndarray:
     out = _crop(img.astype(np.float64), crop_border)
     if out.ndim == 2:

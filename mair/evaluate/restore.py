@@ -23,17 +23,22 @@ import cv2
 import numpy as np
 
 from mair.atomic import atomic_write_bytes
-from mair.evaluate.runner import EvaluationError, eval_spec, load_experiment
+from mair.errors import missing_weights_message, not_a_file_reason
+from mair.evaluate.runner import EvaluationError, eval_spec, inference_runtime, load_experiment
 
 INPUT_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
 __all__ = [
+    "DEFAULT_MAX_PIXELS",
     "INPUT_EXTENSIONS",
     "LoadedImage",
     "Restorer",
+    "check_pixel_count",
     "collect_inputs",
     "find_experiment_for_weights",
+    "header_size",
     "load_restorer",
+    "plan_outputs",
     "read_image",
     "restore_files",
     "write_image",
@@ -44,14 +49,33 @@ __all__ = [
 # Image files
 
 
+#: Default ``--max-pixels``: larger images are refused from their header, before any decoding.
+DEFAULT_MAX_PIXELS = 250_000_000
+
+
 @dataclass
 class LoadedImage:
-    """An image as the network sees it, plus what is needed to write the result back in the same form."""
+    """An image in the file's own sample type, plus what is needed to write the result back in the same form.
 
-    rgb: np.ndarray  # float32 HWC RGB in [0, 1]
-    alpha: np.ndarray | None  # float32 HW in [0, 1]
+    ``pixels`` stay 8-bit, 16-bit or float as in the file (a quarter of the memory of float32 for 8-bit
+    images); :attr:`rgb` is the float32 view the network sees, made on demand (the restorer converts one tile
+    at a time with ``--tile``).
+    """
+
+    pixels: np.ndarray  # HWC RGB, uint8, uint16 or float32 (grey files repeated to 3 channels)
+    alpha: np.ndarray | None  # HW, same sample type as pixels
     dtype: np.dtype  # uint8, uint16 or float32 (the file's sample type)
     grey: bool
+
+    @property
+    def rgb(self) -> np.ndarray:
+        """float32 HWC RGB in [0, 1]."""
+        return _to_unit(self.pixels)
+
+    @property
+    def alpha_unit(self) -> np.ndarray | None:
+        """The alpha channel as float32 HW in [0, 1], or None."""
+        return None if self.alpha is None else _to_unit(self.alpha)
 
 
 def _to_unit(arr: np.ndarray) -> np.ndarray:
@@ -64,8 +88,45 @@ def _to_unit(arr: np.ndarray) -> np.ndarray:
     raise ValueError(f"unsupported sample type {arr.dtype} (8-bit, 16-bit or float images only)")
 
 
+def header_size(path: Path) -> tuple[int, int] | None:
+    """``(height, width)`` from the file's header without decoding its pixels; None when it cannot be told."""
+    from mair.data.image_io import png_size
+
+    size = png_size(path)
+    if size is not None:
+        return size
+    try:
+        from PIL import Image
+    except ImportError:  # the decoder's own limits still apply
+        return None
+    saved = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None  # only the header is read here: the size is what we want to know
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+    except Exception:  # not an image Pillow knows: the decoder reports it
+        return None
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+    return int(height), int(width)
+
+
+def check_pixel_count(path: Path, max_pixels: int, scale: int = 1) -> None:
+    """Raise ``ValueError`` when the header says the image has more than ``max_pixels`` pixels."""
+    size = header_size(path)
+    if size is None:
+        return
+    height, width = size
+    if height * width > max_pixels:
+        out_gib = height * width * scale * scale * 3 * 4 / 2**30
+        raise ValueError(f"{height}x{width} = {height * width:,} pixels, more than --max-pixels {max_pixels:,}; "
+                         f"raise the limit if this machine has the memory (the float32 result alone takes "
+                         f"{out_gib:.1f} GiB)")
+
+
 def read_image(path: Path) -> LoadedImage:
-    """Read an image file (any of :data:`INPUT_EXTENSIONS`); raise ``ValueError`` if it cannot be decoded."""
+    """Read an image file (any of :data:`INPUT_EXTENSIONS`) in its own sample type; raise ``ValueError`` if it
+    cannot be decoded."""
     data = np.fromfile(str(path), dtype=np.uint8)
     if not data.size:
         raise ValueError("empty file")
@@ -73,22 +134,25 @@ def read_image(path: Path) -> LoadedImage:
     flags = (cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR) if path.suffix.lower() in (".jpg", ".jpeg") \
         else cv2.IMREAD_UNCHANGED
     img = cv2.imdecode(data, flags)
+    del data
     if img is None:
         raise ValueError("not a readable image (corrupt or unsupported format)")
-    dtype = img.dtype if img.dtype in (np.uint8, np.uint16) else np.dtype(np.float32)
+    if img.dtype not in (np.uint8, np.uint16) and not np.issubdtype(img.dtype, np.floating):
+        raise ValueError(f"unsupported sample type {img.dtype} (8-bit, 16-bit or float images only)")
+    if np.issubdtype(img.dtype, np.floating) and img.dtype != np.float32:
+        img = img.astype(np.float32)
     alpha = None
     if img.ndim == 2 or img.shape[2] == 1:
         grey = True
-        g = _to_unit(img.reshape(img.shape[0], img.shape[1]))
-        rgb = np.repeat(g[..., None], 3, axis=2)
+        pixels = np.repeat(img.reshape(img.shape[0], img.shape[1], 1), 3, axis=2)
     elif img.shape[2] in (3, 4):
         grey = False
         if img.shape[2] == 4:
-            alpha = _to_unit(img[..., 3])
-        rgb = _to_unit(img[..., 2::-1])  # BGR(A) -> RGB
+            alpha = np.ascontiguousarray(img[..., 3])
+        pixels = np.ascontiguousarray(img[..., 2::-1])  # BGR(A) -> RGB
     else:
         raise ValueError(f"unsupported channel count {img.shape[2]}")
-    return LoadedImage(np.ascontiguousarray(rgb), alpha, np.dtype(dtype), grey)
+    return LoadedImage(pixels, alpha, np.dtype(img.dtype), grey)
 
 
 def _from_unit(arr: np.ndarray, dtype: np.dtype) -> np.ndarray:
@@ -136,8 +200,52 @@ def collect_inputs(inputs: Sequence[str | os.PathLike[str]]) -> list[tuple[Path,
     return found
 
 
+def plan_outputs(inputs: Sequence[str | os.PathLike[str]],
+                 outdir: str | os.PathLike[str]) -> list[tuple[Path, Path]]:
+    """:func:`collect_inputs`, refusing inputs that would be written to one output before any is processed.
+
+    The same file named twice is restored once. Two different files with one output path (``a/x.png`` and
+    ``b/x.png``, or two folders holding the same relative path) raise :class:`EvaluationError` naming both.
+    """
+    planned: dict[Path, Path] = {}
+    sources: set[Path] = set()
+    result = []
+    for src, rel in collect_inputs(inputs):
+        real = src.resolve()
+        if real in sources:
+            continue
+        previous = planned.get(rel)
+        if previous is not None:
+            raise EvaluationError(
+                f"{previous} and {src} would both be written to {Path(outdir) / rel}; restore them into "
+                f"different -o folders (or rename one)")
+        planned[rel] = src
+        sources.add(real)
+        result.append((src, rel))
+    return result
+
+
 # ----------------------------------------------------------------------------------------------------------
 # The restorer
+
+
+def _as_tensor_array(arr: np.ndarray) -> np.ndarray:
+    """A C-contiguous array that torch can hold: uint16 samples are viewed as int16 (same bits)."""
+    arr = np.ascontiguousarray(arr)
+    return arr.view(np.int16) if arr.dtype == np.uint16 else arr
+
+
+def _unit_tensor(t: Any) -> Any:
+    """float32 in [0, 1] from a float, uint8 or (int16-viewed) uint16 tensor."""
+    import torch
+
+    if t.is_floating_point():
+        return t.float()
+    if t.dtype == torch.uint8:
+        return t.float() / 255.0
+    if t.dtype == torch.int16:
+        return t.to(torch.int32).bitwise_and(0xFFFF).float() / 65535.0
+    raise ValueError(f"unsupported sample type {t.dtype}")
 
 
 class Restorer:
@@ -163,6 +271,10 @@ class Restorer:
         self.tile_overlap = tile_overlap
         self.tile_blend = tile_blend
         self.self_ensemble = self_ensemble
+        #: Images with more pixels than this are refused before decoding (``--max-pixels``).
+        self.max_pixels = DEFAULT_MAX_PIXELS
+        #: How the network runs (:class:`mair.runtime.RuntimeSettings`), set by :func:`load_restorer`.
+        self.runtime: Any = None
         #: Called as ``on_tile(done, total)`` after every user tile of the current image, counted over all
         #: self-ensemble passes (for a progress display of large images); ``None``: not called.
         self.on_tile: Callable[[int, int], None] | None = None
@@ -177,6 +289,7 @@ class Restorer:
     def _net(self, t: Any) -> Any:
         from mair.evaluate.protocol import pad_forward
 
+        t = _unit_tensor(t)  # a tile in the file's sample type becomes float32 here, one at a time
         if self.protocol == "pad8":
             return pad_forward(self.model, t, 8)
         return self.model(t)
@@ -194,12 +307,15 @@ class Restorer:
         return self._net(x).cpu()
 
     def restore_array(self, rgb: np.ndarray) -> np.ndarray:
-        """Restore a float32 HWC RGB image in [0, 1]; returns float32 HWC (unclamped) on the CPU."""
+        """Restore an HWC RGB image: float in [0, 1], or uint8/uint16 samples (kept in that type, converted
+        tile by tile with ``--tile``); returns float32 HWC (unclamped) on the CPU."""
         import torch
 
         from mair.evaluate.protocol import ensemble_inverse, ensemble_transform
 
-        x = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))[None].float()
+        x = torch.from_numpy(_as_tensor_array(rgb.transpose(2, 0, 1)))[None]
+        if self.tile is None:  # the whole image goes through the network at once anyway
+            x = _unit_tensor(x)
         with torch.no_grad():
             if self.self_ensemble:
                 total = None
@@ -216,17 +332,21 @@ class Restorer:
         return out[0].float().cpu().numpy().transpose(1, 2, 0)
 
     def restore_file(self, src: Path, dst: Path, keep_alpha: bool = True) -> str:
-        """Restore one file into ``dst``; returns a short note (e.g. about the alpha channel)."""
+        """Restore one file into ``dst``; returns a short note (e.g. about the alpha channel).
+
+        Images with more than :attr:`max_pixels` pixels are refused from their header (``ValueError``).
+        """
+        check_pixel_count(src, self.max_pixels, self.scale)
         img = read_image(src)
-        out = self.restore_array(img.rgb)
-        expected = (img.rgb.shape[0] * self.scale, img.rgb.shape[1] * self.scale)
+        out = self.restore_array(img.pixels)
+        expected = (img.pixels.shape[0] * self.scale, img.pixels.shape[1] * self.scale)
         if out.shape[:2] != expected:
             raise RuntimeError(f"network output {out.shape[:2]} is not {expected} (wrong scale?)")
         note = ""
         alpha = None
         if img.alpha is not None:
             if keep_alpha:
-                alpha = img.alpha
+                alpha = img.alpha_unit
                 if self.scale != 1:
                     alpha = np.clip(cv2.resize(alpha, (expected[1], expected[0]),
                                                interpolation=cv2.INTER_CUBIC), 0.0, 1.0)
@@ -295,8 +415,12 @@ def load_restorer(experiment: str | None = None, weights: str | os.PathLike[str]
                   arch_from: str | None = None, *, scope: str = "paper", results_dir: str = "results",
                   device: str | None = None, tile: int | None = None, tile_overlap: int = 32,
                   self_ensemble: bool = False, tile_blend: bool = True,
-                  log: Callable[[str], None] | None = None) -> Restorer:
-    """Build a :class:`Restorer` from an experiment and/or a weights file (official or ours)."""
+                  log: Callable[[str], None] | None = None, exact: bool = False,
+                  compile: bool | None = None) -> Restorer:
+    """Build a :class:`Restorer` from an experiment and/or a weights file (official or ours).
+
+    ``exact``: true fp32 (``--exact``); ``compile``: compile the network for the tile shape (needs ``tile``).
+    Everything else about how the network runs is :func:`mair.runtime.resolve_runtime`'s default."""
     from mair.evaluate.runner import build_model, default_weights, resolve_device
     from mair.models.checkpoint import CheckpointError, read_state_dict
 
@@ -315,7 +439,7 @@ def load_restorer(experiment: str | None = None, weights: str | os.PathLike[str]
     else:
         path = Path(weights)
         if not path.is_file():
-            raise EvaluationError(f"weights file {path} not found")
+            raise EvaluationError(missing_weights_message(path))
     if exp_id is None:
         try:
             state, _ = read_state_dict(path)
@@ -323,11 +447,32 @@ def load_restorer(experiment: str | None = None, weights: str | os.PathLike[str]
             raise EvaluationError(str(error)) from None
         exp_id = find_experiment_for_weights(state, scope)
         say(f"weights {path.name} fit the network of experiment {exp_id}")
+    if compile and tile is None:
+        raise EvaluationError("compiling needs tiles (--tile SIZE): without them every image size compiles again")
     spec = eval_spec(load_experiment(exp_id, scope))
     dev = resolve_device(device)
-    model = build_model(spec, path, dev)
-    return Restorer(model, scale=spec.scale, protocol=spec.protocol, device=dev, tile=tile,
-                    tile_overlap=tile_overlap, self_ensemble=self_ensemble, tile_blend=tile_blend)
+    runtime = inference_runtime(dev, exact, compile=compile)
+    model = runtime.prepare_model(build_model(spec, path, dev))
+    restorer = Restorer(_compiled_for_tiles(model, runtime), scale=spec.scale, protocol=spec.protocol,
+                        device=dev, tile=tile, tile_overlap=tile_overlap, self_ensemble=self_ensemble,
+                        tile_blend=tile_blend)
+    restorer.runtime = runtime
+    return restorer
+
+
+def _compiled_for_tiles(model: Any, runtime: Any) -> Any:
+    """``model`` compiled as ``runtime`` says; with CUDA graphs every call starts a new graph step (each tile's
+    output is copied off the device before the next call)."""
+    compiled = runtime.compile(model)
+    if compiled is model or not runtime.cuda_graphs:
+        return compiled
+    import torch
+
+    def forward(t: Any) -> Any:
+        torch.compiler.cudagraph_mark_step_begin()
+        return compiled(t)
+
+    return forward
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -386,8 +531,13 @@ class _TileProgress:
 def restore_files(restorer: Restorer, inputs: Sequence[str | os.PathLike[str]],
                   outdir: str | os.PathLike[str], keep_alpha: bool = True,
                   progress: bool = True) -> tuple[int, list[tuple[Path, str]]]:
-    """Restore every input into ``outdir``; returns ``(number written, [(file, error), ...])``."""
-    files = collect_inputs(inputs)
+    """Restore every input into ``outdir``; returns ``(number written, [(file, error), ...])``.
+
+    Inputs that would overwrite each other's output raise :class:`EvaluationError` before any is processed
+    (:func:`plan_outputs`); a file that fails (unreadable, too many pixels, out of memory) is reported and the
+    others go on.
+    """
+    files = plan_outputs(inputs, outdir)
     out_root = Path(outdir)
     failures: list[tuple[Path, str]] = []
     written = 0
@@ -415,14 +565,17 @@ def restore_files(restorer: Restorer, inputs: Sequence[str | os.PathLike[str]],
             dst = out_root / rel
             try:
                 if not src.is_file():
-                    raise ValueError("no such file")
+                    raise ValueError(not_a_file_reason(src))
                 if dst.resolve() == src.resolve():
                     raise ValueError("output would overwrite the input; choose another -o folder")
                 note = restorer.restore_file(src, dst, keep_alpha=keep_alpha)
                 written += 1
                 if note:
                     write(f"{src}: {note}")
-            except (ValueError, OSError, RuntimeError, cv2.error) as error:
+            except (ValueError, OSError, RuntimeError, MemoryError, cv2.error) as error:
+                if isinstance(error, MemoryError):
+                    error = MemoryError(f"out of memory ({error or 'allocation failed'}); try --tile SIZE or "
+                                        f"a smaller --max-pixels")
                 failures.append((src, str(error)))
                 write(f"{src}: FAILED: {error}")
             advance()

@@ -36,6 +36,7 @@ import cv2
 import numpy as np
 
 from mair.atomic import atomic_write_json, atomic_write_text
+from mair.errors import missing_weights_message
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".ppm", ".webp")
 MAIR_TASKS = ("sr_classic", "sr_light", "dn_color")
@@ -91,6 +92,7 @@ class EvalSpec:
     extra_spaces: list[str] = field(default_factory=list)
     use_image: bool = True
     noise: dict[str, Any] | None = None
+    rgb2bgr: bool = True  # uint8 metrics: channel order given to the Y conversion (metrics.metric_images)
 
     @property
     def primary_space(self) -> str:
@@ -163,6 +165,7 @@ def eval_spec(exp: Mapping[str, Any]) -> EvalSpec:
         extra_spaces=[str(s) for s in metrics.get("extra_spaces") or []],
         use_image=bool(metrics.get("use_image", True)),
         noise=dict(test["noise"]) if test.get("noise") else None,
+        rgb2bgr=bool(metrics.get("rgb2bgr", True)),
     )
 
 
@@ -274,15 +277,17 @@ def dataset_root(dataset_id: str, scope: str, data_root: str | os.PathLike[str] 
 def build_model(spec: EvalSpec, weights: str | os.PathLike[str] | None, device: Any = "cpu") -> Any:
     """The experiment's network with ``weights`` loaded strictly, in eval mode on ``device``."""
     from mair.models import from_official
-    from mair.models.checkpoint import CheckpointError, load_weights
+    from mair.models.checkpoint import CheckpointError, CheckpointMismatch, load_weights
 
     model = from_official(spec.arch, **spec.kwargs)
     if weights is not None:
         try:
             load_weights(model, weights, strict=True)
-        except CheckpointError as error:
+        except CheckpointMismatch as error:
             raise EvaluationError(
                 f"weights do not fit experiment {spec.experiment} ({spec.arch}): {error}") from None
+        except CheckpointError as error:  # unreadable or damaged: the message names the file and the problem
+            raise EvaluationError(str(error)) from None
     return model.eval().to(device)
 
 
@@ -323,7 +328,7 @@ def image_metrics(out: Any, gt: np.ndarray, spec: EvalSpec) -> dict[str, float]:
     from mair.evaluate import metrics as m
     from mair.evaluate.protocol import tensor2img
 
-    out_u8 = tensor2img(out)
+    out_u8, gt_u8 = m.metric_images(tensor2img(out), gt, spec.rgb2bgr)
     row: dict[str, float] = {}
     out_float = None
     if spec.unet_metrics and not spec.use_image:
@@ -333,11 +338,11 @@ def image_metrics(out: Any, gt: np.ndarray, spec: EvalSpec) -> dict[str, float]:
         y = space == "y"
         suffix = "" if i == 0 else f"_{space}"
         if not spec.unet_metrics:
-            psnr = m.calculate_psnr(out_u8, gt, spec.crop_border, y)
-            ssim = m.calculate_ssim(out_u8, gt, spec.crop_border, y)
+            psnr = m.calculate_psnr(out_u8, gt_u8, spec.crop_border, y)
+            ssim = m.calculate_ssim(out_u8, gt_u8, spec.crop_border, y)
         elif out_float is None:
-            psnr = m.calculate_psnr_float(out_u8, gt, spec.crop_border, y)
-            ssim = m.calculate_ssim_float(out_u8, gt, spec.crop_border, y)
+            psnr = m.calculate_psnr_float(out_u8, gt_u8, spec.crop_border, y)
+            ssim = m.calculate_ssim_float(out_u8, gt_u8, spec.crop_border, y)
         else:
             psnr = m.calculate_psnr_float(out_float, gt_float, spec.crop_border, y)
             ssim = m.calculate_ssim_float(out_float, gt_float, spec.crop_border, y)
@@ -352,7 +357,8 @@ class ResultsCSV:
     """A per-image CSV that is appended and fsynced row by row and can be resumed after a crash.
 
     On open, rows that do not parse (a line cut short by a crash) are dropped by rewriting the file
-    atomically; a file with other columns or another fingerprint (weights, settings) is started afresh.
+    atomically; a file with other columns or another fingerprint (weights, settings, test data) is started
+    afresh.
     """
 
     def __init__(self, path: Path, columns: Sequence[str], fingerprint: Mapping[str, Any]) -> None:
@@ -374,7 +380,8 @@ class ResultsCSV:
                 self._rewrite()
         else:
             if path.is_file():
-                print(f"note: {path} was made with other weights or settings; starting it again",
+                print(f"note: {path} was made with other weights or settings; starting it again "
+                      f"(the fingerprint covers weights, settings and test data)",
                       file=sys.stderr)
             self._rewrite()
         atomic_write_text(self.resume_path, json.dumps(fp, sort_keys=True, indent=2) + "\n")
@@ -436,6 +443,21 @@ class ResultsCSV:
             self._handle = None
 
 
+def data_identity(root: Path, files: Iterable[Path | None]) -> dict[str, Any]:
+    """What identifies the test data of a result: the data folder and each file's path, size and modification
+    time (nanoseconds). Any change (new ground truth, another input, another ``MAIR_DATA_DIR``) changes it."""
+    base = root.resolve()
+    entries = []
+    for path in sorted({Path(f) for f in files if f is not None}):
+        st = path.stat()
+        try:
+            name = path.resolve().relative_to(base).as_posix()
+        except ValueError:
+            name = str(path.resolve())
+        entries.append([name, st.st_size, st.st_mtime_ns])
+    return {"root": str(base), "files": entries}
+
+
 def sha256_file(path: str | os.PathLike[str]) -> str:
     """Hex SHA-256 of a file."""
     digest = hashlib.sha256()
@@ -468,18 +490,32 @@ def _mean(values: Iterable[float]) -> float:
 def evaluate_dataset(model: Callable[[Any], Any], spec: EvalSpec, ref: DatasetRef, root: Path, out_dir: Path,
                      *, self_ensemble: bool = False, scope: str = "paper", device: Any = "cpu",
                      weights: str | None = None, weights_sha256: str | None = None,
-                     progress: bool = True) -> dict[str, Any]:
-    """Evaluate one dataset (resuming), write its CSV and summary JSON; return the summary."""
+                     progress: bool = True, runtime: Mapping[str, Any] | None = None,
+                     weights_source: str | None = None) -> dict[str, Any]:
+    """Evaluate one dataset (resuming), write its CSV and summary JSON; return the summary. ``runtime``: the
+    :meth:`mair.runtime.RuntimeSettings.as_dict` record of how the network runs (kept in the summary; a rerun
+    on another path starts the CSV again rather than mixing rows of both). ``weights_source`` (``published``
+    for the authors' checkpoints) is recorded in the summary when given."""
     import torch
 
     tag = ref.id + ("+" if self_ensemble else "")
     variant = "MaIR+" if self_ensemble else "MaIR"
     base = {"experiment": spec.experiment, "dataset": ref.id, "variant": variant, "scope": scope,
-            "weights": weights, "created": None}
+            "weights": weights, "created": None, **({"runtime": dict(runtime)} if runtime else {})}
+    if weights_source is not None:
+        base["weights_source"] = weights_source
     fingerprint = {"weights_sha256": weights_sha256, "spec": asdict(spec), "dataset": asdict(ref),
                    "variant": variant, "scope": scope}
+    if runtime:
+        fingerprint["runtime"] = {k: runtime.get(k) for k in ("precision", "scan_backend_resolved",
+                                                              "compile_backend", "compile_mode")}
     if ref.submission_only or ref.pairing == "dnd_bboxes":
         from mair.evaluate.dnd import write_dnd_submission
+
+        images = root / (ref.lq or "images_srgb")
+        mats = sorted(images.glob("*.mat")) if images.is_dir() else []
+        info = root / "info.mat"
+        fingerprint["data"] = data_identity(root, [*mats, info if info.is_file() else None])
 
         def restore_patch(patch: np.ndarray) -> np.ndarray:
             x = torch.from_numpy(np.ascontiguousarray(patch.transpose(2, 0, 1)))[None].float().to(device)
@@ -496,9 +532,11 @@ def evaluate_dataset(model: Callable[[Any], Any], spec: EvalSpec, ref: DatasetRe
     pairs = list_pairs(ref, root, spec.scale)
     if not pairs:
         raise EvaluationError(f"{root}: no test images for {ref.id}")
+    fingerprint["data"] = data_identity(root, [f for p in pairs for f in (p.gt, p.lq)])
     results = ResultsCSV(out_dir / f"{tag}.csv", _columns(spec), fingerprint)
     try:
         todo = [p for p in pairs if p.name not in results.rows]
+        samples = {p.name for p in pairs[:SAMPLE_IMAGES]}
         if len(todo) < len(pairs):
             print(f"{tag}: {len(pairs) - len(todo)} of {len(pairs)} images already done"
                   + (", resuming" if todo else ""), file=sys.stderr)
@@ -508,6 +546,8 @@ def evaluate_dataset(model: Callable[[Any], Any], spec: EvalSpec, ref: DatasetRe
             out = run_protocol(model, x, spec.protocol, self_ensemble)
             if tuple(out.shape[-2:]) != gt.shape[:2]:
                 raise EvaluationError(f"{pair.name}: output {tuple(out.shape[-2:])} vs target {gt.shape[:2]}")
+            if pair.name in samples:
+                _save_sample(sample_path(out_dir, tag, pair.name), out)
             results.append({"name": pair.name, **image_metrics(out, gt, spec)})
     finally:
         results.close()
@@ -536,6 +576,25 @@ def evaluate_dataset(model: Callable[[Any], Any], spec: EvalSpec, ref: DatasetRe
     return summary
 
 
+#: Restored images kept per test set and variant (the first ones by name), logged to MLflow as samples.
+SAMPLE_IMAGES = 3
+
+
+def sample_path(out_dir: Path, tag: str, name: str) -> Path:
+    """``results/<scope>/eval/<exp>/samples/<dataset>[+]/<image>.png``: a restored sample image."""
+    return out_dir / "samples" / tag / f"{Path(name).stem}.png"
+
+
+def _save_sample(path: Path, out: Any) -> None:
+    from mair.atomic import atomic_write_bytes
+    from mair.evaluate.protocol import tensor2img
+
+    img = tensor2img(out)
+    ok, buf = cv2.imencode(".png", img if img.ndim == 2 else img[..., ::-1])
+    if ok:
+        atomic_write_bytes(path, buf.tobytes())
+
+
 def _count_mats(folder: Path) -> int:
     return sum(1 for p in folder.glob("*.mat")) if folder.is_dir() else 0
 
@@ -544,7 +603,8 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def _log_mlflow(summary: Mapping[str, Any], spec: EvalSpec, files: Sequence[Path]) -> None:
+def _log_mlflow(summary: Mapping[str, Any], spec: EvalSpec, files: Sequence[Path],
+                images: Sequence[Path] = ()) -> None:
     """Log one summary through :mod:`mair.tracking`; never raise."""
     try:
         from mair import tracking
@@ -557,7 +617,8 @@ def _log_mlflow(summary: Mapping[str, Any], spec: EvalSpec, files: Sequence[Path
         params = {"arch": spec.arch, "protocol": spec.protocol, "task": spec.task,
                   **{f"net.{k}": v for k, v in spec.kwargs.items()}}
         log(summary=dict(summary), params=params,
-            artifacts=[str(f) for f in files if Path(f).exists()])
+            artifacts=[str(f) for f in files if Path(f).exists()],
+            images=[str(f) for f in images if Path(f).is_file()])
     except Exception as error:  # tracking must never break an evaluation
         warnings.warn(f"MLflow logging failed ({type(error).__name__}: {error}); results are in the files",
                       stacklevel=2)
@@ -580,31 +641,50 @@ def resolve_device(device: str | None) -> str:
     return str(device)
 
 
+def inference_runtime(device: str, exact: bool = False, compile: bool | None = None) -> Any:
+    """The :class:`mair.runtime.RuntimeSettings` of inference on ``device``, applied to this process
+    (TF32 switches, compile cache)."""
+    from mair.runtime import RuntimeSettingsError, resolve_runtime
+
+    try:
+        runtime = resolve_runtime(device, exact, workload="infer", compile=compile)
+    except RuntimeSettingsError as error:
+        raise EvaluationError(str(error)) from None
+    runtime.apply()
+    return runtime
+
+
 def evaluate(experiment: str | Mapping[str, Any], weights: str | os.PathLike[str] | None = None, *,
              datasets: Sequence[str] | None = None, self_ensemble: bool = False, scope: str = "paper",
              device: str | None = None, results_dir: str | os.PathLike[str] = "results",
              data_root: str | os.PathLike[str] | None = None, model: Any = None,
              dataset_roots: Mapping[str, Path] | None = None, track: bool = True,
-             progress: bool = True) -> list[dict[str, Any]]:
+             progress: bool = True, exact: bool = False, weights_source: str | None = None) -> list[dict[str, Any]]:
     """Evaluate an experiment (id or dict) on its test sets; return the summaries.
 
     ``model`` replaces the network built from the experiment (tests); ``dataset_roots`` maps dataset ids to
-    prepared folders instead of :func:`mair.data.paths.prepared_dir`.
+    prepared folders instead of :func:`mair.data.paths.prepared_dir`. ``exact``: true fp32 (``--exact``);
+    otherwise :func:`mair.runtime.resolve_runtime`'s default for inference.
     """
     exp = load_experiment(experiment, scope) if isinstance(experiment, str) else dict(experiment)
     spec = eval_spec(exp)
     refs = spec.datasets if not datasets else [spec.dataset(d) for d in datasets]
     dev = resolve_device(device)
+    runtime = inference_runtime(dev, exact)
+    print(runtime.describe(), file=sys.stderr)
     weights_path: str | None = None
     if model is None:
         path = Path(weights) if weights is not None else default_weights(spec.experiment, scope, results_dir)
         if not path.is_file():
-            raise EvaluationError(f"weights file {path} not found" + (
+            raise EvaluationError(missing_weights_message(path) + (
                 "" if weights is not None else f" (train {spec.experiment} or pass --weights PATH)"))
         weights_path = str(path)
-        model = build_model(spec, path, dev)
-    elif weights is not None:
-        weights_path = str(weights)
+        model = runtime.prepare_model(build_model(spec, path, dev))
+    else:
+        if hasattr(model, "modules"):  # a network given by the caller gets the same scan backend
+            runtime.prepare_model(model)
+        if weights is not None:
+            weights_path = str(weights)
     sha = sha256_file(weights_path) if weights_path and Path(weights_path).is_file() else None
     if self_ensemble and spec.arch != "MaIR":
         print("note: MaIR+ (self-ensemble) is defined for the MaIR network; applying it to the U-Net anyway",
@@ -615,7 +695,8 @@ def evaluate(experiment: str | Mapping[str, Any], weights: str | os.PathLike[str
         root = (Path(dataset_roots[ref.id]) if dataset_roots and ref.id in dataset_roots
                 else dataset_root(ref.id, scope, data_root))
         summary = evaluate_dataset(model, spec, ref, root, out_dir, self_ensemble=self_ensemble, scope=scope,
-                                   device=dev, weights=weights_path, weights_sha256=sha, progress=progress)
+                                   device=dev, weights=weights_path, weights_sha256=sha, progress=progress,
+                                   runtime=runtime.as_dict(), weights_source=weights_source)
         tag = ref.id + ("+" if self_ensemble else "")
         if summary["metrics"]:
             extra = "".join(f", {s}: {v['psnr']:.4f} dB / {v['ssim']:.4f}"
@@ -626,6 +707,7 @@ def evaluate(experiment: str | Mapping[str, Any], weights: str | os.PathLike[str
         else:
             print(f"{spec.experiment} {tag}: submission bundle {summary['submission']}")
         if track:
-            _log_mlflow(summary, spec, [out_dir / f"{tag}.csv", out_dir / f"{tag}.json"])
+            samples = sorted((out_dir / "samples" / tag).glob("*.png"))
+            _log_mlflow(summary, spec, [out_dir / f"{tag}.csv", out_dir / f"{tag}.json"], samples)
         summaries.append(summary)
     return summaries

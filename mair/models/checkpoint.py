@@ -18,12 +18,17 @@ import torch
 from torch import Tensor, nn
 
 from mair.atomic import atomic_torch_save
+from mair.errors import not_a_file_reason
 
 PARAM_KEYS = ("params", "params_ema", "state_dict", "model")
 
 
 class CheckpointError(Exception):
     """A weights file that cannot be read or does not fit the model."""
+
+
+class CheckpointMismatch(CheckpointError):
+    """Readable weights whose names or shapes do not fit the model (strict loading)."""
 
 
 @dataclass
@@ -52,13 +57,20 @@ class LoadReport:
 
 def _read_file(path: Path) -> Any:
     if not path.is_file():
-        raise CheckpointError(f"{path}: no such weights file")
+        reason = not_a_file_reason(path)
+        raise CheckpointError(f"{path}: no such weights file" if reason == "no such file" else f"{path} {reason}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
+        lines = [line for line in str(error).splitlines() if line.strip()]
+        refused = next((line for line in lines if "GLOBAL" in line), None)
+        if refused is None:  # the safe unpickler met no Python object, just bytes it cannot parse
+            raise CheckpointError(
+                f"{path}: not a PyTorch weights file (corrupt, truncated or another format; expected what "
+                f"torch.save writes)") from None
         raise CheckpointError(
             f"{path}: refused by safe loading (weights_only=True): the file holds Python objects, not just "
-            f"tensors. Re-save it as {{'params': state_dict}} from trusted code. ({str(error).splitlines()[0]})"
+            f"tensors. Re-save it as {{'params': state_dict}} from trusted code. ({refused.strip()})"
         ) from None
     except Exception as error:  # torch raises many types for damaged files (IndexError, EOFError, ...)
         raise CheckpointError(
@@ -92,6 +104,13 @@ def read_state_dict(source: str | os.PathLike[str] | Mapping[str, Any],
         state[key.removeprefix("module.")] = value
     if not state:
         raise CheckpointError(f"{name}: holds no tensors")
+    for key, value in state.items():
+        if value.is_floating_point() or value.is_complex():
+            bad = int((~torch.isfinite(value)).sum())
+            if bad:
+                raise CheckpointError(
+                    f"{name}: tensor {key!r} holds NaN or Inf values ({bad} of {value.numel()}); these weights "
+                    f"are damaged (a diverged or interrupted training?) and would give black or empty images")
     return state, key_used
 
 
@@ -120,7 +139,7 @@ def load_weights(model: nn.Module, source: str | os.PathLike[str] | Mapping[str,
         if report.skipped_shape:
             k, a, b = report.skipped_shape[0]
             details.append(f"{len(report.skipped_shape)} with another shape (e.g. {k}: file {a}, model {b})")
-        raise CheckpointError(
+        raise CheckpointMismatch(
             f"{name} does not fit this {type(model).__name__}: " + "; ".join(details)
             + ". Is it a checkpoint of another architecture, size or scale?")
     skipped = {k for k, _, _ in report.skipped_shape}
@@ -130,9 +149,13 @@ def load_weights(model: nn.Module, source: str | os.PathLike[str] | Mapping[str,
     return report
 
 
-def save_weights(model_or_state: nn.Module | Mapping[str, Tensor], path: str | os.PathLike[str]) -> None:
-    """Save weights atomically as ``{'params': state_dict}`` (CPU tensors, no ``module.`` prefix), the
-    layout the official tools load."""
+def weights_payload(model_or_state: nn.Module | Mapping[str, Tensor]) -> dict[str, dict[str, Tensor]]:
+    """``{'params': state_dict}`` with CPU tensors and no ``module.`` prefix, the layout the official tools
+    load."""
     state = model_or_state.state_dict() if isinstance(model_or_state, nn.Module) else model_or_state
-    clean = {k.removeprefix("module."): v.detach().cpu() for k, v in state.items()}
-    atomic_torch_save(path, {"params": clean})
+    return {"params": {k.removeprefix("module."): v.detach().cpu() for k, v in state.items()}}
+
+
+def save_weights(model_or_state: nn.Module | Mapping[str, Tensor], path: str | os.PathLike[str]) -> None:
+    """Save weights atomically as :func:`weights_payload` lays them out."""
+    atomic_torch_save(path, weights_payload(model_or_state))

@@ -55,7 +55,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="URI",
         help="also read evaluation runs from this MLflow tracking URI (JSON files win)",
     )
+    parser.add_argument(
+        "--weights",
+        choices=("trained", "published"),
+        default="trained",
+        help="label our rows as weights trained here (default) or as the authors' published checkpoints",
+    )
     parser.add_argument("--no-figures", action="store_true", help="write the tables only")
+    parser.add_argument(
+        "--log-mlflow",
+        action="store_true",
+        help="also log the tables and figures as the run 'tables' of the MLflow experiment mair/<scope>/tables "
+        "(store: $MLFLOW_TRACKING_URI, default sqlite:///mlflow.db); the pipeline does",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -68,6 +80,11 @@ def run(args: argparse.Namespace) -> int:
     if args.out is not None and args.out.exists() and not args.out.is_dir():
         raise CommandError(f"--out {args.out}: exists and is not a folder")
 
+    eval_dir = args.results_dir / args.scope / "eval"
+    if args.mlflow is None and not any(eval_dir.glob("*/*.json")):
+        raise CommandError(f"no evaluation results in {eval_dir} (expected <experiment>/<dataset>.json): run "
+                           f"`mair evaluate` first")
+
     from mair.report.tables import write_report
 
     try:
@@ -79,11 +96,16 @@ def run(args: argparse.Namespace) -> int:
             paper_results=args.paper_results,
             mlflow_uri=args.mlflow,
             figures=not args.no_figures,
+            weights=args.weights,
         )
     except (OSError, ValueError) as error:
         raise CommandError(str(error)) from error
     for note in result.notes:
         print(f"note: {note}", file=sys.stderr)
+    if args.log_mlflow:
+        from mair.tracking import log_tables
+
+        log_tables(args.scope, result.files, result.out_dir)  # never raises: warns once when MLflow is off
     ours = sum(
         1
         for t in result.tables
@@ -91,6 +113,9 @@ def run(args: argparse.Namespace) -> int:
         for c in r.cells.values()
         if r.kind == "ours" and (c.value is not None or c.text)
     )
+    if not ours:
+        raise CommandError(f"no results of ours in {eval_dir} or {args.mlflow or 'MLflow'}: the tables in "
+                           f"{result.out_dir} hold the published numbers only; run `mair evaluate` first")
     print(
         f"wrote {len(result.files)} files to {result.out_dir} "
         f"({len(result.tables)} tables, {ours} cells of ours)"

@@ -383,10 +383,14 @@ def read_summaries(results_dir: Path, scope: str, experiments_dir: Path | None =
     return collected
 
 
-def read_mlflow(uri: str, scope: str, experiments_dir: Path | None = None) -> Collected:
+def read_mlflow(
+    uri: str, scope: str, experiments_dir: Path | None = None, weights: str | None = None
+) -> Collected:
     """Evaluation summaries logged to MLflow, through ``mair.tracking.eval_summaries(uri, scope)`` if present.
 
     Optional: any failure (module or function missing, store unreachable) becomes a note, never an error.
+    ``weights`` (``trained`` or ``published``) keeps only the runs of those weights (``weights_source``; runs
+    without it are of trained weights), so the two never mix.
     """
     try:
         from mair import tracking  # type: ignore[attr-defined]
@@ -401,6 +405,10 @@ def read_mlflow(uri: str, scope: str, experiments_dir: Path | None = None) -> Co
         summaries = list(fetch(uri, scope))
     except Exception as error:
         return Collected(_empty_ours(), [f"MLflow source skipped: {error}"])
+    if weights is not None:
+        summaries = [
+            s for s in summaries if not isinstance(s, Mapping) or s.get("weights_source", "trained") == weights
+        ]
     pairs = [(s, f"mlflow:{s.get('run_id', '?')}") for s in summaries if isinstance(s, Mapping)]
     return summaries_to_frame(pairs, "mlflow", experiments_dir)
 

@@ -32,6 +32,12 @@ from mair.report.collect import (
     read_summaries,
 )
 
+#: How our rows are labelled: numbers of weights trained here, or of the authors' published checkpoints.
+OURS_LABELS = {"trained": "ours", "published": "published weights"}
+PUBLISHED_WEIGHTS_NOTE = (
+    "the authors' published checkpoints evaluated by this pipeline (rows 'published weights') vs the numbers "
+    "printed in the paper."
+)
 ROW_KINDS = ("baseline", "paper", "ours", "diff")
 RANKED_KINDS = ("baseline", "paper", "ours")
 
@@ -200,6 +206,7 @@ class ReportTable:
     columns: list[ColumnSpec]
     rows: list[Row]
     footnotes: list[tuple[str, str]] = field(default_factory=list)  # (mark or "", text)
+    weights: str = "trained"  # "published": our rows evaluate the authors' checkpoints (labelled so)
 
     @property
     def id(self) -> str:
@@ -212,6 +219,8 @@ class ReportTable:
     def caption(self) -> str:
         """The caption text (plain Unicode; renderers escape it)."""
         text = f"{self.spec.title}: ours vs published. {self.spec.caption}".strip()
+        if self.weights == "published":
+            text = f"{self.spec.title}: {PUBLISHED_WEIGHTS_NOTE} {self.spec.caption}".strip()
         return f"{DEMO_BANNER}. {text}" if self.demo else text
 
     def groups(self) -> list[str]:
@@ -346,8 +355,14 @@ def _empty(cells: dict[str, Cell]) -> bool:
     return all(c.value is None and c.text is None for c in cells.values())
 
 
-def build_table(spec: TableSpec, ours: pd.DataFrame, paper: pd.DataFrame, scope: str) -> ReportTable:
-    """Build one table from our long frame and the published numbers (both may be empty)."""
+def build_table(
+    spec: TableSpec, ours: pd.DataFrame, paper: pd.DataFrame, scope: str, weights: str = "trained"
+) -> ReportTable:
+    """Build one table from our long frame and the published numbers (both may be empty).
+
+    ``weights="published"``: our numbers come from the authors' checkpoints; their rows say so.
+    """
+    ours_name = OURS_LABELS[weights]
     columns = spec.columns()
     mine = ours[ours["table"] == spec.id] if not ours.empty else ours
     pub = paper[paper["table"] == spec.id] if not paper.empty else paper
@@ -392,11 +407,11 @@ def build_table(spec: TableSpec, ours: pd.DataFrame, paper: pd.DataFrame, scope:
             paper_row = Row(
                 group, label, "paper", f"{label} (paper)", paper_cells, first_of_method=True, setting=setting
             )
-            ours_row = Row(group, label, "ours", f"{label} (ours)", our_cells, setting=setting)
+            ours_row = Row(group, label, "ours", f"{label} ({ours_name})", our_cells, setting=setting)
             diff = _diff_cells(columns, ours_row, paper_row)
-            diff_row = Row(group, label, "diff", "Δ ours − paper", diff, setting=setting)
+            diff_row = Row(group, label, "diff", f"Δ {ours_name} − paper", diff, setting=setting)
             rows += [paper_row, ours_row, diff_row]
-    table = ReportTable(spec, scope, columns, rows)
+    table = ReportTable(spec, scope, columns, rows, weights=weights)
     _rank(table)
     marks = {c.mark for r in rows for c in r.cells.values() if c.mark and c.value is not None}
     marks |= {r.mark for r in rows if r.mark}
@@ -419,14 +434,15 @@ def build_table(spec: TableSpec, ours: pd.DataFrame, paper: pd.DataFrame, scope:
     return table
 
 
-def build_tables(ours: pd.DataFrame, paper: pd.DataFrame, scope: str) -> list[ReportTable]:
+def build_tables(ours: pd.DataFrame, paper: pd.DataFrame, scope: str, weights: str = "trained") -> list[ReportTable]:
     """All six tables."""
-    return [build_table(SPECS[t], ours, paper, scope) for t in TABLE_IDS]
+    return [build_table(SPECS[t], ours, paper, scope, weights) for t in TABLE_IDS]
 
 
 # --------------------------------------------------------------------------------------------- CSV
 
 CSV_ROW_NAMES = {"baseline": "baseline", "paper": "published", "ours": "ours", "diff": "difference"}
+PUBLISHED_CSV_ROW_NAMES = {**CSV_ROW_NAMES, "ours": "published weights"}
 
 
 def csv_column(col: ColumnSpec) -> str:
@@ -443,7 +459,7 @@ def to_frame(table: ReportTable) -> pd.DataFrame:
             "table": table.id,
             "setting": row.setting,
             "method": row.method,
-            "row": CSV_ROW_NAMES[row.kind],
+            "row": CSV_ROW_NAMES[row.kind] if table.weights == "trained" else PUBLISHED_CSV_ROW_NAMES[row.kind],
         }
         notes: list[str] = []
         for col in table.columns:
@@ -502,6 +518,7 @@ def write_report(
     mlflow_uri: str | None = None,
     experiments_dir: Path | None = None,
     figures: bool = True,
+    weights: str = "trained",
 ) -> ReportResult:
     """Collect, build every table, write ``.tex``/``.md``/``.csv`` per table, ``tables.tex``, ``tables.md``
     and the figures into ``out_dir`` (default ``<results_dir>/<scope>/tables``).
@@ -514,7 +531,7 @@ def write_report(
     out = Path(out_dir) if out_dir is not None else Path(results_dir) / scope / "tables"
     experiments_dir = experiments_dir if experiments_dir is not None else default_experiments_dir()
     collected = read_summaries(Path(results_dir), scope, experiments_dir)
-    secondary: Collected | None = read_mlflow(mlflow_uri, scope, experiments_dir) if mlflow_uri else None
+    secondary: Collected | None = read_mlflow(mlflow_uri, scope, experiments_dir, weights) if mlflow_uri else None
     merged = merge_sources(collected, secondary)
     notes = list(merged.notes)
     numbers = merged.frame[merged.frame["metric"].isin(["PSNR", "SSIM"])]
@@ -526,7 +543,7 @@ def write_report(
     if paper_path is None:
         notes.append("no params/paper_results.csv found: published numbers left out")
     paper = load_paper_results(paper_path)
-    tables = build_tables(merged.frame, paper, scope)
+    tables = build_tables(merged.frame, paper, scope, weights)
 
     files: list[Path] = []
     for table in tables:

@@ -33,14 +33,21 @@ def register(subparsers: Any) -> None:
                    help="default: cuda when available, else cpu (gloo)")
     p.add_argument("--max-iters", type=int, default=None, metavar="K",
                    help="stop after iteration K (the schedule stays the experiment's)")
-    p.add_argument("--precision", choices=("fp32", "tf32", "bf16"), default="fp32",
-                   help="fp32 as the paper (default), tf32 matmuls on GPUs, or bf16 autocast")
+    p.add_argument("--exact", action="store_true",
+                   help="eager, true fp32 (no TF32 anywhere), PyTorch's Adam: for bit-faithful comparisons. "
+                        "Default on CUDA: Triton scan, TF32, torch.compile with CUDA graphs, fused Adam; on CPU: "
+                        "eager fp32")
+    p.add_argument("--precision", choices=("fp32", "tf32", "bf16"), default=None,
+                   help="override the default precision (CUDA tf32, CPU fp32): fp32 (PyTorch's defaults, TF32 "
+                        "convolutions only), tf32 matmuls too, or bf16 autocast")
     p.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
                    help="torch.compile the network in one graph, the scan as custom ops (compiler backend, "
                         "default inductor); validation stays eager")
     p.add_argument("--compile-mode", choices=COMPILE_MODES, default=None,
-                   help="torch.compile mode (implies --compile inductor); reduce-overhead replays the compiled "
-                        "steps as CUDA graphs (also under DDP)")
+                   help="torch.compile mode (implies --compile inductor; default on CUDA: reduce-overhead, which "
+                        "replays the compiled steps as CUDA graphs, also under DDP)")
+    p.add_argument("--no-compile", action="store_true",
+                   help="run eager, keeping the other defaults (backend, precision, Adam)")
     p.add_argument("--run-dir", type=Path, default=None, metavar="DIR",
                    help="run folder (default runs/<scope>/<experiment>)")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
@@ -82,14 +89,15 @@ def options_from_args(args: argparse.Namespace) -> Any:
         device=args.device, num_workers=args.num_workers, allow_batch_mismatch=args.allow_batch_mismatch,
         data_dir=args.data_dir, results_dir=args.results_dir, validate=args.val, mlflow=args.mlflow,
         tracking_uri=args.tracking_uri, log_every=args.log_every, compile=args.compile,
-        compile_mode=args.compile_mode)
+        compile_mode=args.compile_mode, exact=args.exact, no_compile=args.no_compile)
 
 
 def child_argv(args: argparse.Namespace) -> list[str]:
     """The ``mair`` arguments that repeat this command in each torchrun worker."""
-    argv = ["train", args.experiment, "--scope", args.scope, "--precision", args.precision,
-            "--keep", str(args.keep), "--results-dir", str(args.results_dir)]
-    optional = {"--gpus": args.gpus, "--device": args.device, "--max-iters": args.max_iters,
+    argv = ["train", args.experiment, "--scope", args.scope, "--keep", str(args.keep),
+            "--results-dir", str(args.results_dir)]
+    optional = {"--precision": args.precision, "--gpus": args.gpus, "--device": args.device,
+                "--max-iters": args.max_iters,
                 "--run-dir": args.run_dir, "--init-weights": args.init_weights,
                 "--checkpoint-every": args.checkpoint_every, "--num-workers": args.num_workers,
                 "--data-dir": args.data_dir, "--tracking-uri": args.tracking_uri, "--log-every": args.log_every,
@@ -104,6 +112,10 @@ def child_argv(args: argparse.Namespace) -> list[str]:
         argv.append("--init-fix-t-x3")
     if args.allow_batch_mismatch:
         argv.append("--allow-batch-mismatch")
+    if args.exact:
+        argv.append("--exact")
+    if args.no_compile:
+        argv.append("--no-compile")
     return argv
 
 
@@ -113,12 +125,12 @@ def _handle(args: argparse.Namespace) -> int:
     from mair.models.checkpoint import CheckpointError
     from mair.train.datasets import DatasetError
     from mair.train.launch import detect_env, run_torchrun
-    from mair.train.trainer import TrainError, preflight, train
+    from mair.train.trainer import RunLock, TrainError, preflight, train
 
     opts = options_from_args(args)
     try:
         env = detect_env()
-        gpus = args.gpus or 1
+        gpus = 1 if args.gpus is None else args.gpus
         if gpus < 1:
             raise TrainError(f"--gpus must be >= 1, got {gpus}")
         if gpus > 1 and not env.distributed:
@@ -130,7 +142,7 @@ def _handle(args: argparse.Namespace) -> int:
             preflight(opts, gpus)  # every problem is reported before torchrun starts
             argv = child_argv(args)
             run_dir = opts.resolved_run_dir()
-            run_dir.mkdir(parents=True, exist_ok=True)
+            RunLock(run_dir).acquire().release()  # a folder in use: one line now (rank 0 takes the lock itself)
             return run_torchrun(gpus, argv, run_dir)
         return train(opts, env).exit_code
     except (TrainError, ExperimentError, DatasetError, CheckpointError) as error:

@@ -20,6 +20,9 @@ from __future__ import annotations
 import contextlib
 import csv
 import datetime as _dt
+import errno
+import fcntl
+import io
 import math
 import os
 import random
@@ -42,27 +45,30 @@ import yaml
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from mair.atomic import atomic_torch_save, atomic_write_json, atomic_write_text
-from mair.compile_modes import COMPILE_MODES, CUDA_GRAPH_MODES
-from mair.precision import PRECISIONS, apply_matmul_precision, autocast
+from mair.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text, remove_stale_parts
+from mair.compile_modes import COMPILE_MODES
+from mair.precision import autocast
 from mair.train import datasets as train_data
 from mair.train.launch import EXIT_STOPPED, STOP_MARKER, DistEnv, detect_env
 from mair.train.losses import build_loss
-from mair.train.optimizers import adam_implementation
 from mair.train.progressive import mixup, progressive_crop, step_rng
 from mair.train.sampler import EnlargedSampler
 from mair.train.schedules import build_scheduler, progressive_stage
 
 __all__ = [
     "BatchPlan",
+    "RunLock",
     "TrainError",
     "TrainOptions",
     "TrainResult",
+    "default_workers",
     "init_weights_source",
     "latest_checkpoint",
     "plan_batch",
     "preflight",
+    "remove_stale_run_parts",
     "resolve_experiment",
+    "save_checkpoint_file",
     "train",
     "val_due",
 ]
@@ -85,7 +91,7 @@ class TrainOptions:
     scope: str = "paper"
     gpus: int | None = None
     max_iters: int | None = None
-    precision: str = "fp32"
+    precision: str | None = None  # None: the runtime default (mair.runtime: tf32 on CUDA, fp32 on CPU)
     run_dir: Path | None = None
     resume: bool = True
     init_fix_t_x3: bool = False
@@ -103,6 +109,8 @@ class TrainOptions:
     log_every: int | None = None
     compile: str | None = None  # torch.compile backend for the training forward/backward (None: eager)
     compile_mode: str | None = None  # torch.compile mode (implies the inductor backend); see compile_settings
+    exact: bool = False  # --exact: eager, true fp32, PyTorch's Adam (mair.runtime)
+    no_compile: bool = False  # --no-compile: eager, the other defaults kept
 
     def resolved_run_dir(self) -> Path:
         """``--run-dir``, else ``runs/<scope>/<experiment>`` (an experiment file is named by its stem)."""
@@ -237,10 +245,14 @@ def _git_commit() -> str:
         return "unknown"
 
 
-def _default_workers(device_type: str, local_world: int) -> int:
+def default_workers(exp: Mapping[str, Any], device_type: str, local_world: int, cpus: int | None = None) -> int:
+    """Data loader workers per process when ``--num-workers`` is not given: the experiment's
+    ``num_workers_per_gpu`` on GPUs, at most the CPUs per process less one (at least 1); 0 on the CPU."""
     if device_type != "cuda":
         return 0
-    return max(1, min(8, (os.cpu_count() or 2) // max(1, local_world) - 1))
+    wanted = int(exp["train"]["num_workers_per_gpu"])
+    available = max(1, (cpus or os.cpu_count() or 2) // max(1, local_world) - 1)
+    return min(wanted, available)
 
 
 # ------------------------------------------------------------------------------------------------ pre-flight
@@ -274,17 +286,40 @@ def compile_settings(opts: TrainOptions, world_size: int) -> tuple[str | None, s
     return "inductor", mode
 
 
+def runtime_settings(opts: TrainOptions, device: str) -> Any:
+    """The :class:`mair.runtime.RuntimeSettings` of a run on ``device`` (cpu or cuda) from its options."""
+    from mair.runtime import RuntimeSettingsError, resolve_runtime
+
+    backend, mode = compile_settings(opts, 1)
+    try:
+        return resolve_runtime(device, opts.exact, workload="train", precision=opts.precision,
+                               compile=False if opts.no_compile else None, compile_backend=backend,
+                               compile_mode=mode)
+    except RuntimeSettingsError as error:
+        raise TrainError(str(error)) from None
+
+
 def preflight(opts: TrainOptions, world_size: int) -> Preflight:
     """Check the options, the experiment and the data for ``world_size`` processes; raise clear errors."""
     compile_settings(opts, world_size)
-    if opts.precision not in PRECISIONS:
-        raise TrainError(f"--precision must be one of {', '.join(PRECISIONS)}, got {opts.precision!r}")
+    if opts.precision not in (None, "fp32", "tf32", "bf16"):
+        raise TrainError(f"--precision must be one of fp32, tf32, bf16, got {opts.precision!r}")
+    runtime_settings(opts, opts.device if opts.device in ("cpu", "cuda") else
+                     ("cuda" if torch.cuda.is_available() else "cpu"))
     if opts.keep < 1:
         raise TrainError(f"--keep must be >= 1, got {opts.keep}")
     if opts.max_iters is not None and opts.max_iters < 1:
         raise TrainError(f"--max-iters must be >= 1, got {opts.max_iters}")
     if opts.checkpoint_every is not None and opts.checkpoint_every < 1:
         raise TrainError(f"--checkpoint-every must be >= 1, got {opts.checkpoint_every}")
+    if opts.num_workers is not None and opts.num_workers < 0:
+        raise TrainError(f"--num-workers must be >= 0 (0: load in the training process), got {opts.num_workers}")
+    run_dir = opts.resolved_run_dir()
+    if run_dir.exists() and not run_dir.is_dir():
+        raise TrainError(f"run folder {run_dir} exists and is not a folder; choose another --run-dir")
+    blocking = next((p for p in run_dir.parents if p.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        raise TrainError(f"run folder {run_dir} cannot be made: {blocking} is not a folder; choose another --run-dir")
     exp = resolve_experiment(opts.experiment, opts.scope)
     plan = plan_batch(exp, world_size, opts.allow_batch_mismatch)
     train_set = train_data.build_train_dataset(exp, opts.scope, opts.data_dir)
@@ -295,7 +330,6 @@ def preflight(opts: TrainOptions, world_size: int) -> Preflight:
                          f"{sampler.ratio} give {sampler.num_samples} samples per process, fewer than one batch "
                          f"of {plan.batch_per_gpu}")
     val_set = train_data.build_val_dataset(exp, opts.scope, opts.data_dir) if opts.validate else None
-    run_dir = opts.resolved_run_dir()
     resumable = latest_checkpoint(run_dir) if opts.resume else None
     if resumable is not None:
         _check_run_config(run_dir, exp, opts)
@@ -321,6 +355,80 @@ def _check_run_config(run_dir: Path, exp: Mapping[str, Any], opts: TrainOptions)
         raise TrainError(
             f"{run_dir} holds a run of {run.get('experiment')!r} ({run.get('scope')} scope), not {exp['id']!r} "
             f"({opts.scope}); choose another --run-dir or pass --no-resume")
+
+
+# ------------------------------------------------------------------------------------------------ run folder
+
+RUN_LOCK = ".mair-train.lock"
+#: Files of a run folder written atomically, as ``(sub-folder, name pattern)``: temp files of these targets
+#: left by a killed process are removed at the next start (under the run folder's lock).
+RUN_TARGETS = (("", "*.csv"), ("", "*.yaml"), ("", "*.json"), ("models", "net_g_*.pth"),
+               ("training_states", "*.state"))
+_SPACE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+class RunLock:
+    """An exclusive ``flock`` on ``<run folder>/.mair-train.lock``, held while a ``mair train`` uses the folder.
+
+    The lock ends with the process (also when it is killed), so a stale lock file never blocks a new run.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = Path(run_dir) / RUN_LOCK
+        self.fd: int | None = None
+
+    def acquire(self) -> RunLock:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as error:
+            raise TrainError(f"cannot use the run folder {self.path.parent}: {error.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            if error.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise TrainError(f"cannot lock the run folder {self.path.parent}: {error.strerror}") from None
+            raise TrainError(f"run folder {self.path.parent} is in use by another `mair train` (pid {holder}); "
+                             f"wait for it to end or choose another --run-dir") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing the descriptor releases the flock
+            self.fd = None
+
+
+def remove_stale_run_parts(run_dir: Path) -> list[Path]:
+    """Temp files of the run's checkpoints, logs and records left by a killed process (call under the lock)."""
+    removed = []
+    for sub, pattern in RUN_TARGETS:
+        removed += remove_stale_parts(run_dir / sub if sub else run_dir, pattern)
+    return removed
+
+
+def save_checkpoint_file(path: Path, obj: Any) -> None:
+    """``torch.save`` ``obj`` to ``path`` atomically; a full disk (or quota, or file size limit) is a
+    :class:`TrainError` naming the file and the bytes it needs, and leaves no partial file."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    data = buffer.getbuffer()
+    try:
+        atomic_write_bytes(path, data)
+    except OSError as error:
+        if error.errno not in _SPACE_ERRORS:
+            raise
+        try:
+            free = f"{shutil.disk_usage(path.parent).free:,} bytes free there"
+        except OSError:
+            free = "free space unknown"
+        raise TrainError(f"cannot write checkpoint {path}: {error.strerror} (it needs {len(data):,} bytes; "
+                         f"{free}); free some space and rerun the same command to resume from the last "
+                         f"complete checkpoint") from None
 
 
 # ------------------------------------------------------------------------------------------------ data stream
@@ -487,12 +595,14 @@ class Trainer:
             index = env.local_rank % torch.cuda.device_count()
             torch.cuda.set_device(index)
             self.device = torch.device("cuda", index)
-            torch.backends.cudnn.benchmark = True  # official setting
-            apply_matmul_precision(opts.precision)
         elif device_type == "cpu":
             self.device = torch.device("cpu")
         else:
             raise TrainError(f"--device must be cpu or cuda, got {device_type!r}")
+        # Precision, scan backend, compile mode, Adam: mair.runtime (cuDNN autotuning on CUDA, as officially).
+        self.runtime = runtime_settings(opts, self.device.type)
+        cache = self.runtime.apply()
+        _log(self.runtime.describe() + (f"; {cache.describe()}" if cache else ""), env)
         self.control_group: Any = None
         if env.distributed:
             self._init_process_group()
@@ -502,12 +612,12 @@ class Trainer:
         from mair.models import from_official
 
         net = from_official(self.exp["network"]["arch"], **self.exp["network"]["kwargs"]).to(self.device)
-        self.net = net
+        self.net = self.runtime.prepare_model(net)
         params = [p for p in net.parameters() if p.requires_grad]
         optim = self.train_cfg["optimizer"]
         kwargs = {"lr": float(optim["lr"]), "betas": tuple(float(b) for b in optim["betas"]),
                   "eps": float(optim.get("eps", 1e-8)), "weight_decay": float(optim["weight_decay"])}
-        kwargs.update(adam_implementation(self.device.type))
+        kwargs.update(self.runtime.adam_kwargs())
         if optim["type"] == "Adam":
             self.optimizer: torch.optim.Optimizer = torch.optim.Adam(params, **kwargs)
         elif optim["type"] == "AdamW":
@@ -518,8 +628,8 @@ class Trainer:
         self.loss_fn = build_loss(self.train_cfg["loss"])
         self.sampler = EnlargedSampler(len(self.pre.train_set), env.world_size, env.rank,
                                        int(self.train_cfg["dataset_enlarge_ratio"]))
-        workers = opts.num_workers if opts.num_workers is not None else _default_workers(
-            self.device.type, env.local_world_size)
+        workers = opts.num_workers if opts.num_workers is not None else default_workers(
+            self.exp, self.device.type, env.local_world_size)
         self.num_workers = int(workers)
         self.stream = BatchStream(self.pre.train_set, self.sampler, self.plan.batch_per_gpu, self.num_workers,
                                   pin_memory=self.device.type == "cuda")
@@ -530,13 +640,9 @@ class Trainer:
         else:
             self.model = net
         self.model.train()
-        backend, mode = compile_settings(opts, env.world_size)
-        self.cuda_graphs = mode in CUDA_GRAPH_MODES
-        if backend:  # the scan as custom ops, one graph (DDP: Dynamo splits it at the gradient buckets)
-            from mair.models.scan.custom_ops import compile_model
-
-            self.model = compile_model(self.model, fullgraph=not env.distributed, backend=backend,
-                                       **({"mode": mode} if mode else {}))
+        self.cuda_graphs = self.runtime.cuda_graphs
+        # The scan as custom ops, one graph (DDP: Dynamo splits it at the gradient buckets); eager when not compiled.
+        self.model = self.runtime.compile(self.model, fullgraph=not env.distributed)
 
     def _init_process_group(self) -> None:
         env = self.env
@@ -644,12 +750,14 @@ class Trainer:
             "world_size": self.env.world_size, "device": str(self.device.type),
             "batch_per_gpu": self.plan.batch_per_gpu, "accum": self.plan.accum,
             "effective_batch": self.plan.effective_batch, "paper_effective_batch": self.plan.paper_effective_batch,
-            "paper_gpus": int(self.exp["paper_gpus"]), "precision": self.opts.precision,
-            "compile": self.opts.compile, "compile_mode": self.opts.compile_mode,
+            "paper_gpus": int(self.exp["paper_gpus"]), "precision": self.runtime.precision,
+            "compile": self.runtime.compile_backend, "compile_mode": self.runtime.compile_mode,
+            "runtime": self.runtime.as_dict(),
             "num_workers": self.num_workers, "max_iters": self.opts.max_iters,
             "total_iter": int(self.train_cfg["total_iter"]), "checkpoint_every": self.checkpoint_every,
             "keep": self.opts.keep, "seed": self.seed, "init": self.pre.init_note, "init_report": self.init_report,
-            "scan_backend": describe_backend_choice(self.device), "git_commit": _git_commit(),
+            "scan_backend": describe_backend_choice(self.device, self.runtime.scan_backend),
+            "git_commit": _git_commit(),
             "torch": str(torch.__version__), "resumed_from": self.start_iter or None,
             "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         }
@@ -674,12 +782,10 @@ class Trainer:
         tags = {"mair.kind": "training", "mair.experiment": self.exp["id"], "mair.scope": self.opts.scope,
                 "mair.git_commit": info["git_commit"], "mair.world_size": info["world_size"],
                 "mair.effective_batch": info["effective_batch"], "mair.accum": info["accum"],
-                "mair.scan_backend": info["scan_backend"], "mair.precision": info["precision"],
-                "mair.device": info["device"], "mair.compile": str(info["compile"] or "off"),
-                "mair.compile_mode": str(info["compile_mode"] or "-"),
-                "mair.run_dir": str(self.run_dir.absolute())}
+                "mair.scan_backend": info["scan_backend"], "mair.device": info["device"],
+                "mair.run_dir": str(self.run_dir.absolute()), **tracking.runtime_tags(info["runtime"])}
         name = tracking.mlflow_experiment_name(self.opts.scope, self.exp["id"])
-        run_id = self.tracker.start(name, f"train {self.exp['id']}", tags, run_id=previous)
+        run_id = self.tracker.start(name, f"train {self.exp['id']}", tags, run_id=previous, source="mair train")
         if run_id is None:
             return
         atomic_write_json(record, {"run_id": run_id, "tracking_uri": self.tracker.uri,
@@ -718,7 +824,7 @@ class Trainer:
     # -------------------------------------------------------------------------------------------- steps
 
     def _autocast(self) -> Any:
-        return autocast(self.opts.precision, self.device.type)
+        return autocast(self.runtime.precision, self.device.type)
 
     def _train_step(self, iteration: int) -> torch.Tensor:
         train = self.train_cfg
@@ -762,9 +868,9 @@ class Trainer:
             dist.all_gather_object(gathered, rng[0], group=self.control_group)
             rng = gathered
         if self.env.is_main:
-            from mair.models.checkpoint import save_weights
+            from mair.models.checkpoint import weights_payload
 
-            save_weights(self.net, self.run_dir / "models" / f"net_g_{iteration}.pth")
+            save_checkpoint_file(self.run_dir / "models" / f"net_g_{iteration}.pth", weights_payload(self.net))
             state = {
                 "format": STATE_FORMAT, "experiment": self.exp["id"], "scope": self.opts.scope,
                 "arch": self.exp["network"]["arch"], "iter": iteration, "epoch": self.stream.epoch,
@@ -774,7 +880,7 @@ class Trainer:
                 "rng": rng, "elapsed": self._elapsed(), "best": dict(self.best),
                 "last_validation": self.last_validation,
             }
-            atomic_torch_save(self.run_dir / "training_states" / f"{iteration}.state", state)
+            save_checkpoint_file(self.run_dir / "training_states" / f"{iteration}.state", state)
             self._prune_checkpoints()
         self.last_checkpoint = iteration
 
@@ -801,6 +907,7 @@ class Trainer:
         val = self.exp["val"]
         cfg = val["metrics"]
         crop, y, use_image = int(cfg["crop_border"]), bool(cfg["test_y_channel"]), bool(cfg["use_image"])
+        rgb2bgr = bool(cfg["rgb2bgr"])
         unet = self.exp["task"] in UNET_TASKS
         net = self.net
         net.eval()
@@ -815,13 +922,13 @@ class Trainer:
                 out = out.float()
                 gt = item["gt"]
                 if not unet:
-                    out_u8 = tensor2img(out)
-                    psnrs.append(m.calculate_psnr(out_u8, gt, crop, y))
-                    ssims.append(m.calculate_ssim(out_u8, gt, crop, y))
+                    out_u8, gt_u8 = m.metric_images(tensor2img(out), gt, rgb2bgr)
+                    psnrs.append(m.calculate_psnr(out_u8, gt_u8, crop, y))
+                    ssims.append(m.calculate_ssim(out_u8, gt_u8, crop, y))
                 elif use_image:
-                    out_u8 = tensor2img(out)
-                    psnrs.append(m.calculate_psnr_float(out_u8, gt, crop, y))
-                    ssims.append(m.calculate_ssim_float(out_u8, gt, crop, y))
+                    out_u8, gt_u8 = m.metric_images(tensor2img(out), gt, rgb2bgr)
+                    psnrs.append(m.calculate_psnr_float(out_u8, gt_u8, crop, y))
+                    ssims.append(m.calculate_ssim_float(out_u8, gt_u8, crop, y))
                 else:
                     out_f = out[0].cpu().numpy().transpose(1, 2, 0)
                     gt_f = gt.astype(np.float32) / np.float32(255.0)
@@ -953,17 +1060,22 @@ class Trainer:
         weights = None
         if self.env.is_main:
             if iteration == total_iter:
-                from mair.models.checkpoint import save_weights
+                from mair.models.checkpoint import weights_payload
 
                 weights = Path(self.opts.results_dir) / self.opts.scope / "weights" / f"{self.exp['id']}.pth"
-                save_weights(self.net, weights)
+                save_checkpoint_file(weights, weights_payload(self.net))
                 _log(f"finished {self.exp['id']} at iteration {iteration}; final weights: {weights}", self.env)
                 if self.tracker is not None:
                     self.tracker.log_artifact(weights)
+                    self.tracker.log_model(weights, self.exp["id"], files=[self.run_dir / "config.yaml"],
+                                           params={"experiment": self.exp["id"], "scope": self.opts.scope,
+                                                   "iterations": iteration}, step=iteration)
             else:
                 _log(f"stopped at --max-iters {iteration} of {total_iter}: final weights not exported; the "
                      f"checkpoint is {self.run_dir / 'models' / f'net_g_{iteration}.pth'}", self.env)
             if self.tracker is not None:
+                self.tracker.log_artifacts([self.run_dir / n for n in ("train_log.csv", "val_log.csv", "best.json")],
+                                           "logs")
                 self.tracker.end("FINISHED")
         self._barrier()
         return TrainResult(0, iteration, self.run_dir, weights, dict(self.best))
@@ -986,9 +1098,17 @@ def train(opts: TrainOptions, env: DistEnv | None = None) -> TrainResult:
     if opts.gpus is not None and env.distributed and opts.gpus != env.world_size:
         _log(f"--gpus {opts.gpus} ignored: the launcher started {env.world_size} processes", env)
     pre = preflight(opts, env.world_size)
-    trainer = Trainer(opts, env, pre)
+    lock = RunLock(opts.resolved_run_dir()).acquire() if env.is_main else None
     try:
-        trainer.setup()
-        return trainer.run()
+        if lock is not None:
+            for path in remove_stale_run_parts(opts.resolved_run_dir()):
+                _log(f"removed {path}, left by a process killed while writing it", env)
+        trainer = Trainer(opts, env, pre)
+        try:
+            trainer.setup()
+            return trainer.run()
+        finally:
+            trainer.close()
     finally:
-        trainer.close()
+        if lock is not None:
+            lock.release()

@@ -29,9 +29,13 @@ def _check_config():
 
 
 EXPS = _check_config()
+if (_dvc_conflict := P.dvc_stage_conflict(os.environ.get("DVC_STAGE"), config)) is not None:
+    raise WorkflowError(_dvc_conflict)
 SCOPE = config["scope"]
 DATA = config["data_dir"].rstrip("/")
-RESULTS = config["results_dir"].rstrip("/")
+# weights: published writes everything under <results_dir>/published/ (never mixed with trained weights' results).
+WEIGHTS = P.weights_mode(config)
+RESULTS = P.results_root(config["results_dir"], config)
 RUNS = config["runs_dir"].rstrip("/")
 SLURM = config["slurm"]
 # Retries belong to the Snakemake that submits jobs: each retry is a new job (a new SLURM allocation). The
@@ -43,6 +47,9 @@ RETRIES = {kind: 0 for kind in config["retries"]} if workflow.remote_exec else c
 ALL_DATASETS = P.needed_datasets(P.all_experiments())
 # Datasets that are downloaded (derived sets such as df2k are built from others by `mair data prepare`).
 DOWNLOADABLE = P.downloads(ALL_DATASETS)
+
+# precision: exact runs every training and evaluation eager in true fp32 (mair train/evaluate --exact).
+EXACT_FLAG = " --exact" if config["precision"] == "exact" else ""
 
 # Extra environment of the jobs that log to MLflow.
 MLFLOW_ENV = f"MLFLOW_TRACKING_URI='{config['mlflow_uri']}' " if config["mlflow_uri"] else ""

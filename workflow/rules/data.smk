@@ -67,7 +67,7 @@ rule prepare:
 rule data_manifest:
     """One JSON file listing the prepared sets of a scope with their image counts (what DVC records)."""
     input:
-        lambda wc: P.data_markers(DATA, P.needed_datasets(EXPS), wc.scope),
+        lambda wc: P.data_markers(DATA, P.pipeline_datasets(EXPS, config), wc.scope),
     output:
         P.manifest_file(RESULTS, "{scope}"),
     localrule: True

@@ -2,6 +2,7 @@
 # all of the experiment's test sets, so that the network is built once. `mair evaluate` writes each per-image CSV
 # as it goes (a rerun skips finished images) and each summary JSON last, atomically: the JSONs are the outputs.
 # Rules: evaluate_<exp> and evaluate_plus_<exp>, for every experiment (which variants run: self_ensemble).
+# weights: published evaluates the authors' file (input: the fetch job's record of it, weights.smk).
 
 
 def evaluate_rule_name(exp, plus):
@@ -15,7 +16,7 @@ for _exp in P.all_experiments():
             name:
                 evaluate_rule_name(_exp, _plus)
             input:
-                weights=P.weights_file(RESULTS, "{scope}", _exp),
+                weights=lambda wc, exp=_exp: P.eval_weights_input(RESULTS, wc.scope, exp, config),
                 data=lambda wc, exp=_exp: P.data_markers(DATA, P.test_datasets(exp), wc.scope),
             output:
                 [P.eval_file(RESULTS, "{scope}", _exp, d, _plus) for d in P.test_datasets(_exp)],
@@ -24,8 +25,11 @@ for _exp in P.all_experiments():
             params:
                 env=job_env,
                 exp=_exp,
+                source=WEIGHTS,
+                weights=lambda wc, exp=_exp: P.eval_weights_path(RESULTS, DATA, wc.scope, exp, config),
                 datasets=" ".join(P.test_datasets(_exp)),
                 ensemble=" --self-ensemble" if _plus else "",
+                exact=EXACT_FLAG,
                 data_dir=DATA,
                 results_dir=RESULTS,
             retries: RETRIES["evaluate"]
@@ -42,6 +46,19 @@ for _exp in P.all_experiments():
                 slurm_extra=SLURM["extra"],
             shell:
                 "{params.env}python -m mair.pipeline run-with-gpus {resources.gpu} -- "
-                "mair evaluate {params.exp} --weights {input.weights} --datasets {params.datasets}{params.ensemble} "
+                "mair evaluate {params.exp} --weights {params.weights} --datasets {params.datasets}{params.ensemble}"
+                "{params.exact} "
                 "--scope {wildcards.scope} --results-dir {params.results_dir} --data-dir {params.data_dir} --quiet "
+                "--weights-source {params.source} "
                 "> {log} 2>&1"
+
+
+rule eval_metrics:
+    """PSNR/SSIM of every test set and variant of an experiment in one small file: DVC's metrics."""
+    input:
+        lambda wc: P.eval_files(RESULTS, wc.scope, wc.exp, config),
+    output:
+        P.metrics_file(RESULTS, "{scope}", "{exp}"),
+    localrule: True
+    shell:
+        "python -m mair.pipeline eval-metrics --out {output} {input}"

@@ -12,7 +12,9 @@ rule tables:
     params:
         results_dir=RESULTS,
         runs_dir=RUNS,
+        weights=WEIGHTS,
+        env=MLFLOW_ENV,
     localrule: True
     shell:
-        "mair tables --scope {wildcards.scope} --results-dir {params.results_dir} --runs-dir {params.runs_dir} "
-        "> {log} 2>&1"
+        "{params.env}mair tables --scope {wildcards.scope} --results-dir {params.results_dir} "
+        "--runs-dir {params.runs_dir} --weights {params.weights} --log-mlflow > {log} 2>&1"

@@ -15,6 +15,7 @@ rule reproduce_tables:
     localrule: True
     input:
         P.table_files(RESULTS, SCOPE),
+        [P.metrics_file(RESULTS, SCOPE, e) for e in EXPS],
 
 
 rule reproduce_sr:
@@ -64,9 +65,9 @@ rule download_all:
     localrule: True
     input:
         (
-            [P.extracted_marker(DATA, d) for d in P.downloads(P.needed_datasets(EXPS))]
+            [P.extracted_marker(DATA, d) for d in P.downloads(P.pipeline_datasets(EXPS, config))]
             if SCOPE == "paper"
-            else P.data_markers(DATA, P.needed_datasets(EXPS), "demo")
+            else P.data_markers(DATA, P.pipeline_datasets(EXPS, config), "demo")
         ),
 
 
@@ -85,7 +86,8 @@ rule train_all:
 
 
 rule evaluate_all:
-    """Every evaluation (results/<scope>/eval/)."""
+    """Every evaluation (results/<scope>/eval/) and its metrics (results/<scope>/metrics/<exp>.json)."""
     localrule: True
     input:
         evals_of(EXPS),
+        [P.metrics_file(RESULTS, SCOPE, e) for e in EXPS],

@@ -31,6 +31,8 @@ rule train:
         device=train_device,
         # init_quirk: fixed (MaIR-T x3 from T x2 instead of the official S x2, spec 8.19)
         init=lambda wc: " --init-fix-t-x3" if P.init_override(wc.exp, config) else "",
+        # precision: exact (eager, true fp32) instead of the fast default
+        exact=EXACT_FLAG,
     retries: RETRIES["train"]
     threads: 1
     resources:
@@ -51,4 +53,4 @@ rule train:
         "{params.env}exec python -m mair.jobstep --run-dir {params.run_dir} --attempt {resources.mair_attempt} "
         "--label 'train {wildcards.exp}' -- python -m mair.pipeline run-with-gpus {resources.gpu} -- "
         "mair train {wildcards.exp} --scope {wildcards.scope} {params.device} --run-dir {params.run_dir} "
-        "--data-dir {params.data_dir} --results-dir {params.results_dir}{params.init} > {log} 2>&1"
+        "--data-dir {params.data_dir} --results-dir {params.results_dir}{params.init}{params.exact} > {log} 2>&1"

@@ -15,7 +15,16 @@ from pathlib import Path
 from typing import Any
 
 from mair.data import paths
-from mair.data.prepare.common import MARKER, Context, PrepareError, default_workers, read_marker, write_marker
+from mair.data.lockfile import file_lock
+from mair.data.prepare.common import (
+    MARKER,
+    Context,
+    PrepareError,
+    default_workers,
+    read_marker,
+    remove_stale_temp_files,
+    write_marker,
+)
 from mair.data.prepare.deblur import prepare_gopro, prepare_hide
 from mair.data.prepare.dehaze import (
     hazy_to_gt_id,
@@ -85,7 +94,8 @@ def prepare(
 
     * ``scope="demo"`` builds the embedded demo sets (:func:`mair.data.demo.build_demo`) and reports this one.
     * An already complete folder is left alone (``skipped: True``) unless ``force``, which deletes it first.
-    * An interrupted run is resumed: files already at their final path are kept (``reused``).
+    * An interrupted run is resumed: files already at their final path are kept (``reused``); temp files a killed
+      run left are removed first. One process at a time prepares a set (a per-set lock; a second one waits).
     * Derived sets (df2k, dfwb) prepare their source sets first when those are not prepared yet.
     """
     paths.check_dataset_id(dataset_id)
@@ -101,13 +111,23 @@ def prepare(
     if dataset_id not in PREPARERS:
         raise PrepareError(f"no preparer for {dataset_id!r}; known: {', '.join(sorted(PREPARERS))}")
     out = paths.prepared_dir(dataset_id, scope, data_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with file_lock(out.parent / f".{out.name}.lock"):
+        return _prepare_locked(dataset_id, out, data_dir, force, workers)
+
+
+def _prepare_locked(
+    dataset_id: str, out: Path, data_dir: str | os.PathLike[str] | None, force: bool, workers: int | None
+) -> dict[str, Any]:
+    scope = "paper"
     root = paths.data_dir(data_dir)
     marker = read_marker(out)
     if marker is not None and not force:
         return _report(marker, out, skipped=True)
+    (out / MARKER).unlink(missing_ok=True)  # first: a stale, unreadable or half-removed folder never looks complete
     if force and out.exists():
         shutil.rmtree(out)
-    (out / MARKER).unlink(missing_ok=True)  # a stale or unreadable marker never survives a rebuild
+    remove_stale_temp_files(out)
 
     def dep(other: str) -> Path:
         prepare(other, data_dir, scope, force=False, workers=workers)

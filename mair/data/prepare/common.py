@@ -13,14 +13,13 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from mair.atomic import atomic_open, atomic_write_json
+from mair.atomic import atomic_open, atomic_write_json, temp_name
 from mair.data.image_io import is_image, list_images, read_image, write_png
 
 MARKER = ".prepared.json"
@@ -71,9 +70,7 @@ class Context:
 def _link_or_copy_tmp(src: Path, dst: Path) -> None:
     """Make ``dst`` a hard link to (or, across filesystems, a copy of) ``src``, atomically."""
     dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".part", dir=dst.parent)
-    os.close(fd)
-    os.unlink(tmp)
+    tmp = temp_name(dst.parent, f".{dst.name}.", ".part")
     try:
         os.link(src, tmp)
         os.replace(tmp, dst)
@@ -107,6 +104,20 @@ def place_as_png(src: Path, dst: Path) -> bool:
     else:
         write_png(dst, read_image(src))
     return True
+
+
+def remove_stale_temp_files(out: Path) -> int:
+    """Remove the ``.<name>.<random>.part`` temp files that killed runs left under ``out`` (hidden folders
+    aside); call it only while holding the set's lock. Returns how many were removed."""
+    removed = 0
+    for folder, dirs, files in os.walk(out):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for name in files:
+            if name.startswith(".") and name.endswith(".part"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(folder, name))
+                    removed += 1
+    return removed
 
 
 def run_parallel(func: Callable[[T], Any], items: Sequence[T], workers: int) -> list[Any]:

@@ -108,7 +108,8 @@ def selective_scan(
     fn = load_backend(resolve_backend(backend, u.device))
     present = [t for t in (u, delta, A, B, C, D, delta_bias) if t is not None]
     compute = torch.float64 if any(t.dtype == torch.float64 for t in present) else torch.float32
-    B4, C4 = _grouped(B, C)
+    # Cast before repeating: the backward of the repeat sums the groups' gradients, in float32, not in bf16.
+    B4, C4 = _grouped(B.to(compute), C.to(compute))
 
     def cast(t: Tensor | None) -> Tensor | None:
         return None if t is None else t.to(compute)
@@ -117,8 +118,8 @@ def selective_scan(
         u.to(compute),
         delta.to(compute),
         A.to(compute),
-        B4.to(compute),
-        C4.to(compute),
+        B4,
+        C4,
         cast(D),
         cast(delta_bias),
         bool(delta_softplus),
