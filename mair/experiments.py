@@ -47,14 +47,31 @@ class ExperimentError(ValueError):
 # ------------------------------------------------------------------------------------------------ locations
 
 
+def enclosing_checkout(start: Path | None = None) -> Path | None:
+    """The pipeline checkout holding ``start`` (default: the working directory): the nearest folder upwards with
+    ``params/experiments/`` and a ``Snakefile``, or None."""
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "params" / "experiments").is_dir() and (folder / "Snakefile").is_file():
+            return folder
+    return None
+
+
 def params_dir() -> Path:
-    """The params folder: ``$MAIR_PARAMS_DIR``, the checkout's ``params/``, or ``mair/resources/params``."""
+    """The params folder: ``$MAIR_PARAMS_DIR`` (the pipeline sets it to its own), else the ``params/`` of the
+    checkout the working directory is in, else the installed package's checkout, else ``mair/resources/params``.
+
+    With one environment and several checkouts, each checkout's commands read that checkout's experiments.
+    """
     env = os.environ.get("MAIR_PARAMS_DIR")
     if env:
         path = Path(env).expanduser()
         if not path.is_dir():
             raise ExperimentError(f"MAIR_PARAMS_DIR={env!r} is not a directory")
         return path
+    here = enclosing_checkout()
+    if here is not None:
+        return here / "params"
     package = Path(__file__).resolve().parent
     checkout = package.parent / "params"
     if (checkout / "experiments").is_dir():

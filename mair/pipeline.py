@@ -577,7 +577,8 @@ DVC_HEADER = """\
 """
 
 #: Snakemake command of a DVC stage: only ``rules`` may run, up-to-date checks by modification time only.
-DVC_SNAKEMAKE = "snakemake --cores all --rerun-triggers mtime --allowed-rules {rules} {config}-- {targets}"
+#: ``mair.snakemake_run`` adds the profile that ``executor`` in params/pipeline.yaml names (local or slurm).
+DVC_SNAKEMAKE = "python -m mair.snakemake_run --rerun-triggers mtime --allowed-rules {rules} {config}-- {targets}"
 
 #: The Snakemake rules behind each kind of DVC stage (evaluation rules are per experiment, see evaluate.smk).
 DVC_STAGE_RULES: dict[str, tuple[str, ...]] = {

@@ -1,9 +1,16 @@
 # Settings, validation and the target lists shared by every rule. The lists come from mair.pipeline; rules only
 # name files and call the `mair` command.
 import os
+from pathlib import Path
+
+# The pipeline reads, tracks and passes on its own checkout's params/ (every `mair` command of every job, here or
+# on SLURM, inherits this), whichever checkout the installed mair package came from.
+os.environ["MAIR_PARAMS_DIR"] = str(Path(workflow.basedir, "params").resolve())
 
 import mair.pipeline as P
+import mair.slurm
 from snakemake.exceptions import WorkflowError
+from snakemake.logging import logger
 from snakemake.utils import validate
 
 
@@ -31,7 +38,10 @@ WEIGHTS = P.weights_mode(config)
 RESULTS = P.results_root(config["results_dir"], config)
 RUNS = config["runs_dir"].rstrip("/")
 SLURM = config["slurm"]
-RETRIES = config["retries"]
+# Retries belong to the Snakemake that submits jobs: each retry is a new job (a new SLURM allocation). The
+# Snakemake inside a job (remote execution) never retries, so a training stopped by its time limit is not
+# started again in the allocation that is about to end.
+RETRIES = {kind: 0 for kind in config["retries"]} if workflow.remote_exec else config["retries"]
 
 # Every dataset any experiment uses: the demo set builds them all at once.
 ALL_DATASETS = P.needed_datasets(P.all_experiments())
@@ -64,3 +74,29 @@ if workflow.is_main_process and "gpu" not in workflow.global_resources:
 def job_env(wc, resources, threads):
     """Environment of a training or evaluation: the MLflow store, and on CPU one BLAS/OpenMP pool per core."""
     return MLFLOW_ENV + (f"OMP_NUM_THREADS={threads} " if resources.gpu == 0 else "")
+
+
+def attempt_number(wc, attempt):
+    """Snakemake's attempt of this job (1, 2, ...): `python -m mair.jobstep --attempt` reads it."""
+    return attempt
+
+
+onstart:
+    # Before the first sbatch (main process, real runs only): the status command that works on this cluster,
+    # and the SLURM job logs under the scope's results folder.
+    if workflow.executor_plugin is not None and workflow.executor_plugin.name == "slurm":
+        settings = workflow.executor_settings
+        try:
+            works, error = mair.slurm.sacct_probe()
+            command, note = mair.slurm.choose_status_command(
+                settings.status_command, works, error, mair.slurm.min_job_age_s(),
+                int(settings.init_seconds_before_status_checks or 40),
+            )
+        except mair.slurm.SlurmSetupError as problem:
+            raise SystemExit(str(problem)) from None
+        settings.status_command = command
+        if note:
+            logger.warning(note)
+        executor = getattr(getattr(workflow, "scheduler", None), "_executor", None)
+        if settings.logdir is None and hasattr(executor, "slurm_logdir"):
+            executor.slurm_logdir = Path(workflow.workdir_init, RESULTS, SCOPE, "logs", "slurm")

@@ -37,7 +37,7 @@ for _exp in P.all_experiments():
             resources:
                 gpu=lambda wc: P.eval_gpus(wc.scope, config),
                 runtime=SLURM["eval_runtime"],
-                mem_mb=SLURM["mem_mb_per_gpu"],
+                mem_mb=lambda wc: mair.slurm.job_mem_mb(P.eval_gpus(wc.scope, config), SLURM),
                 cpus_per_gpu=SLURM["cpus_per_gpu"],
                 slurm_partition=SLURM["partition"],
                 slurm_account=SLURM["account"],

@@ -1,6 +1,7 @@
 # Training: one job per experiment and scope. Checkpoints live in runs/<scope>/<exp>/ and are no declared
-# output, so Snakemake never deletes them: a failed, preempted or timed-out job is retried (retries:) and
-# `mair train` resumes from its newest checkpoint. The weights file is written atomically at the very end.
+# output, so Snakemake never deletes them: a failed or timed-out job is retried as a new job (retries:) and
+# `mair train` resumes from its newest checkpoint; a job cancelled by a user (scancel) is not retried (see
+# mair/jobstep.py). The weights file is written atomically at the very end.
 
 
 def train_init(wc):
@@ -37,7 +38,8 @@ rule train:
     resources:
         gpu=lambda wc: P.train_gpus(wc.exp, wc.scope, config),
         runtime=SLURM["train_runtime"],
-        mem_mb=lambda wc: SLURM["mem_mb_per_gpu"] * max(1, P.train_gpus(wc.exp, wc.scope, config)),
+        mem_mb=lambda wc: mair.slurm.job_mem_mb(P.train_gpus(wc.exp, wc.scope, config), SLURM),
+        mair_attempt=attempt_number,
         cpus_per_gpu=SLURM["cpus_per_gpu"],
         slurm_partition=SLURM["partition"],
         slurm_account=SLURM["account"],
@@ -45,7 +47,10 @@ rule train:
         constraint=SLURM["constraint"],
         # SIGTERM 5 minutes before the time limit: mair train checkpoints and exits 75, the retry resumes.
         slurm_extra=" ".join(filter(None, [f"--signal=TERM@{SLURM['stop_signal_s']}", SLURM["extra"]])),
+    # exec: the shell gives its place to the training, so that a signal reaches it and its exit status (75 when
+    # stopped by SIGTERM) is the job's; jobstep appends every attempt's output to runs/<scope>/<exp>/pipeline.log.
     shell:
-        "{params.env}python -m mair.pipeline run-with-gpus {resources.gpu} -- "
+        "{params.env}exec python -m mair.jobstep --run-dir {params.run_dir} --attempt {resources.mair_attempt} "
+        "--label 'train {wildcards.exp}' -- python -m mair.pipeline run-with-gpus {resources.gpu} -- "
         "mair train {wildcards.exp} --scope {wildcards.scope} {params.device} --run-dir {params.run_dir} "
-        "--data-dir {params.data_dir} --results-dir {params.results_dir}{params.init}{params.exact} >> {log} 2>&1"
+        "--data-dir {params.data_dir} --results-dir {params.results_dir}{params.init}{params.exact} > {log} 2>&1"
