@@ -30,7 +30,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ev.add_argument("--exact", action="store_true",
                     help="true fp32 (no TF32) with the automatic scan backend; default on CUDA: Triton scan, "
                          "TF32 matmuls and convolutions (docs/evaluation.md)")
-    ev.add_argument("--results-dir", default="results", metavar="DIR", help="results root (default: results)")
+    ev.add_argument("--results-dir", default="results/trained", metavar="DIR",
+                    help="results root (default: results/trained, where the pipeline puts trained weights)")
     ev.add_argument("--data-dir", default=None, metavar="DIR",
                     help="data root (default: $MAIR_DATA_DIR or ./data)")
     ev.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
@@ -50,7 +51,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     rs.add_argument("--arch-from", metavar="ID", help="take the network architecture from this experiment")
     rs.add_argument("--scope", choices=("paper", "demo"), default="paper",
                     help="network size (default paper)")
-    rs.add_argument("--results-dir", default="results", metavar="DIR", help="results root (default: results)")
+    rs.add_argument("--results-dir", default="results/trained", metavar="DIR",
+                    help="results root (default: results/trained, where the pipeline puts trained weights)")
     rs.add_argument("--tile", type=int, default=None, metavar="SIZE",
                     help="process in SIZE x SIZE tiles, one at a time (bounds memory for large images)")
     rs.add_argument("--tile-overlap", type=int, default=32, metavar="PX", help="tile overlap (default 32)")

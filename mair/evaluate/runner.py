@@ -624,9 +624,9 @@ def _log_mlflow(summary: Mapping[str, Any], spec: EvalSpec, files: Sequence[Path
                       stacklevel=2)
 
 
-def default_weights(experiment_id: str, scope: str = "paper", results_dir: str | os.PathLike[str] = "results"
-                    ) -> Path:
-    """``results/<scope>/weights/<experiment>.pth``, where training puts final weights."""
+def default_weights(experiment_id: str, scope: str = "paper",
+                    results_dir: str | os.PathLike[str] = "results/trained") -> Path:
+    """``results/trained/<scope>/weights/<experiment>.pth``, where training puts final weights."""
     return Path(results_dir) / scope / "weights" / f"{experiment_id}.pth"
 
 
@@ -656,7 +656,7 @@ def inference_runtime(device: str, exact: bool = False, compile: bool | None = N
 
 def evaluate(experiment: str | Mapping[str, Any], weights: str | os.PathLike[str] | None = None, *,
              datasets: Sequence[str] | None = None, self_ensemble: bool = False, scope: str = "paper",
-             device: str | None = None, results_dir: str | os.PathLike[str] = "results",
+             device: str | None = None, results_dir: str | os.PathLike[str] = "results/trained",
              data_root: str | os.PathLike[str] | None = None, model: Any = None,
              dataset_roots: Mapping[str, Path] | None = None, track: bool = True,
              progress: bool = True, exact: bool = False, weights_source: str | None = None) -> list[dict[str, Any]]:

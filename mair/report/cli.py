@@ -24,9 +24,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--results-dir",
         type=Path,
-        default=Path("results"),
+        default=Path("results/trained"),
         metavar="DIR",
-        help="results root holding <scope>/eval/ (default: results)",
+        help="results root holding <scope>/eval/ (default: results/trained; published weights: results/published)",
     )
     parser.add_argument(
         "--out",

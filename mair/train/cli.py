@@ -66,8 +66,8 @@ def register(subparsers: Any) -> None:
                    help="train even when the paper's effective batch cannot be kept on this process count")
     p.add_argument("--data-dir", type=Path, default=None, metavar="DIR",
                    help="data root (default $MAIR_DATA_DIR or ./data)")
-    p.add_argument("--results-dir", type=Path, default=Path("results"), metavar="DIR",
-                   help="results root for initial and final weights (default ./results)")
+    p.add_argument("--results-dir", type=Path, default=Path("results/trained"), metavar="DIR",
+                   help="results root for initial and final weights (default ./results/trained, as the pipeline)")
     p.add_argument("--val", action=argparse.BooleanOptionalAction, default=True,
                    help="validate during and after training (default on)")
     p.add_argument("--mlflow", action=argparse.BooleanOptionalAction, default=True,

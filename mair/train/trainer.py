@@ -102,7 +102,7 @@ class TrainOptions:
     num_workers: int | None = None
     allow_batch_mismatch: bool = False
     data_dir: Path | None = None
-    results_dir: Path = Path("results")
+    results_dir: Path = Path("results/trained")
     validate: bool = True
     mlflow: bool = True
     tracking_uri: str | None = None

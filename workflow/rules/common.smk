@@ -1,7 +1,5 @@
 # Settings, validation and the target lists shared by every rule. The lists come from mair.pipeline; rules only
 # name files and call the `mair` command.
-import os
-
 import mair.pipeline as P
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
@@ -22,11 +20,9 @@ def _check_config():
 
 
 EXPS = _check_config()
-if (_dvc_conflict := P.dvc_stage_conflict(os.environ.get("DVC_STAGE"), config)) is not None:
-    raise WorkflowError(_dvc_conflict)
 SCOPE = config["scope"]
 DATA = config["data_dir"].rstrip("/")
-# weights: published writes everything under <results_dir>/published/ (never mixed with trained weights' results).
+# Everything is written under <results_dir>/<weights>/ (trained or published): the two sources never mix.
 WEIGHTS = P.weights_mode(config)
 RESULTS = P.results_root(config["results_dir"], config)
 RUNS = config["runs_dir"].rstrip("/")

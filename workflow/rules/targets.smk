@@ -11,7 +11,7 @@ def task_evals(target):
 
 
 rule reproduce_tables:
-    """Every table of the paper, ours beside the published numbers: results/<scope>/tables/."""
+    """Every table of the paper, ours beside the published numbers: results/<weights>/<scope>/tables/."""
     localrule: True
     input:
         P.table_files(RESULTS, SCOPE),
