@@ -275,7 +275,7 @@ def weights_file(results_dir: str, scope: str, exp_id: str) -> str:
 
 
 def eval_file(results_dir: str, scope: str, exp_id: str, dataset: str, variant: str = "") -> str:
-    """The summary ``results/<scope>/eval/<exp>/<dataset>[+].json`` that ``mair evaluate`` writes last."""
+    """The summary ``results/<weights>/<scope>/eval/<exp>/<dataset>[+].json`` that ``mair evaluate`` writes last."""
     return f"{results_dir}/{scope}/eval/{exp_id}/{dataset}{variant}.json"
 
 

@@ -15,10 +15,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``evaluate`` and ``restore`` commands."""
     ev = subparsers.add_parser(
         "evaluate", help=EVALUATE_HELP, description=EVALUATE_HELP + ". Writes "
-        "results/<scope>/eval/<experiment>/<dataset>[+].csv (per image; resumable) and .json (summary).")
+        "results/trained/<scope>/eval/<experiment>/<dataset>[+].csv (per image; resumable) and .json (summary).")
     ev.add_argument("experiment", help="experiment id (params/experiments/<id>.yaml)")
     ev.add_argument("--weights", metavar="PATH",
-                    help="weights file, official or ours (default: results/<scope>/weights/<experiment>.pth)")
+                    help="weights file, official or ours (default: results/trained/<scope>/weights/<experiment>.pth)")
     ev.add_argument("--weights-source", choices=("trained", "published"), default=None,
                     help="record in the summaries (and MLflow tags) where the weights come from: trained here or "
                     "the authors' published checkpoints")
@@ -41,7 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     rs = subparsers.add_parser(
         "restore", help=RESTORE_HELP,
         description=RESTORE_HELP + ". Name the network with --experiment ID (weights from "
-        "results/<scope>/weights/<ID>.pth unless --weights is given) or with --weights PATH (the "
+        "results/trained/<scope>/weights/<ID>.pth unless --weights is given) or with --weights PATH (the "
         "experiment is found from the tensor shapes, or named with --arch-from ID).")
     rs.add_argument("inputs", nargs="+", metavar="INPUT",
                     help="image files or folders (PNG, JPEG, TIFF, BMP)")

@@ -5,10 +5,10 @@ For each test dataset of the experiment the runner reads the prepared pairs, run
 the official ``tensor2img`` (clamp to [0, 1], x255, round, uint8), computes the metrics the experiment names
 and writes
 
-* ``results/<scope>/eval/<experiment>/<dataset>[+].csv``: one row per image, appended and flushed (fsync) as
+* ``results/<weights>/<scope>/eval/<experiment>/<dataset>[+].csv``: one row per image, appended and flushed (fsync) as
   soon as the image is done; a rerun skips the images already there (same weights and settings, checked with
   ``<dataset>[+].resume``), so an interrupted evaluation resumes;
-* ``results/<scope>/eval/<experiment>/<dataset>[+].json``: the summary of docs/contracts.md, written
+* ``results/<weights>/<scope>/eval/<experiment>/<dataset>[+].json``: the summary of docs/contracts.md, written
   atomically once every image is done;
 * for DND (submission only): the benchmark bundle (see :mod:`mair.evaluate.dnd`) instead of metrics.
 
@@ -581,7 +581,7 @@ SAMPLE_IMAGES = 3
 
 
 def sample_path(out_dir: Path, tag: str, name: str) -> Path:
-    """``results/<scope>/eval/<exp>/samples/<dataset>[+]/<image>.png``: a restored sample image."""
+    """``results/<weights>/<scope>/eval/<exp>/samples/<dataset>[+]/<image>.png``: a restored sample image."""
     return out_dir / "samples" / tag / f"{Path(name).stem}.png"
 
 

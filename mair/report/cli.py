@@ -15,8 +15,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "tables",
         help="build the paper's tables (LaTeX, Markdown, CSV) and figures from the evaluation results",
-        description="Read results/<scope>/eval/<experiment>/<dataset>[+].json and write one table per paper "
-        "table, beside the published numbers, into <out>/ (default results/<scope>/tables/).",
+        description="Read results/trained/<scope>/eval/<experiment>/<dataset>[+].json and write one table per paper "
+        "table, beside the published numbers, into <out>/ (default results/trained/<scope>/tables/).",
     )
     parser.add_argument(
         "--scope", choices=("paper", "demo"), default="paper", help="which results to report (default: paper)"
