@@ -75,9 +75,9 @@ class Mlp(nn.Module):
     #: On CUDA the hidden width is padded with zero units to a multiple of this (1: never). cuBLAS runs matrix
     #: products whose rows are not 16-byte aligned with slow unaligned kernels: classic SR's hidden width 450
     #: (180 · 2.5) made the MLP's eight products per training step about 10 ms of the compiled SR x2 step
-    #: (docs/benchmarks.md, ninth round). A zero unit adds exactly zero (GELU(0) = 0, and its fc2 column is 0),
-    #: and the pad's backward drops the padded rows' gradients, so parameters and results are those of the plain
-    #: MLP up to rounding. Not on the CPU, where it would only cost time, nor while FLOPs are counted.
+    #: (docs/benchmarks.md, "What makes the path fast"). A zero unit adds exactly zero (GELU(0) = 0, and its fc2
+    #: column is 0), and the pad's backward drops the padded rows' gradients, so parameters and results are those
+    #: of the plain MLP up to rounding. Not on the CPU, where it would only cost time, nor while FLOPs are counted.
     hidden_multiple: int = 8
 
     def __init__(self, width: int, hidden: int) -> None:
@@ -146,7 +146,8 @@ class VMM(nn.Module):
     fuse_gate: bool = True
     #: With the Triton scan, the depthwise convolution runs as a Triton op on the (B, H, W, D) token layout
     #: (``mair.models.dwconv``): no permutes, no cuDNN layout transforms, and a weight gradient that is one pass
-    #: instead of cuDNN's implicit-GEMM kernel (docs/benchmarks.md, tenth round). False: ``nn.Conv2d`` (cuDNN).
+    #: instead of cuDNN's implicit-GEMM kernel (docs/benchmarks.md, "What makes the path fast"). False:
+    #: ``nn.Conv2d`` (cuDNN).
     triton_conv: bool = True
 
     def __init__(self, d_model: int, d_state: int = 16, ssm_ratio: float = 2.0, d_conv: int = 3) -> None:

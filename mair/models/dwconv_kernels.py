@@ -2,7 +2,8 @@
 
 cuDNN runs this convolution (3x3, one filter per channel) from the (B, D, H, W) view of ``in_proj``'s output
 through layout transforms, and its weight gradient through an implicit-GEMM kernel that took 9.6 of 78 ms of a
-compiled MaIR-T x4 training step (docs/benchmarks.md, tenth round). Here every tensor stays in the token layout
+compiled MaIR-T x4 training step (docs/benchmarks.md, "What makes the path fast"). Here every tensor stays in the
+token layout
 the rest of the block uses, addressed through strides:
 
 * ``dwconv_kernel``: y[b, h, w, c] = Σ_ij x[b, h+i-P, w+j-P, c]·W[c, i, j] (+ bias), zero padding P = KS // 2.

@@ -421,7 +421,7 @@ DELTA_IN_KERNEL_MAX_RANK = 16
 
 
 #: Without ``MAIR_TRITON_DELTA_IN_KERNEL``, the forward projects Δ itself for states up to this size: measured
-#: on an H100 (docs/benchmarks.md, tenth round), MaIR-T x4's step (d_state 1, rank 4, bound by reading Δ) went
+#: on an H100 (docs/benchmarks.md, "Tried and not kept"), MaIR-T x4's step (d_state 1, rank 4, bound by reading Δ) went
 #: from 62.6 / 61.8 to 58.5 ms, while classic SR x2 (d_state 16, rank 12, bound by the walk's instructions) went
 #: from 150.6 to 158.2 ms in training and from 125.6 to 160.2 ms in inference.
 DELTA_IN_KERNEL_AUTO_MAX_STATE = 1
