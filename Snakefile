@@ -2,7 +2,7 @@
 # settings in params/pipeline.yaml, every step is a `mair` command.
 #
 #   snakemake --cores all reproduce_tables                       # demo scope: all 17 experiments, tiny, CPU
-#   snakemake --cores all reproduce_tables --config scope=paper  # the full reproduction (results/paper/)
+#   snakemake --cores all reproduce_tables --config scope=paper  # the full reproduction (results/trained/paper/)
 #   snakemake --profile workflow/profiles/slurm reproduce_tables # paper scope on a SLURM cluster
 #   snakemake --cores all reproduce_tables --config scope=paper weights=published  # the authors' checkpoints
 from snakemake.utils import min_version

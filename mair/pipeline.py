@@ -11,6 +11,8 @@
   commands from the same lists.
 * **Data manifest**: ``python -m mair.pipeline data-manifest`` gathers the prepared markers of a scope into one
   JSON file (the output DVC records for the data step; data/ itself is tracked by data.dvc).
+* **Published weights**: ``python -m mair.pipeline link-weights SRC DST`` puts a fetched checkpoint where the
+  pipeline expects an experiment's weights (a hard link, else a copy).
 * **Metrics**: ``python -m mair.pipeline eval-metrics`` gathers an experiment's evaluation summaries into one small
   JSON file (PSNR/SSIM per test set), the metrics DVC shows.
 
@@ -273,7 +275,7 @@ def weights_file(results_dir: str, scope: str, exp_id: str) -> str:
 
 
 def eval_file(results_dir: str, scope: str, exp_id: str, dataset: str, variant: str = "") -> str:
-    """The summary ``results/<scope>/eval/<exp>/<dataset>[+].json`` that ``mair evaluate`` writes last."""
+    """The summary ``results/<weights>/<scope>/eval/<exp>/<dataset>[+].json`` that ``mair evaluate`` writes last."""
     return f"{results_dir}/{scope}/eval/{exp_id}/{dataset}{variant}.json"
 
 
@@ -295,8 +297,9 @@ def manifest_file(results_dir: str, scope: str) -> str:
 
 # ------------------------------------------------------------------------------------------------ published weights
 # `weights: published` evaluates the authors' checkpoints instead of training: no training job, one job fetching
-# the files (`mair weights download`), results in their own root <results_dir>/published/ so that they never
-# mix with those of trained weights.
+# the files (`mair weights download`). Every run writes under <results_dir>/<weights>/ (results/trained/ or
+# results/published/), so that the results of the two weight sources never mix and DVC names both folders with
+# the same parameter (dvc.yaml's paths are templated with ${weights}).
 
 WEIGHTS_MODES: tuple[str, ...] = ("trained", "published")
 
@@ -310,9 +313,8 @@ def weights_mode(config: Mapping[str, Any]) -> str:
 
 
 def results_root(results_dir: str, config: Mapping[str, Any]) -> str:
-    """Where a run writes: ``results_dir``, or ``results_dir/published`` for the published weights."""
-    results_dir = results_dir.rstrip("/")
-    return f"{results_dir}/published" if weights_mode(config) == "published" else results_dir
+    """Where a run writes: ``<results_dir>/trained`` or ``<results_dir>/published`` (the ``weights`` setting)."""
+    return f"{results_dir.rstrip('/')}/{weights_mode(config)}"
 
 
 @functools.cache
@@ -335,17 +337,37 @@ def published_manifest(results: str, scope: str) -> str:
 
 
 def eval_weights_input(results: str, scope: str, exp_id: str, config: Mapping[str, Any]) -> str:
-    """The file an evaluation waits for: the trained weights, or the fetch job's manifest."""
-    if weights_mode(config) == "published":
-        return published_manifest(results, scope)
+    """The file an evaluation waits for: ``<results>/<scope>/weights/<exp>.pth``, trained or published (a link to
+    the fetched file, written by the ``published_weights`` rule: one file per experiment for both sources)."""
     return weights_file(results, scope, exp_id)
 
 
 def eval_weights_path(results: str, data_dir: str, scope: str, exp_id: str, config: Mapping[str, Any]) -> str:
-    """The weights file an evaluation loads: the trained one, or the published file under the data root."""
+    """The weights file an evaluation loads: the trained one, or the published file under the data root (its
+    official name stays in the evaluation summaries)."""
     if weights_mode(config) == "published":
         return published_weights_file(data_dir, scope, exp_id)
     return weights_file(results, scope, exp_id)
+
+
+def link_weights(source: Path, target: Path) -> None:
+    """Put ``source`` at ``target`` as a hard link (no second copy of a large file), else a copy; atomically, and
+    with the modification time of now, so that the file is newer than what it was made from."""
+    from mair.atomic import temp_name
+
+    if not source.is_file():
+        raise PipelineError(f"link-weights: {source} is no file (fetch it first: mair weights download)")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    part = temp_name(target.parent, f".{target.name}.", ".part")
+    try:
+        try:
+            os.link(source, part)
+        except OSError:  # another file system, or no hard links there
+            shutil.copyfile(source, part)
+        os.utime(part)
+        os.replace(part, target)
+    finally:
+        part.unlink(missing_ok=True)
 
 
 def pipeline_datasets(exps: Iterable[str], config: Mapping[str, Any]) -> list[str]:
@@ -564,16 +586,18 @@ def write_eval_metrics(out: Path, summaries: Sequence[str]) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------ dvc.yaml
 
 DVC_HEADER = """\
-# DVC stages of the MaIR reproduction: coarse steps (data, one training per experiment, one evaluation per
+# DVC stages of the MaIR reproduction: coarse steps (data, the weights of each experiment, one evaluation per
 # experiment, tables), each running the Snakemake rule of that step, so both tools run the same `mair` commands.
 # GENERATED by `python -m mair.pipeline dvc-yaml` from params/; do not edit by hand (tests/test_dvc.py checks
 # that it is up to date and that it describes the same steps as the Snakemake DAG).
-# Scope and folders come from params/pipeline.yaml: `dvc repro` runs the demo; for the paper scope run
-# `dvc exp run -S params/pipeline.yaml:scope=paper` (or edit the file, then `dvc repro`).
+# Settings come from params/pipeline.yaml (vars): `dvc repro` runs the demo with trained weights; the paper scope:
+# `dvc exp run -S params/pipeline.yaml:scope=paper`; the authors' checkpoints instead of training:
+# `dvc exp run -S params/pipeline.yaml:weights=published` (the weights_<exp> stages then fetch, not train).
+# Every path is <results_dir>/<weights>/<scope>/..., so the two weight sources never share a file.
 # --allowed-rules keeps each stage to its own step; DVC orders the stages by their deps and outs.
 # `experiments` (params/pipeline.yaml) chooses the experiments the data and tables stages work for: their commands
 # read it from the file, e.g. `dvc exp run -S 'params/pipeline.yaml:experiments=[dehaze_r6k]' evaluate_dehaze_r6k`.
-# Metrics: results/<scope>/metrics/<exp>.json (PSNR/SSIM per test set); plots: the training and validation logs.
+# Metrics: results/<weights>/<scope>/metrics/<exp>.json (PSNR/SSIM per test set); plots: the training logs.
 """
 
 #: Snakemake command of a DVC stage: only ``rules`` may run, up-to-date checks by modification time only.
@@ -581,9 +605,11 @@ DVC_HEADER = """\
 DVC_SNAKEMAKE = "python -m mair.snakemake_run --rerun-triggers mtime --allowed-rules {rules} {config}-- {targets}"
 
 #: The Snakemake rules behind each kind of DVC stage (evaluation rules are per experiment, see evaluate.smk).
+#: A weights stage trains (weights: trained) or fetches and links the authors' file (weights: published):
+#: Snakemake reads ``weights`` from params/pipeline.yaml and plans only the rules of that source.
 DVC_STAGE_RULES: dict[str, tuple[str, ...]] = {
     "data": ("demo_data", "download", "prepare", "data_manifest"),
-    "train": ("train",),
+    "weights": ("train", "fetch_weights", "published_weights"),
     "evaluate": ("evaluate_{exp}", "evaluate_plus_{exp}", "eval_metrics"),
     "tables": ("tables",),
 }
@@ -600,8 +626,8 @@ def _dvc_cmd(kind: str, targets: str, experiments: str | None = None) -> str:
 #: The settings of params/pipeline.yaml that DVC tracks as params (``dvc exp show`` columns), per stage kind.
 #: Experiment files are plain dependencies: any change reruns their stages, without one column per key.
 DVC_PARAMS: dict[str, tuple[str, ...]] = {
-    "data": ("scope", "experiments", "data_dir"),
-    "train": ("init_quirk", "precision"),
+    "data": ("scope", "experiments", "weights", "data_dir"),
+    "weights": ("weights", "init_quirk", "precision"),
     "evaluate": ("self_ensemble", "precision"),
     "tables": ("experiments",),
 }
@@ -612,7 +638,7 @@ def _dvc_params(kind: str) -> list[dict[str, list[str]]]:
 
 
 def metrics_file(results_dir: str, scope: str, exp_id: str) -> str:
-    """``results/<scope>/metrics/<exp>.json``: PSNR/SSIM of every test set and variant (DVC's metrics)."""
+    """``results/<weights>/<scope>/metrics/<exp>.json``: PSNR/SSIM of every test set and variant (DVC's metrics)."""
     return f"{results_dir}/{scope}/metrics/{exp_id}.json"
 
 
@@ -630,17 +656,20 @@ def dvc_plots(exps: Sequence[str]) -> list[dict[str, Any]]:
     ]
 
 
-def dvc_stages(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The ``stages`` mapping of dvc.yaml: data, ``train_<exp>``, ``evaluate_<exp>`` and tables.
+#: The results root of dvc.yaml's paths: :func:`results_root` in DVC's templating (vars of params/pipeline.yaml).
+DVC_RESULTS = "${results_dir}/${weights}"
 
-    Paths use DVC's ``${scope}``, ``${results_dir}``, ``${runs_dir}`` (vars from params/pipeline.yaml).
+
+def dvc_stages(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``stages`` mapping of dvc.yaml: data, ``weights_<exp>``, ``evaluate_<exp>`` and tables.
+
+    Paths use DVC's ``${results_dir}``, ``${weights}``, ``${scope}`` (vars from params/pipeline.yaml), so one
+    dvc.yaml serves both weight sources. The training run folders (runs/<scope>/<exp>, checkpoints and logs) are
+    no output: DVC never deletes them, so an interrupted training resumes, and a published run has none.
     """
     exps = selected_experiments(config)
-    res, scope = "${results_dir}", "${scope}"
-    manifest = f"{res}/{scope}/data/manifest.json"
-
-    def weights(e: str) -> str:
-        return f"{res}/{scope}/weights/{e}.pth"
+    res, scope = DVC_RESULTS, "${scope}"
+    manifest = manifest_file(res, scope)
 
     stages: dict[str, Any] = {
         "data": {
@@ -651,17 +680,18 @@ def dvc_stages(config: Mapping[str, Any]) -> dict[str, Any]:
         }
     }
     for e in exps:
-        stages[f"train_{e}"] = {
-            "cmd": _dvc_cmd("train", weights(e)),
-            "deps": [manifest, *[weights(i) for i in init_candidates(e)], f"params/experiments/{e}.yaml",
-                     "mair/train", "mair/models"],
-            "params": _dvc_params("train"),
-            "outs": [weights(e), {f"${{runs_dir}}/{scope}/{e}": {"persist": True, "cache": False}}],
+        stages[f"weights_{e}"] = {
+            "cmd": _dvc_cmd("weights", weights_file(res, scope, e)),
+            "deps": [manifest, *[weights_file(res, scope, i) for i in init_candidates(e)],
+                     f"params/experiments/{e}.yaml", "mair/train", "mair/models"],
+            "params": _dvc_params("weights"),
+            "outs": [weights_file(res, scope, e)],
         }
     for e in exps:
         stages[f"evaluate_{e}"] = {
             "cmd": _dvc_cmd("evaluate", "evaluate_all", experiments=e),
-            "deps": [weights(e), manifest, f"params/experiments/{e}.yaml", "mair/evaluate", "mair/models"],
+            "deps": [weights_file(res, scope, e), manifest, f"params/experiments/{e}.yaml", "mair/evaluate",
+                     "mair/models"],
             "params": _dvc_params("evaluate"),
             "outs": [f"{res}/{scope}/eval/{e}"],
             "metrics": [{metrics_file(res, scope, e): {"cache": False}}],
@@ -684,119 +714,6 @@ def dvc_yaml_text(config: Mapping[str, Any]) -> str:
     # `- params/experiments/x.yaml:` (every key of the file) reads better than `...: null`.
     body = body.replace(": null\n", ":\n")
     return DVC_HEADER + body
-
-
-#: The DVC pipeline of the published weights: a file of its own, because `dvc repro` runs every stage of a
-#: dvc.yaml and DVC's stage list cannot depend on a parameter's value (dvc.yaml would otherwise always train).
-DVC_PUBLISHED_FILE = "workflow/published/dvc.yaml"
-
-DVC_PUBLISHED_HEADER = """\
-# DVC stages of the published-weights journey (weights: published): fetch the authors' checkpoints, evaluate
-# every experiment on its test sets, write the tables; no training. Results in ${results_dir}/published/${scope}/.
-# GENERATED by `python -m mair.pipeline dvc-yaml` with dvc.yaml; do not edit by hand (tests/test_weights.py
-# checks that it is up to date and describes the same steps as `snakemake ... --config weights=published`).
-# Run:  dvc repro workflow/published/dvc.yaml
-#       dvc exp run -S params/pipeline.yaml:scope=paper workflow/published/dvc.yaml     # the paper scope
-# It has its own file because `dvc repro` runs every stage of a dvc.yaml: the trained journey is dvc.yaml.
-"""
-
-
-def _dvc_published_cmd(rules: Sequence[str], targets: str, experiments: str | None = None) -> str:
-    """As :func:`_dvc_cmd`, with ``weights=published``; ``experiments``: one id, ``all``, or None (the file's)."""
-    if experiments is None:
-        config = "--config "
-    elif experiments == "all":
-        config = "--config experiments=all "
-    else:
-        config = f"--config 'experiments=[{experiments}]' "
-    return DVC_SNAKEMAKE.format(rules=" ".join(rules), config=config + "weights=published ", targets=targets)
-
-
-def dvc_published_stages(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The ``stages`` of workflow/published/dvc.yaml: data (test sets), the weights, ``evaluate_<exp>``, tables.
-
-    Stage names start with ``published_`` (no clash with dvc.yaml's); every stage runs from the repository root.
-    """
-    exps = selected_experiments(config)
-    root, scope = "${results_dir}/published", "${scope}"
-    manifest = f"{root}/{scope}/data/manifest.json"
-    weights = published_manifest(root, scope)
-    common = {"wdir": "../.."}
-    stages: dict[str, Any] = {
-        "published_data": {
-            **common,
-            "cmd": _dvc_published_cmd(DVC_STAGE_RULES["data"], "prepare_all"),
-            "deps": ["params/datasets.yaml", "mair/data"],
-            "params": _dvc_params("data"),
-            "outs": [manifest],
-        },
-        "published_weights": {
-            **common,
-            "cmd": _dvc_published_cmd(("fetch_weights",), weights, experiments="all"),  # every evaluation's
-            "deps": ["params/weights.yaml", "mair/weights"],
-            "params": [{"params/pipeline.yaml": ["scope", "data_dir"]}],
-            "outs": [weights],
-        },
-    }
-    for e in exps:
-        rules = [r.format(exp=e) for r in DVC_STAGE_RULES["evaluate"]]
-        stages[f"published_evaluate_{e}"] = {
-            **common,
-            "cmd": _dvc_published_cmd(rules, "evaluate_all", experiments=e),
-            "deps": [weights, manifest, f"params/experiments/{e}.yaml", "mair/evaluate", "mair/models"],
-            "params": _dvc_params("evaluate"),
-            "outs": [f"{root}/{scope}/eval/{e}"],
-            "metrics": [{metrics_file(root, scope, e): {"cache": False}}],
-        }
-    stages["published_tables"] = {
-        **common,
-        "cmd": _dvc_published_cmd(DVC_STAGE_RULES["tables"], "reproduce_tables"),
-        "deps": [f"{root}/{scope}/eval/{e}" for e in exps] + ["mair/report", "params/paper_results.csv"],
-        "params": _dvc_params("tables"),
-        "outs": [f"{root}/{scope}/tables"],
-    }
-    return stages
-
-
-def dvc_published_yaml_text(config: Mapping[str, Any]) -> str:
-    """workflow/published/dvc.yaml (its vars path is relative to the file, its stages run from the root)."""
-    import yaml
-
-    doc = {"vars": ["../../params/pipeline.yaml"], "stages": dvc_published_stages(config)}
-    body = yaml.safe_dump(doc, sort_keys=False, width=110, default_flow_style=False)
-    return DVC_PUBLISHED_HEADER + body
-
-
-def dvc_stage_conflict(stage: str | None, config: Mapping[str, Any]) -> str | None:
-    """Why a DVC stage (``$DVC_STAGE``, set by DVC for every stage command) cannot run with this config, or None.
-
-    dvc.yaml holds the trained journey: with ``weights: published`` its stages would train; the message points to
-    workflow/published/dvc.yaml instead.
-    """
-    if not stage or stage.startswith(f"{DVC_PUBLISHED_FILE}:") or weights_mode(config) != "published":
-        return None
-    return (
-        f"DVC stage {stage!r} belongs to dvc.yaml, the trained-weights journey, but params/pipeline.yaml sets "
-        f"weights: published. The published weights have their own DVC pipeline: dvc repro {DVC_PUBLISHED_FILE} "
-        f"(paper scope: dvc exp run -S params/pipeline.yaml:scope=paper {DVC_PUBLISHED_FILE})"
-    )
-
-
-def write_or_check_published_dvc(config: Mapping[str, Any], check: bool, out: Path | None = None) -> int:
-    """Write workflow/published/dvc.yaml (or, with ``check``, return 1 when it is out of date)."""
-    out = out or Path(DVC_PUBLISHED_FILE)
-    text = dvc_published_yaml_text(config)
-    if check:
-        current = out.read_text(encoding="utf-8") if out.is_file() else ""
-        if current != text:
-            print(f"{out} is out of date: run `python -m mair.pipeline dvc-yaml`", file=sys.stderr)
-            return 1
-        return 0
-    from mair.atomic import atomic_write_text
-
-    atomic_write_text(out, text)
-    print(f"wrote {out} ({len(dvc_published_stages(config))} stages)")
-    return 0
 
 
 def load_pipeline_config(path: str | os.PathLike[str] = "params/pipeline.yaml") -> dict[str, Any]:
@@ -822,8 +739,6 @@ def _cmd_dvc_yaml(args: argparse.Namespace) -> int:
     config = {**config, "experiments": "all"}  # dvc.yaml always holds every experiment
     text = dvc_yaml_text(config)
     out = Path(args.out)
-    if args.out == "dvc.yaml" and write_or_check_published_dvc(config, args.check):
-        return 1
     if args.check:
         current = out.read_text(encoding="utf-8") if out.is_file() else ""
         if current != text:
@@ -834,6 +749,15 @@ def _cmd_dvc_yaml(args: argparse.Namespace) -> int:
 
     atomic_write_text(out, text)
     print(f"wrote {out} ({len(dvc_stages(config))} stages)")
+    return 0
+
+
+def _cmd_link_weights(args: argparse.Namespace) -> int:
+    try:
+        link_weights(Path(args.source), Path(args.target))
+    except (PipelineError, OSError) as error:
+        print(f"python -m mair.pipeline link-weights: error: {error}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -870,6 +794,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="output JSON file")
     p.add_argument("markers", nargs="+", help="prepared markers (.../<id>/.prepared.json)")
     p.set_defaults(handler=_cmd_data_manifest)
+
+    p = sub.add_parser("link-weights", help="hard-link (else copy) a weights file into place, atomically")
+    p.add_argument("source", help="the fetched file")
+    p.add_argument("target", help="where the pipeline expects it")
+    p.set_defaults(handler=_cmd_link_weights)
 
     p = sub.add_parser("eval-metrics", help="gather evaluation summaries into one metrics JSON file (DVC metrics)")
     p.add_argument("--out", required=True, help="output JSON file")

@@ -32,10 +32,11 @@ def _git_init(work: Path) -> None:
     subprocess.run(["git", "init", "-q"], cwd=work, check=True)
 
 
-def _set_scope(work: Path, scope: str) -> None:
+def _set_scope(work: Path, scope: str, key: str = "scope") -> None:
+    """Set ``key`` (scope, or another one-word setting such as weights) in the copy's params/pipeline.yaml."""
     path = work / "params" / "pipeline.yaml"
-    path.write_text(re.sub(r"(?m)^scope: \w+$", f"scope: {scope}", path.read_text()))
-    assert f"\nscope: {scope}\n" in path.read_text()
+    path.write_text(re.sub(rf"(?m)^{key}: \w+$", f"{key}: {scope}", path.read_text()))
+    assert f"\n{key}: {scope}\n" in path.read_text()
 
 
 def dvc_stages(work: Path, file: str = "dvc.yaml") -> dict[str, dict[str, Any]]:
@@ -99,22 +100,27 @@ def test_dvc_yaml_is_generated_from_the_experiments() -> None:
     assert proc.returncode == 0, proc.stderr
     doc = yaml.safe_load((REPO / "dvc.yaml").read_text())
     assert doc["vars"] == ["params/pipeline.yaml"]
-    assert set(doc["stages"]) == {"data", "tables"} | {f"{k}_{e}" for k in ("train", "evaluate") for e in EXPERIMENTS}
+    assert set(doc["stages"]) == {"data", "tables"} | {f"{k}_{e}" for k in ("weights", "evaluate") for e in EXPERIMENTS}
+    assert not (REPO / "workflow" / "published").exists()  # one dvc.yaml for both weight sources
     assert yaml.safe_load((REPO / "data.dvc").read_text())["outs"][0]["path"] == "data"
     assert (REPO / ".dvc" / "config").is_file() and (REPO / ".dvcignore").is_file()
 
 
-@pytest.mark.parametrize("scope", ["demo", "paper"])
-def test_dvc_stages_and_snakemake_dag_describe_the_same_steps(work: Path, scope: str) -> None:
+@pytest.mark.parametrize(("scope", "weights"), [("demo", "trained"), ("paper", "trained"), ("paper", "published")])
+def test_dvc_stages_and_snakemake_dag_describe_the_same_steps(work: Path, scope: str, weights: str) -> None:
+    """The same dvc.yaml, resolved with each scope and weight source, and Snakemake's DAG of that config."""
     _set_scope(work, scope)
+    _set_scope(work, weights, "weights")
     try:
         stages = dvc_stages(work)
     finally:
         _set_scope(work, "demo")
+        _set_scope(work, "trained", "weights")
+    root = f"results/{weights}/{scope}"
     jobs = []
     for quirk in ("official", "fixed"):  # dvc.yaml orders MaIR-T x3 after both of its possible inits
         jobs += parse_dry_run(snakemake(work, "-n", "-p", "reproduce_tables", "prepare_all", "--config",
-                                        f"scope={scope}", f"init_quirk={quirk}").stdout)
+                                        f"scope={scope}", f"init_quirk={quirk}", f"weights={weights}").stdout)
     jobs = [j for j in jobs if j["rule"] not in TARGET_RULES]
     commands = {name: parse_stage_command(s["cmd"][0]) for name, s in stages.items()}
     assert all(len(s["cmd"]) == 1 for s in stages.values())
@@ -136,21 +142,24 @@ def test_dvc_stages_and_snakemake_dag_describe_the_same_steps(work: Path, scope:
         assert job["rule"] in commands[stage]["rules"], (job["rule"], stage)
         return stage
 
+    # The one fetch job of the published weights writes a record no stage keeps (like the trainings' runs/): the
+    # first weights stage to run fetches every selected file, its rule is one of every weights stage's rules.
+    fetches = [j for j in jobs if j["rule"] == "fetch_weights"]
+    assert len(fetches) == (2 if weights == "published" else 0)  # one per init_quirk dry run
+    assert all("fetch_weights" in c["rules"] for n, c in commands.items() if n.startswith("weights_"))
+    jobs = [j for j in jobs if j["rule"] != "fetch_weights"]
     producer = {f: job for job in jobs for f in job["output"]}
     job_stage = {id(j): stage_of(j) for j in jobs}
 
-    # Every recorded output is made by a Snakemake job of that stage (runs/ is the trainings' side output).
+    # Every recorded output is made by a Snakemake job of that stage, under the weight source's own folder.
     made = {f for j in jobs for f in j["output"]}
     for name, stage in stages.items():
         for out in stage["outs"]:
-            if out.startswith("runs/"):
-                assert out == f"runs/{scope}/{name.removeprefix('train_')}" and stage["outs"][out] == {
-                    "persist": True, "cache": False}
-                continue
+            assert out.startswith(f"{root}/"), (name, out)
             assert any(_inside(f, {out: None}) for f in made), (name, out)
         targets = commands[name]["targets"]
-        if name.startswith("train_"):
-            assert targets == [f"results/{scope}/weights/{name.removeprefix('train_')}.pth"]
+        if name.startswith("weights_"):
+            assert targets == [f"{root}/weights/{name.removeprefix('weights_')}.pth"]
         if name.startswith("evaluate_"):
             assert commands[name]["config"]["experiments"] == [name.removeprefix("evaluate_")]
 
@@ -167,25 +176,31 @@ def test_dvc_stages_and_snakemake_dag_describe_the_same_steps(work: Path, scope:
             for other, s in stages.items():
                 if other != name and _inside(dep, s["outs"]):
                     dvc_edges.add((other, name))
-    assert dvc_edges == smk_edges
-    assert ("train_sr_classic_x2", "train_sr_classic_x3") in dvc_edges
-    assert ("train_sr_light_s_x2", "train_sr_light_t_x3") in dvc_edges
-    assert {("data", f"train_{e}") for e in EXPERIMENTS} <= dvc_edges
+    if weights == "trained":
+        assert dvc_edges == smk_edges
+        assert ("weights_sr_classic_x2", "weights_sr_classic_x3") in dvc_edges
+        assert ("weights_sr_light_s_x2", "weights_sr_light_t_x3") in dvc_edges
+        assert {("data", f"weights_{e}") for e in EXPERIMENTS} <= dvc_edges
+    else:  # no training: DVC still orders x3 after x2 (same stages for both sources), Snakemake need not
+        assert "train" not in {j["rule"] for j in jobs} and smk_edges <= dvc_edges
+        assert {(f"weights_{e}", f"evaluate_{e}") for e in EXPERIMENTS} <= smk_edges
+        assert all(j["shell"].startswith("mair weights download") for j in fetches)
 
     # Experiment files are dependencies of their steps; params/pipeline.yaml settings are DVC params, a few only.
     for e in EXPERIMENTS:
-        assert f"params/experiments/{e}.yaml" in stages[f"train_{e}"]["deps"]
+        assert f"params/experiments/{e}.yaml" in stages[f"weights_{e}"]["deps"]
         assert f"params/experiments/{e}.yaml" in stages[f"evaluate_{e}"]["deps"]
-        assert set(stages[f"train_{e}"]["params"]) == {"params/pipeline.yaml"}
+        assert set(stages[f"weights_{e}"]["params"]) == {"params/pipeline.yaml"}
+        assert "weights" in stages[f"weights_{e}"]["params"]["params/pipeline.yaml"]
     assert {"scope", "experiments"} <= set(stages["data"]["params"]["params/pipeline.yaml"])
     assert "experiments" in stages["tables"]["params"]["params/pipeline.yaml"]
     tracked = {k for s in stages.values() for keys in s["params"].values() for k in keys}
-    assert tracked == {"scope", "experiments", "data_dir", "init_quirk", "self_ensemble", "precision"}
+    assert tracked == {"scope", "experiments", "weights", "data_dir", "init_quirk", "self_ensemble", "precision"}
     # The data and tables stages take the experiments from params/pipeline.yaml (what `dvc exp run -S` edits).
     assert "experiments" not in commands["data"]["config"] and "experiments" not in commands["tables"]["config"]
     # Metrics: one small file per evaluation stage, not cached (git-tracked-size, shown by `dvc metrics show`).
     for e in EXPERIMENTS:
-        assert stages[f"evaluate_{e}"]["outs"][f"results/{scope}/metrics/{e}.json"] == {"persist": False,
+        assert stages[f"evaluate_{e}"]["outs"][f"{root}/metrics/{e}.json"] == {"persist": False,
                                                                                           "cache": False}
 
 
@@ -202,13 +217,13 @@ def test_dvc_repro_runs_a_demo_step_in_a_fresh_clone(tmp_path: Path) -> None:
     elapsed = time.monotonic() - start
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-4000:]
     print(f"dvc repro evaluate_dehaze_r6k (demo): {elapsed:.0f} s")
-    for stage in ("data", "train_dehaze_r6k", "evaluate_dehaze_r6k"):
+    for stage in ("data", "weights_dehaze_r6k", "evaluate_dehaze_r6k"):
         assert f"Running stage '{stage}'" in proc.stdout
-    assert "train_dehaze_its" not in proc.stdout
+    assert "weights_dehaze_its" not in proc.stdout
     lock = yaml.safe_load((work / "dvc.lock").read_text())["stages"]
-    assert set(lock) == {"data", "train_dehaze_r6k", "evaluate_dehaze_r6k"}
-    assert any(o["path"] == "results/demo/eval/dehaze_r6k" for o in lock["evaluate_dehaze_r6k"]["outs"])
-    assert (work / "results" / "demo" / "eval" / "dehaze_r6k" / "reside_6k.json").is_file()
+    assert set(lock) == {"data", "weights_dehaze_r6k", "evaluate_dehaze_r6k"}
+    assert any(o["path"] == "results/trained/demo/eval/dehaze_r6k" for o in lock["evaluate_dehaze_r6k"]["outs"])
+    assert (work / "results" / "trained" / "demo" / "eval" / "dehaze_r6k" / "reside_6k.json").is_file()
     assert any((work / "runs" / "demo" / "dehaze_r6k").iterdir())
 
     status = subprocess.run(["dvc", "status", "evaluate_dehaze_r6k"], cwd=work, env=env, capture_output=True,
@@ -254,20 +269,20 @@ def test_dvc_experiment_metrics_plots_and_documented_commands_on_a_fresh_clone(t
     dry = next(c for c in documented if "--dry" in c)
     plan = re.findall(r"Running stage '([^']+)'", _dvc(work, *shlex.split(dry)[1:], timeout=600).stdout)
     assert len(plan) == 36 and plan[0] == "data" and plan[-1] == "tables"
-    assert plan.index("train_sr_classic_x2") < plan.index("train_sr_classic_x3") < plan.index(
+    assert plan.index("weights_sr_classic_x2") < plan.index("weights_sr_classic_x3") < plan.index(
         "evaluate_sr_classic_x3")
 
     # (10) Experiments chosen through DVC params, as with --config: the data stage prepares only dehaze_r6k's sets.
     _dvc(work, "exp", "run", "-n", "r6k", "-S", "params/pipeline.yaml:experiments=[dehaze_r6k]",
          "evaluate_dehaze_r6k")
-    manifest = json.loads((work / "results" / "demo" / "data" / "manifest.json").read_text())
+    manifest = json.loads((work / "results" / "trained" / "demo" / "data" / "manifest.json").read_text())
     assert set(manifest["datasets"]) == {"reside_6k"}
-    metrics_file = work / "results" / "demo" / "metrics" / "dehaze_r6k.json"
+    metrics_file = work / "results" / "trained" / "demo" / "metrics" / "dehaze_r6k.json"
     assert json.loads(metrics_file.read_text())["reside_6k"]["psnr"] > 0
 
     # (9) Metrics, plots and the experiments table.
     shown = json.loads(_dvc(work, "metrics", "show", "--json").stdout)
-    values = shown[""]["data"]["results/demo/metrics/dehaze_r6k.json"]["data"]
+    values = shown[""]["data"]["results/trained/demo/metrics/dehaze_r6k.json"]["data"]
     assert values["reside_6k"]["psnr"] == pytest.approx(json.loads(metrics_file.read_text())["reside_6k"]["psnr"])
     out = tmp_path / "plots"
     _dvc(work, "plots", "show", "-o", str(out))
@@ -280,7 +295,7 @@ def test_dvc_experiment_metrics_plots_and_documented_commands_on_a_fresh_clone(t
     data = exps[0]["revs"][0]["data"]
     params = {k for f in data["params"].values() for k in f.get("data", {})}
     assert "experiments" in params and len(params) <= 12, params
-    assert data["metrics"]["results/demo/metrics/dehaze_r6k.json"]["data"]["reside_6k"]["psnr"] > 0
+    assert data["metrics"]["results/trained/demo/metrics/dehaze_r6k.json"]["data"]["reside_6k"]["psnr"] > 0
 
     # (12) The documented data commands, as written, in a non-interactive shell (a local remote for the push).
     remote = tmp_path / "remote"

@@ -492,7 +492,7 @@ def test_pipeline_precision_reaches_every_training_and_evaluation(tmp_path: Path
     finally:
         sys.path.remove(str(REPO / "tests"))
     repo = copy_repo(tmp_path / "repo")
-    target = ["results/demo/eval/sr_light_t_x2/set5.json"]
+    target = ["results/trained/demo/eval/sr_light_t_x2/set5.json"]
     default = parse_dry_run(snakemake(repo, "-n", "-p", *target).stdout)
     exact = parse_dry_run(snakemake(repo, "-n", "-p", *target, "--config", "precision=exact").stdout)
     for jobs, flagged in ((default, False), (exact, True)):

@@ -198,7 +198,7 @@ def test_log_evaluation(store: str, tmp_path: Path) -> None:
     summary = {"experiment": "sr_classic_x2", "dataset": "set5", "variant": "MaIR+", "scope": "demo",
                "metrics": {"psnr": 38.5, "ssim": 0.962}, "metric_space": "y", "crop_border": 2,
                "extra_metrics": {"rgb": {"psnr": 36.1, "ssim": 0.95}}, "n_images": 5, "complete": True,
-               "weights": "results/demo/weights/sr_classic_x2.pth"}
+               "weights": "results/trained/demo/weights/sr_classic_x2.pth"}
     run_id = log_evaluation(summary, params={"protocol": "tile"}, artifacts=[csv_file], uri=store)
     assert run_id is not None
     client = MlflowClient(tracking_uri=store)

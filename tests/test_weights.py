@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import shutil
 import threading
 import time
@@ -432,7 +433,7 @@ def test_demo_pipeline_with_published_weights_end_to_end(tmp_path: Path, mirror:
     summary = json.loads((work / "results/published/demo/eval/dehaze_r6k/reside_6k.json").read_text())
     assert summary["complete"] and summary["weights"].endswith("data/demo/weights/published/MaIR_DH_R6K.pth")
     assert summary["weights_source"] == "published"
-    assert not (work / "results" / "demo" / "eval").exists()  # never mixed with trained weights' results
+    assert not (work / "results" / "trained").exists()  # never mixed with trained weights' results
 
     import pandas as pd
 
@@ -454,106 +455,98 @@ def test_demo_pipeline_with_published_weights_end_to_end(tmp_path: Path, mirror:
 needs_dvc = pytest.mark.skipif(shutil.which("dvc") is None, reason="dvc is not installed")
 
 
+def _committed_copy(tmp_path: Path, **settings: str) -> Path:
+    """A fresh git repository of the project (committed, with a git identity) whose params/pipeline.yaml has the
+    one-word ``settings`` (weights, experiments...)."""
+    import subprocess
+
+    from test_dvc import _set_scope
+    from test_workflow import copy_repo
+
+    work = copy_repo(tmp_path / "repo")
+    for key, value in settings.items():
+        _set_scope(work, value, key)
+    subprocess.run(["git", "init", "-q"], cwd=work, check=True)
+    for key, value in (("user.name", "t"), ("user.email", "t@example.invalid")):
+        subprocess.run(["git", "config", key, value], cwd=work, check=True)
+    subprocess.run(["git", "add", "-A"], cwd=work, check=True)
+    subprocess.run(["git", "commit", "-qm", "fresh"], cwd=work, check=True)
+    return work
+
+
 @needs_dvc
 @needs_snakemake
-@pytest.mark.parametrize("scope", ["demo", "paper"])
-def test_published_dvc_pipeline_matches_the_snakemake_dag(tmp_path: Path, scope: str) -> None:
-    """workflow/published/dvc.yaml: no training stage, one stage per evaluation, the same order as Snakemake's
-    `weights=published` DAG (a Snakemake edge between two stages is a DVC dependency and back)."""
-    from test_dvc import _git_init, _inside, _set_scope, dvc_stages, parse_stage_command
-    from test_workflow import copy_repo, parse_dry_run, snakemake
+@needs_mair
+def test_dvc_dry_repro_with_published_weights_plans_no_training(tmp_path: Path) -> None:
+    """The one dvc.yaml with `weights: published`: `dvc repro --dry --force` plans every stage with paths under
+    results/published/demo/, and the weights stages' commands make Snakemake plan one fetch and no training."""
+    import shlex
+    import subprocess
 
-    work = copy_repo(tmp_path / "repo")
-    _git_init(work)
-    _set_scope(work, scope)
-    stages = dvc_stages(work, "workflow/published/dvc.yaml")
-    jobs = parse_dry_run(
-        snakemake(work, "-n", "-p", "reproduce_tables", "prepare_all", "--config", "weights=published").stdout
-    )
-    jobs = [j for j in jobs if not j["rule"].startswith(("reproduce_", "prepare_all", "all"))]
-    commands = {name: parse_stage_command(s["cmd"][0]) for name, s in stages.items()}
-    assert set(stages) == {"published_data", "published_weights", "published_tables"} | {
-        f"published_evaluate_{e}" for e in OFFICIAL_FILES
+    from test_dvc import parse_stage_command
+    from test_workflow import parse_dry_run, run_env, snakemake
+
+    work = _committed_copy(tmp_path, weights="published")
+    proc = subprocess.run(["dvc", "repro", "--dry", "--force"], cwd=work, env=run_env(work), capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-4000:]
+    planned = dict(re.findall(r"Running stage '([^']+)':\n> (.+)", proc.stdout))
+    assert len(planned) == 36 and set(planned) == {"data", "tables"} | {
+        f"{k}_{e}" for k in ("weights", "evaluate") for e in OFFICIAL_FILES
     }
-    assert all(c["config"]["weights"] == "published" for c in commands.values())
-    assert not any("train" in c["rules"] for c in commands.values())
-    assert "train" not in {j["rule"] for j in jobs}
-
-    def stage_of(job: dict[str, Any]) -> str:
-        holders = {n for n, s in stages.items() for f in job["output"] if _inside(f, s["outs"])}
-        if not holders:  # data files (tracked by data.dvc): the data stage
-            holders = {"published_data"}
-        assert len(holders) == 1, (job, holders)
-        stage = holders.pop()
-        assert job["rule"] in commands[stage]["rules"], (job["rule"], stage)
-        return stage
-
-    producer = {f: j for j in jobs for f in j["output"]}
-    smk_edges = {
-        (stage_of(producer[f]), stage_of(j))
-        for j in jobs
-        for f in j["input"]
-        if f in producer and stage_of(producer[f]) != stage_of(j)
-    }
-    dvc_edges = {
-        (o, n)
-        for n, s in stages.items()
-        for d in s["deps"]
-        for o, t in stages.items()
-        if o != n and _inside(d, t["outs"])
-    }
-    assert smk_edges == dvc_edges
-    assert ("published_weights", "published_evaluate_dehaze_r6k") in dvc_edges
-    for name, stage in stages.items():
-        for out in stage["outs"]:
-            assert out.startswith(f"results/published/{scope}/"), (name, out)
-
-
-@needs_snakemake
-def test_a_dvc_yaml_stage_with_published_weights_says_where_to_go(tmp_path: Path) -> None:
-    """dvc.yaml is the trained journey: one of its stages run with weights=published stops with one message
-    naming the published pipeline file instead of training or writing where DVC does not look."""
-    from test_workflow import copy_repo, run_env, snakemake
-
-    work = copy_repo(tmp_path / "repo")
-    env = run_env(work, DVC_STAGE="train_dehaze_r6k")
-    proc = snakemake(work, "-n", "reproduce_tables", "--config", "weights=published", env=env, check=False)
-    assert proc.returncode != 0
-    out = proc.stdout + proc.stderr
-    assert "dvc repro workflow/published/dvc.yaml" in out and "train_dehaze_r6k" in out
-    env["DVC_STAGE"] = "workflow/published/dvc.yaml:published_weights"
-    snakemake(work, "-n", "reproduce_tables", "--config", "weights=published", env=env)
+    paths = [w for cmd in planned.values() for w in shlex.split(cmd) if w.startswith("results")]
+    assert paths and all(p.startswith("results/published/demo/") for p in paths), paths
+    commands = [parse_stage_command(planned[f"weights_{e}"]) for e in OFFICIAL_FILES]
+    targets = [t for c in commands for t in c["targets"]]
+    assert targets == [f"results/published/demo/weights/{e}.pth" for e in OFFICIAL_FILES]
+    rules = commands[0]["rules"]
+    assert all(c["rules"] == rules and not c["config"] for c in commands)  # weights: read from the params file
+    # What those commands run: Snakemake reads weights: published from the same file and plans no training.
+    jobs = parse_dry_run(snakemake(work, "-n", "-p", "--allowed-rules", *rules, "--", *targets).stdout)
+    planned_rules = [j["rule"] for j in jobs]
+    assert "train" not in planned_rules and planned_rules.count("fetch_weights") == 1
+    assert planned_rules.count("published_weights") == 17
 
 
 @needs_dvc
 @needs_snakemake
 @needs_mair
 @pytest.mark.slow
-def test_dvc_repro_of_the_published_weights(tmp_path: Path, mirror: Mirror) -> None:
-    """`dvc repro workflow/published/dvc.yaml:published_evaluate_dehaze_r6k` in a fresh copy: data, the weights
-    from the mirror, the evaluation; no training; recorded in the file's dvc.lock; a second repro does nothing."""
+def test_dvc_experiment_with_published_weights(tmp_path: Path, mirror: Mirror) -> None:
+    """`dvc exp run -S params/pipeline.yaml:weights=published evaluate_dehaze_r6k` in a fresh clone, the file
+    served by a loopback mirror: data, the fetched weights, the evaluation, no training, results only under
+    results/published/demo/; then `dvc repro` of the same stage has nothing to do."""
     import subprocess
 
-    from test_dvc import _git_init
-    from test_workflow import copy_repo, run_env
+    from test_workflow import run_env
 
-    for exp, name in OFFICIAL_FILES.items():
-        demo_checkpoint(exp, mirror.folder / "published" / name)
-    work = copy_repo(tmp_path / "repo")
-    _git_init(work)
+    demo_checkpoint("dehaze_r6k", mirror.folder / "published" / OFFICIAL_FILES["dehaze_r6k"])
+    work = _committed_copy(tmp_path, experiments="[dehaze_r6k]")  # committed: weights: trained
     env = run_env(work, MAIR_WEIGHTS_MIRROR=mirror.url)
-    target = "workflow/published/dvc.yaml:published_evaluate_dehaze_r6k"
-    proc = subprocess.run(["dvc", "repro", target], cwd=work, env=env, capture_output=True, text=True, timeout=1800)
+    proc = subprocess.run(
+        ["dvc", "exp", "run", "-n", "published", "-S", "params/pipeline.yaml:weights=published",
+         "evaluate_dehaze_r6k"],
+        cwd=work, env=env, capture_output=True, text=True, timeout=1800,
+    )
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-4000:]
-    for stage in ("published_data", "published_weights", "published_evaluate_dehaze_r6k"):
-        assert f"Running stage 'workflow/published/dvc.yaml:{stage}'" in proc.stdout
-    assert "train" not in proc.stdout.replace("trained", "")
-    lock_doc = yaml.safe_load((work / "workflow" / "published" / "dvc.lock").read_text())["stages"]
-    assert set(lock_doc) == {"published_data", "published_weights", "published_evaluate_dehaze_r6k"}
-    assert (work / "results/published/demo/eval/dehaze_r6k/reside_6k.json").is_file()
-    assert not (work / "results" / "demo" / "weights").exists()
-    assert len([k for k in lock(work / "data") if k.startswith("demo/weights/published/")]) == 17
-    again = subprocess.run(["dvc", "repro", target], cwd=work, env=env, capture_output=True, text=True, timeout=600)
+    for stage in ("data", "weights_dehaze_r6k", "evaluate_dehaze_r6k"):
+        assert f"Running stage '{stage}'" in proc.stdout
+    lock_doc = yaml.safe_load((work / "dvc.lock").read_text())["stages"]
+    assert set(lock_doc) == {"data", "weights_dehaze_r6k", "evaluate_dehaze_r6k"}
+    assert [o["path"] for o in lock_doc["weights_dehaze_r6k"]["outs"]] == [
+        "results/published/demo/weights/dehaze_r6k.pth"
+    ]
+    summary = json.loads((work / "results/published/demo/eval/dehaze_r6k/reside_6k.json").read_text())
+    assert summary["complete"] and summary["weights_source"] == "published"
+    assert summary["weights"].endswith("data/demo/weights/published/MaIR_DH_R6K.pth")
+    fetched = work / "data" / "demo" / "weights" / "published" / "MaIR_DH_R6K.pth"
+    linked = work / "results/published/demo/weights/dehaze_r6k.pth"
+    assert linked.read_bytes() == fetched.read_bytes()
+    assert lock(work / "data")["demo/weights/published/MaIR_DH_R6K.pth"]["origin"] == "first-download"
+    assert not (work / "results" / "trained").exists() and not (work / "runs").exists()  # nothing trained
+    assert "published" in (work / "params" / "pipeline.yaml").read_text().split("\nweights: ", 1)[1][:10]
+    again = subprocess.run(["dvc", "repro", "evaluate_dehaze_r6k"], cwd=work, env=env, capture_output=True,
+                           text=True, timeout=600)
     assert again.returncode == 0 and "Running stage" not in again.stdout, again.stdout
 
 

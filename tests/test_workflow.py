@@ -175,18 +175,20 @@ def test_paper_dry_run_lists_every_step_offline_and_fast(repo_copy: Path) -> Non
     # Initialisation order: x3/x4 after x2, sigma 25/50 after 15, MaIR-T x3 after MaIR-S x2 (official quirk).
     for exp in EXPERIMENTS:
         init = experiment_file(exp)["train"]["init_from"]
-        weights = [f for f in trains[exp]["input"] if f.startswith("results/paper/weights/")]
-        assert weights == ([f"results/paper/weights/{init['experiment']}.pth"] if init else []), exp
-    assert "results/paper/weights/sr_light_s_x2.pth" in trains["sr_light_t_x3"]["input"]
-    assert "results/paper/weights/sr_light_t_x2.pth" in trains["sr_light_t_x4"]["input"]
-    assert "results/paper/weights/sr_classic_x2.pth" in trains["sr_classic_x4"]["input"]
+        weights = [f for f in trains[exp]["input"] if f.startswith("results/trained/paper/weights/")]
+        assert weights == ([f"results/trained/paper/weights/{init['experiment']}.pth"] if init else []), exp
+    assert "results/trained/paper/weights/sr_light_s_x2.pth" in trains["sr_light_t_x3"]["input"]
+    assert "results/trained/paper/weights/sr_light_t_x2.pth" in trains["sr_light_t_x4"]["input"]
+    assert "results/trained/paper/weights/sr_classic_x2.pth" in trains["sr_classic_x4"]["input"]
 
     # Every test set of every experiment, MaIR+ exactly where the paper reports it.
     expected = set()
     for exp in EXPERIMENTS:
         doc = experiment_file(exp)
         suffixes = ["", "+"] if doc["test"]["self_ensemble_reported"] else [""]
-        expected |= {f"results/paper/eval/{exp}/{d['id']}{s}.json" for d in doc["test"]["datasets"] for s in suffixes}
+        expected |= {
+            f"results/trained/paper/eval/{exp}/{d['id']}{s}.json" for d in doc["test"]["datasets"] for s in suffixes
+        }
     evals = [out for j in by_rule["evaluate"] for out in j["output"]]
     assert sorted(evals) == sorted(expected)
     tested = {Path(f).stem.rstrip("+") for f in evals}
@@ -197,9 +199,10 @@ def test_paper_dry_run_lists_every_step_offline_and_fast(repo_copy: Path) -> Non
     for job in by_rule["evaluate"]:  # one job per experiment and variant: the network is built once
         exp = job["rule"].removeprefix("evaluate_").removeprefix("plus_")
         sets = " ".join(d["id"] for d in experiment_file(exp)["test"]["datasets"])
-        assert f"mair evaluate {exp} --weights results/paper/weights/{exp}.pth --datasets {sets}" in job["shell"]
+        weights = f"results/trained/paper/weights/{exp}.pth"
+        assert f"mair evaluate {exp} --weights {weights} --datasets {sets}" in job["shell"]
         assert ("--self-ensemble" in job["shell"]) == ("_plus_" in job["rule"])
-        assert f"results/paper/weights/{exp}.pth" in job["input"]
+        assert f"results/trained/paper/weights/{exp}.pth" in job["input"]
 
     # Every download and preparation of the catalog's sets that the experiments use.
     catalog = yaml_file(REPO / "params" / "datasets.yaml")["datasets"]
@@ -213,8 +216,8 @@ def test_paper_dry_run_lists_every_step_offline_and_fast(repo_copy: Path) -> Non
     df2k = next(j for j in by_rule["prepare"] if j["wildcards"]["dataset"] == "df2k")
     assert set(df2k["input"]) == {"data/prepared/div2k/.prepared.json", "data/prepared/flickr2k/.prepared.json"}
 
-    assert [j["output"] for j in by_rule["tables"]] == [["results/paper/tables/tables.tex",
-                                                        "results/paper/tables/tables.md"]]
+    assert [j["output"] for j in by_rule["tables"]] == [["results/trained/paper/tables/tables.tex",
+                                                        "results/trained/paper/tables/tables.md"]]
     assert len(by_rule["tables"][0]["input"]) == len(expected)
 
 
@@ -228,11 +231,11 @@ def test_targets_and_quirk_switch(repo_copy: Path) -> None:
                                    "init_quirk=fixed").stdout)
     trains = {j["wildcards"]["exp"]: j for j in jobs if j["rule"] == "train"}
     assert sorted(trains) == [e for e in EXPERIMENTS if e.startswith("sr_light")]
-    assert "results/paper/weights/sr_light_t_x2.pth" in trains["sr_light_t_x3"]["input"]
+    assert "results/trained/paper/weights/sr_light_t_x2.pth" in trains["sr_light_t_x3"]["input"]
     assert "--init-fix-t-x3" in trains["sr_light_t_x3"]["shell"]
     assert not any("--init-fix-t-x3" in j["shell"] for e, j in trains.items() if e != "sr_light_t_x3")
 
-    # The default scope is the demo: the embedded demo set instead of downloads, CPU jobs, results/demo/.
+    # The default scope is the demo: the embedded demo set instead of downloads, CPU jobs, results/trained/demo/.
     jobs = parse_dry_run(snakemake(repo_copy, "-n", "-p").stdout)
     rules = {j["rule"] for j in jobs}
     assert "demo_data" in rules and not {"download", "prepare"} & rules
@@ -241,13 +244,13 @@ def test_targets_and_quirk_switch(repo_copy: Path) -> None:
     assert all("run-with-gpus 0 -- mair train" in j["shell"] and "--scope demo --device cpu" in j["shell"]
                for j in trains)
     tables = next(j for j in jobs if j["rule"] == "tables")
-    assert tables["output"] == ["results/demo/tables/tables.tex", "results/demo/tables/tables.md"]
+    assert tables["output"] == ["results/trained/demo/tables/tables.tex", "results/trained/demo/tables/tables.md"]
 
 
 @needs_snakemake
 def test_local_gpu_limit_scales_jobs_to_the_machine(repo_copy: Path) -> None:
     """On a machine with 2 cards an 8-GPU training is scaled to 2 (local_gpus: auto); --resources wins."""
-    target = "results/paper/weights/sr_classic_x2.pth"
+    target = "results/trained/paper/weights/sr_classic_x2.pth"
 
     def train_shell(*extra: str) -> str:
         env = run_env(repo_copy, MAIR_GPU_IDS="0,1")
@@ -415,7 +418,7 @@ def test_slurm_profile_requests_gpus_time_partition_account(tmp_path: Path) -> N
         marker.write_text("{}")
     env = run_env(work, PATH=f"{bin_dir}:{os.environ['PATH']}")
     proc = snakemake(work, "--profile", "workflow/profiles/slurm", "--slurm-init-seconds-before-status-checks", "1",
-                     "results/paper/weights/dehaze_its.pth", "--config", "scope=paper",
+                     "results/trained/paper/weights/dehaze_its.pth", "--config", "scope=paper",
                      "slurm={partition: gpu, account: lab, train_runtime: 600}", "retries={train: 0}",
                      env=env, check=False, timeout=300)
     calls = log.read_text() if log.exists() else ""
@@ -448,7 +451,7 @@ def test_demo_dehazing_end_to_end(tmp_path: Path) -> None:
 
     start = time.monotonic()
     snakemake(work, "--cores", "2", "prepare_all")
-    manifest = json.loads((work / "results" / "demo" / "data" / "manifest.json").read_text())
+    manifest = json.loads((work / "results" / "trained" / "demo" / "data" / "manifest.json").read_text())
     assert {"reside_its", "reside_ots", "reside_6k", "sots_indoor", "sots_outdoor"} <= set(manifest["datasets"])
     hazy = demo / "reside_ots" / "train" / "hazy"
     saved = tmp_path / "saved_hazy"
@@ -459,11 +462,11 @@ def test_demo_dehazing_end_to_end(tmp_path: Path) -> None:
                        "retries={train: 0}", check=False, timeout=1200)
     timings["first run"] = time.monotonic() - start
     assert failed.returncode != 0
-    weights = work / "results" / "demo" / "weights"
+    weights = work / "results" / "trained" / "demo" / "weights"
     assert (weights / "dehaze_its.pth").is_file() and (weights / "dehaze_r6k.pth").is_file()
     assert not (weights / "dehaze_ots.pth").exists()  # nothing half-done looks finished
-    assert (work / "results" / "demo" / "eval" / "dehaze_r6k" / "reside_6k.json").is_file()
-    assert (work / "results" / "demo" / "logs" / "train" / "dehaze_ots.log").read_text().strip()
+    assert (work / "results" / "trained" / "demo" / "eval" / "dehaze_r6k" / "reside_6k.json").is_file()
+    assert (work / "results" / "trained" / "demo" / "logs" / "train" / "dehaze_ots.log").read_text().strip()
 
     shutil.rmtree(hazy)
     shutil.move(saved, hazy)
@@ -479,7 +482,8 @@ def test_demo_dehazing_end_to_end(tmp_path: Path) -> None:
     for exp in exps:
         assert list((work / "runs" / "demo" / exp).iterdir()), "checkpoints and logs stay in runs/"
         for ref in experiment_file(exp)["test"]["datasets"]:
-            summary = json.loads((work / "results" / "demo" / "eval" / exp / f"{ref['id']}.json").read_text())
+            summary_file = work / "results" / "trained" / "demo" / "eval" / exp / f"{ref['id']}.json"
+            summary = json.loads(summary_file.read_text())
             assert summary["complete"] is True and summary["scope"] == "demo" and summary["experiment"] == exp
             assert summary["metrics"]["psnr"] > 0
 

@@ -15,10 +15,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``evaluate`` and ``restore`` commands."""
     ev = subparsers.add_parser(
         "evaluate", help=EVALUATE_HELP, description=EVALUATE_HELP + ". Writes "
-        "results/<scope>/eval/<experiment>/<dataset>[+].csv (per image; resumable) and .json (summary).")
+        "results/trained/<scope>/eval/<experiment>/<dataset>[+].csv (per image; resumable) and .json (summary).")
     ev.add_argument("experiment", help="experiment id (params/experiments/<id>.yaml)")
     ev.add_argument("--weights", metavar="PATH",
-                    help="weights file, official or ours (default: results/<scope>/weights/<experiment>.pth)")
+                    help="weights file, official or ours (default: results/trained/<scope>/weights/<experiment>.pth)")
     ev.add_argument("--weights-source", choices=("trained", "published"), default=None,
                     help="record in the summaries (and MLflow tags) where the weights come from: trained here or "
                     "the authors' published checkpoints")
@@ -30,7 +30,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ev.add_argument("--exact", action="store_true",
                     help="true fp32 (no TF32) with the automatic scan backend; default on CUDA: Triton scan, "
                          "TF32 matmuls and convolutions (docs/evaluation.md)")
-    ev.add_argument("--results-dir", default="results", metavar="DIR", help="results root (default: results)")
+    ev.add_argument("--results-dir", default="results/trained", metavar="DIR",
+                    help="results root (default: results/trained, where the pipeline puts trained weights)")
     ev.add_argument("--data-dir", default=None, metavar="DIR",
                     help="data root (default: $MAIR_DATA_DIR or ./data)")
     ev.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
@@ -40,7 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     rs = subparsers.add_parser(
         "restore", help=RESTORE_HELP,
         description=RESTORE_HELP + ". Name the network with --experiment ID (weights from "
-        "results/<scope>/weights/<ID>.pth unless --weights is given) or with --weights PATH (the "
+        "results/trained/<scope>/weights/<ID>.pth unless --weights is given) or with --weights PATH (the "
         "experiment is found from the tensor shapes, or named with --arch-from ID).")
     rs.add_argument("inputs", nargs="+", metavar="INPUT",
                     help="image files or folders (PNG, JPEG, TIFF, BMP)")
@@ -50,7 +51,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     rs.add_argument("--arch-from", metavar="ID", help="take the network architecture from this experiment")
     rs.add_argument("--scope", choices=("paper", "demo"), default="paper",
                     help="network size (default paper)")
-    rs.add_argument("--results-dir", default="results", metavar="DIR", help="results root (default: results)")
+    rs.add_argument("--results-dir", default="results/trained", metavar="DIR",
+                    help="results root (default: results/trained, where the pipeline puts trained weights)")
     rs.add_argument("--tile", type=int, default=None, metavar="SIZE",
                     help="process in SIZE x SIZE tiles, one at a time (bounds memory for large images)")
     rs.add_argument("--tile-overlap", type=int, default=32, metavar="PX", help="tile overlap (default 32)")

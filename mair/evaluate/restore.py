@@ -412,7 +412,7 @@ def _experiment_ids(experiments: Any) -> list[str]:
 
 
 def load_restorer(experiment: str | None = None, weights: str | os.PathLike[str] | None = None,
-                  arch_from: str | None = None, *, scope: str = "paper", results_dir: str = "results",
+                  arch_from: str | None = None, *, scope: str = "paper", results_dir: str = "results/trained",
                   device: str | None = None, tile: int | None = None, tile_overlap: int = 32,
                   self_ensemble: bool = False, tile_blend: bool = True,
                   log: Callable[[str], None] | None = None, exact: bool = False,

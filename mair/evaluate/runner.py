@@ -5,10 +5,10 @@ For each test dataset of the experiment the runner reads the prepared pairs, run
 the official ``tensor2img`` (clamp to [0, 1], x255, round, uint8), computes the metrics the experiment names
 and writes
 
-* ``results/<scope>/eval/<experiment>/<dataset>[+].csv``: one row per image, appended and flushed (fsync) as
+* ``results/<weights>/<scope>/eval/<experiment>/<dataset>[+].csv``: one row per image, appended and flushed (fsync) as
   soon as the image is done; a rerun skips the images already there (same weights and settings, checked with
   ``<dataset>[+].resume``), so an interrupted evaluation resumes;
-* ``results/<scope>/eval/<experiment>/<dataset>[+].json``: the summary of docs/contracts.md, written
+* ``results/<weights>/<scope>/eval/<experiment>/<dataset>[+].json``: the summary of docs/contracts.md, written
   atomically once every image is done;
 * for DND (submission only): the benchmark bundle (see :mod:`mair.evaluate.dnd`) instead of metrics.
 
@@ -581,7 +581,7 @@ SAMPLE_IMAGES = 3
 
 
 def sample_path(out_dir: Path, tag: str, name: str) -> Path:
-    """``results/<scope>/eval/<exp>/samples/<dataset>[+]/<image>.png``: a restored sample image."""
+    """``results/<weights>/<scope>/eval/<exp>/samples/<dataset>[+]/<image>.png``: a restored sample image."""
     return out_dir / "samples" / tag / f"{Path(name).stem}.png"
 
 
@@ -624,9 +624,9 @@ def _log_mlflow(summary: Mapping[str, Any], spec: EvalSpec, files: Sequence[Path
                       stacklevel=2)
 
 
-def default_weights(experiment_id: str, scope: str = "paper", results_dir: str | os.PathLike[str] = "results"
-                    ) -> Path:
-    """``results/<scope>/weights/<experiment>.pth``, where training puts final weights."""
+def default_weights(experiment_id: str, scope: str = "paper",
+                    results_dir: str | os.PathLike[str] = "results/trained") -> Path:
+    """``results/trained/<scope>/weights/<experiment>.pth``, where training puts final weights."""
     return Path(results_dir) / scope / "weights" / f"{experiment_id}.pth"
 
 
@@ -656,7 +656,7 @@ def inference_runtime(device: str, exact: bool = False, compile: bool | None = N
 
 def evaluate(experiment: str | Mapping[str, Any], weights: str | os.PathLike[str] | None = None, *,
              datasets: Sequence[str] | None = None, self_ensemble: bool = False, scope: str = "paper",
-             device: str | None = None, results_dir: str | os.PathLike[str] = "results",
+             device: str | None = None, results_dir: str | os.PathLike[str] = "results/trained",
              data_root: str | os.PathLike[str] | None = None, model: Any = None,
              dataset_roots: Mapping[str, Path] | None = None, track: bool = True,
              progress: bool = True, exact: bool = False, weights_source: str | None = None) -> list[dict[str, Any]]:

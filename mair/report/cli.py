@@ -15,8 +15,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "tables",
         help="build the paper's tables (LaTeX, Markdown, CSV) and figures from the evaluation results",
-        description="Read results/<scope>/eval/<experiment>/<dataset>[+].json and write one table per paper "
-        "table, beside the published numbers, into <out>/ (default results/<scope>/tables/).",
+        description="Read results/trained/<scope>/eval/<experiment>/<dataset>[+].json and write one table per paper "
+        "table, beside the published numbers, into <out>/ (default results/trained/<scope>/tables/).",
     )
     parser.add_argument(
         "--scope", choices=("paper", "demo"), default="paper", help="which results to report (default: paper)"
@@ -24,9 +24,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--results-dir",
         type=Path,
-        default=Path("results"),
+        default=Path("results/trained"),
         metavar="DIR",
-        help="results root holding <scope>/eval/ (default: results)",
+        help="results root holding <scope>/eval/ (default: results/trained; published weights: results/published)",
     )
     parser.add_argument(
         "--out",

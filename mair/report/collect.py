@@ -1,6 +1,6 @@
 """Gather what the tables need: our evaluation summaries, the published numbers and the training logs.
 
-* Our numbers come from the summary JSONs ``results/<scope>/eval/<experiment>/<dataset>[+].json``
+* Our numbers come from the summary JSONs ``results/<weights>/<scope>/eval/<experiment>/<dataset>[+].json``
   (docs/contracts.md). They are the source of truth; MLflow runs (through ``mair.tracking``) only fill gaps.
 * The published numbers come from ``params/paper_results.csv`` (tidy form of the team's reference file).
 

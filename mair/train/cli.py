@@ -17,7 +17,7 @@ torchrun (RANK/WORLD_SIZE) or an `srun` step of SLURM the launcher's processes a
 effective batch is kept on any process count by gradient accumulation. Checkpoints go to
 runs/<scope>/<experiment>/ and a rerun resumes from the newest one. SIGTERM or SIGUSR1 makes the run write a
 checkpoint and exit with status 75 (EX_TEMPFAIL) so that a scheduler can requeue it. Final weights:
-results/<scope>/weights/<experiment>.pth."""
+results/trained/<scope>/weights/<experiment>.pth."""
 
 
 def register(subparsers: Any) -> None:
@@ -56,7 +56,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--init-fix-t-x3", action="store_true",
                    help="initialise sr_light_t_x3 from T x2 instead of the official S x2 (spec 8.19)")
     p.add_argument("--init-weights", type=Path, default=None, metavar="PATH",
-                   help="initial weights instead of results/<scope>/weights/<init experiment>.pth")
+                   help="initial weights instead of results/trained/<scope>/weights/<init experiment>.pth")
     p.add_argument("--checkpoint-every", type=int, default=None, metavar="N",
                    help="checkpoint every N iterations (default: the experiment's checkpoint_freq)")
     p.add_argument("--keep", type=int, default=3, metavar="K", help="checkpoints to keep (default 3)")
@@ -66,8 +66,8 @@ def register(subparsers: Any) -> None:
                    help="train even when the paper's effective batch cannot be kept on this process count")
     p.add_argument("--data-dir", type=Path, default=None, metavar="DIR",
                    help="data root (default $MAIR_DATA_DIR or ./data)")
-    p.add_argument("--results-dir", type=Path, default=Path("results"), metavar="DIR",
-                   help="results root for initial and final weights (default ./results)")
+    p.add_argument("--results-dir", type=Path, default=Path("results/trained"), metavar="DIR",
+                   help="results root for initial and final weights (default ./results/trained, as the pipeline)")
     p.add_argument("--val", action=argparse.BooleanOptionalAction, default=True,
                    help="validate during and after training (default on)")
     p.add_argument("--mlflow", action=argparse.BooleanOptionalAction, default=True,

@@ -102,7 +102,7 @@ class TrainOptions:
     num_workers: int | None = None
     allow_batch_mismatch: bool = False
     data_dir: Path | None = None
-    results_dir: Path = Path("results")
+    results_dir: Path = Path("results/trained")
     validate: bool = True
     mlflow: bool = True
     tracking_uri: str | None = None
@@ -196,7 +196,7 @@ def val_due(exp: Mapping[str, Any], iteration: int) -> bool:
 def init_weights_source(exp: Mapping[str, Any], opts: TrainOptions) -> tuple[Path | None, bool, str]:
     """``(path, strict, note)`` of the weights the experiment starts from (``train.init_from``).
 
-    ``--init-weights`` wins; otherwise ``results/<scope>/weights/<init experiment>.pth``. For the T x3 quirk
+    ``--init-weights`` wins; otherwise ``results/trained/<scope>/weights/<init experiment>.pth``. For the T x3 quirk
     (spec §8.19) the official choice (S x2) is the default and ``--init-fix-t-x3`` takes the fixed one (T x2).
     """
     init = exp["train"].get("init_from")

@@ -29,11 +29,9 @@ def _check_config():
 
 
 EXPS = _check_config()
-if (_dvc_conflict := P.dvc_stage_conflict(os.environ.get("DVC_STAGE"), config)) is not None:
-    raise WorkflowError(_dvc_conflict)
 SCOPE = config["scope"]
 DATA = config["data_dir"].rstrip("/")
-# weights: published writes everything under <results_dir>/published/ (never mixed with trained weights' results).
+# Everything is written under <results_dir>/<weights>/ (trained or published): the two sources never mix.
 WEIGHTS = P.weights_mode(config)
 RESULTS = P.results_root(config["results_dir"], config)
 RUNS = config["runs_dir"].rstrip("/")

@@ -1,4 +1,4 @@
-# Tables: every paper table from the evaluation summaries, beside the published numbers (results/<scope>/tables/;
+# Tables: every paper table from the evaluation summaries, beside the published numbers (results/<weights>/<scope>/tables/;
 # demo-scope tables say so). tables.tex and tables.md are written last.
 
 

@@ -11,7 +11,7 @@ def task_evals(target):
 
 
 rule reproduce_tables:
-    """Every table of the paper, ours beside the published numbers: results/<scope>/tables/."""
+    """Every table of the paper, ours beside the published numbers: results/<weights>/<scope>/tables/."""
     localrule: True
     input:
         P.table_files(RESULTS, SCOPE),
@@ -72,21 +72,21 @@ rule download_all:
 
 
 rule prepare_all:
-    """Every prepared dataset of the selected experiments, summed up in results/<scope>/data/manifest.json."""
+    """Every prepared dataset of the selected experiments, summed up in results/<weights>/<scope>/data/manifest.json."""
     localrule: True
     input:
         P.manifest_file(RESULTS, SCOPE),
 
 
 rule train_all:
-    """Every training (final weights in results/<scope>/weights/)."""
+    """Every training (final weights in results/<weights>/<scope>/weights/)."""
     localrule: True
     input:
         [P.weights_file(RESULTS, SCOPE, e) for e in EXPS],
 
 
 rule evaluate_all:
-    """Every evaluation (results/<scope>/eval/) and its metrics (results/<scope>/metrics/<exp>.json)."""
+    """Every evaluation (results/<weights>/<scope>/eval/) and its metrics (results/<weights>/<scope>/metrics/<exp>.json)."""
     localrule: True
     input:
         evals_of(EXPS),
