@@ -431,7 +431,7 @@ def test_cli_tables_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.chdir(tmp_path)
     parser = argparse.ArgumentParser(prog="mair")
     cli.register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["tables", "--scope", "demo", "--paper-results", str(paper), "--no-figures"])
+    args = parser.parse_args(["tables", "--scope", "demo", "--results-dir", "results", "--paper-results", str(paper), "--no-figures"])
     assert args.handler(args) == 0
     out = tmp_path / "results" / "demo" / "tables"
     assert {p.name for p in out.iterdir()} >= {

@@ -4,7 +4,7 @@ started by this module on loopback and stopped at its end (tests/slurm_cluster.p
 * Snakemake with workflow/profiles/slurm, demo scope, two experiments: every training and evaluation goes
   through sbatch, job states are read with squeue (sacct fails without accounting), the tables appear, a
   training stopped by its time limit resumes in a new job, every attempt's output stays in the run folder, the
-  SLURM job logs go under results/demo/, and the jobs read the checkout's own params/;
+  SLURM job logs go under results/trained/demo/, and the jobs read the checkout's own params/;
 * DVC with ``executor: slurm``: queued experiments run at once (``dvc queue start -j 2``), each stage's work as
   SLURM jobs.
 
@@ -141,7 +141,7 @@ def test_snakemake_on_slurm(cluster: SlurmCluster, tmp_path: Path) -> None:
     # No accounting here: the preflight switched the status queries to squeue.
     assert "job states are read with squeue" in output
     # The tables of the two experiments.
-    tables = (work / "results" / "demo" / "tables" / "tables.md").read_text()
+    tables = (work / "results" / "trained" / "demo" / "tables" / "tables.md").read_text()
     assert "DEMO SCOPE" in tables.upper()
 
     # The stopped training: SIGTERM reached it, it exited 75 (what the outer Snakemake shows), and the next job
@@ -159,9 +159,9 @@ def test_snakemake_on_slurm(cluster: SlurmCluster, tmp_path: Path) -> None:
     assert f"iterations 1..{SLOW_ITERS} of {SLOW_ITERS}" in first  # the copy's own params, not the install's
     assert "exit status 75" in output  # the outer Snakemake shows the failed attempt's log
     # SLURM job logs under the scope's results folder; the failed attempt's is kept.
-    slurm_logs = work / "results" / "demo" / "logs" / "slurm"
+    slurm_logs = work / "results" / "trained" / "demo" / "logs" / "slurm"
     assert (slurm_logs / "rule_train" / f"demo_{SLOW_EXP}" / f"{stopped_job}.log").is_file()
-    assert not (work / "results" / "paper").exists()
+    assert not (work / "results" / "trained" / "paper").exists()
 
 
 def test_a_job_cancelled_by_a_user_is_not_retried(cluster: SlurmCluster, tmp_path: Path) -> None:
@@ -171,7 +171,7 @@ def test_a_job_cancelled_by_a_user_is_not_retried(cluster: SlurmCluster, tmp_pat
     lengthen_demo_training(work, SLOW_EXP, SLOW_ITERS)
     command = [
         "snakemake", "--profile", "workflow/profiles/slurm", "--slurm-init-seconds-before-status-checks", "3",
-        f"results/demo/weights/{SLOW_EXP}.pth", "--config", "scope=demo", "slurm={cpu_mem_mb: 1000}",
+        f"results/trained/demo/weights/{SLOW_EXP}.pth", "--config", "scope=demo", "slurm={cpu_mem_mb: 1000}",
         "retries={train: 1}",
     ]  # fmt: skip
     started = time.monotonic()
@@ -204,7 +204,7 @@ def test_a_job_cancelled_by_a_user_is_not_retried(cluster: SlurmCluster, tmp_pat
     assert "not retried: SLURM job" in second and "cancelled by a user" in second
     assert "[mair train]" not in second  # the retry trained nothing
     assert (work / "runs" / "demo" / SLOW_EXP / "CANCELLED.json").is_file()
-    assert not (work / "results" / "demo" / "weights" / f"{SLOW_EXP}.pth").exists()
+    assert not (work / "results" / "trained" / "demo" / "weights" / f"{SLOW_EXP}.pth").exists()
 
 
 def job_span(ctld_log: str, job_id: str) -> tuple[str, str]:

@@ -286,7 +286,7 @@ def test_training_is_tracked_and_a_resumed_run_continues_the_same_mlflow_run(
     model = client.get_logged_model(tags["mair.model_id"])
     assert model.source_run_id == run_id and model.experiment_id == run.info.experiment_id
     assert model.name == "sr_light_t_x2" and str(model.status).endswith("READY")
-    weights = tmp_path / "results" / "demo" / "weights" / "sr_light_t_x2.pth"
+    weights = tmp_path / "results" / "trained" / "demo" / "weights" / "sr_light_t_x2.pth"
     assert tags["mair.weights_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
     assert {a.path for a in client.list_logged_model_artifacts(model.model_id)} == {"sr_light_t_x2.pth",
                                                                                      "config.yaml"}
