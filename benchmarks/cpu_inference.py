@@ -45,8 +45,10 @@ def main() -> None:
                 times[name].append(time.perf_counter() - start)
     VMM.torch_inference_fused = True
     diff = (outputs["fused"] - outputs["gathered"]).abs().max().item()
-    print(f"{args.experiment} 1x3x{args.size}x{args.size}, torch {torch.__version__}, {torch.get_num_threads()} "
-          f"threads, {platform.processor() or platform.machine()}")
+    print(
+        f"{args.experiment} 1x3x{args.size}x{args.size}, torch {torch.__version__}, {torch.get_num_threads()} "
+        f"threads, {platform.processor() or platform.machine()}"
+    )
     for name, values in times.items():
         kept = values[1:]
         print(f"  {name:9s} median {statistics.median(kept) * 1e3:8.1f} ms  min {min(kept) * 1e3:8.1f} ms")

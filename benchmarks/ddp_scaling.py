@@ -55,17 +55,47 @@ def main() -> None:
     rows, curves = [], {}
     for gpus in [int(g) for g in args.gpus.split(",")]:
         run_dir = work / f"run_{gpus}"
-        cmd = [sys.executable, "-m", "mair", "train", args.experiment, "--gpus", str(gpus), "--device", args.device,
-               "--max-iters", str(args.iters), "--run-dir", str(run_dir), "--data-dir", str(work),
-               "--results-dir", str(work / "results"), "--no-val", "--no-mlflow", "--no-resume",
-               "--precision", args.precision, "--checkpoint-every", str(args.iters), "--log-every", "1",
-               "--no-compile"]  # eager, as measured in docs/benchmarks.md
+        cmd = [
+            sys.executable,
+            "-m",
+            "mair",
+            "train",
+            args.experiment,
+            "--gpus",
+            str(gpus),
+            "--device",
+            args.device,
+            "--max-iters",
+            str(args.iters),
+            "--run-dir",
+            str(run_dir),
+            "--data-dir",
+            str(work),
+            "--results-dir",
+            str(work / "results"),
+            "--no-val",
+            "--no-mlflow",
+            "--no-resume",
+            "--precision",
+            args.precision,
+            "--checkpoint-every",
+            str(args.iters),
+            "--log-every",
+            "1",
+            "--no-compile",
+        ]  # eager, as measured in docs/benchmarks.md
         start = time.time()
         print(f"{gpus} GPU(s): {' '.join(cmd)}", flush=True)
         log_path = args.out.parent / f"train_{gpus}gpu.log"
         with log_path.open("w") as log_file:  # streamed, so a run that hangs still leaves its output
-            proc = subprocess.run(cmd, cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT, text=True,
-                                  env=dict(os.environ, PYTHONUNBUFFERED="1"))
+            proc = subprocess.run(
+                cmd,
+                cwd=REPO,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                text=True,
+                env=dict(os.environ, PYTHONUNBUFFERED="1"),
+            )
         tail = log_path.read_text()[-2000:]
         wall = time.time() - start
         if proc.returncode != 0:
@@ -75,14 +105,23 @@ def main() -> None:
         log = _read_log(run_dir / "train_log.csv")
         # The log's "seconds" column is the run's elapsed time: per-iteration times are its differences.
         elapsed = [r["seconds"] for r in log]
-        secs = [b - a for a, b in zip(elapsed[args.skip:], elapsed[args.skip + 1:], strict=False)]
+        secs = [b - a for a, b in zip(elapsed[args.skip :], elapsed[args.skip + 1 :], strict=False)]
         per_iter = statistics.median(secs)
         curves[gpus] = [r["loss"] for r in log]
         models = run_dir / "models"
         checkpoints = sorted(p.name for p in models.glob("*.pth")) if models.is_dir() else []
-        rows.append({"gpus": gpus, "accumulation": effective // (exp["train"]["batch_per_gpu"] * gpus),
-                     "iterations": len(log), "s_per_iter": per_iter, "iters_per_s": 1 / per_iter,
-                     "images_per_s": effective / per_iter, "wall_s": wall, "checkpoints": checkpoints})
+        rows.append(
+            {
+                "gpus": gpus,
+                "accumulation": effective // (exp["train"]["batch_per_gpu"] * gpus),
+                "iterations": len(log),
+                "s_per_iter": per_iter,
+                "iters_per_s": 1 / per_iter,
+                "images_per_s": effective / per_iter,
+                "wall_s": wall,
+                "checkpoints": checkpoints,
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
         _write(args.out, args.experiment, effective, rows, curves)  # after every run: a timed-out job keeps these
     result = _write(args.out, args.experiment, effective, rows, curves)
@@ -99,8 +138,13 @@ def _write(out: Path, experiment: str, effective: int, rows: list[dict], curves:
         row["speedup"] = row["iters_per_s"] / base
     ref = curves.get(min(curves)) if curves else None
     diffs = {g: max(abs(a - b) for a, b in zip(c, ref, strict=False)) for g, c in curves.items()} if ref else {}
-    result = {"experiment": experiment, "effective_batch": effective, "rows": rows,
-              "max_abs_loss_diff_vs_fewest_gpus": diffs, "loss_curves": curves}
+    result = {
+        "experiment": experiment,
+        "effective_batch": effective,
+        "rows": rows,
+        "max_abs_loss_diff_vs_fewest_gpus": diffs,
+        "loss_curves": curves,
+    }
     out.write_text(json.dumps(result, indent=2))
     return result
 

@@ -21,9 +21,13 @@ from mair.models.dwconv import depthwise_conv2d, depthwise_conv2d_reference
 
 # (name, batch, height, width, channels): classic SR x2 train, MaIR-T x4 and MaIR-S x4 train, colour DN train,
 # classic SR x2 inference
-SHAPES = {"sr_classic_x2_train": (4, 64, 64, 360), "sr_light_t_x4_train": (16, 64, 64, 66),
-          "sr_light_s_x4_train": (16, 64, 64, 84), "dn_color_train": (1, 128, 128, 234),
-          "sr_classic_x2_infer": (1, 256, 256, 360)}
+SHAPES = {
+    "sr_classic_x2_train": (4, 64, 64, 360),
+    "sr_light_t_x4_train": (16, 64, 64, 66),
+    "sr_light_s_x4_train": (16, 64, 64, 84),
+    "dn_color_train": (1, 128, 128, 234),
+    "sr_classic_x2_infer": (1, 256, 256, 360),
+}
 
 
 def gpu_ms(fn: Callable[[], None], repeat: int) -> float:
@@ -52,9 +56,16 @@ def operands(batch: int, height: int, width: int, channels: int) -> tuple[torch.
     return x, weight, bias, grad
 
 
-def time_conv(conv: Callable[..., torch.Tensor], x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
-              dy: torch.Tensor, repeat: int) -> str:
+def time_conv(
+    conv: Callable[..., torch.Tensor],
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    dy: torch.Tensor,
+    repeat: int,
+) -> str:
     """``conv``'s forward and forward + backward GPU times."""
+
     def forward() -> None:
         with torch.no_grad():
             conv(x, weight, bias)
@@ -80,8 +91,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shapes", default=",".join(SHAPES), help="workload names or BxHxWxC, comma-separated")
     parser.add_argument("--repeat", type=int, default=20)
-    parser.add_argument("--tiles", nargs="*", default=None, metavar="BP,BC,WARPS",
-                        help="time the Triton op only, once per tile choice (MAIR_DWCONV_TILES)")
+    parser.add_argument(
+        "--tiles",
+        nargs="*",
+        default=None,
+        metavar="BP,BC,WARPS",
+        help="time the Triton op only, once per tile choice (MAIR_DWCONV_TILES)",
+    )
     args = parser.parse_args()
     torch.backends.cudnn.benchmark = False
     for spec in args.shapes.split(","):
@@ -92,8 +108,9 @@ def main() -> None:
         for tiles in args.tiles:
             os.environ["MAIR_DWCONV_TILES"] = tiles
             x, weight, bias, grad = operands(batch, height, width, channels)
-            print(f"{spec} tiles {tiles}: {time_conv(depthwise_conv2d, x, weight, bias, grad, args.repeat)}",
-                  flush=True)
+            print(
+                f"{spec} tiles {tiles}: {time_conv(depthwise_conv2d, x, weight, bias, grad, args.repeat)}", flush=True
+            )
 
 
 if __name__ == "__main__":

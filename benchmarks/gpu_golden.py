@@ -1,6 +1,6 @@
 """On a CUDA GPU: every golden file (official outputs and input gradients) through each scan backend.
 
-    MAIR_SHARED_DIR=../shared python benchmarks/gpu_golden.py --backends torch,mamba,triton --out golden.json
+MAIR_SHARED_DIR=../shared python benchmarks/gpu_golden.py --backends torch,mamba,triton --out golden.json
 """
 
 from __future__ import annotations
@@ -38,12 +38,22 @@ def main() -> None:
                 x = case["input"].cuda().requires_grad_(True)
                 out = model(x)
                 (grad,) = torch.autograd.grad(out.sum(), x)
-                out_err = float((out.detach().cpu().double() - case["output"].double()).norm()
-                                / case["output"].double().norm())
-                grad_err = float((grad.cpu().double() - case["input_grad"].double()).norm()
-                                 / case["input_grad"].double().norm())
-                rows.append({"file": path.stem, "case": i, "backend": backend, "output_rel_err": out_err,
-                             "input_grad_rel_err": grad_err, "ok": out_err <= 1e-5 and grad_err <= 1e-4})
+                out_err = float(
+                    (out.detach().cpu().double() - case["output"].double()).norm() / case["output"].double().norm()
+                )
+                grad_err = float(
+                    (grad.cpu().double() - case["input_grad"].double()).norm() / case["input_grad"].double().norm()
+                )
+                rows.append(
+                    {
+                        "file": path.stem,
+                        "case": i,
+                        "backend": backend,
+                        "output_rel_err": out_err,
+                        "input_grad_rel_err": grad_err,
+                        "ok": out_err <= 1e-5 and grad_err <= 1e-4,
+                    }
+                )
                 print(json.dumps(rows[-1]), flush=True)
     if args.out:
         Path(args.out).write_text(json.dumps(rows, indent=2))

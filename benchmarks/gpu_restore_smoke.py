@@ -36,9 +36,27 @@ def main() -> None:
     net = load_experiment("sr_light_t_x4")["network"]
     save_weights(from_official(net["arch"], **net["kwargs"]), work / "t_x4.pth")
     start = time.time()
-    subprocess.run([sys.executable, "-m", "mair", "restore", "--experiment", "sr_light_t_x4", "--weights",
-                    str(work / "t_x4.pth"), str(work / "big.png"), "-o", str(work / "out"), "--tile", str(args.tile),
-                    "--device", "cuda", "--quiet"], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mair",
+            "restore",
+            "--experiment",
+            "sr_light_t_x4",
+            "--weights",
+            str(work / "t_x4.pth"),
+            str(work / "big.png"),
+            "-o",
+            str(work / "out"),
+            "--tile",
+            str(args.tile),
+            "--device",
+            "cuda",
+            "--quiet",
+        ],
+        check=True,
+    )
     out = cv2.imread(str(work / "out" / "big.png"))
     print(f"restore {width}x{height} x4 tiles {args.tile}: {time.time() - start:.1f} s, output {out.shape}")
 
@@ -46,11 +64,31 @@ def main() -> None:
     save_weights(from_official(demo["arch"], **demo["kwargs"]), work / "demo_t_x2.pth")
     subprocess.run([sys.executable, "-m", "mair", "data", "demo", "--data-dir", str(work / "data")], check=True)
     start = time.time()
-    subprocess.run([sys.executable, "-m", "mair", "evaluate", "sr_light_t_x2", "--scope", "demo", "--weights",
-                    str(work / "demo_t_x2.pth"), "--device", "cuda", "--results-dir", str(work / "results"),
-                    "--data-dir", str(work / "data"), "--self-ensemble"], check=True)
-    print(f"evaluate demo sr_light_t_x2 (+ MaIR+) on cuda: {time.time() - start:.1f} s; "
-          f"summaries: {sorted(p.name for p in (work / 'results').rglob('*.json'))}")
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mair",
+            "evaluate",
+            "sr_light_t_x2",
+            "--scope",
+            "demo",
+            "--weights",
+            str(work / "demo_t_x2.pth"),
+            "--device",
+            "cuda",
+            "--results-dir",
+            str(work / "results"),
+            "--data-dir",
+            str(work / "data"),
+            "--self-ensemble",
+        ],
+        check=True,
+    )
+    print(
+        f"evaluate demo sr_light_t_x2 (+ MaIR+) on cuda: {time.time() - start:.1f} s; "
+        f"summaries: {sorted(p.name for p in (work / 'results').rglob('*.json'))}"
+    )
     print("cuda max memory of this process:", torch.cuda.max_memory_allocated() / 2**30)
 
 

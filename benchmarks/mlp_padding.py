@@ -48,8 +48,10 @@ def main() -> None:
         for multiple in (int(m) for m in args.multiples.split(",")):
             Mlp.hidden_multiple = multiple
             padded = args.hidden + (-args.hidden % multiple)
-            print(f"hidden {args.hidden} -> {padded} (multiple {multiple}): "
-                  f"{gpu_ms(mlp, x, grad, args.repeat):.3f} ms GPU time per forward + backward")
+            print(
+                f"hidden {args.hidden} -> {padded} (multiple {multiple}): "
+                f"{gpu_ms(mlp, x, grad, args.repeat):.3f} ms GPU time per forward + backward"
+            )
     finally:
         Mlp.hidden_multiple = default
 

@@ -28,13 +28,21 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=None, help="input side; default 64 (train) or 256 (--infer)")
     parser.add_argument("--rows", type=int, default=25)
     parser.add_argument("--precision", default="fp32", help="fp32, tf32 or bf16 (mair.precision)")
-    parser.add_argument("--compile-mode", default=None, choices=COMPILE_MODES,
-                        help="profile the torch.compile'd network (the scan as custom ops) in this mode")
-    parser.add_argument("--per-kind", type=int, default=0, metavar="N",
-                        help="also print the N most expensive kernels of each kind")
-    parser.add_argument("--shapes", action="store_true",
-                        help="also print the matrix products by operand shapes with their TFLOP/s (needs the "
-                             "operators recorded: eager or a compile mode without CUDA graphs)")
+    parser.add_argument(
+        "--compile-mode",
+        default=None,
+        choices=COMPILE_MODES,
+        help="profile the torch.compile'd network (the scan as custom ops) in this mode",
+    )
+    parser.add_argument(
+        "--per-kind", type=int, default=0, metavar="N", help="also print the N most expensive kernels of each kind"
+    )
+    parser.add_argument(
+        "--shapes",
+        action="store_true",
+        help="also print the matrix products by operand shapes with their TFLOP/s (needs the "
+        "operators recorded: eager or a compile mode without CUDA graphs)",
+    )
     args = parser.parse_args()
     batch = args.batch or (1 if args.infer else 4)
     size = args.size or (256 if args.infer else 64)
@@ -133,8 +141,9 @@ def print_operator_shapes(prof) -> None:
     print(f"matrix products: {sum(r[0] for r in rows):.1f} ms; by shapes (device ms, calls, TFLOP/s, op, shapes):")
     for ms, count, name, shapes, tflops in rows[:40]:
         print(f"{ms:9.2f} {count:6d} {tflops:7.1f}  {name} {shapes}")
-    others = [e for e in by_shape
-              if e.key.startswith("aten::") and e.key not in MATMUL_OPS and e.self_device_time_total > 0]
+    others = [
+        e for e in by_shape if e.key.startswith("aten::") and e.key not in MATMUL_OPS and e.self_device_time_total > 0
+    ]
     others.sort(key=lambda e: e.self_device_time_total, reverse=True)
     print("other operators by shapes (self device ms, calls, op, shapes):")
     for e in others[:40]:

@@ -64,8 +64,9 @@ def gpu_chunk_states_bytes(batch: int, length: int, inner: int, d_state: int) ->
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backend", default="triton", choices=["triton", "torch"])
-    parser.add_argument("--batch", type=int, default=3, help="batch of the measured block (not 4: told apart "
-                        "from the four scans)")
+    parser.add_argument(
+        "--batch", type=int, default=3, help="batch of the measured block (not 4: told apart from the four scans)"
+    )
     parser.add_argument("--side", type=int, default=8, help="feature map side of the measured block")
     parser.add_argument("--width", type=int, default=180, help="block width C (the target's)")
     parser.add_argument("--d-state", type=int, default=16)
@@ -88,8 +89,10 @@ def main() -> None:
         per_block += target
         note = "  chunk states, GPU chunk length" if is_states else "" if per_token else "  (not per token)"
         print(f"{target / 2**20:10.1f}  {target / unit:6.2f}  {shape}{note}")
-    print(f"per block {per_block / 2**20:.1f} MiB; {args.blocks} blocks {per_block * args.blocks / 2**30:.2f} GiB "
-          f"(batch {args.target_batch}, {args.target_side}x{args.target_side}, C {args.width})")
+    print(
+        f"per block {per_block / 2**20:.1f} MiB; {args.blocks} blocks {per_block * args.blocks / 2**30:.2f} GiB "
+        f"(batch {args.target_batch}, {args.target_side}x{args.target_side}, C {args.width})"
+    )
 
 
 if __name__ == "__main__":

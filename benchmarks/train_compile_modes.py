@@ -24,10 +24,33 @@ REPO = Path(__file__).resolve().parents[1]
 
 def run_mode(mode: str, args: argparse.Namespace, data: Path, work: Path) -> dict:
     """Train ``args.iters`` iterations in ``mode`` ('eager' or a compile mode); losses and timings."""
-    cmd = [sys.executable, "-m", "mair", "train", args.experiment, "--scope", "demo", "--device", args.device,
-           "--data-dir", str(data), "--run-dir", str(work / mode), "--results-dir", str(work / f"res_{mode}"),
-           "--max-iters", str(args.iters), "--no-mlflow", "--no-val", "--log-every", "1",
-           "--precision", args.precision, "--num-workers", "0"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mair",
+        "train",
+        args.experiment,
+        "--scope",
+        "demo",
+        "--device",
+        args.device,
+        "--data-dir",
+        str(data),
+        "--run-dir",
+        str(work / mode),
+        "--results-dir",
+        str(work / f"res_{mode}"),
+        "--max-iters",
+        str(args.iters),
+        "--no-mlflow",
+        "--no-val",
+        "--log-every",
+        "1",
+        "--precision",
+        args.precision,
+        "--num-workers",
+        "0",
+    ]
     cmd += ["--no-compile"] if mode == "eager" else ["--compile-mode", mode]
     start = time.perf_counter()
     path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
@@ -63,8 +86,9 @@ def main() -> None:
     eager = next((r for r in results if r["mode"] == "eager" and r["ok"]), None)
     for r in results:
         if r["ok"] and eager is not None:
-            r["max_rel_loss_diff"] = max(abs(a - b) / max(abs(b), 1e-12) for a, b in zip(r["losses"], eager["losses"],
-                                                                                          strict=True))
+            r["max_rel_loss_diff"] = max(
+                abs(a - b) / max(abs(b), 1e-12) for a, b in zip(r["losses"], eager["losses"], strict=True)
+            )
         print(json.dumps({k: v for k, v in r.items() if k != "losses"}), flush=True)
     if args.out:
         args.out.write_text(json.dumps(results, indent=1))

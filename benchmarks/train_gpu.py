@@ -65,16 +65,18 @@ def _stages(exp: dict[str, Any]) -> list[tuple[int, int, int]]:
     return out
 
 
-def time_experiment(exp: dict[str, Any], device: torch.device, iters: int, warmup: int,
-                    precision: str) -> list[dict[str, Any]]:
+def time_experiment(
+    exp: dict[str, Any], device: torch.device, iters: int, warmup: int, precision: str
+) -> list[dict[str, Any]]:
     """Iterations per second of one experiment's training step on synthetic data, per progressive stage."""
     torch.manual_seed(0)
     net = from_official(exp["network"]["arch"], **exp["network"]["kwargs"]).to(device).train()
     train = exp["train"]
     optim = train["optimizer"]
     cls = torch.optim.Adam if optim["type"] == "Adam" else torch.optim.AdamW
-    opt = cls(net.parameters(), lr=float(optim["lr"]), betas=tuple(optim["betas"]),
-              weight_decay=float(optim["weight_decay"]))
+    opt = cls(
+        net.parameters(), lr=float(optim["lr"]), betas=tuple(optim["betas"]), weight_decay=float(optim["weight_decay"])
+    )
     loss_fn = build_loss(train["loss"])
     scale = int(exp["scale"])
     clip = train.get("grad_clip")
@@ -87,8 +89,11 @@ def time_experiment(exp: dict[str, Any], device: torch.device, iters: int, warmu
 
         def step(lq: torch.Tensor = lq, gt: torch.Tensor = gt) -> float:
             opt.zero_grad(set_to_none=True)
-            ctx = (torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16"
-                   else torch.autocast(device.type, enabled=False))
+            ctx = (
+                torch.autocast(device.type, dtype=torch.bfloat16)
+                if precision == "bf16"
+                else torch.autocast(device.type, enabled=False)
+            )
             with ctx:
                 out = net(lq)
             loss = loss_fn(out.float(), gt)
@@ -108,16 +113,27 @@ def time_experiment(exp: dict[str, Any], device: torch.device, iters: int, warmu
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - start
-        entry = {"experiment": exp["id"], "scope": exp["scope"], "stage_from_iter": first_iter, "batch": batch,
-                 "lq_patch": patch, "iters": iters, "seconds": seconds, "it_per_s": iters / seconds,
-                 "samples_per_s": iters * batch / seconds, "precision": precision}
+        entry = {
+            "experiment": exp["id"],
+            "scope": exp["scope"],
+            "stage_from_iter": first_iter,
+            "batch": batch,
+            "lq_patch": patch,
+            "iters": iters,
+            "seconds": seconds,
+            "it_per_s": iters / seconds,
+            "samples_per_s": iters * batch / seconds,
+            "precision": precision,
+        }
         if device.type == "cuda":
             entry["peak_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
         # Whole paper run at this speed on one device (per-GPU batch; a multi-GPU run divides by the GPUs).
         entry["paper_iters"] = int(train["total_iter"])
         results.append(entry)
-        print(f"  {exp['id']:<15} stage@{first_iter:<7} batch {batch:>2} patch {patch:>3}: "
-              f"{entry['it_per_s']:.2f} it/s", flush=True)
+        print(
+            f"  {exp['id']:<15} stage@{first_iter:<7} batch {batch:>2} patch {patch:>3}: {entry['it_per_s']:.2f} it/s",
+            flush=True,
+        )
     return results
 
 
@@ -129,8 +145,9 @@ def _read_losses(run_dir: Path) -> dict[int, float]:
         return {int(r["iter"]): float(r["loss"]) for r in csv.DictReader(handle)}
 
 
-def ddp_vs_accum(device: str, work: Path, iters: int | None, compile_modes: tuple[str, ...] = ("eager",)
-                 ) -> dict[str, Any]:
+def ddp_vs_accum(
+    device: str, work: Path, iters: int | None, compile_modes: tuple[str, ...] = ("eager",)
+) -> dict[str, Any]:
     """Train the small experiment with 2 processes and with 1 process x accumulation 2 (eager); compare the
     losses. ``compile_modes``: the 2-process run once per mode (``eager`` or a ``--compile-mode``)."""
     from mair.data.demo import build_demo
@@ -143,36 +160,70 @@ def ddp_vs_accum(device: str, work: Path, iters: int | None, compile_modes: tupl
     doc["demo"]["network_kwargs"]["drop_path_rate"] = 0.0  # no per-rank randomness in the network
     doc["demo"]["train"].update({"batch_per_gpu": 2, "gpus": 2, "effective_batch": 4})
     exp_file.write_text(yaml.safe_dump(doc, sort_keys=False))
-    common = [sys.executable, "-m", "mair.cli", "train", str(exp_file), "--scope", "demo", "--device", device,
-              "--data-dir", str(data), "--no-val", "--no-mlflow", "--log-every", "1", "--num-workers", "0",
-              "--results-dir", str(work / "results")]
+    common = [
+        sys.executable,
+        "-m",
+        "mair.cli",
+        "train",
+        str(exp_file),
+        "--scope",
+        "demo",
+        "--device",
+        device,
+        "--data-dir",
+        str(data),
+        "--no-val",
+        "--no-mlflow",
+        "--log-every",
+        "1",
+        "--num-workers",
+        "0",
+        "--results-dir",
+        str(work / "results"),
+    ]
     if iters:
         common += ["--max-iters", str(iters)]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     runs = {}
     plan = [("accum2", ["--gpus", "1", "--no-compile"])]
     for mode in compile_modes:
-        plan.append(("ddp2" if mode == "eager" else f"ddp2-{mode}",
-                     ["--gpus", "2"] + (["--no-compile"] if mode == "eager" else ["--compile-mode", mode])))
+        plan.append(
+            (
+                "ddp2" if mode == "eager" else f"ddp2-{mode}",
+                ["--gpus", "2"] + (["--no-compile"] if mode == "eager" else ["--compile-mode", mode]),
+            )
+        )
     for name, extra in plan:
         run_dir = work / name
         start = time.perf_counter()
         subprocess.run([*common, "--run-dir", str(run_dir), *extra], check=True, env=env, cwd=work)
         runs[name] = {"seconds": time.perf_counter() - start, "losses": _read_losses(run_dir)}
     b = runs["accum2"]["losses"]
-    result: dict[str, Any] = {"experiment": DDP_EXPERIMENT, "device": device,
-                              "seconds": {k: v["seconds"] for k, v in runs.items()}, "final_loss_accum2": b[max(b)]}
+    result: dict[str, Any] = {
+        "experiment": DDP_EXPERIMENT,
+        "device": device,
+        "seconds": {k: v["seconds"] for k, v in runs.items()},
+        "final_loss_accum2": b[max(b)],
+    }
     for name, run in runs.items():
         if name == "accum2":
             continue
         a = run["losses"]
         common_iters = sorted(set(a) & set(b))
         diff = max(abs(a[i] - b[i]) for i in common_iters)
-        key = "" if name == "ddp2" else name[len("ddp2"):].replace("-", "_")
-        result.update({f"iterations{key}": len(common_iters), f"max_abs_loss_diff{key}": diff,
-                       f"final_loss_ddp2{key}": a[common_iters[-1]]})
-        print(f"(a) DDP 2 processes ({name}) vs 1 process x accumulation 2 (eager): max |loss difference| over "
-              f"{len(common_iters)} iterations = {diff:.3e}", flush=True)
+        key = "" if name == "ddp2" else name[len("ddp2") :].replace("-", "_")
+        result.update(
+            {
+                f"iterations{key}": len(common_iters),
+                f"max_abs_loss_diff{key}": diff,
+                f"final_loss_ddp2{key}": a[common_iters[-1]],
+            }
+        )
+        print(
+            f"(a) DDP 2 processes ({name}) vs 1 process x accumulation 2 (eager): max |loss difference| over "
+            f"{len(common_iters)} iterations = {diff:.3e}",
+            flush=True,
+        )
     return result
 
 
@@ -188,11 +239,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=None, help="untimed iterations (default 5; tiny: 1)")
     parser.add_argument("--experiments", nargs="*", default=None, help="subset of experiment ids for (b)")
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
-    parser.add_argument("--ddp", action=argparse.BooleanOptionalAction, default=None,
-                        help="run (a) (default: on for cuda with >= 2 GPUs, off otherwise)")
+    parser.add_argument(
+        "--ddp",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="run (a) (default: on for cuda with >= 2 GPUs, off otherwise)",
+    )
     parser.add_argument("--ddp-iters", type=int, default=None, help="iterations of (a) (default: all 30)")
-    parser.add_argument("--ddp-compile-modes", default="eager",
-                        help="comma-separated: the 2-process run of (a) once per mode (eager or a --compile-mode)")
+    parser.add_argument(
+        "--ddp-compile-modes",
+        default="eager",
+        help="comma-separated: the 2-process run of (a) once per mode (eager or a --compile-mode)",
+    )
     parser.add_argument("--no-throughput", action="store_true", help="skip (b)")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -203,8 +261,11 @@ def main(argv: list[str] | None = None) -> int:
     ids = args.experiments or experiment_ids()
     report: dict[str, Any] = {
         "device": torch.cuda.get_device_name(0) if device.type == "cuda" else platform.processor() or "cpu",
-        "torch": torch.__version__, "tiny": args.tiny, "precision": args.precision,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "throughput": [],
+        "torch": torch.__version__,
+        "tiny": args.tiny,
+        "precision": args.precision,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "throughput": [],
     }
     from mair.models.scan import describe_backend_choice
 

@@ -17,7 +17,7 @@ import os
 import subprocess
 import sys
 
-CHILD = r'''
+CHILD = r"""
 import torch, triton
 from mair.models.nss import scan_orders
 from mair.models.scan.triton_backend import nss_scan
@@ -71,27 +71,44 @@ def kernel_ms(fn, calls=20):
         torch.cuda.synchronize()
     return sum(e.self_device_time_total for e in prof.key_averages()) / 1e3 / calls
 print(f"RESULT {{f:.3f}} {{fb:.3f}} {{kernel_ms(fwd):.3f}} {{kernel_ms(fwdbwd):.3f}}")
-'''
+"""
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--configs", default="default",
-                        help="';'-separated BL,BD,warps ('default': tile_config's choice)")
-    parser.add_argument("--variants", default="step",
-                        help="';'-separated backward tiles: step (the default) or step:BD,S")
+    parser.add_argument(
+        "--configs", default="default", help="';'-separated BL,BD,warps ('default': tile_config's choice)"
+    )
+    parser.add_argument(
+        "--variants", default="step", help="';'-separated backward tiles: step (the default) or step:BD,S"
+    )
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--side", type=int, default=64, help="feature map side (L = side^2)")
     parser.add_argument("--channels", type=int, default=360)
     parser.add_argument("--state", type=int, default=16)
     parser.add_argument("--gated", action="store_true", help="time nss_scan_gated (scan, SSA gate and sum)")
-    parser.add_argument("--rank", type=int, default=0, help="Δ from a rank-R input projected inside the op, as "
-                        "in the model (classic SR: 12); 0 (default, as in earlier rounds): full Δ")
-    parser.add_argument("--profile", action="store_true", help="also print the CUDA kernels of 10 forward+backward "
-                        "calls per configuration (torch profiler)")
+    parser.add_argument(
+        "--rank",
+        type=int,
+        default=0,
+        help="Δ from a rank-R input projected inside the op, as "
+        "in the model (classic SR: 12); 0 (default, as in earlier rounds): full Δ",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="also print the CUDA kernels of 10 forward+backward calls per configuration (torch profiler)",
+    )
     args = parser.parse_args()
-    code = CHILD.format(channels=args.channels, state=args.state, batch=args.batch, side=args.side,
-                        profile=args.profile, gated=args.gated, rank=args.rank)
+    code = CHILD.format(
+        channels=args.channels,
+        state=args.state,
+        batch=args.batch,
+        side=args.side,
+        profile=args.profile,
+        gated=args.gated,
+        rank=args.rank,
+    )
     for config in [c for c in args.configs.split(";") if c.strip()]:
         for variant in [v.strip() for v in args.variants.split(";") if v.strip()]:
             env = dict(os.environ)
@@ -104,8 +121,7 @@ def main() -> None:
             env.pop("MAIR_TRITON_BWD_STEP", None)
             if tile:
                 env["MAIR_TRITON_BWD_STEP"] = tile
-            proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                                  timeout=300)
+            proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
             line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")), None)
             label = f"{config} {variant}"
             if args.profile:
@@ -114,8 +130,10 @@ def main() -> None:
                 print(f"{label:>28}: failed: {proc.stderr.strip().splitlines()[-3:]}", flush=True)
             else:
                 f, fb, kf, kfb = line.split()[1:]
-                print(f"{label:>28}: fwd {f} ms  fwd+bwd {fb} ms (wall, median); kernels: fwd {kf} ms  "
-                      f"fwd+bwd {kfb} ms", flush=True)
+                print(
+                    f"{label:>28}: fwd {f} ms  fwd+bwd {fb} ms (wall, median); kernels: fwd {kf} ms  fwd+bwd {kfb} ms",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

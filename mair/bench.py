@@ -38,18 +38,33 @@ class Workload:
 
 
 # The performance issue's table (official times measured on one H100 80GB, fp32).
-WORKLOADS: dict[str, Workload] = {w.name: w for w in [
-    Workload("sr_classic_x2_train", "train", "sr_classic_x2", 4, 64),
-    Workload("sr_light_t_x4_train", "train", "sr_light_t_x4", 16, 64),
-    Workload("sr_light_s_x4_train", "train", "sr_light_s_x4", 16, 64),
-    Workload("dn_color_train", "train", "dn_color_s15", 1, 128),
-    Workload("sr_classic_x2_infer", "infer", "sr_classic_x2", 1, 256),
-    Workload("scan_fwd", "scan", None, 4, 64),
-]}
-OFFICIAL_MS = {"sr_classic_x2_train": 491.0, "sr_light_t_x4_train": 222.0, "sr_light_s_x4_train": 369.0,
-               "dn_color_train": 261.0, "sr_classic_x2_infer": 551.0, "scan_fwd": 0.88}
-TARGET_MS = {"sr_classic_x2_train": 120.0, "sr_light_t_x4_train": 60.0, "sr_light_s_x4_train": 100.0,
-             "dn_color_train": 70.0, "sr_classic_x2_infer": 60.0, "scan_fwd": 0.9}
+WORKLOADS: dict[str, Workload] = {
+    w.name: w
+    for w in [
+        Workload("sr_classic_x2_train", "train", "sr_classic_x2", 4, 64),
+        Workload("sr_light_t_x4_train", "train", "sr_light_t_x4", 16, 64),
+        Workload("sr_light_s_x4_train", "train", "sr_light_s_x4", 16, 64),
+        Workload("dn_color_train", "train", "dn_color_s15", 1, 128),
+        Workload("sr_classic_x2_infer", "infer", "sr_classic_x2", 1, 256),
+        Workload("scan_fwd", "scan", None, 4, 64),
+    ]
+}
+OFFICIAL_MS = {
+    "sr_classic_x2_train": 491.0,
+    "sr_light_t_x4_train": 222.0,
+    "sr_light_s_x4_train": 369.0,
+    "dn_color_train": 261.0,
+    "sr_classic_x2_infer": 551.0,
+    "scan_fwd": 0.88,
+}
+TARGET_MS = {
+    "sr_classic_x2_train": 120.0,
+    "sr_light_t_x4_train": 60.0,
+    "sr_light_s_x4_train": 100.0,
+    "dn_color_train": 70.0,
+    "sr_classic_x2_infer": 60.0,
+    "scan_fwd": 0.9,
+}
 
 
 def experiment_workload(experiment_id: str) -> Workload:
@@ -113,10 +128,19 @@ def _build(workload: Workload, device: torch.device) -> tuple[torch.nn.Module, i
     return from_official(net["arch"], **net["kwargs"]).to(device), upscale(net)
 
 
-def run_workload(workload: Workload, backend: str | None, precision: str, device: torch.device,
-                 warmup: int = 3, repeat: int = 10, compile_model: bool = False,
-                 compile_mode: str | None = None, adam: str = "default",
-                 network: torch.nn.Module | None = None, runtime: Any = None) -> dict[str, Any]:
+def run_workload(
+    workload: Workload,
+    backend: str | None,
+    precision: str,
+    device: torch.device,
+    warmup: int = 3,
+    repeat: int = 10,
+    compile_model: bool = False,
+    compile_mode: str | None = None,
+    adam: str = "default",
+    network: torch.nn.Module | None = None,
+    runtime: Any = None,
+) -> dict[str, Any]:
     """Time one workload; returns a result row (``compile_mode``: a ``torch.compile`` mode, implies
     ``compile_model``; ``adam``: Adam's implementation in training steps, ``default`` as ``mair train`` chooses
     (:func:`mair.train.optimizers.adam_implementation`), ``foreach`` or ``fused``; ``network``: a ready
@@ -159,9 +183,15 @@ def run_workload(workload: Workload, backend: str | None, precision: str, device
             model.train()
             target = torch.rand(workload.batch, 3, workload.size * scale, workload.size * scale, generator=gen)
             target = target.to(device)
-            impl = runtime.adam_kwargs() if runtime is not None else {
-                "default": adam_implementation(device.type), "foreach": {"foreach": True},
-                "fused": {"fused": True}}[adam]
+            impl = (
+                runtime.adam_kwargs()
+                if runtime is not None
+                else {
+                    "default": adam_implementation(device.type),
+                    "foreach": {"foreach": True},
+                    "fused": {"fused": True},
+                }[adam]
+            )
             optimizer = torch.optim.Adam(model.parameters(), lr=2e-4, betas=(0.9, 0.99), **impl)
 
             def fn() -> None:
@@ -176,13 +206,24 @@ def run_workload(workload: Workload, backend: str | None, precision: str, device
             def fn() -> None:
                 with torch.no_grad(), autocast(precision, device.type):
                     step_model(x)
+
     with matmul_precision(precision):
         times = timer(fn)
-    row = {"workload": workload.name, "kind": workload.kind, "experiment": workload.experiment,
-           "batch": workload.batch, "size": workload.size, "backend": backend or "auto", "precision": precision,
-           "compiled": compile_mode or compile_model, "adam": adam if workload.kind == "train" else None,
-           "ms_median": statistics.median(times), "ms_min": min(times),
-           "official_ms": OFFICIAL_MS.get(workload.name), "target_ms": TARGET_MS.get(workload.name)}
+    row = {
+        "workload": workload.name,
+        "kind": workload.kind,
+        "experiment": workload.experiment,
+        "batch": workload.batch,
+        "size": workload.size,
+        "backend": backend or "auto",
+        "precision": precision,
+        "compiled": compile_mode or compile_model,
+        "adam": adam if workload.kind == "train" else None,
+        "ms_median": statistics.median(times),
+        "ms_min": min(times),
+        "official_ms": OFFICIAL_MS.get(workload.name),
+        "target_ms": TARGET_MS.get(workload.name),
+    }
     if runtime is not None:
         compiled = (runtime.compile_mode or runtime.compile_backend or False) if workload.kind != "scan" else False
         adam_name = ("fused" if runtime.fused_adam else "torch default") if workload.kind == "train" else None
@@ -192,8 +233,9 @@ def run_workload(workload: Workload, backend: str | None, precision: str, device
     return row
 
 
-def _scan_job(workload: Workload, backend: str | None, device: torch.device,
-              gen: torch.Generator) -> Callable[[], None]:
+def _scan_job(
+    workload: Workload, backend: str | None, device: torch.device, gen: torch.Generator
+) -> Callable[[], None]:
     """The scan of one classic-SR VMM (K·D = 4·360 channels, N 16) on a 64x64 map, forward only, with the
     scan-order gather and the inverse scatter included."""
     from mair.models.nss import scan_orders
@@ -227,8 +269,9 @@ def _scan_job(workload: Workload, backend: str | None, device: torch.device,
     def gathered() -> None:
         with torch.no_grad():
             xs = x.index_select(2, scan_ids.reshape(-1)).view(batch, channels, groups, length).transpose(1, 2)
-            y = selective_scan(xs.reshape(batch, groups * channels, length), dts, A, bs, cs, D, bias, True,
-                               backend=backend).view(batch, groups, channels, length)
+            y = selective_scan(
+                xs.reshape(batch, groups * channels, length), dts, A, bs, cs, D, bias, True, backend=backend
+            ).view(batch, groups, channels, length)
             torch.stack([y[:, k].index_select(2, inverse_ids[k]) for k in range(groups)], 1)
 
     return gathered
@@ -236,8 +279,12 @@ def _scan_job(workload: Workload, backend: str | None, device: torch.device,
 
 def environment() -> dict[str, Any]:
     """Card, versions and date for the benchmark record."""
-    info = {"date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, "python": platform.python_version(),
-            "cpu": platform.processor() or platform.machine()}
+    info = {
+        "date": time.strftime("%Y-%m-%d"),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cpu": platform.processor() or platform.machine(),
+    }
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
         info["cuda"] = torch.version.cuda
@@ -258,12 +305,16 @@ def environment() -> dict[str, Any]:
 
 def format_rows(rows: list[dict[str, Any]]) -> str:
     """A Markdown table of result rows."""
-    lines = ["| workload | backend | precision | compiled | ms (median) | peak GiB | official ms | target ms |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| workload | backend | precision | compiled | ms (median) | peak GiB | official ms | target ms |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         peak = f"{r['peak_gib']:.2f}" if "peak_gib" in r else "-"
-        lines.append(f"| {r['workload']} | {r['backend']} | {r['precision']} | {r['compiled']} | "
-                     f"{r['ms_median']:.2f} | {peak} | {r['official_ms'] or '-'} | {r['target_ms'] or '-'} |")
+        lines.append(
+            f"| {r['workload']} | {r['backend']} | {r['precision']} | {r['compiled']} | "
+            f"{r['ms_median']:.2f} | {peak} | {r['official_ms'] or '-'} | {r['target_ms'] or '-'} |"
+        )
     return "\n".join(lines)
 
 
@@ -276,8 +327,9 @@ def _requested_workload(name: str) -> Workload:
     try:
         return experiment_workload(name)
     except ExperimentError:
-        raise CommandError(f"unknown workload {name!r}: expected one of {', '.join(WORKLOADS)} or an experiment "
-                           f"id") from None
+        raise CommandError(
+            f"unknown workload {name!r}: expected one of {', '.join(WORKLOADS)} or an experiment id"
+        ) from None
 
 
 def _check_out(out: str | None) -> None:
@@ -300,8 +352,9 @@ def _check_out(out: str | None) -> None:
         raise CommandError(f"--out {path}: cannot be written: no write permission in {ancestor}")
 
 
-def _default_rows(args: argparse.Namespace, workloads: list[Workload], device: torch.device,
-                  failed: list[str]) -> list[dict[str, Any]]:
+def _default_rows(
+    args: argparse.Namespace, workloads: list[Workload], device: torch.device, failed: list[str]
+) -> list[dict[str, Any]]:
     """``--default``: each workload once, with the settings the commands resolve for this device; the names of
     the workloads that failed are appended to ``failed``."""
     from mair.runtime import resolve_runtime
@@ -325,9 +378,17 @@ def check_default_args(args: argparse.Namespace) -> None:
     from mair.errors import CommandError
 
     if args.default:
-        given = [flag for flag, value in (("--backends", args.backends), ("--precision", args.precision),
-                                          ("--compile", args.compile), ("--compile-mode", args.compile_mode),
-                                          ("--adam", args.adam != "default")) if value]
+        given = [
+            flag
+            for flag, value in (
+                ("--backends", args.backends),
+                ("--precision", args.precision),
+                ("--compile", args.compile),
+                ("--compile-mode", args.compile_mode),
+                ("--adam", args.adam != "default"),
+            )
+            if value
+        ]
         if given:
             raise CommandError(f"--default times the resolved defaults; drop {', '.join(given)}")
     elif args.exact:
@@ -338,8 +399,11 @@ def _report_failures(failed: list[str], rows: list[dict[str, Any]]) -> int:
     """Exit status 1, with a summary line, when any requested run failed; else 0."""
     if not failed:
         return 0
-    print(f"mair bench: {len(failed)} of {len(failed) + len(rows)} runs failed ({'; '.join(failed)}); see "
-          f"the errors above", file=sys.stderr)
+    print(
+        f"mair bench: {len(failed)} of {len(failed) + len(rows)} runs failed ({'; '.join(failed)}); see "
+        f"the errors above",
+        file=sys.stderr,
+    )
     return 1
 
 
@@ -350,8 +414,10 @@ def main(args: argparse.Namespace) -> int:
     check_default_args(args)
     for precision in (args.precision or "fp32").split(","):
         if precision not in PRECISIONS:
-            raise CommandError(f"--precision: unknown precision {precision!r}; expected a comma-separated list "
-                               f"of {', '.join(PRECISIONS)}")
+            raise CommandError(
+                f"--precision: unknown precision {precision!r}; expected a comma-separated list "
+                f"of {', '.join(PRECISIONS)}"
+            )
     _check_out(args.out)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     names = args.workloads or list(WORKLOADS)
@@ -364,8 +430,16 @@ def main(args: argparse.Namespace) -> int:
             from mair import compile_cache
 
             caches = {var: os.environ.get(var) for var in (compile_cache.INDUCTOR_VAR, compile_cache.TRITON_VAR)}
-            atomic_write_json(args.out, {"environment": environment(), "default": True, "exact": args.exact,
-                                         "compile_cache": caches, "rows": rows})
+            atomic_write_json(
+                args.out,
+                {
+                    "environment": environment(),
+                    "default": True,
+                    "exact": args.exact,
+                    "compile_cache": caches,
+                    "rows": rows,
+                },
+            )
         return _report_failures(failed, rows)
     rows = []
     for workload in workloads:
@@ -374,12 +448,24 @@ def main(args: argparse.Namespace) -> int:
                 if workload.kind == "scan" and precision != "fp32":  # the scan has no matmuls
                     continue
                 try:
-                    row = run_workload(workload, None if backend == "auto" else backend, precision, device,
-                                       args.warmup, args.repeat, args.compile, args.compile_mode,
-                                       args.adam)
+                    row = run_workload(
+                        workload,
+                        None if backend == "auto" else backend,
+                        precision,
+                        device,
+                        args.warmup,
+                        args.repeat,
+                        args.compile,
+                        args.compile_mode,
+                        args.adam,
+                    )
                 except Exception as error:
-                    row = {"workload": workload.name, "backend": backend, "precision": precision,
-                           "error": f"{type(error).__name__}: {error}"}
+                    row = {
+                        "workload": workload.name,
+                        "backend": backend,
+                        "precision": precision,
+                        "error": f"{type(error).__name__}: {error}",
+                    }
                     print(f"{workload.name} {backend} {precision}: {row['error']}", flush=True)
                     failed.append(f"{workload.name} {backend} {precision}")
                     continue

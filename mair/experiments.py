@@ -21,16 +21,32 @@ import yaml
 
 #: The paper's experiments in paper order; :func:`experiment_ids` lists files in this order first.
 PAPER_ORDER: tuple[str, ...] = (
-    "sr_classic_x2", "sr_classic_x3", "sr_classic_x4",
-    "sr_light_s_x2", "sr_light_s_x3", "sr_light_s_x4",
-    "sr_light_t_x2", "sr_light_t_x3", "sr_light_t_x4",
-    "dn_color_s15", "dn_color_s25", "dn_color_s50",
-    "dn_real", "deblur_motion", "dehaze_its", "dehaze_ots", "dehaze_r6k",
+    "sr_classic_x2",
+    "sr_classic_x3",
+    "sr_classic_x4",
+    "sr_light_s_x2",
+    "sr_light_s_x3",
+    "sr_light_s_x4",
+    "sr_light_t_x2",
+    "sr_light_t_x3",
+    "sr_light_t_x4",
+    "dn_color_s15",
+    "dn_color_s25",
+    "dn_color_s50",
+    "dn_real",
+    "deblur_motion",
+    "dehaze_its",
+    "dehaze_ots",
+    "dehaze_r6k",
 )
 
 _ARCH_OF_TASK = {
-    "sr_classic": "MaIR", "sr_light": "MaIR", "dn_color": "MaIR",
-    "dn_real": "MaIRUNet", "deblur": "MaIRUNet", "dehaze": "MaIRUNet",
+    "sr_classic": "MaIR",
+    "sr_light": "MaIR",
+    "dn_color": "MaIR",
+    "dn_real": "MaIRUNet",
+    "deblur": "MaIRUNet",
+    "dehaze": "MaIRUNet",
 }
 _PROTOCOL_OF_ARCH = {"MaIR": "tile", "MaIRUNet": "pad8"}
 # Demo networks must keep what decides the architecture's shape of output and its input channels.
@@ -116,9 +132,7 @@ def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: b
         key = loader.construct_object(key_node, deep=deep)
         if key in seen:
             mark = key_node.start_mark
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r} (line {mark.line + 1})", mark
-            )
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r} (line {mark.line + 1})", mark)
         seen[key] = True
     return loader.construct_mapping(node, deep=deep)
 
@@ -132,8 +146,9 @@ def _read_yaml(path: Path) -> Any:
     except OSError as error:
         raise ExperimentError(f"{path}: cannot read: {error}") from error
     except UnicodeDecodeError as error:
-        raise ExperimentError(f"{path}: not a UTF-8 text file (byte {error.start}: {error.reason}); experiment "
-                              f"files are YAML in UTF-8") from None
+        raise ExperimentError(
+            f"{path}: not a UTF-8 text file (byte {error.start}: {error.reason}); experiment files are YAML in UTF-8"
+        ) from None
     try:
         return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
     except yaml.YAMLError as error:
@@ -167,8 +182,15 @@ def _json_path(parts: Iterator[Any] | list[Any]) -> str:
     return out
 
 
-_JSON_TYPE = {dict: "object", list: "array", str: "string", bool: "boolean", int: "integer", float: "number",
-              type(None): "null"}
+_JSON_TYPE = {
+    dict: "object",
+    list: "array",
+    str: "string",
+    bool: "boolean",
+    int: "integer",
+    float: "number",
+    type(None): "null",
+}
 
 
 def _describe(error: Any) -> str:
@@ -269,8 +291,10 @@ def _consistency_problems(doc: dict[str, Any], known_ids: list[str]) -> list[str
         quirk = init["quirk"]
         if quirk is not None and init["experiment"] != quirk[quirk["default"]]:
             chosen = quirk["default"]
-            bad("$.train.init_from.experiment",
-                f"expected quirk.{chosen} = {quirk[chosen]!r}, got {init['experiment']!r}")
+            bad(
+                "$.train.init_from.experiment",
+                f"expected quirk.{chosen} = {quirk[chosen]!r}, got {init['experiment']!r}",
+            )
     complexity = doc["complexity"]
     if doc["scope"] == "paper":
         if complexity["params"] is None:
@@ -283,8 +307,7 @@ def _consistency_problems(doc: dict[str, Any], known_ids: list[str]) -> list[str
             demo_kwargs = doc["demo"]["network_kwargs"]
             for key in _DEMO_KEEP[arch]:
                 if demo_kwargs[key] != kwargs[key]:
-                    bad(f"$.demo.network_kwargs.{key}",
-                        f"the demo keeps {kwargs[key]!r}, got {demo_kwargs[key]!r}")
+                    bad(f"$.demo.network_kwargs.{key}", f"the demo keeps {kwargs[key]!r}, got {demo_kwargs[key]!r}")
     return problems
 
 
@@ -293,8 +316,7 @@ def _schedule_problems(train: dict[str, Any], where: str, bad: Any) -> None:
     if sched["type"] == "MultiStepLR":
         ms = sched["milestones"]
         if any(b <= a for a, b in itertools.pairwise(ms)) or ms[-1] >= total:
-            bad(f"{where}.scheduler.milestones",
-                f"expected increasing milestones below total_iter {total}, got {ms}")
+            bad(f"{where}.scheduler.milestones", f"expected increasing milestones below total_iter {total}, got {ms}")
     else:
         lengths = {len(sched[k]) for k in ("periods", "restart_weights", "eta_mins")}
         if len(lengths) != 1:
@@ -338,8 +360,11 @@ def load_experiment(id_or_path: str | os.PathLike[str]) -> dict[str, Any]:
             from mair.errors import not_a_file_reason
 
             reason = not_a_file_reason(path)
-            raise ExperimentError(f"{path}: no such experiment file" if reason == "no such file"
-                                  else f"{path} {reason}; expected an experiment YAML file")
+            raise ExperimentError(
+                f"{path}: no such experiment file"
+                if reason == "no such file"
+                else f"{path} {reason}; expected an experiment YAML file"
+            )
     else:
         known = experiment_ids()
         if id_or_path not in known:

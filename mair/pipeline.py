@@ -535,8 +535,13 @@ def run_with_gpus(
             raise PipelineError(f"this SLURM job was given {len(ids)} GPU(s) ({','.join(ids)}), the step needs {n}")
         env["CUDA_VISIBLE_DEVICES"] = ",".join(ids[:n])
     else:
-        claimed = claim_gpus(n, detect_gpu_ids(env), lock_dir or default_lock_dir(), timeout=timeout,
-                             log=lambda m: print(f"run-with-gpus: {m}", file=sys.stderr, flush=True))
+        claimed = claim_gpus(
+            n,
+            detect_gpu_ids(env),
+            lock_dir or default_lock_dir(),
+            timeout=timeout,
+            log=lambda m: print(f"run-with-gpus: {m}", file=sys.stderr, flush=True),
+        )
         env["CUDA_VISIBLE_DEVICES"] = ",".join(g for g, _ in claimed)
         fds = [fd for _, fd in claimed]
     for fd in fds:
@@ -645,14 +650,29 @@ def metrics_file(results_dir: str, scope: str, exp_id: str) -> str:
 def dvc_plots(exps: Sequence[str]) -> list[dict[str, Any]]:
     """dvc.yaml's top-level ``plots``: training loss and validation PSNR over iterations, one line per experiment
     (``runs/<scope>/<exp>/train_log.csv`` and ``val_log.csv``, docs/contracts.md "Training logs")."""
+
     def lines(log: str, column: str) -> dict[str, str]:
         return {f"${{runs_dir}}/${{scope}}/{e}/{log}": column for e in exps}
 
     return [
-        {"training loss": {"x": "iter", "y": lines("train_log.csv", "loss"), "x_label": "iteration",
-                           "y_label": "loss (L1)", "template": "linear"}},
-        {"validation PSNR": {"x": "iter", "y": lines("val_log.csv", "psnr"), "x_label": "iteration",
-                             "y_label": "PSNR (dB)", "template": "linear"}},
+        {
+            "training loss": {
+                "x": "iter",
+                "y": lines("train_log.csv", "loss"),
+                "x_label": "iteration",
+                "y_label": "loss (L1)",
+                "template": "linear",
+            }
+        },
+        {
+            "validation PSNR": {
+                "x": "iter",
+                "y": lines("val_log.csv", "psnr"),
+                "x_label": "iteration",
+                "y_label": "PSNR (dB)",
+                "template": "linear",
+            }
+        },
     ]
 
 
@@ -682,16 +702,26 @@ def dvc_stages(config: Mapping[str, Any]) -> dict[str, Any]:
     for e in exps:
         stages[f"weights_{e}"] = {
             "cmd": _dvc_cmd("weights", weights_file(res, scope, e)),
-            "deps": [manifest, *[weights_file(res, scope, i) for i in init_candidates(e)],
-                     f"params/experiments/{e}.yaml", "mair/train", "mair/models"],
+            "deps": [
+                manifest,
+                *[weights_file(res, scope, i) for i in init_candidates(e)],
+                f"params/experiments/{e}.yaml",
+                "mair/train",
+                "mair/models",
+            ],
             "params": _dvc_params("weights"),
             "outs": [weights_file(res, scope, e)],
         }
     for e in exps:
         stages[f"evaluate_{e}"] = {
             "cmd": _dvc_cmd("evaluate", "evaluate_all", experiments=e),
-            "deps": [weights_file(res, scope, e), manifest, f"params/experiments/{e}.yaml", "mair/evaluate",
-                     "mair/models"],
+            "deps": [
+                weights_file(res, scope, e),
+                manifest,
+                f"params/experiments/{e}.yaml",
+                "mair/evaluate",
+                "mair/models",
+            ],
             "params": _dvc_params("evaluate"),
             "outs": [f"{res}/{scope}/eval/{e}"],
             "metrics": [{metrics_file(res, scope, e): {"cache": False}}],
@@ -708,8 +738,11 @@ def dvc_stages(config: Mapping[str, Any]) -> dict[str, Any]:
 def dvc_yaml_text(config: Mapping[str, Any]) -> str:
     import yaml
 
-    doc = {"vars": ["params/pipeline.yaml"], "stages": dvc_stages(config),
-           "plots": dvc_plots(selected_experiments(config))}
+    doc = {
+        "vars": ["params/pipeline.yaml"],
+        "stages": dvc_stages(config),
+        "plots": dvc_plots(selected_experiments(config)),
+    }
     body = yaml.safe_dump(doc, sort_keys=False, width=110, default_flow_style=False)
     # `- params/experiments/x.yaml:` (every key of the file) reads better than `...: null`.
     body = body.replace(": null\n", ":\n")
@@ -777,8 +810,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mair.pipeline", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="action", required=True)
 
-    p = sub.add_parser("run-with-gpus", help="run a command on N cards of its own (CUDA_VISIBLE_DEVICES)",
-                       usage="python -m mair.pipeline run-with-gpus [--lock-dir DIR] [--timeout S] N -- COMMAND ...")
+    p = sub.add_parser(
+        "run-with-gpus",
+        help="run a command on N cards of its own (CUDA_VISIBLE_DEVICES)",
+        usage="python -m mair.pipeline run-with-gpus [--lock-dir DIR] [--timeout S] N -- COMMAND ...",
+    )
     p.add_argument("n", type=int, metavar="N", help="number of cards (0: none, CPU only)")
     p.add_argument("--lock-dir", help="card lock folder (default: $MAIR_GPU_LOCK_DIR or <tmp>/mair-gpu-slots-<uid>)")
     p.add_argument("--timeout", type=float, default=None, metavar="S", help="give up after S seconds of waiting")
@@ -807,7 +843,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     # `run-with-gpus [options] N -- COMMAND ...`: everything after the first `--` is the command, untouched.
-    command = argv[argv.index("--") + 1:] if "--" in argv else []
+    command = argv[argv.index("--") + 1 :] if "--" in argv else []
     args = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
     args.command = command
     return int(args.handler(args) or 0)

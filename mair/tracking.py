@@ -92,8 +92,9 @@ def _code_commit() -> str | None:
     """The git commit of the mair code that runs (its checkout), or None outside a git checkout."""
     here = Path(__file__).resolve().parent
     try:
-        out = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=10, check=True).stdout.strip()
+        out = subprocess.run(
+            ["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
     return out or None
@@ -130,7 +131,7 @@ def _sha256(path: str | os.PathLike[str]) -> str:
 def _sqlite_path(uri: str) -> Path | None:
     if not uri.startswith("sqlite:///"):
         return None
-    return Path(uri[len("sqlite:///"):]).expanduser().absolute()
+    return Path(uri[len("sqlite:///") :]).expanduser().absolute()
 
 
 def _is_lock_error(error: BaseException) -> bool:
@@ -166,8 +167,9 @@ def _sqlite_init_lock(uri: str) -> Iterator[None]:
 class Tracker:
     """One MLflow run, used from a single process (rank 0). Every method is safe to call when disabled."""
 
-    def __init__(self, uri: str | None = None, enabled: bool = True, lock_timeout: float = 60.0,
-                 probe_timeout: float = 3.0) -> None:
+    def __init__(
+        self, uri: str | None = None, enabled: bool = True, lock_timeout: float = 60.0, probe_timeout: float = 3.0
+    ) -> None:
         self.uri = tracking_uri(uri)
         self.enabled = enabled
         self.lock_timeout = lock_timeout
@@ -187,8 +189,11 @@ class Tracker:
                 detail = error
             else:
                 detail = f"{type(error).__name__}: {(str(error).splitlines() or [''])[0]}"
-            warnings.warn(f"MLflow tracking off ({what} failed on {self.uri}: {detail}); "
-                          f"the run's own files stay complete", TrackingWarning, stacklevel=3)
+            warnings.warn(
+                f"MLflow tracking off ({what} failed on {self.uri}: {detail}); the run's own files stay complete",
+                TrackingWarning,
+                stacklevel=3,
+            )
 
     def _probe(self) -> str | None:
         """A reason the store cannot be reached, or None."""
@@ -267,8 +272,11 @@ class Tracker:
             db = _sqlite_path(self.uri)
             location = (db.parent / "mlartifacts").as_uri() if db is not None else None
             try:
-                return str(client.create_experiment(name, artifact_location=location,
-                                                    tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}))
+                return str(
+                    client.create_experiment(
+                        name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
+                    )
+                )
             except Exception as error:  # created meanwhile by another process
                 again = client.get_experiment_by_name(name)
                 if again is None:
@@ -279,8 +287,14 @@ class Tracker:
 
     # -------------------------------------------------------------------------------------------- runs
 
-    def start(self, experiment: str, run_name: str, tags: Mapping[str, Any] | None = None,
-              run_id: str | None = None, source: str | None = None) -> str | None:
+    def start(
+        self,
+        experiment: str,
+        run_name: str,
+        tags: Mapping[str, Any] | None = None,
+        run_id: str | None = None,
+        source: str | None = None,
+    ) -> str | None:
         """Start a run in MLflow experiment ``experiment``, or continue ``run_id`` if the store has it.
 
         The run gets :func:`source_tags` (``source``: what ran, default the command line's program and subcommand)
@@ -290,6 +304,7 @@ class Tracker:
             return None
         tags = {**source_tags(source), **(tags or {})}
         if run_id is not None:
+
             def resume() -> str | None:
                 try:
                     run = self._client.get_run(run_id)
@@ -311,8 +326,10 @@ class Tracker:
         if experiment_id is None:
             return None
         clean_tags = {k: str(v) for k, v in (tags or {}).items()}
-        run = self._call("creating the MLflow run",
-                         lambda: self._client.create_run(experiment_id, tags=clean_tags, run_name=run_name))
+        run = self._call(
+            "creating the MLflow run",
+            lambda: self._client.create_run(experiment_id, tags=clean_tags, run_name=run_name),
+        )
         if run is None:
             return None
         self.run_id, self.experiment_id = str(run.info.run_id), experiment_id
@@ -331,7 +348,7 @@ class Tracker:
 
         items = [Param(str(k), str(v)[:_MAX_PARAM_VALUE]) for k, v in params.items()]
         for i in range(0, len(items), _BATCH):
-            chunk = items[i:i + _BATCH]
+            chunk = items[i : i + _BATCH]
             self._call("logging params", lambda chunk=chunk: self._log_params_chunk(chunk))
 
     def _log_params_chunk(self, chunk: list[Any]) -> None:
@@ -354,8 +371,7 @@ class Tracker:
 
         stamp = int(time.time() * 1000)
         items = [Metric(str(k), float(v), stamp, int(step), model_id=model_id) for k, v in metrics.items()]
-        self._call("logging metrics",
-                   lambda: self._client.log_batch(self.run_id, metrics=items, synchronous=True))
+        self._call("logging metrics", lambda: self._client.log_batch(self.run_id, metrics=items, synchronous=True))
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         """Set (or overwrite) run tags."""
@@ -370,16 +386,21 @@ class Tracker:
         """Copy a file into the run's artifacts (skipped when it does not exist)."""
         if not self.active or not Path(path).is_file():
             return
-        self._call("logging an artifact",
-                   lambda: self._client.log_artifact(self.run_id, str(path), artifact_path))
+        self._call("logging an artifact", lambda: self._client.log_artifact(self.run_id, str(path), artifact_path))
 
     def log_artifacts(self, paths: Iterable[str | os.PathLike[str]], artifact_path: str | None = None) -> None:
         """Copy existing files into the run's artifacts (under ``artifact_path``)."""
         for path in paths:
             self.log_artifact(path, artifact_path)
 
-    def log_model(self, weights: str | os.PathLike[str], name: str, files: Iterable[str | os.PathLike[str]] = (),
-                  params: Mapping[str, Any] | None = None, step: int = 0) -> str | None:
+    def log_model(
+        self,
+        weights: str | os.PathLike[str],
+        name: str,
+        files: Iterable[str | os.PathLike[str]] = (),
+        params: Mapping[str, Any] | None = None,
+        step: int = 0,
+    ) -> str | None:
         """Log final weights as an MLflow logged model of this run; return its model id (None when off).
 
         The model holds the weights file as written (``{'params': state_dict}``, safe to read with
@@ -398,9 +419,13 @@ class Tracker:
 
         def create() -> str:
             model = client.create_logged_model(
-                self.experiment_id, name=name, source_run_id=run_id, model_type="pytorch-weights",
+                self.experiment_id,
+                name=name,
+                source_run_id=run_id,
+                model_type="pytorch-weights",
                 tags={"mair.weights_sha256": sha, "mair.format": "state_dict (torch.load weights_only=True)"},
-                params={str(k): str(v)[:_MAX_PARAM_VALUE] for k, v in (params or {}).items()})
+                params={str(k): str(v)[:_MAX_PARAM_VALUE] for k, v in (params or {}).items()},
+            )
             with tempfile.TemporaryDirectory(prefix="mair-model-") as folder:
                 for path in [weights, *files]:
                     if Path(path).is_file():
@@ -424,9 +449,14 @@ class Tracker:
         client, experiment_id = self._client, self.experiment_id
 
         def find() -> list[Any]:
-            return list(client.search_runs([experiment_id], max_results=1, order_by=["attributes.start_time DESC"],
-                                           filter_string=f"tags.`mair.kind` = 'training' and "
-                                                         f"tags.`mair.weights_sha256` = '{sha}'"))
+            return list(
+                client.search_runs(
+                    [experiment_id],
+                    max_results=1,
+                    order_by=["attributes.start_time DESC"],
+                    filter_string=f"tags.`mair.kind` = 'training' and tags.`mair.weights_sha256` = '{sha}'",
+                )
+            )
 
         runs = self._call("finding the training run", find) or []
         if not runs:
@@ -455,12 +485,16 @@ def runtime_tags(runtime: Mapping[str, Any]) -> dict[str, str]:
     (default, exact or custom), ``mair.precision``, ``mair.scan_backend_used``, ``mair.compile`` (backend or
     off), ``mair.compile_mode`` (or -), ``mair.cuda_graphs``, ``mair.fused_adam`` and ``mair.runtime`` (the
     one-line description)."""
-    return {"mair.path": str(runtime["path"]), "mair.precision": str(runtime["precision"]),
-            "mair.scan_backend_used": str(runtime["scan_backend_resolved"]),
-            "mair.compile": str(runtime["compile_backend"] or "off"),
-            "mair.compile_mode": str(runtime["compile_mode"] or "-"),
-            "mair.cuda_graphs": str(bool(runtime["cuda_graphs"])), "mair.fused_adam": str(bool(runtime["fused_adam"])),
-            "mair.runtime": str(runtime["describe"])[:4000]}
+    return {
+        "mair.path": str(runtime["path"]),
+        "mair.precision": str(runtime["precision"]),
+        "mair.scan_backend_used": str(runtime["scan_backend_resolved"]),
+        "mair.compile": str(runtime["compile_backend"] or "off"),
+        "mair.compile_mode": str(runtime["compile_mode"] or "-"),
+        "mair.cuda_graphs": str(bool(runtime["cuda_graphs"])),
+        "mair.fused_adam": str(bool(runtime["fused_adam"])),
+        "mair.runtime": str(runtime["describe"])[:4000],
+    }
 
 
 # ------------------------------------------------------------------------------------------------ evaluation
@@ -480,9 +514,13 @@ def _flat_metrics(summary: Mapping[str, Any]) -> dict[str, float]:
     return out
 
 
-def log_evaluation(summary: Mapping[str, Any], params: Mapping[str, Any] | None = None,
-                   artifacts: Iterable[str | os.PathLike[str]] = (), uri: str | None = None,
-                   images: Iterable[str | os.PathLike[str]] = ()) -> str | None:
+def log_evaluation(
+    summary: Mapping[str, Any],
+    params: Mapping[str, Any] | None = None,
+    artifacts: Iterable[str | os.PathLike[str]] = (),
+    uri: str | None = None,
+    images: Iterable[str | os.PathLike[str]] = (),
+) -> str | None:
     """Log one evaluation summary (docs/contracts.md, "Evaluation results") as its own MLflow run.
 
     The run goes to ``mair/<scope>/<experiment>``, is named ``eval <dataset>`` (``+`` for MaIR+), holds the
@@ -497,16 +535,22 @@ def log_evaluation(summary: Mapping[str, Any], params: Mapping[str, Any] | None 
     dataset = str(summary.get("dataset", "unknown"))
     variant = str(summary.get("variant", "MaIR"))
     tracker = Tracker(uri)
-    tags = {"mair.kind": "evaluation", "mair.experiment": experiment, "mair.dataset": dataset,
-            "mair.variant": variant, "mair.scope": scope}
+    tags = {
+        "mair.kind": "evaluation",
+        "mair.experiment": experiment,
+        "mair.dataset": dataset,
+        "mair.variant": variant,
+        "mair.scope": scope,
+    }
     for key in ("weights", "weights_source", "complete", "metric_space", "crop_border", "created", "submission"):
         if summary.get(key) is not None:
             tags[f"mair.{key}"] = summary[key]
     if isinstance(summary.get("runtime"), Mapping):
         tags.update(runtime_tags(summary["runtime"]))
     suffix = "+" if variant.endswith("+") else ""
-    run_id = tracker.start(mlflow_experiment_name(scope, experiment), f"eval {dataset}{suffix}", tags,
-                           source="mair evaluate")
+    run_id = tracker.start(
+        mlflow_experiment_name(scope, experiment), f"eval {dataset}{suffix}", tags, source="mair evaluate"
+    )
     if run_id is None:
         return None
     weights = summary.get("weights")
@@ -514,26 +558,39 @@ def log_evaluation(summary: Mapping[str, Any], params: Mapping[str, Any] | None 
     model_id = None
     if trained is not None:
         training_run, model_id = trained
-        tracker.set_tags({"mlflow.parentRunId": training_run, "mair.training_run": training_run,
-                          **({"mair.model_id": model_id} if model_id else {})})
+        tracker.set_tags(
+            {
+                "mlflow.parentRunId": training_run,
+                "mair.training_run": training_run,
+                **({"mair.model_id": model_id} if model_id else {}),
+            }
+        )
     tracker.log_params(dict(params or {}))
     tracker.log_metrics(_flat_metrics(summary), step=0)
     if model_id:  # the same values, keyed by test set, on the logged model (compare models in the UI)
-        tracker.log_metrics({f"{dataset}{suffix}/{k}": v for k, v in _flat_metrics(summary).items()
-                             if k != "n_images"}, step=0, model_id=model_id)
+        tracker.log_metrics(
+            {f"{dataset}{suffix}/{k}": v for k, v in _flat_metrics(summary).items() if k != "n_images"},
+            step=0,
+            model_id=model_id,
+        )
     tracker.log_artifacts(artifacts)
     tracker.log_artifacts(images, "samples")
     tracker.end("FINISHED")
     return run_id if tracker.enabled else None
 
 
-def log_tables(scope: str, files: Iterable[str | os.PathLike[str]], out_dir: str | os.PathLike[str],
-               uri: str | None = None) -> str | None:
+def log_tables(
+    scope: str, files: Iterable[str | os.PathLike[str]], out_dir: str | os.PathLike[str], uri: str | None = None
+) -> str | None:
     """Log the tables and figures of ``mair tables`` (``files`` under ``out_dir``) as one run ``tables`` in the
     MLflow experiment ``mair/<scope>/tables``, keeping their folders. Returns the run id, or None when off."""
     tracker = Tracker(uri)
-    run_id = tracker.start(mlflow_experiment_name(scope, "tables"), "tables",
-                           {"mair.kind": "tables", "mair.scope": scope}, source="mair tables")
+    run_id = tracker.start(
+        mlflow_experiment_name(scope, "tables"),
+        "tables",
+        {"mair.kind": "tables", "mair.scope": scope},
+        source="mair tables",
+    )
     if run_id is None:
         return None
     root = Path(out_dir).resolve()
@@ -565,21 +622,30 @@ def eval_summaries(uri: str | None = None, scope: str = "paper") -> list[dict[st
 
     def fetch() -> list[Any]:
         prefix = f"mair/{scope}/"
-        ids = [e.experiment_id for e in client.search_experiments(max_results=1000)
-               if str(e.name).startswith(prefix)]
+        ids = [e.experiment_id for e in client.search_experiments(max_results=1000) if str(e.name).startswith(prefix)]
         if not ids:
             return []
-        return list(client.search_runs(ids, filter_string="tags.`mair.kind` = 'evaluation'",
-                                       order_by=["attributes.start_time DESC"], max_results=5000))
+        return list(
+            client.search_runs(
+                ids,
+                filter_string="tags.`mair.kind` = 'evaluation'",
+                order_by=["attributes.start_time DESC"],
+                max_results=5000,
+            )
+        )
 
     runs = tracker._retry("reading evaluation runs", fetch) or []
     out = []
     for run in runs:
         tags, metrics = run.data.tags, dict(run.data.metrics)
         summary: dict[str, Any] = {
-            "experiment": tags.get("mair.experiment"), "dataset": tags.get("mair.dataset"),
-            "variant": tags.get("mair.variant", "MaIR"), "scope": tags.get("mair.scope", scope),
-            "metrics": {}, "extra_metrics": {}, "run_id": run.info.run_id,
+            "experiment": tags.get("mair.experiment"),
+            "dataset": tags.get("mair.dataset"),
+            "variant": tags.get("mair.variant", "MaIR"),
+            "scope": tags.get("mair.scope", scope),
+            "metrics": {},
+            "extra_metrics": {},
+            "run_id": run.info.run_id,
         }
         for key in ("weights", "weights_source", "complete", "metric_space", "crop_border", "created", "submission"):
             if f"mair.{key}" in tags:

@@ -46,8 +46,18 @@ def assert_vmm_switch_keeps_results(attribute: str, nonzero_grad: str) -> None:
     from mair.models.blocks import VMM
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = from_official("MaIR", upscale=2, embed_dim=8, depths=[2], d_state=4, ssm_ratio=1.5, mlp_ratio=1.5,
-                          upsampler="pixelshuffledirect", scan_len=4, drop_path_rate=0.0).to(device)
+    model = from_official(
+        "MaIR",
+        upscale=2,
+        embed_dim=8,
+        depths=[2],
+        d_state=4,
+        ssm_ratio=1.5,
+        mlp_ratio=1.5,
+        upsampler="pixelshuffledirect",
+        scan_len=4,
+        drop_path_rate=0.0,
+    ).to(device)
     vmms = [m for m in model.modules() if isinstance(m, VMM)]
     for vmm in vmms:
         vmm.scan_backend = "triton"

@@ -28,12 +28,24 @@ def test_run_workload_times_a_tiny_model(kind: str) -> None:
     assert "peak_gib" not in row  # CPU: no CUDA memory statistics
 
 
-def test_main_writes_the_record_and_reports_errors_per_row(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_main_writes_the_record_and_reports_errors_per_row(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setitem(bench.WORKLOADS, "tiny_infer", bench.Workload("tiny_infer", "infer", "sr_light_t_x4", 1, 12))
     out = tmp_path / "bench.json"
-    args = _args("tiny_infer", "--backends", "torch,no_such_backend", "--device", "cpu", "--warmup", "1",
-                 "--repeat", "2", "--out", str(out))
+    args = _args(
+        "tiny_infer",
+        "--backends",
+        "torch,no_such_backend",
+        "--device",
+        "cpu",
+        "--warmup",
+        "1",
+        "--repeat",
+        "2",
+        "--out",
+        str(out),
+    )
     assert bench.main(args) == 1  # a requested run failed: the status says so, the others are recorded
     record = json.loads(out.read_text())
     assert record["environment"]["torch"] == torch.__version__

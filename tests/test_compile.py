@@ -40,8 +40,17 @@ def _clean_switch(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 def tiny_mair(backend: str | None = "torch", **overrides: Any) -> nn.Module:
     torch.manual_seed(0)
-    kwargs = dict(upscale=2, embed_dim=8, depths=[2], d_state=4, ssm_ratio=1.5, mlp_ratio=1.5,
-                  upsampler="pixelshuffledirect", scan_len=4, drop_path_rate=0.0)
+    kwargs = dict(
+        upscale=2,
+        embed_dim=8,
+        depths=[2],
+        d_state=4,
+        ssm_ratio=1.5,
+        mlp_ratio=1.5,
+        upsampler="pixelshuffledirect",
+        scan_len=4,
+        drop_path_rate=0.0,
+    )
     model = from_official("MaIR", **{**kwargs, **overrides})
     _set_backend(model, backend)
     return model
@@ -87,8 +96,9 @@ class _OpLog(TorchDispatchMode):
         super().__init__()
         self.calls: list[tuple[str, tuple[str, ...]]] = []
 
-    def __torch_dispatch__(self, func: Any, types: Any, args: tuple[Any, ...] = (),
-                           kwargs: dict[str, Any] | None = None) -> Any:
+    def __torch_dispatch__(
+        self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
+    ) -> Any:
         if func.namespace == "mair":
             self.calls.append((func.name(), tuple(a for a in args if isinstance(a, str))))
         return func(*args, **(kwargs or {}))
@@ -122,8 +132,10 @@ def test_vmm_calls_the_ops_only_when_switched_on(on: bool) -> None:
     if not on:
         assert log.calls == []
     else:  # two blocks: one forward and one backward op each, told the backend by name
-        assert sorted(log.calls) == [("mair::selective_scan", ("torch",))] * 2 + \
-            [("mair::selective_scan_bwd", ("torch",))] * 2
+        assert (
+            sorted(log.calls)
+            == [("mair::selective_scan", ("torch",))] * 2 + [("mair::selective_scan_bwd", ("torch",))] * 2
+        )
 
 
 def test_backend_is_resolved_eagerly_and_passed_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -159,14 +171,21 @@ def _scan_inputs(grouped: bool, extras: bool, dtype: torch.dtype) -> list[Tensor
         return (torch.randn(*shape, generator=gen, dtype=dtype) * scale).requires_grad_()
 
     bshape = (batch, groups, state, length) if grouped else (batch, state, length)
-    return [rnd(batch, dch, length), rnd(batch, dch, length, scale=0.5),
-            (-torch.rand(dch, state, generator=gen, dtype=dtype)).requires_grad_(), rnd(*bshape), rnd(*bshape),
-            rnd(dch) if extras else None, rnd(dch, scale=0.5) if extras else None]
+    return [
+        rnd(batch, dch, length),
+        rnd(batch, dch, length, scale=0.5),
+        (-torch.rand(dch, state, generator=gen, dtype=dtype)).requires_grad_(),
+        rnd(*bshape),
+        rnd(*bshape),
+        rnd(dch) if extras else None,
+        rnd(dch, scale=0.5) if extras else None,
+    ]
 
 
 @pytest.mark.parametrize("backend", ["torch", "reference"])
-@pytest.mark.parametrize("grouped,extras,dtype", [(True, True, torch.float32), (False, False, torch.float32),
-                                                  (True, True, torch.float64)])
+@pytest.mark.parametrize(
+    "grouped,extras,dtype", [(True, True, torch.float32), (False, False, torch.float32), (True, True, torch.float64)]
+)
 def test_opcheck_selective_scan(backend: str, grouped: bool, extras: bool, dtype: torch.dtype) -> None:
     args = (*_scan_inputs(grouped, extras, dtype), extras, backend)
     result = torch.library.opcheck(torch.ops.mair.selective_scan.default, args)
@@ -195,10 +214,15 @@ def _nss_inputs() -> tuple[list[Tensor], Tensor]:
     def rnd(*shape: int, scale: float = 1.0) -> Tensor:
         return (torch.randn(*shape, generator=gen) * scale).to(TRITON_DEVICE).requires_grad_()
 
-    inputs = [rnd(batch, length, channels), rnd(batch, groups, length, channels, scale=0.5),
-              (-torch.rand(groups * channels, state, generator=gen)).to(TRITON_DEVICE).requires_grad_(),
-              rnd(batch, groups, length, state), rnd(batch, groups, length, state), rnd(groups * channels),
-              rnd(groups * channels, scale=0.5)]
+    inputs = [
+        rnd(batch, length, channels),
+        rnd(batch, groups, length, channels, scale=0.5),
+        (-torch.rand(groups * channels, state, generator=gen)).to(TRITON_DEVICE).requires_grad_(),
+        rnd(batch, groups, length, state),
+        rnd(batch, groups, length, state),
+        rnd(groups * channels),
+        rnd(groups * channels, scale=0.5),
+    ]
     return inputs, scan_orders(height, width, 4, 2, TRITON_DEVICE)[0]
 
 
@@ -244,8 +268,10 @@ def test_nss_scan_op_matches_the_triton_function(low_rank: bool) -> None:
 def _gate_params(inputs: list[Tensor]) -> list[Tensor]:
     gen = torch.Generator().manual_seed(8)
     groups, channels = inputs[1].shape[1], inputs[0].shape[2]
-    return [(torch.randn(channels, groups, groups, generator=gen) * 0.5).to(TRITON_DEVICE).requires_grad_(),
-            (torch.randn(channels, groups, generator=gen) * 0.5).to(TRITON_DEVICE).requires_grad_()]
+    return [
+        (torch.randn(channels, groups, groups, generator=gen) * 0.5).to(TRITON_DEVICE).requires_grad_(),
+        (torch.randn(channels, groups, generator=gen) * 0.5).to(TRITON_DEVICE).requires_grad_(),
+    ]
 
 
 @needs_triton
@@ -295,8 +321,7 @@ def test_compile_whole_network_without_graph_breaks(name: str) -> None:
 
     compiled = custom_ops.compile_model(model, backend="aot_eager")  # fullgraph=True: a break raises
     for shape, want in zip(shapes, eager, strict=True):  # a second size: new graph, new scan orders
-        _assert_same(_step(compiled, torch.rand(shape, generator=torch.Generator().manual_seed(2))), want,
-                     tol=1e-5)
+        _assert_same(_step(compiled, torch.rand(shape, generator=torch.Generator().manual_seed(2))), want, tol=1e-5)
 
 
 @needs_triton
@@ -313,8 +338,11 @@ def test_compile_network_with_the_fused_triton_scan(monkeypatch: pytest.MonkeyPa
     x = torch.rand(1, 3, 4, 4, generator=torch.Generator().manual_seed(2)).to(TRITON_DEVICE)
     want = _step(model, x)
     calls = []
-    module, names = ((nss_gated, ("nss_scan_gated_forward", "nss_scan_gated_backward")) if fuse_gate
-                     else (triton_backend, ("nss_scan_forward", "nss_scan_backward")))
+    module, names = (
+        (nss_gated, ("nss_scan_gated_forward", "nss_scan_gated_backward"))
+        if fuse_gate
+        else (triton_backend, ("nss_scan_forward", "nss_scan_backward"))
+    )
     for name in names:
         original = getattr(module, name)
         monkeypatch.setattr(module, name, lambda *a, _f=original, _n=name, **k: calls.append(_n) or _f(*a, **k))
@@ -325,8 +353,10 @@ def test_compile_network_with_the_fused_triton_scan(monkeypatch: pytest.MonkeyPa
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(os.environ.get("MAIR_TEST_INDUCTOR") != "1",
-                    reason="Inductor compiles C++ for 1-2 min on a small CPU; set MAIR_TEST_INDUCTOR=1")
+@pytest.mark.skipif(
+    os.environ.get("MAIR_TEST_INDUCTOR") != "1",
+    reason="Inductor compiles C++ for 1-2 min on a small CPU; set MAIR_TEST_INDUCTOR=1",
+)
 def test_compile_with_inductor_matches_eager() -> None:
     model = tiny_mair()
     x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(2))

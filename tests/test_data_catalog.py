@@ -57,17 +57,10 @@ def test_shipped_catalog_values_come_from_the_reference(catalog: Any) -> None:
             for algorithm in ("sha256", "sha1", "md5"):
                 value = getattr(spec, algorithm)
                 if value is not None:
-                    assert value in text, (
-                        f"{dataset.id}/{spec.name}: {algorithm} {value} not in the reference"
-                    )
+                    assert value in text, f"{dataset.id}/{spec.name}: {algorithm} {value} not in the reference"
             if spec.size is not None:
-                assert str(spec.size) in numbers, (
-                    f"{dataset.id}/{spec.name}: size {spec.size} not in the reference"
-                )
-    assert (
-        catalog.get("div2k").files[0].sha256
-        == "9d0b9c463f6e35b6c62cc6a930ee2224f670b34c1df841a57670f9acf0f6c335"
-    )
+                assert str(spec.size) in numbers, f"{dataset.id}/{spec.name}: size {spec.size} not in the reference"
+    assert catalog.get("div2k").files[0].sha256 == "9d0b9c463f6e35b6c62cc6a930ee2224f670b34c1df841a57670f9acf0f6c335"
     assert catalog.get("flickr2k").files[0].sha256 is None  # not published: the lock file records it
 
 
@@ -143,9 +136,7 @@ F0 = r"datasets\.toy\.files\[0\]"
         (
             {
                 "toy": _toy(
-                    alternatives={
-                        "b": {"description": "d", "files": [{"name": "a.zip", "urls": ["https://x"]}]}
-                    }
+                    alternatives={"b": {"description": "d", "files": [{"name": "a.zip", "urls": ["https://x"]}]}}
                 )
             },
             r"datasets\.toy: file names must be unique",
@@ -225,9 +216,7 @@ def test_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_lock_file_keeps_first_recording(tmp_path: Path) -> None:
     lock = LockFile(tmp_path / "data.lock.json")
-    first = lock.record(
-        "toy", "a.zip", {"sha256": "a" * 64, "size": 3, "origin": "first-download", "source": "u1"}
-    )
+    first = lock.record("toy", "a.zip", {"sha256": "a" * 64, "size": 3, "origin": "first-download", "source": "u1"})
     again = lock.record("toy", "a.zip", {"sha256": "a" * 64, "size": 3, "origin": "catalog", "source": "u2"})
     assert again["origin"] == "first-download" and again["source"] == "u1"
     assert again["recorded"] == first["recorded"]

@@ -193,9 +193,7 @@ def lock_entries(data: Path) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------ tests
 
 
-def test_download_verifies_then_extracts(
-    env: dict[str, Any], server: Server, capsys: pytest.CaptureFixture
-) -> None:
+def test_download_verifies_then_extracts(env: dict[str, Any], server: Server, capsys: pytest.CaptureFixture) -> None:
     archive = tar_gz({"toy/HR/a.png": png_bytes(1), "toy/HR/b.png": png_bytes(2)})
     server.files["/toy.tar.gz"] = archive
     spec = {
@@ -224,15 +222,11 @@ def test_download_verifies_then_extracts(
     assert len(server.requests) == before
 
 
-def test_checksum_mismatch_keeps_nothing(
-    env: dict[str, Any], server: Server, capsys: pytest.CaptureFixture
-) -> None:
+def test_checksum_mismatch_keeps_nothing(env: dict[str, Any], server: Server, capsys: pytest.CaptureFixture) -> None:
     archive = tar_gz({"a.png": png_bytes(3)})
     server.files["/toy.tar.gz"] = archive
     wrong = "0" * 64
-    env["write"](
-        {"toy": entry([{"name": "toy.tar.gz", "urls": [f"{server.base}/toy.tar.gz"], "sha256": wrong}])}
-    )
+    env["write"]({"toy": entry([{"name": "toy.tar.gz", "urls": [f"{server.base}/toy.tar.gz"], "sha256": wrong}])})
     assert main(["data", "download", "toy", *FAST]) == 1
     err = capsys.readouterr().err
     assert "toy/toy.tar.gz" in err and wrong in err and sha256(archive) in err
@@ -255,9 +249,7 @@ def test_cut_transfer_resumes_on_next_run(env: dict[str, Any], server: Server) -
     archive = zip_bytes({f"HR/{i}.png": png_bytes(10 + i, 32) for i in range(4)})
     server.files["/toy.zip"] = archive
     server.cut_once["/toy.zip"] = 1000
-    env["write"](
-        {"toy": entry([{"name": "toy.zip", "urls": [f"{server.base}/toy.zip"], "sha256": sha256(archive)}])}
-    )
+    env["write"]({"toy": entry([{"name": "toy.zip", "urls": [f"{server.base}/toy.zip"], "sha256": sha256(archive)}])})
     no_retry = ["--retries", "0", "--backoff", "0", "--timeout", "10", "--quiet"]
     assert main(["data", "download", "toy", *no_retry]) == 1
     part = env["data"] / "raw/toy/toy.zip.part"
@@ -276,9 +268,7 @@ def test_retries_resume_within_one_run(env: dict[str, Any], server: Server) -> N
     server.files["/toy.zip"] = archive
     server.fail_once["/toy.zip"] = 503  # first request: 503
     server.cut_once["/toy.zip"] = 700  # second: the connection drops after 700 bytes; third: Range
-    env["write"](
-        {"toy": entry([{"name": "toy.zip", "urls": [f"{server.base}/toy.zip"], "size": len(archive)}])}
-    )
+    env["write"]({"toy": entry([{"name": "toy.zip", "urls": [f"{server.base}/toy.zip"], "size": len(archive)}])})
     assert main(["data", "download", "toy", "--retries", "3", "--backoff", "0", "--quiet"]) == 0
     assert len([p for p, _ in server.requests if p == "/toy.zip"]) == 3
     assert server.ranges("/toy.zip") == ["bytes=700-"]
@@ -317,15 +307,9 @@ def test_falls_back_to_next_url(env: dict[str, Any], server: Server) -> None:
 
 
 def test_login_dataset_prints_instructions(env: dict[str, Any], server: Server, capsys) -> None:
-    instructions = (
-        "1. Open https://example.invalid/downloads and log in.\n2. mair data add locked --from DIR\n"
-    )
+    instructions = "1. Open https://example.invalid/downloads and log in.\n2. mair data add locked --from DIR\n"
     env["write"](
-        {
-            "locked": entry(
-                [{"name": "info.mat", "urls": []}], access="login", manual={"instructions": instructions}
-            )
-        }
+        {"locked": entry([{"name": "info.mat", "urls": []}], access="login", manual={"instructions": instructions})}
     )
     assert main(["data", "download", "locked", *FAST]) == 1
     err = capsys.readouterr().err
@@ -334,9 +318,7 @@ def test_login_dataset_prints_instructions(env: dict[str, Any], server: Server, 
     assert not (env["data"] / "raw/locked").exists()
 
 
-def test_lock_records_first_download_and_refuses_a_different_file(
-    env: dict[str, Any], server: Server, capsys
-) -> None:
+def test_lock_records_first_download_and_refuses_a_different_file(env: dict[str, Any], server: Server, capsys) -> None:
     first = zip_bytes({"HR/a.png": png_bytes(6)})
     server.files["/toy.zip"] = first
     env["write"]({"toy": entry([{"name": "toy.zip", "urls": [f"{server.base}/toy.zip"]}])})
@@ -503,9 +485,7 @@ def test_all_expands_derived_sets_and_reports_manual(env: dict[str, Any], server
             "part_a": entry([{"name": "a.tar.gz", "urls": [f"{server.base}/a.tar.gz"], "sha256": sha256(a)}]),
             "part_b": entry([{"name": "b.tar.gz", "urls": [f"{server.base}/b.tar.gz"], "sha256": sha256(b)}]),
             "merged": entry([], derived_from=["part_a", "part_b"]),
-            "locked": entry(
-                [{"name": "x.mat", "urls": []}], access="login", manual={"instructions": "by hand"}
-            ),
+            "locked": entry([{"name": "x.mat", "urls": []}], access="login", manual={"instructions": "by hand"}),
         }
     )
     assert main(["data", "download", "merged", *FAST]) == 0
@@ -557,9 +537,7 @@ def test_download_file_api_resumes_with_options(tmp_path: Path, server: Server) 
         yaml.safe_dump(
             {
                 "schema_version": 1,
-                "datasets": {
-                    "toy": entry([{"name": "f.bin", "urls": [f"{server.base}/f.bin"], "size": len(data)}])
-                },
+                "datasets": {"toy": entry([{"name": "f.bin", "urls": [f"{server.base}/f.bin"], "size": len(data)}])},
             }
         )
     )

@@ -234,9 +234,7 @@ def test_extract_dataset_is_atomic_and_writes_marker(tmp_path: Path) -> None:
 
 def test_rar_stored_members_extract_without_a_tool(tmp_path: Path) -> None:
     pytest.importorskip("rarfile")
-    archive = make_rar4(
-        tmp_path / "a.rar", [("pristine", None, 0x30), ("pristine/a.png", png_bytes(6), 0x30)]
-    )
+    archive = make_rar4(tmp_path / "a.rar", [("pristine", None, 0x30), ("pristine/a.png", png_bytes(6), 0x30)])
     out = tmp_path / "out"
     out.mkdir()
     assert extract_archive(archive, out, "rar") == 1
@@ -254,9 +252,7 @@ def test_rar_traversal_is_refused(tmp_path: Path) -> None:
     assert not (tmp_path / "deep" / "evil.png").exists()
 
 
-def test_compressed_rar_without_tool_names_what_to_install(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_compressed_rar_without_tool_names_what_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     rarfile = pytest.importorskip("rarfile")
     # point rarfile's tool names (module settings it reads at run time) at programs that do not exist
     for name in ("UNRAR_TOOL", "UNAR_TOOL", "BSDTAR_TOOL", "SEVENZIP_TOOL", "SEVENZIP2_TOOL"):

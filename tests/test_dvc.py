@@ -18,9 +18,20 @@ import yaml
 from test_workflow import EXPERIMENTS, copy_repo, parse_dry_run, run_env, snakemake
 
 REPO = Path(__file__).resolve().parents[1]
-TARGET_RULES = {"all", "reproduce_tables", "reproduce_sr", "reproduce_light_sr", "reproduce_denoising",
-                "reproduce_real_denoising", "reproduce_deblurring", "reproduce_dehazing", "download_all",
-                "prepare_all", "train_all", "evaluate_all"}
+TARGET_RULES = {
+    "all",
+    "reproduce_tables",
+    "reproduce_sr",
+    "reproduce_light_sr",
+    "reproduce_denoising",
+    "reproduce_real_denoising",
+    "reproduce_deblurring",
+    "reproduce_dehazing",
+    "download_all",
+    "prepare_all",
+    "train_all",
+    "evaluate_all",
+}
 
 pytestmark = [
     pytest.mark.skipif(shutil.which("dvc") is None, reason="dvc is not installed"),
@@ -69,9 +80,9 @@ def parse_stage_command(cmd: str) -> dict[str, Any]:
     if words[:3] == ["python", "-m", "mair.snakemake_run"]:  # Snakemake with the profile `executor` names
         words = ["snakemake", *words[3:]]
     assert words[0] == "snakemake", cmd
-    out: dict[str, Any] = {"rules": [], "config": {}, "targets": words[words.index("--") + 1:]}
+    out: dict[str, Any] = {"rules": [], "config": {}, "targets": words[words.index("--") + 1 :]}
     key = None
-    for word in words[1:words.index("--")]:
+    for word in words[1 : words.index("--")]:
         if word.startswith("--"):
             key = word
             continue
@@ -95,8 +106,9 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_dvc_yaml_is_generated_from_the_experiments() -> None:
-    proc = subprocess.run([sys.executable, "-m", "mair.pipeline", "dvc-yaml", "--check"], cwd=REPO,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "mair.pipeline", "dvc-yaml", "--check"], cwd=REPO, capture_output=True, text=True
+    )
     assert proc.returncode == 0, proc.stderr
     doc = yaml.safe_load((REPO / "dvc.yaml").read_text())
     assert doc["vars"] == ["params/pipeline.yaml"]
@@ -119,8 +131,19 @@ def test_dvc_stages_and_snakemake_dag_describe_the_same_steps(work: Path, scope:
     root = f"results/{weights}/{scope}"
     jobs = []
     for quirk in ("official", "fixed"):  # dvc.yaml orders MaIR-T x3 after both of its possible inits
-        jobs += parse_dry_run(snakemake(work, "-n", "-p", "reproduce_tables", "prepare_all", "--config",
-                                        f"scope={scope}", f"init_quirk={quirk}", f"weights={weights}").stdout)
+        jobs += parse_dry_run(
+            snakemake(
+                work,
+                "-n",
+                "-p",
+                "reproduce_tables",
+                "prepare_all",
+                "--config",
+                f"scope={scope}",
+                f"init_quirk={quirk}",
+                f"weights={weights}",
+            ).stdout
+        )
     jobs = [j for j in jobs if j["rule"] not in TARGET_RULES]
     commands = {name: parse_stage_command(s["cmd"][0]) for name, s in stages.items()}
     assert all(len(s["cmd"]) == 1 for s in stages.values())
@@ -200,8 +223,7 @@ def test_dvc_stages_and_snakemake_dag_describe_the_same_steps(work: Path, scope:
     assert "experiments" not in commands["data"]["config"] and "experiments" not in commands["tables"]["config"]
     # Metrics: one small file per evaluation stage, not cached (git-tracked-size, shown by `dvc metrics show`).
     for e in EXPERIMENTS:
-        assert stages[f"evaluate_{e}"]["outs"][f"{root}/metrics/{e}.json"] == {"persist": False,
-                                                                                          "cache": False}
+        assert stages[f"evaluate_{e}"]["outs"][f"{root}/metrics/{e}.json"] == {"persist": False, "cache": False}
 
 
 @pytest.mark.skipif(shutil.which("mair") is None, reason="the mair command is not installed")
@@ -212,8 +234,9 @@ def test_dvc_repro_runs_a_demo_step_in_a_fresh_clone(tmp_path: Path) -> None:
     _git_init(work)
     env = run_env(work)
     start = time.monotonic()
-    proc = subprocess.run(["dvc", "repro", "evaluate_dehaze_r6k"], cwd=work, env=env, capture_output=True,
-                          text=True, timeout=1800)
+    proc = subprocess.run(
+        ["dvc", "repro", "evaluate_dehaze_r6k"], cwd=work, env=env, capture_output=True, text=True, timeout=1800
+    )
     elapsed = time.monotonic() - start
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-4000:]
     print(f"dvc repro evaluate_dehaze_r6k (demo): {elapsed:.0f} s")
@@ -226,17 +249,18 @@ def test_dvc_repro_runs_a_demo_step_in_a_fresh_clone(tmp_path: Path) -> None:
     assert (work / "results" / "trained" / "demo" / "eval" / "dehaze_r6k" / "reside_6k.json").is_file()
     assert any((work / "runs" / "demo" / "dehaze_r6k").iterdir())
 
-    status = subprocess.run(["dvc", "status", "evaluate_dehaze_r6k"], cwd=work, env=env, capture_output=True,
-                            text=True, timeout=300)
+    status = subprocess.run(
+        ["dvc", "status", "evaluate_dehaze_r6k"], cwd=work, env=env, capture_output=True, text=True, timeout=300
+    )
     assert status.returncode == 0 and "changed" not in status.stdout, status.stdout
-    again = subprocess.run(["dvc", "repro", "evaluate_dehaze_r6k"], cwd=work, env=env, capture_output=True,
-                           text=True, timeout=600)
+    again = subprocess.run(
+        ["dvc", "repro", "evaluate_dehaze_r6k"], cwd=work, env=env, capture_output=True, text=True, timeout=600
+    )
     assert again.returncode == 0 and "Running stage" not in again.stdout, again.stdout
 
 
 def _dvc(work: Path, *args: str, timeout: float = 1800) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(["dvc", *args], cwd=work, env=run_env(work), capture_output=True, text=True,
-                          timeout=timeout)
+    proc = subprocess.run(["dvc", *args], cwd=work, env=run_env(work), capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"dvc {' '.join(args)}:\n{proc.stdout[-6000:]}\n{proc.stderr[-4000:]}"
     return proc
 
@@ -269,12 +293,12 @@ def test_dvc_experiment_metrics_plots_and_documented_commands_on_a_fresh_clone(t
     dry = next(c for c in documented if "--dry" in c)
     plan = re.findall(r"Running stage '([^']+)'", _dvc(work, *shlex.split(dry)[1:], timeout=600).stdout)
     assert len(plan) == 36 and plan[0] == "data" and plan[-1] == "tables"
-    assert plan.index("weights_sr_classic_x2") < plan.index("weights_sr_classic_x3") < plan.index(
-        "evaluate_sr_classic_x3")
+    assert (
+        plan.index("weights_sr_classic_x2") < plan.index("weights_sr_classic_x3") < plan.index("evaluate_sr_classic_x3")
+    )
 
     # (10) Experiments chosen through DVC params, as with --config: the data stage prepares only dehaze_r6k's sets.
-    _dvc(work, "exp", "run", "-n", "r6k", "-S", "params/pipeline.yaml:experiments=[dehaze_r6k]",
-         "evaluate_dehaze_r6k")
+    _dvc(work, "exp", "run", "-n", "r6k", "-S", "params/pipeline.yaml:experiments=[dehaze_r6k]", "evaluate_dehaze_r6k")
     manifest = json.loads((work / "results" / "trained" / "demo" / "data" / "manifest.json").read_text())
     assert set(manifest["datasets"]) == {"reside_6k"}
     metrics_file = work / "results" / "trained" / "demo" / "metrics" / "dehaze_r6k.json"

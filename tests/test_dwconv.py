@@ -22,8 +22,9 @@ from tests.conftest import rel_err as _rel  # noqa: E402
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _inputs(batch: int, height: int, width: int, channels: int, ks: int, seed: int, strided: bool,
-            bias: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+def _inputs(
+    batch: int, height: int, width: int, channels: int, ks: int, seed: int, strided: bool, bias: bool = True
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     gen = torch.Generator().manual_seed(seed)
     if strided:  # half of a wider projection, as the VMM's x half of in_proj's output
         x = torch.randn(batch, height, width, 2 * channels, generator=gen)[..., :channels]
@@ -34,16 +35,19 @@ def _inputs(batch: int, height: int, width: int, channels: int, ks: int, seed: i
     return x, weight, b
 
 
-@pytest.mark.parametrize("batch,height,width,channels,ks,strided,bias", [
-    (2, 5, 7, 37, 3, True, True),     # odd sizes, channels across two channel blocks, in_proj's strided half
-    (1, 9, 4, 8, 3, False, False),    # no bias, rows longer than columns
-    (1, 3, 11, 33, 5, True, True),    # a 5x5 kernel wider than the image's height
-    (3, 1, 1, 4, 3, False, True),     # a 1x1 image: only the centre tap sees data
-])
-def test_matches_grouped_conv2d_with_all_gradients(batch: int, height: int, width: int, channels: int, ks: int,
-                                                  strided: bool, bias: bool) -> None:
-    x, weight, b = _inputs(batch, height, width, channels, ks, seed=height * 31 + channels, strided=strided,
-                           bias=bias)
+@pytest.mark.parametrize(
+    "batch,height,width,channels,ks,strided,bias",
+    [
+        (2, 5, 7, 37, 3, True, True),  # odd sizes, channels across two channel blocks, in_proj's strided half
+        (1, 9, 4, 8, 3, False, False),  # no bias, rows longer than columns
+        (1, 3, 11, 33, 5, True, True),  # a 5x5 kernel wider than the image's height
+        (3, 1, 1, 4, 3, False, True),  # a 1x1 image: only the centre tap sees data
+    ],
+)
+def test_matches_grouped_conv2d_with_all_gradients(
+    batch: int, height: int, width: int, channels: int, ks: int, strided: bool, bias: bool
+) -> None:
+    x, weight, b = _inputs(batch, height, width, channels, ks, seed=height * 31 + channels, strided=strided, bias=bias)
     leaves = [t.to(DEVICE).requires_grad_() for t in (x, weight) + ((b,) if b is not None else ())]
     refs = [t.detach().double().requires_grad_() for t in leaves]
     y = depthwise_conv2d(leaves[0], leaves[1], leaves[2] if bias else None)

@@ -29,23 +29,55 @@ def _single_thread() -> Iterator[None]:
     yield
     torch.set_num_threads(threads)
 
-TINY_MAIR = {"img_size": 16, "embed_dim": 8, "depths": [1], "d_state": 2, "ssm_ratio": 1.0, "mlp_ratio": 1.0,
-             "upscale": 2, "upsampler": "pixelshuffledirect", "scan_len": 4}
+
+TINY_MAIR = {
+    "img_size": 16,
+    "embed_dim": 8,
+    "depths": [1],
+    "d_state": 2,
+    "ssm_ratio": 1.0,
+    "mlp_ratio": 1.0,
+    "upscale": 2,
+    "upsampler": "pixelshuffledirect",
+    "scan_len": 4,
+}
 N_IMAGES = 5
 
 
 def _metrics(crop: int, y: bool, extra: list[str] | None = None, use_image: bool = True) -> dict[str, Any]:
-    return {"names": ["psnr", "ssim"], "crop_border": crop, "test_y_channel": y, "extra_spaces": extra or [],
-            "use_image": use_image, "rgb2bgr": True}
+    return {
+        "names": ["psnr", "ssim"],
+        "crop_border": crop,
+        "test_y_channel": y,
+        "extra_spaces": extra or [],
+        "use_image": use_image,
+        "rgb2bgr": True,
+    }
 
 
-def _experiment(task: str, arch: str, kwargs: dict[str, Any], dataset: dict[str, Any],
-                metrics: dict[str, Any], protocol: str, scale: int = 1,
-                noise: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {"id": f"tiny_{task}", "task": task, "scale": scale, "network": {"arch": arch, "kwargs": kwargs},
-            "test": {"datasets": [{**dataset, "submission_only": dataset.get("submission_only", False)}],
-                     "noise": noise, "metrics": metrics, "protocol": protocol,
-                     "self_ensemble_reported": False}}
+def _experiment(
+    task: str,
+    arch: str,
+    kwargs: dict[str, Any],
+    dataset: dict[str, Any],
+    metrics: dict[str, Any],
+    protocol: str,
+    scale: int = 1,
+    noise: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    return {
+        "id": f"tiny_{task}",
+        "task": task,
+        "scale": scale,
+        "network": {"arch": arch, "kwargs": kwargs},
+        "test": {
+            "datasets": [{**dataset, "submission_only": dataset.get("submission_only", False)}],
+            "noise": noise,
+            "metrics": metrics,
+            "protocol": protocol,
+            "self_ensemble_reported": False,
+        },
+    }
 
 
 def _write(path: Path, rgb: np.ndarray) -> None:
@@ -75,9 +107,15 @@ def sr_experiment_and_weights(tmp_path: Path) -> tuple[dict[str, Any], Path]:
     model = from_official("MaIR", **TINY_MAIR)
     weights = tmp_path / "tiny_sr.pth"
     save_weights(model, weights)
-    exp = _experiment("sr_light", "MaIR", dict(TINY_MAIR),
-                      {"id": "set5", "gt": "HR", "lq": "LR_bicubic/X2", "pairing": "same_name"},
-                      _metrics(2, True), "tile", scale=2)
+    exp = _experiment(
+        "sr_light",
+        "MaIR",
+        dict(TINY_MAIR),
+        {"id": "set5", "gt": "HR", "lq": "LR_bicubic/X2", "pairing": "same_name"},
+        _metrics(2, True),
+        "tile",
+        scale=2,
+    )
     return exp, weights
 
 
@@ -102,14 +140,22 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
-def _run(exp: dict[str, Any], weights: Path | None, results: Path, root: Path,
-         **kw: Any) -> list[dict[str, Any]]:
-    return runner.evaluate(exp, weights, dataset_roots={exp["test"]["datasets"][0]["id"]: root},
-                           results_dir=results, device="cpu", track=False, progress=False, **kw)
+def _run(exp: dict[str, Any], weights: Path | None, results: Path, root: Path, **kw: Any) -> list[dict[str, Any]]:
+    return runner.evaluate(
+        exp,
+        weights,
+        dataset_roots={exp["test"]["datasets"][0]["id"]: root},
+        results_dir=results,
+        device="cpu",
+        track=False,
+        progress=False,
+        **kw,
+    )
 
 
-def test_sr_evaluation_writes_csv_and_summary(tmp_path: Path, sr_set: Path,
-                                              sr_experiment_and_weights: tuple[dict[str, Any], Path]) -> None:
+def test_sr_evaluation_writes_csv_and_summary(
+    tmp_path: Path, sr_set: Path, sr_experiment_and_weights: tuple[dict[str, Any], Path]
+) -> None:
     exp, weights = sr_experiment_and_weights
     (summary,) = _run(exp, weights, tmp_path / "results", sr_set)
     out = tmp_path / "results" / "paper" / "eval" / "tiny_sr_light"
@@ -136,7 +182,8 @@ def test_sr_evaluation_writes_csv_and_summary(tmp_path: Path, sr_set: Path,
 
 
 def test_resume_after_crash_skips_finished_images(
-        tmp_path: Path, sr_set: Path, sr_experiment_and_weights: tuple[dict[str, Any], Path]) -> None:
+    tmp_path: Path, sr_set: Path, sr_experiment_and_weights: tuple[dict[str, Any], Path]
+) -> None:
     exp, weights = sr_experiment_and_weights
     spec = runner.eval_spec(exp)
     results = tmp_path / "results"
@@ -180,9 +227,9 @@ def test_resume_after_crash_skips_finished_images(
     assert counting.calls == N_IMAGES
 
 
-def test_weights_of_another_architecture_are_refused(tmp_path: Path, sr_set: Path,
-                                                     sr_experiment_and_weights: tuple[dict[str, Any], Path]
-                                                     ) -> None:
+def test_weights_of_another_architecture_are_refused(
+    tmp_path: Path, sr_set: Path, sr_experiment_and_weights: tuple[dict[str, Any], Path]
+) -> None:
     exp, weights = sr_experiment_and_weights
     exp["network"]["kwargs"] = {**TINY_MAIR, "embed_dim": 12}
     with pytest.raises(runner.EvaluationError, match="do not fit"):
@@ -191,12 +238,20 @@ def test_weights_of_another_architecture_are_refused(tmp_path: Path, sr_set: Pat
         _run(exp, tmp_path / "missing.pth", tmp_path / "results", sr_set)
 
 
-def test_unprepared_dataset_is_a_clear_error(tmp_path: Path,
-                                             sr_experiment_and_weights: tuple[dict[str, Any], Path]) -> None:
+def test_unprepared_dataset_is_a_clear_error(
+    tmp_path: Path, sr_experiment_and_weights: tuple[dict[str, Any], Path]
+) -> None:
     exp, weights = sr_experiment_and_weights
     with pytest.raises(runner.EvaluationError, match="not prepared"):
-        runner.evaluate(exp, weights, results_dir=tmp_path / "r", data_root=tmp_path / "nodata", device="cpu",
-                        track=False, progress=False)
+        runner.evaluate(
+            exp,
+            weights,
+            results_dir=tmp_path / "r",
+            data_root=tmp_path / "nodata",
+            device="cpu",
+            track=False,
+            progress=False,
+        )
 
 
 def test_colour_denoising_uses_official_noise_and_reports_rgb_and_y(tmp_path: Path) -> None:
@@ -204,11 +259,15 @@ def test_colour_denoising_uses_official_noise_and_reports_rgb_and_y(tmp_path: Pa
     rng = np.random.default_rng(1)
     for i in range(3):
         _write(root / "HR" / f"c{i}.png", rng.integers(0, 256, (30, 34, 3), dtype=np.uint8))
-    exp = _experiment("dn_color", "MaIR", {}, {"id": "cbsd68", "gt": "HR", "lq": None,
-                                                "pairing": "synthetic_noise"},
-                      _metrics(0, False, ["y"]), "tile",
-                      noise={"sigma": 25, "seed": 0, "reseed_per_image": True, "channel_order": "bgr",
-                             "clip": False})
+    exp = _experiment(
+        "dn_color",
+        "MaIR",
+        {},
+        {"id": "cbsd68", "gt": "HR", "lq": None, "pairing": "synthetic_noise"},
+        _metrics(0, False, ["y"]),
+        "tile",
+        noise={"sigma": 25, "seed": 0, "reseed_per_image": True, "channel_order": "bgr", "clip": False},
+    )
     (summary,) = _run(exp, None, tmp_path / "results", root, model=nn.Identity())
     rows = _read_csv(tmp_path / "results/paper/eval/tiny_dn_color/cbsd68.csv")
     assert list(rows[0]) == ["name", "psnr", "ssim", "psnr_y", "ssim_y"]
@@ -268,9 +327,14 @@ def test_dnd_submission_bundle(tmp_path: Path) -> None:
                 g.create_dataset("InoisySRGB", data=img.T)  # MATLAB column-major: h5py sees it transposed
             boxes = np.array([[1 + k, 1 + 2 * k, 8 + k, 16 + 2 * k] for k in range(20)], dtype=np.float64)
             bb[0, i] = refs.create_dataset(f"b{i}", data=boxes.T).ref
-    exp = _experiment("dn_real", "MaIRUNet", {}, {"id": "dnd", "gt": None, "lq": "images_srgb",
-                                                   "pairing": "dnd_bboxes", "submission_only": True},
-                      _metrics(0, False, use_image=False), "pad8")
+    exp = _experiment(
+        "dn_real",
+        "MaIRUNet",
+        {},
+        {"id": "dnd", "gt": None, "lq": "images_srgb", "pairing": "dnd_bboxes", "submission_only": True},
+        _metrics(0, False, use_image=False),
+        "pad8",
+    )
     (summary,) = _run(exp, None, tmp_path / "results", root, model=nn.Identity())
     assert summary["metrics"] == {} and summary["n_images"] == 2
     bundle = Path(summary["submission"])
@@ -281,6 +345,6 @@ def test_dnd_submission_bundle(tmp_path: Path) -> None:
     assert not bool(mat["israw"][0, 0]) and str(mat["eval_version"][0]) == "1.0"
     k = 3
     patch = mat["Idenoised"][0, k]
-    expected = images[1][k:8 + k, 2 * k:16 + 2 * k]  # rows box[0]-1:box[2], cols box[1]-1:box[3]
+    expected = images[1][k : 8 + k, 2 * k : 16 + 2 * k]  # rows box[0]-1:box[2], cols box[1]-1:box[3]
     assert patch.dtype == np.float32 and patch.shape == (8, 16, 3)
     np.testing.assert_allclose(patch, np.clip(expected, 0, 1).astype(np.float32))

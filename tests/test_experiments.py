@@ -23,11 +23,23 @@ from mair.experiments import (
 
 REPO = Path(__file__).resolve().parents[1]
 EXPECTED_IDS = [
-    "sr_classic_x2", "sr_classic_x3", "sr_classic_x4",
-    "sr_light_s_x2", "sr_light_s_x3", "sr_light_s_x4",
-    "sr_light_t_x2", "sr_light_t_x3", "sr_light_t_x4",
-    "dn_color_s15", "dn_color_s25", "dn_color_s50",
-    "dn_real", "deblur_motion", "dehaze_its", "dehaze_ots", "dehaze_r6k",
+    "sr_classic_x2",
+    "sr_classic_x3",
+    "sr_classic_x4",
+    "sr_light_s_x2",
+    "sr_light_s_x3",
+    "sr_light_s_x4",
+    "sr_light_t_x2",
+    "sr_light_t_x3",
+    "sr_light_t_x4",
+    "dn_color_s15",
+    "dn_color_s25",
+    "dn_color_s50",
+    "dn_real",
+    "deblur_motion",
+    "dehaze_its",
+    "dehaze_ots",
+    "dehaze_r6k",
 ]
 
 
@@ -107,15 +119,17 @@ def test_classic_sr_x2_matches_the_official_yml() -> None:
     kw, train = exp["network"]["kwargs"], exp["train"]
     assert exp["network"]["arch"] == "MaIR"
     assert (kw["embed_dim"], kw["depths"], kw["d_state"], kw["ssm_ratio"], kw["mlp_ratio"]) == (
-        180, [6] * 6, 16, 2.0, 2.5)
+        180,
+        [6] * 6,
+        16,
+        2.0,
+        2.5,
+    )
     assert (kw["upsampler"], kw["upscale"], kw["img_size"], kw["scan_len"]) == ("pixelshuffle", 2, 64, 8)
     assert kw["drop_path_rate"] == train["drop_path"]["rate"] == 0.1
-    assert train["scheduler"] == {"type": "MultiStepLR", "milestones": [250000, 400000, 450000, 475000],
-                                  "gamma": 0.5}
-    assert (train["total_iter"], train["batch_per_gpu"], train["gpus"], train["effective_batch"]) == (
-        500000, 4, 8, 32)
-    assert train["optimizer"] == {"type": "Adam", "lr": 2e-4, "betas": [0.9, 0.99], "eps": 1e-8,
-                                  "weight_decay": 0.0}
+    assert train["scheduler"] == {"type": "MultiStepLR", "milestones": [250000, 400000, 450000, 475000], "gamma": 0.5}
+    assert (train["total_iter"], train["batch_per_gpu"], train["gpus"], train["effective_batch"]) == (500000, 4, 8, 32)
+    assert train["optimizer"] == {"type": "Adam", "lr": 2e-4, "betas": [0.9, 0.99], "eps": 1e-8, "weight_decay": 0.0}
     assert train["patch"] == {"gt_size": 128, "lq_size": 64}
     assert train["datasets"][0]["id"] == "df2k" and train["seed"] == 10 and train["grad_clip"] is None
     assert exp["val"]["dataset"]["id"] == "set14" and exp["val"]["metrics"]["crop_border"] == 2
@@ -125,8 +139,11 @@ def test_classic_sr_x2_matches_the_official_yml() -> None:
 
 
 def test_x3_and_x4_initialise_from_x2_without_strict_loading() -> None:
-    for exp_id, parent in [("sr_classic_x3", "sr_classic_x2"), ("sr_light_s_x4", "sr_light_s_x2"),
-                           ("sr_light_t_x4", "sr_light_t_x2")]:
+    for exp_id, parent in [
+        ("sr_classic_x3", "sr_classic_x2"),
+        ("sr_light_s_x4", "sr_light_s_x2"),
+        ("sr_light_t_x4", "sr_light_t_x2"),
+    ]:
         init = load_experiment(exp_id)["train"]["init_from"]
         assert (init["experiment"], init["strict"], init["quirk"]) == (parent, False, None)
     assert load_experiment("sr_light_s_x3")["train"]["total_iter"] == 500000
@@ -149,8 +166,12 @@ def test_colour_denoising_values() -> None:
     assert (s15["train"]["batch_per_gpu"], s15["train"]["effective_batch"]) == (1, 8)
     assert s15["network"]["kwargs"]["upsampler"] is None and s15["network"]["kwargs"]["ssm_ratio"] == 1.3
     assert s50["train"]["noise_sigma"] == 50 == s50["test"]["noise"]["sigma"] == s50["val"]["noise"]["sigma"]
-    assert s50["train"]["init_from"] == {"experiment": "dn_color_s15", "strict": True,
-                                         "weights": "MaIR_CDN_s15.pth", "quirk": None}
+    assert s50["train"]["init_from"] == {
+        "experiment": "dn_color_s15",
+        "strict": True,
+        "weights": "MaIR_CDN_s15.pth",
+        "quirk": None,
+    }
     assert s50["train"]["total_iter"] == 1_600_000
     metrics = s15["test"]["metrics"]
     # RGB is the primary space, Y is reported too (spec 8.18).
@@ -166,8 +187,12 @@ def test_real_denoising_values() -> None:
     assert (kw["dim"], kw["num_blocks"], kw["num_refinement_blocks"]) == (48, [4, 6, 6, 8], 4)
     assert (kw["ssm_ratio"], kw["flp_ratio"], kw["mlp_ratio"], kw["scan_len"]) == (2.0, 4.0, 1.5, 4)
     assert train["total_iter"] == 718250
-    assert train["scheduler"] == {"type": "CosineAnnealingRestartCyclicLR", "periods": [184000, 544000],
-                                  "restart_weights": [1.0, 1.0], "eta_mins": [3e-4, 1e-6]}
+    assert train["scheduler"] == {
+        "type": "CosineAnnealingRestartCyclicLR",
+        "periods": [184000, 544000],
+        "restart_weights": [1.0, 1.0],
+        "eta_mins": [3e-4, 1e-6],
+    }
     assert train["optimizer"]["type"] == "AdamW" and train["optimizer"]["weight_decay"] == 1e-4
     assert train["grad_clip"] == 0.01 and train["seed"] == 100
     assert train["mixup"] == {"beta": 1.2, "use_identity": True}
@@ -175,8 +200,7 @@ def test_real_denoising_values() -> None:
     assert train["progressive"]["gt_sizes"] == [128, 160, 192, 256]
     assert train["augmentation"]["geometric_augs"] is True
     assert exp["val"]["metrics"]["use_image"] is False and exp["val"]["val_milestone"] > train["total_iter"]
-    assert [(d["id"], d["submission_only"]) for d in exp["test"]["datasets"]] == [
-        ("sidd_val", False), ("dnd", True)]
+    assert [(d["id"], d["submission_only"]) for d in exp["test"]["datasets"]] == [("sidd_val", False), ("dnd", True)]
     assert exp["test"]["protocol"] == "pad8"
 
 
@@ -193,8 +217,12 @@ def test_deblur_and_dehaze_values() -> None:
         assert sizes == (24, [2, 2, 3, 4], 2, 1.2)
         assert exp["train"]["total_iter"] == 700000 and exp["train"]["effective_batch"] == 12
         assert exp["train"]["scheduler"]["periods"] == [184000, 516000]
-        assert exp["complexity"] == {"params": 3404376, "flops_input_size": [256, 256], "flops_g": 24.033,
-                                     "flops_mflops_per_pixel": None}
+        assert exp["complexity"] == {
+            "params": 3404376,
+            "flops_input_size": [256, 256],
+            "flops_g": 24.033,
+            "flops_mflops_per_pixel": None,
+        }
     assert its["train"]["datasets"][0]["pairing"] == "hazy_prefix"
     assert r6k["train"]["datasets"][0]["pairing"] == "same_name"
     assert [d["id"] for d in its["test"]["datasets"]] == ["sots_indoor"]
@@ -327,7 +355,8 @@ def test_params_dir_follows_the_environment(tmp_path: Path, monkeypatch: pytest.
     (tmp_path / "experiments").mkdir()
     (tmp_path / "schema").mkdir()
     (tmp_path / "schema" / "experiment.schema.json").write_bytes(
-        (REPO / "params" / "schema" / "experiment.schema.json").read_bytes())
+        (REPO / "params" / "schema" / "experiment.schema.json").read_bytes()
+    )
     doc = _raw("dehaze_ots")
     _write(tmp_path / "experiments", doc, "dehaze_ots.yaml")
     doc["id"] = "other"

@@ -44,7 +44,7 @@ def test_golden_metrics_every_row(golden_dir: Path, datasets_dir: Path) -> None:
     for row in rows:
         gt = cache.setdefault(row["gt"], _read_rgb(datasets_dir / row["gt"]))
         est = _read_rgb(golden_dir / "metrics" / row["estimate"])
-        gt = gt[:est.shape[0], :est.shape[1]]  # the official dataset crops gt to lq * scale
+        gt = gt[: est.shape[0], : est.shape[1]]  # the official dataset crops gt to lq * scale
         crop, y = int(row["crop_border"]), row["test_y_channel"] == "True"
         psnr = m.calculate_psnr(est, gt, crop, test_y_channel=y)
         ssim = m.calculate_ssim(est, gt, crop, test_y_channel=y)

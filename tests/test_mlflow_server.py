@@ -30,8 +30,9 @@ def free_port() -> int:
 
 def _request(url: str, body: dict[str, Any] | None = None, timeout: float = 10.0) -> Any:
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"},
-                                     method="GET" if body is None else "POST")
+    request = urllib.request.Request(
+        url, data=data, headers={"Content-Type": "application/json"}, method="GET" if body is None else "POST"
+    )
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never through a proxy
     with opener.open(request, timeout=timeout) as response:
         text = response.read().decode()
@@ -49,9 +50,25 @@ def mlflow_server(db: Path, artifacts: Path) -> Iterator[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            ["mlflow", "server", "--backend-store-uri", f"sqlite:///{db}", "--artifacts-destination",
-             str(artifacts), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-            stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=artifacts.parent,
+            [
+                "mlflow",
+                "server",
+                "--backend-store-uri",
+                f"sqlite:///{db}",
+                "--artifacts-destination",
+                str(artifacts),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                "1",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+            cwd=artifacts.parent,
         )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -88,12 +105,14 @@ def search_runs(url: str) -> list[dict[str, Any]]:
     runs = []
     for run in found.get("runs", []):
         data = run.get("data", {})
-        runs.append({
-            "info": run["info"],
-            "params": {p["key"]: p["value"] for p in data.get("params", [])},
-            "metrics": {m["key"]: m["value"] for m in data.get("metrics", [])},
-            "tags": {t["key"]: t["value"] for t in data.get("tags", [])},
-        })
+        runs.append(
+            {
+                "info": run["info"],
+                "params": {p["key"]: p["value"] for p in data.get("params", [])},
+                "metrics": {m["key"]: m["value"] for m in data.get("metrics", [])},
+                "tags": {t["key"]: t["value"] for t in data.get("tags", [])},
+            }
+        )
     return runs
 
 
@@ -195,8 +214,14 @@ print(json.dumps({{"train": train, "model": model, "eval": ev, "lone": lone, "ta
         env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
         env["MLFLOW_TRACKING_URI"] = url
         env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
-        proc = subprocess.run([sys.executable, "-W", "error::UserWarning:mair.tracking", "-c", code], env=env,
-                              capture_output=True, text=True, timeout=300, cwd=tmp_path)
+        proc = subprocess.run(
+            [sys.executable, "-W", "error::UserWarning:mair.tracking", "-c", code],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=tmp_path,
+        )
         assert proc.returncode == 0, proc.stderr[-4000:]
         ids = json.loads(proc.stdout.strip().splitlines()[-1])
         assert all(ids.values()), ids
@@ -210,8 +235,9 @@ print(json.dumps({{"train": train, "model": model, "eval": ev, "lone": lone, "ta
         assert exp_tags["mlflow.experimentKind"] == "custom_model_development"
 
         # Source, type, user and commit: the UI's "Source" and "Created by".
-        commit = subprocess.run(["git", "-C", str(Path(__file__).parent), "rev-parse", "HEAD"], capture_output=True,
-                                text=True).stdout.strip()
+        commit = subprocess.run(
+            ["git", "-C", str(Path(__file__).parent), "rev-parse", "HEAD"], capture_output=True, text=True
+        ).stdout.strip()
         for run, source in ((train, "mair train"), (evaluation, "mair evaluate")):
             assert run["tags"]["mlflow.source.name"] == source and run["tags"]["mlflow.source.type"] == "LOCAL"
             assert run["tags"]["mlflow.user"]
@@ -229,13 +255,15 @@ print(json.dumps({{"train": train, "model": model, "eval": ev, "lone": lone, "ta
         assert model["info"]["status"] == "LOGGED_MODEL_READY"
         model_metrics = {m["key"]: m["value"] for m in model["data"].get("metrics", [])}
         assert model_metrics["reside_6k/psnr"] == pytest.approx(25.5)
-        found = _request(f"{url}/api/2.0/mlflow/logged-models/search",
-                         {"experiment_ids": [train["info"]["experiment_id"]]})
+        found = _request(
+            f"{url}/api/2.0/mlflow/logged-models/search", {"experiment_ids": [train["info"]["experiment_id"]]}
+        )
         assert [m["info"]["model_id"] for m in found["models"]] == [ids["model"]]
         listed = _request(f"{url}/api/2.0/mlflow/logged-models/{ids['model']}/artifacts/directories")
         assert {f["path"] for f in listed["files"]} == {"dehaze_r6k.pth", "config.yaml"}
-        data = _download(f"{url}/ajax-api/2.0/mlflow/logged-models/{ids['model']}/artifacts/files"
-                         f"?artifact_file_path=dehaze_r6k.pth")
+        data = _download(
+            f"{url}/ajax-api/2.0/mlflow/logged-models/{ids['model']}/artifacts/files?artifact_file_path=dehaze_r6k.pth"
+        )
         fetched = tmp_path / "fetched.pth"
         fetched.write_bytes(data)
         state = torch.load(fetched, weights_only=True)
@@ -251,6 +279,7 @@ print(json.dumps({{"train": train, "model": model, "eval": ev, "lone": lone, "ta
         assert artifacts(ids["eval"], "samples") == {"samples/0001.png"}
         assert {"tables.md", "tables.tex", "table4_dehazing.csv", "figures"} <= artifacts(ids["tables"])
         assert artifacts(ids["tables"], "figures") == {"figures/psnr_curves.png"}
-        tables_exp = _request(f"{url}/api/2.0/mlflow/experiments/get?experiment_id="
-                              f"{runs[ids['tables']]['info']['experiment_id']}")
+        tables_exp = _request(
+            f"{url}/api/2.0/mlflow/experiments/get?experiment_id={runs[ids['tables']]['info']['experiment_id']}"
+        )
         assert tables_exp["experiment"]["name"] == "mair/demo/tables"

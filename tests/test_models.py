@@ -12,8 +12,17 @@ from mair.models.checkpoint import CheckpointError, load_weights, read_state_dic
 
 
 def tiny_mair(**overrides: object) -> MaIR:
-    kwargs = dict(upscale=2, embed_dim=8, depths=[2], d_state=2, ssm_ratio=1.5, mlp_ratio=1.5,
-                  upsampler="pixelshuffledirect", scan_len=4, img_size=16)
+    kwargs = dict(
+        upscale=2,
+        embed_dim=8,
+        depths=[2],
+        d_state=2,
+        ssm_ratio=1.5,
+        mlp_ratio=1.5,
+        upsampler="pixelshuffledirect",
+        scan_len=4,
+        img_size=16,
+    )
     kwargs.update(overrides)
     return from_official("MaIR", **kwargs)
 
@@ -71,8 +80,7 @@ def test_odd_blocks_use_the_shifted_scan() -> None:
     model = tiny_mair(depths=[3, 2], scan_len=8)
     shifts = [[blk.shift_size for blk in g.residual_group.blocks] for g in model.layers]
     assert shifts == [[0, 4, 0], [0, 4]]
-    assert all(blk.shift_size == 0 for stage in (tiny_unet().encoder_level1, tiny_unet().refinement)
-               for blk in stage)
+    assert all(blk.shift_size == 0 for stage in (tiny_unet().encoder_level1, tiny_unet().refinement) for blk in stage)
 
 
 def test_checkpointing_gives_the_same_gradients() -> None:
@@ -156,10 +164,18 @@ def test_input_shape_errors_are_clear() -> None:
 
 def test_param_names_are_official() -> None:
     keys = set(tiny_mair(upsampler="pixelshuffle", upscale=4).state_dict())
-    for key in ["conv_first.weight", "patch_embed.norm.weight", "layers.0.residual_group.blocks.1.skip_scale2",
-                "layers.0.residual_group.blocks.0.self_attention.gating.gating.1.weight",
-                "layers.0.residual_group.blocks.0.conv_blk.fc1.weight", "layers.0.conv.weight",
-                "conv_before_upsample.0.weight", "upsample.2.weight", "conv_last.bias", "norm.bias"]:
+    for key in [
+        "conv_first.weight",
+        "patch_embed.norm.weight",
+        "layers.0.residual_group.blocks.1.skip_scale2",
+        "layers.0.residual_group.blocks.0.self_attention.gating.gating.1.weight",
+        "layers.0.residual_group.blocks.0.conv_blk.fc1.weight",
+        "layers.0.conv.weight",
+        "conv_before_upsample.0.weight",
+        "upsample.2.weight",
+        "conv_last.bias",
+        "norm.bias",
+    ]:
         assert key in keys, key
     assert "mean" not in keys
     unet_keys = set(tiny_unet().state_dict())
@@ -236,8 +252,9 @@ def test_ssa_gate_backward_matches_autograd() -> None:
     from mair.models.scan.nss_gated import ssa_gate, ssa_gate_backward
 
     gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31 - 1, ()).item()))
-    pooled, weight, bias = (torch.randn(*s, generator=gen, dtype=torch.float64, requires_grad=True)
-                            for s in ((3, 4, 7), (7, 4, 4), (7, 4)))
+    pooled, weight, bias = (
+        torch.randn(*s, generator=gen, dtype=torch.float64, requires_grad=True) for s in ((3, 4, 7), (7, 4, 4), (7, 4))
+    )
     gate = ssa_gate(pooled, weight, bias)
     assert gate.dtype == torch.float64
     d_gate = torch.randn(gate.shape, generator=gen, dtype=torch.float64)

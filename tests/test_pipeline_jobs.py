@@ -34,7 +34,9 @@ def test_memory_per_job_kind() -> None:
 @needs_snakemake
 def test_dry_run_asks_memory_per_job_kind(tmp_path: Path) -> None:
     work = copy_repo(tmp_path / "repo")
-    demo = snakemake(work, "-n", "results/trained/demo/weights/dehaze_r6k.pth", "--config", "slurm={cpu_mem_mb: 3000}").stdout
+    demo = snakemake(
+        work, "-n", "results/trained/demo/weights/dehaze_r6k.pth", "--config", "slurm={cpu_mem_mb: 3000}"
+    ).stdout
     assert re.search(r"rule train:(?:\n {4}.*)*\n {4}resources: .*\bmem_mb=3000\b", demo), demo
     paper = snakemake(work, "-n", "results/trained/paper/weights/dehaze_its.pth", "--config", "scope=paper").stdout
     assert re.search(r"rule train:(?:\n {4}.*)*\n {4}resources: .*\bgpu=2\b.*\bmem_mb=120000\b", paper), paper

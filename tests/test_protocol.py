@@ -59,8 +59,9 @@ def test_official_tiles_have_the_spec_slices() -> None:
 @pytest.mark.parametrize("shape", [(1, 3, 60, 45), (2, 3, 199, 150)])
 def test_tile_covering_image_equals_whole_inference(shape: tuple[int, ...]) -> None:
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 12, 3, padding=1),
-                        nn.PixelShuffle(2)).eval()
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 12, 3, padding=1), nn.PixelShuffle(2)
+    ).eval()
     x = torch.rand(shape)
     with torch.no_grad():
         assert torch.equal(P.official_tile_forward(net, x), net(x))

@@ -214,15 +214,11 @@ def test_published_flags_typo_derived_and_low_confidence(reports: dict[str, Repo
 def test_lightweight_params_flops_and_dnd_text(reports: dict[str, ReportResult]) -> None:
     out = reports["paper"].out_dir
     light = to_frame(next(t for t in reports["paper"].tables if t.id == "sr_light"))
-    t_ours = light[
-        (light["setting"] == "x4") & (light["method"] == "MaIR-T") & (light["row"] == "ours")
-    ].iloc[0]
+    t_ours = light[(light["setting"] == "x4") & (light["method"] == "MaIR-T") & (light["row"] == "ours")].iloc[0]
     assert t_ours["Params (K)"] == pytest.approx(897.228)
     assert t_ours["FLOPs (G)"] == pytest.approx(53.07)
     assert t_ours["Urban100 PSNR"] == pytest.approx(26.60)
-    s_ours = light[
-        (light["setting"] == "x4") & (light["method"] == "MaIR-S") & (light["row"] == "ours")
-    ].iloc[0]
+    s_ours = light[(light["setting"] == "x4") & (light["method"] == "MaIR-S") & (light["row"] == "ours")].iloc[0]
     assert s_ours["Params (K)"] == pytest.approx(1374.156) and pd.isna(s_ours["FLOPs (G)"])
     swin = _line((out / "sr_light.tex").read_text(), "SwinIR-light")
     assert "897 & 49.6" in swin
@@ -261,9 +257,7 @@ def test_csv_round_trip_and_empty_missing(reports: dict[str, ReportResult]) -> N
         ]
         for column in ("setting", "note"):
             back[column] = back[column].fillna("")
-        pd.testing.assert_frame_equal(
-            back[number_columns], expected[number_columns].round(6), check_dtype=False
-        )
+        pd.testing.assert_frame_equal(back[number_columns], expected[number_columns].round(6), check_dtype=False)
         assert back["method"].tolist() == expected["method"].tolist()
         assert back["row"].tolist() == expected["row"].tolist()
         raw = path.read_text()
@@ -341,10 +335,7 @@ def test_tables_tex_compiles_with_pdflatex(tmp_path: Path) -> None:
 
 
 def test_latex_escape() -> None:
-    assert (
-        latex_escape("a_b & 50% #1 {x} $y ~ ^")
-        == r"a\_b \& 50\% \#1 \{x\} \$y \textasciitilde{} \textasciicircum{}"
-    )
+    assert latex_escape("a_b & 50% #1 {x} $y ~ ^") == r"a\_b \& 50\% \#1 \{x\} \$y \textasciitilde{} \textasciicircum{}"
     assert latex_escape("×2 σ=15 Δ − — –") == r"$\times$2 $\sigma$=15 $\Delta$ $-$ --- --"
     assert latex_escape("back\\slash") == r"back\textbackslash{}slash"
     assert latex_escape("café 中").isascii()
@@ -407,9 +398,7 @@ def test_mlflow_fills_gaps_json_wins(tmp_path: Path, monkeypatch: pytest.MonkeyP
     ]
     monkeypatch.setitem(sys.modules, "mair.tracking", fake)
     monkeypatch.setattr(mair, "tracking", fake, raising=False)
-    merged = merge_sources(
-        read_summaries(tmp_path / "results", "paper"), read_mlflow("sqlite:///x.db", "paper")
-    )
+    merged = merge_sources(read_summaries(tmp_path / "results", "paper"), read_mlflow("sqlite:///x.db", "paper"))
     frame = merged.frame.set_index(["table", "dataset", "metric"])["value"]
     assert frame[("dn_real", "SIDD", "PSNR")] == pytest.approx(39.90)
     assert frame[("deblur", "GoPro", "PSNR")] == pytest.approx(33.1)
@@ -431,7 +420,9 @@ def test_cli_tables_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.chdir(tmp_path)
     parser = argparse.ArgumentParser(prog="mair")
     cli.register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["tables", "--scope", "demo", "--results-dir", "results", "--paper-results", str(paper), "--no-figures"])
+    args = parser.parse_args(
+        ["tables", "--scope", "demo", "--results-dir", "results", "--paper-results", str(paper), "--no-figures"]
+    )
     assert args.handler(args) == 0
     out = tmp_path / "results" / "demo" / "tables"
     assert {p.name for p in out.iterdir()} >= {

@@ -30,18 +30,43 @@ def _single_thread() -> Iterator[None]:
     yield
     torch.set_num_threads(threads)
 
-TINY_SR = {"img_size": 16, "embed_dim": 8, "depths": [1], "d_state": 2, "ssm_ratio": 1.0, "mlp_ratio": 1.0,
-           "upscale": 2, "upsampler": "pixelshuffledirect", "scan_len": 4}
+
+TINY_SR = {
+    "img_size": 16,
+    "embed_dim": 8,
+    "depths": [1],
+    "d_state": 2,
+    "ssm_ratio": 1.0,
+    "mlp_ratio": 1.0,
+    "upscale": 2,
+    "upsampler": "pixelshuffledirect",
+    "scan_len": 4,
+}
 
 
 def _tiny_experiment(exp_id: str = "tiny_sr", **kw: Any) -> dict[str, Any]:
-    return {"id": exp_id, "task": "sr_light", "scale": 2,
-            "network": {"arch": "MaIR", "kwargs": {**TINY_SR, **kw}},
-            "test": {"datasets": [{"id": "set5", "gt": "HR", "lq": "LR_bicubic/X2", "pairing": "same_name",
-                                   "submission_only": False}], "noise": None,
-                     "metrics": {"names": ["psnr", "ssim"], "crop_border": 2, "test_y_channel": True,
-                                 "extra_spaces": [], "use_image": True, "rgb2bgr": True},
-                     "protocol": "tile", "self_ensemble_reported": False}}
+    return {
+        "id": exp_id,
+        "task": "sr_light",
+        "scale": 2,
+        "network": {"arch": "MaIR", "kwargs": {**TINY_SR, **kw}},
+        "test": {
+            "datasets": [
+                {"id": "set5", "gt": "HR", "lq": "LR_bicubic/X2", "pairing": "same_name", "submission_only": False}
+            ],
+            "noise": None,
+            "metrics": {
+                "names": ["psnr", "ssim"],
+                "crop_border": 2,
+                "test_y_channel": True,
+                "extra_spaces": [],
+                "use_image": True,
+                "rgb2bgr": True,
+            },
+            "protocol": "tile",
+            "self_ensemble_reported": False,
+        },
+    }
 
 
 @pytest.fixture(scope="module")
@@ -83,8 +108,9 @@ def test_restore_folder_all_formats(tmp_path: Path, inputs: Path, tiny_sr: nn.Mo
     # the pixels are the paper protocol's output, quantised as the official tensor2img
     src = cv2.cvtColor(cv2.imread(str(inputs / "rgb8.png")), cv2.COLOR_BGR2RGB)
     with torch.no_grad():
-        ref = tensor2img(official_tile_forward(tiny_sr, torch.from_numpy(
-            src.transpose(2, 0, 1).astype(np.float32) / 255)[None]))
+        ref = tensor2img(
+            official_tile_forward(tiny_sr, torch.from_numpy(src.transpose(2, 0, 1).astype(np.float32) / 255)[None])
+        )
     assert np.abs(cv2.cvtColor(rgb8, cv2.COLOR_BGR2RGB).astype(int) - ref.astype(int)).max() <= 1
 
     rgb16 = cv2.imread(str(out / "rgb16.png"), cv2.IMREAD_UNCHANGED)
@@ -103,8 +129,9 @@ def test_restore_folder_all_formats(tmp_path: Path, inputs: Path, tiny_sr: nn.Mo
 
 def test_alpha_drop(tmp_path: Path, inputs: Path, tiny_sr: nn.Module) -> None:
     restorer = R.Restorer(tiny_sr, scale=2)
-    written, failures = R.restore_files(restorer, [inputs / "sub" / "rgba.png"], tmp_path / "o",
-                                        keep_alpha=False, progress=False)
+    written, failures = R.restore_files(
+        restorer, [inputs / "sub" / "rgba.png"], tmp_path / "o", keep_alpha=False, progress=False
+    )
     assert (written, failures) == (1, [])
     assert cv2.imread(str(tmp_path / "o" / "rgba.png"), cv2.IMREAD_UNCHANGED).shape == (36, 44, 3)
 
@@ -192,50 +219,144 @@ def _cli(argv: list[str]) -> int:
     return int(args.handler(args))
 
 
-def test_cli_restore_with_experiment_and_weights(tmp_path: Path, inputs: Path, tiny_sr: nn.Module,
-                                                 fake_experiments: dict[str, Any]) -> None:
+def test_cli_restore_with_experiment_and_weights(
+    tmp_path: Path, inputs: Path, tiny_sr: nn.Module, fake_experiments: dict[str, Any]
+) -> None:
     from mair.models.checkpoint import save_weights
 
     weights = tmp_path / "w.pth"
     # official layout with DDP prefixes and both keys
     state = {f"module.{k}": v for k, v in tiny_sr.state_dict().items()}
     torch.save({"params": state, "params_ema": state}, weights)
-    code = _cli(["restore", str(inputs / "rgb8.png"), str(inputs / "grey.png"), "-o", str(tmp_path / "o"),
-                 "--experiment", "tiny_sr", "--weights", str(weights), "--device", "cpu", "--quiet"])
+    code = _cli(
+        [
+            "restore",
+            str(inputs / "rgb8.png"),
+            str(inputs / "grey.png"),
+            "-o",
+            str(tmp_path / "o"),
+            "--experiment",
+            "tiny_sr",
+            "--weights",
+            str(weights),
+            "--device",
+            "cpu",
+            "--quiet",
+        ]
+    )
     assert code == 0 and (tmp_path / "o" / "grey.png").is_file()
     # one corrupt input: the others are written, exit status 1
-    code = _cli(["restore", str(inputs), "-o", str(tmp_path / "o2"), "--experiment", "tiny_sr",
-                 "--weights", str(weights), "--device", "cpu", "--quiet"])
+    code = _cli(
+        [
+            "restore",
+            str(inputs),
+            "-o",
+            str(tmp_path / "o2"),
+            "--experiment",
+            "tiny_sr",
+            "--weights",
+            str(weights),
+            "--device",
+            "cpu",
+            "--quiet",
+        ]
+    )
     assert code == 1 and (tmp_path / "o2" / "rgb16.png").is_file()
     # weights only: the experiment is found from the tensor shapes
-    code = _cli(["restore", str(inputs / "rgb8.png"), "-o", str(tmp_path / "o3"), "--weights", str(weights),
-                 "--device", "cpu", "--quiet"])
+    code = _cli(
+        [
+            "restore",
+            str(inputs / "rgb8.png"),
+            "-o",
+            str(tmp_path / "o3"),
+            "--weights",
+            str(weights),
+            "--device",
+            "cpu",
+            "--quiet",
+        ]
+    )
     assert code == 0
     # default weights location
     save_weights(tiny_sr, tmp_path / "results" / "paper" / "weights" / "tiny_sr.pth")
-    code = _cli(["restore", str(inputs / "rgb8.png"), "-o", str(tmp_path / "o4"), "--experiment", "tiny_sr",
-                 "--results-dir", str(tmp_path / "results"), "--device", "cpu", "--tile", "12",
-                 "--tile-overlap", "4", "--tile-mode", "crop", "--quiet"])
+    code = _cli(
+        [
+            "restore",
+            str(inputs / "rgb8.png"),
+            "-o",
+            str(tmp_path / "o4"),
+            "--experiment",
+            "tiny_sr",
+            "--results-dir",
+            str(tmp_path / "results"),
+            "--device",
+            "cpu",
+            "--tile",
+            "12",
+            "--tile-overlap",
+            "4",
+            "--tile-mode",
+            "crop",
+            "--quiet",
+        ]
+    )
     assert code == 0 and cv2.imread(str(tmp_path / "o4" / "rgb8.png")).shape == (36, 44, 3)
 
 
-def test_cli_restore_clear_errors(tmp_path: Path, inputs: Path, tiny_sr: nn.Module,
-                                  fake_experiments: dict[str, Any]) -> None:
+def test_cli_restore_clear_errors(
+    tmp_path: Path, inputs: Path, tiny_sr: nn.Module, fake_experiments: dict[str, Any]
+) -> None:
     from mair.models.checkpoint import save_weights
 
     weights = tmp_path / "w.pth"
     save_weights(tiny_sr, weights)
     with pytest.raises(CommandError, match="do not fit"):
-        _cli(["restore", str(inputs), "-o", str(tmp_path / "o"), "--experiment", "tiny_sr_wide",
-              "--weights", str(weights), "--device", "cpu"])
+        _cli(
+            [
+                "restore",
+                str(inputs),
+                "-o",
+                str(tmp_path / "o"),
+                "--experiment",
+                "tiny_sr_wide",
+                "--weights",
+                str(weights),
+                "--device",
+                "cpu",
+            ]
+        )
     with pytest.raises(CommandError, match=r"nothing.paper.weights.tiny_sr\.pth"):
-        _cli(["restore", str(inputs), "-o", str(tmp_path / "o"), "--experiment", "tiny_sr",
-              "--results-dir", str(tmp_path / "nothing"), "--device", "cpu"])
+        _cli(
+            [
+                "restore",
+                str(inputs),
+                "-o",
+                str(tmp_path / "o"),
+                "--experiment",
+                "tiny_sr",
+                "--results-dir",
+                str(tmp_path / "nothing"),
+                "--device",
+                "cpu",
+            ]
+        )
     with pytest.raises(CommandError, match="name the network"):
         _cli(["restore", str(inputs), "-o", str(tmp_path / "o")])
     with pytest.raises(CommandError, match="tile-overlap"):
-        _cli(["restore", str(inputs), "-o", str(tmp_path / "o"), "--experiment", "tiny_sr", "--tile", "8",
-              "--tile-overlap", "8"])
+        _cli(
+            [
+                "restore",
+                str(inputs),
+                "-o",
+                str(tmp_path / "o"),
+                "--experiment",
+                "tiny_sr",
+                "--tile",
+                "8",
+                "--tile-overlap",
+                "8",
+            ]
+        )
     assert not (tmp_path / "o").exists()
 
 
@@ -250,9 +371,23 @@ def test_restore_with_a_real_demo_experiment(tmp_path: Path, inputs: Path) -> No
     assert experiments is not None
     model = from_official(exp["network"]["arch"], **exp["network"]["kwargs"])
     save_weights(model, tmp_path / "results" / "demo" / "weights" / "sr_classic_x2.pth")
-    code = _cli(["restore", str(inputs / "rgb8.png"), "-o", str(tmp_path / "o"),
-                 "--experiment", "sr_classic_x2", "--scope", "demo",
-                 "--results-dir", str(tmp_path / "results"), "--device", "cpu", "--quiet"])
+    code = _cli(
+        [
+            "restore",
+            str(inputs / "rgb8.png"),
+            "-o",
+            str(tmp_path / "o"),
+            "--experiment",
+            "sr_classic_x2",
+            "--scope",
+            "demo",
+            "--results-dir",
+            str(tmp_path / "results"),
+            "--device",
+            "cpu",
+            "--quiet",
+        ]
+    )
     assert code == 0 and cv2.imread(str(tmp_path / "o" / "rgb8.png")).shape == (36, 44, 3)
 
 
@@ -260,8 +395,14 @@ def test_restore_with_a_real_demo_experiment(tmp_path: Path, inputs: Path) -> No
 def test_tile_progress_counts_every_tile_of_every_pass(ensemble: bool) -> None:
     """40x50 in 24-px tiles with 8 px overlap: 2 x 3 tiles (3 x 2 when transposed), times 8 passes for MaIR+."""
     calls: list[tuple[int, int]] = []
-    restorer = R.Restorer(nn.Upsample(scale_factor=2, mode="nearest"), scale=2, protocol="tile", tile=24,
-                          tile_overlap=8, self_ensemble=ensemble)
+    restorer = R.Restorer(
+        nn.Upsample(scale_factor=2, mode="nearest"),
+        scale=2,
+        protocol="tile",
+        tile=24,
+        tile_overlap=8,
+        self_ensemble=ensemble,
+    )
     restorer.on_tile = lambda done, total: calls.append((done, total))
     out = restorer.restore_array(np.random.default_rng(0).random((40, 50, 3), dtype=np.float32))
     assert out.shape == (80, 100, 3)
@@ -271,8 +412,9 @@ def test_tile_progress_counts_every_tile_of_every_pass(ensemble: bool) -> None:
 
 def test_restore_files_shows_tile_progress(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cv2.imwrite(str(tmp_path / "a.png"), np.full((40, 50, 3), 90, np.uint8))
-    restorer = R.Restorer(nn.Upsample(scale_factor=2, mode="nearest"), scale=2, protocol="tile", tile=24,
-                          tile_overlap=8)
+    restorer = R.Restorer(
+        nn.Upsample(scale_factor=2, mode="nearest"), scale=2, protocol="tile", tile=24, tile_overlap=8
+    )
     written, failures = R.restore_files(restorer, [tmp_path / "a.png"], tmp_path / "out", progress=True)
     assert (written, failures) == (1, [])
     assert "tiles" in capsys.readouterr().err

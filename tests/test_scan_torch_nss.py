@@ -47,8 +47,9 @@ def test_matches_gather_scan_scatter(monkeypatch, batch, h, w, channels, n_state
     # without D and delta_bias, and without softplus
     x, delta, A, B, C, _, _ = args
     out = nss_scan_torch(x, delta.abs(), A, B, C, None, None, ids, delta_softplus=False, chunk=chunk)
-    ref = nss_scan_reference(x.double(), delta.abs().double(), A.double(), B.double(), C.double(), None, None,
-                             ids, delta_softplus=False)
+    ref = nss_scan_reference(
+        x.double(), delta.abs().double(), A.double(), B.double(), C.double(), None, None, ids, delta_softplus=False
+    )
     assert ((out.double() - ref).norm() / ref.norm()).item() < 1e-6
 
 
@@ -78,8 +79,18 @@ def test_model_inference_path_equals_the_gathered_path():
     from mair.models import from_official
 
     torch.manual_seed(0)
-    net = from_official("MaIR", img_size=16, embed_dim=8, depths=[2], d_state=3, ssm_ratio=1.5, mlp_ratio=1.0,
-                        upscale=2, upsampler="pixelshuffledirect", scan_len=4).eval()
+    net = from_official(
+        "MaIR",
+        img_size=16,
+        embed_dim=8,
+        depths=[2],
+        d_state=3,
+        ssm_ratio=1.5,
+        mlp_ratio=1.0,
+        upscale=2,
+        upsampler="pixelshuffledirect",
+        scan_len=4,
+    ).eval()
     for vmm in (m for m in net.modules() if type(m).__name__ == "VMM"):
         vmm.scan_backend = "torch"
     x = torch.rand(1, 3, 11, 13)

@@ -23,8 +23,9 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # carries from chunk summaries, then walks every chunk step by step in sub-chunks (both exercised at these sizes).
 
 
-def _inputs(batch: int, groups: int, channels: int, d_state: int, length: int, seed: int,
-            grouped: bool = True) -> list[torch.Tensor]:
+def _inputs(
+    batch: int, groups: int, channels: int, d_state: int, length: int, seed: int, grouped: bool = True
+) -> list[torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
     dch = groups * channels
 
@@ -32,20 +33,30 @@ def _inputs(batch: int, groups: int, channels: int, d_state: int, length: int, s
         return (torch.randn(*shape, generator=gen, dtype=torch.float64) * scale).requires_grad_()
 
     bshape = (batch, groups, d_state, length) if grouped else (batch, d_state, length)
-    return [rnd(batch, dch, length), rnd(batch, dch, length, scale=0.5),
-            (-torch.rand(dch, d_state, generator=gen, dtype=torch.float64) * 3).requires_grad_(),
-            rnd(*bshape), rnd(*bshape), rnd(dch), rnd(dch, scale=0.5)]
+    return [
+        rnd(batch, dch, length),
+        rnd(batch, dch, length, scale=0.5),
+        (-torch.rand(dch, d_state, generator=gen, dtype=torch.float64) * 3).requires_grad_(),
+        rnd(*bshape),
+        rnd(*bshape),
+        rnd(dch),
+        rnd(dch, scale=0.5),
+    ]
 
 
-@pytest.mark.parametrize("batch,groups,channels,d_state,length,grouped", [
-    (2, 4, 3, 1, 37, True),     # d_state 1 (MaIR-T), odd L
-    (1, 4, 5, 16, 33, True),    # N 16, odd L
-    (1, 1, 6, 32, 19, False),   # N 32 (U-Net latent), ungrouped B/C
-    (2, 2, 9, 5, 8, True),      # N not a power of two, L equal to one chunk
-])
+@pytest.mark.parametrize(
+    "batch,groups,channels,d_state,length,grouped",
+    [
+        (2, 4, 3, 1, 37, True),  # d_state 1 (MaIR-T), odd L
+        (1, 4, 5, 16, 33, True),  # N 16, odd L
+        (1, 1, 6, 32, 19, False),  # N 32 (U-Net latent), ungrouped B/C
+        (2, 2, 9, 5, 8, True),  # N not a power of two, L equal to one chunk
+    ],
+)
 @pytest.mark.parametrize("with_extras", [True, False])
-def test_generic_layout_matches_reference(batch: int, groups: int, channels: int, d_state: int, length: int,
-                                          grouped: bool, with_extras: bool) -> None:
+def test_generic_layout_matches_reference(
+    batch: int, groups: int, channels: int, d_state: int, length: int, grouped: bool, with_extras: bool
+) -> None:
     seed = int(torch.randint(0, 2**31 - 1, ()).item())
     inputs = _inputs(batch, groups, channels, d_state, length, seed, grouped)
     if not with_extras:
@@ -63,18 +74,30 @@ def test_generic_layout_matches_reference(batch: int, groups: int, channels: int
         assert _rel(got.cpu(), want) <= 1e-5, f"grad {name}, seed {seed}"
 
 
-@pytest.mark.parametrize("height,width,scan_len,shift,d_state", [
-    (5, 7, 4, 2, 4), (6, 9, 8, 4, 1), (3, 11, 4, 0, 32), (8, 8, 8, 0, 16),
-])
-def test_nss_fused_scan_matches_gather_scan_scatter(height: int, width: int, scan_len: int, shift: int,
-                                                    d_state: int) -> None:
+@pytest.mark.parametrize(
+    "height,width,scan_len,shift,d_state",
+    [
+        (5, 7, 4, 2, 4),
+        (6, 9, 8, 4, 1),
+        (3, 11, 4, 0, 32),
+        (8, 8, 8, 0, 16),
+    ],
+)
+def test_nss_fused_scan_matches_gather_scan_scatter(
+    height: int, width: int, scan_len: int, shift: int, d_state: int
+) -> None:
     torch.manual_seed(int(torch.randint(0, 2**31 - 1, ()).item()))
     batch, groups, channels, length = 2, 4, 5, height * width
     ids = scan_orders(height, width, scan_len, shift, DEVICE)[0]
-    inputs = [torch.randn(batch, length, channels), torch.randn(batch, groups, length, channels) * 0.5,
-              -torch.rand(groups * channels, d_state) * 2, torch.randn(batch, groups, length, d_state),
-              torch.randn(batch, groups, length, d_state), torch.randn(groups * channels),
-              torch.randn(groups * channels) * 0.5]
+    inputs = [
+        torch.randn(batch, length, channels),
+        torch.randn(batch, groups, length, channels) * 0.5,
+        -torch.rand(groups * channels, d_state) * 2,
+        torch.randn(batch, groups, length, d_state),
+        torch.randn(batch, groups, length, d_state),
+        torch.randn(groups * channels),
+        torch.randn(groups * channels) * 0.5,
+    ]
     inputs = [t.to(DEVICE).requires_grad_() for t in inputs]
     ref = nss_scan_reference(*inputs, ids, True, backend="torch")
     out = nss_scan(*inputs, ids, True)
@@ -88,8 +111,9 @@ def test_nss_fused_scan_matches_gather_scan_scatter(height: int, width: int, sca
 
 @pytest.mark.parametrize("length_side,d_state,rank", [((5, 7), 4, 3), ((6, 6), 1, 1), ((3, 11), 16, 12)])
 @pytest.mark.parametrize("in_kernel", [False, True])
-def test_low_rank_delta_matches_projecting_outside(length_side: tuple[int, int], d_state: int, rank: int,
-                                                   in_kernel: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_low_rank_delta_matches_projecting_outside(
+    length_side: tuple[int, int], d_state: int, rank: int, in_kernel: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """``delta_weight``: Δ projected inside the op (and again in its backward) gives the output and every
     gradient of the einsum followed by the scan, and the op keeps only the low-rank input for the backward.
     ``in_kernel``: the forward kernel projects Δ itself (``MAIR_TRITON_DELTA_IN_KERNEL``), without
@@ -99,16 +123,21 @@ def test_low_rank_delta_matches_projecting_outside(length_side: tuple[int, int],
 
     monkeypatch.setenv("MAIR_TRITON_DELTA_IN_KERNEL", "1" if in_kernel else "0")
     projections: list[int] = []
-    monkeypatch.setattr(triton_backend, "project_delta",
-                        lambda *a: projections.append(1) or project_delta(*a))
+    monkeypatch.setattr(triton_backend, "project_delta", lambda *a: projections.append(1) or project_delta(*a))
     torch.manual_seed(int(torch.randint(0, 2**31 - 1, ()).item()))
     height, width = length_side
     batch, groups, channels, length = 2, 4, 5, height * width
     ids = scan_orders(height, width, 4, 2, DEVICE)[0]
-    inputs = [torch.randn(batch, length, channels), torch.randn(batch, groups, length, rank),
-              -torch.rand(groups * channels, d_state) * 2, torch.randn(batch, groups, length, d_state),
-              torch.randn(batch, groups, length, d_state), torch.randn(groups * channels),
-              torch.randn(groups * channels) * 0.5, torch.randn(groups, channels, rank) * 0.5]
+    inputs = [
+        torch.randn(batch, length, channels),
+        torch.randn(batch, groups, length, rank),
+        -torch.rand(groups * channels, d_state) * 2,
+        torch.randn(batch, groups, length, d_state),
+        torch.randn(batch, groups, length, d_state),
+        torch.randn(groups * channels),
+        torch.randn(groups * channels) * 0.5,
+        torch.randn(groups, channels, rank) * 0.5,
+    ]
     inputs = [t.to(DEVICE).requires_grad_() for t in inputs]
     x, low, A, B, C, D, bias, weight = inputs
     want = nss_scan(x, torch.einsum("bklr,kdr->bkld", low, weight), A, B, C, D, bias, ids, True)
@@ -121,8 +150,9 @@ def test_low_rank_delta_matches_projecting_outside(length_side: tuple[int, int],
     assert _rel(got, want) <= 1e-6
     assert _rel(project_delta(low, weight), torch.einsum("bklr,kdr->bkld", low, weight)) <= 1e-6
     names = ["x", "delta_low", "A", "B", "C", "D", "bias", "delta_weight"]
-    for name, g, w in zip(names, torch.autograd.grad(got, inputs, dy), torch.autograd.grad(want, inputs, dy),
-                          strict=True):
+    for name, g, w in zip(
+        names, torch.autograd.grad(got, inputs, dy), torch.autograd.grad(want, inputs, dy), strict=True
+    ):
         assert _rel(g, w) <= 1e-5, name
     with pytest.raises(ValueError, match="delta_weight"):
         nss_scan(x, low, A, B, C, D, bias, ids, True, delta_weight=weight[:, :, :-1] if rank > 1 else weight[:1])
@@ -131,30 +161,40 @@ def test_low_rank_delta_matches_projecting_outside(length_side: tuple[int, int],
 def _gated_inputs(height: int, width: int, d_state: int, rank: int | None) -> list[torch.Tensor]:
     batch, groups, channels, length = 2, 4, 5, height * width
     delta = torch.randn(batch, groups, length, rank if rank else channels) * 0.5
-    inputs = [torch.randn(batch, length, channels), delta, -torch.rand(groups * channels, d_state) * 2,
-              torch.randn(batch, groups, length, d_state), torch.randn(batch, groups, length, d_state),
-              torch.randn(groups * channels), torch.randn(groups * channels) * 0.5,
-              torch.randn(groups, channels, rank) * 0.5 if rank else None,
-              torch.randn(channels, groups, groups) * 0.5, torch.randn(channels, groups) * 0.5]
+    inputs = [
+        torch.randn(batch, length, channels),
+        delta,
+        -torch.rand(groups * channels, d_state) * 2,
+        torch.randn(batch, groups, length, d_state),
+        torch.randn(batch, groups, length, d_state),
+        torch.randn(groups * channels),
+        torch.randn(groups * channels) * 0.5,
+        torch.randn(groups, channels, rank) * 0.5 if rank else None,
+        torch.randn(channels, groups, groups) * 0.5,
+        torch.randn(channels, groups) * 0.5,
+    ]
     return [None if t is None else t.to(DEVICE).requires_grad_() for t in inputs]
 
 
 @pytest.mark.parametrize("height,width,d_state,rank", [(5, 7, 4, 3), (6, 9, 1, None), (3, 11, 16, 12)])
-def test_output_dots_and_adjoint_summaries_from_the_chunk_states(height: int, width: int, d_state: int,
-                                                                    rank: int | None) -> None:
+def test_output_dots_and_adjoint_summaries_from_the_chunk_states(
+    height: int, width: int, d_state: int, rank: int | None
+) -> None:
     """The gated backward's pass over the chunk states gives Σ_l y ⊙ w of the forward's outputs and the chunks'
     adjoint summaries for dy = w and dy = 1."""
     from mair.models.scan.triton_backend import _nss_problem, _output_dots, nss_scan_forward, project_delta
 
     torch.manual_seed(int(torch.randint(0, 2**31 - 1, ()).item()))
-    x, delta, A, B, C, D, bias, weight, _, _ = (t if t is None else t.detach()
-                                                for t in _gated_inputs(height, width, d_state, rank))
+    x, delta, A, B, C, D, bias, weight, _, _ = (
+        t if t is None else t.detach() for t in _gated_inputs(height, width, d_state, rank)
+    )
     ids = scan_orders(height, width, 4, 2, DEVICE)[0]
     ys, states = nss_scan_forward(x, delta, A, B, C, D, bias, ids, True, weight)
     w = torch.randn(x.shape[0], x.shape[2], x.shape[1], device=DEVICE).transpose(1, 2)  # (B, L, D), strided
     full = delta if weight is None else project_delta(delta, weight)
-    found = _output_dots(_nss_problem(x, full, A, B, C, D, bias, ids, True), w,
-                         (w.stride(0), 0, w.stride(1), w.stride(2)), states)
+    found = _output_dots(
+        _nss_problem(x, full, A, B, C, D, bias, ids, True), w, (w.stride(0), 0, w.stride(1), w.stride(2)), states
+    )
     assert _rel(found.dots, (ys * w[:, None]).sum(2)) <= 1e-5
     # The chunks' adjoint summaries, plainly in float64 and scan order: Σ_l exp(A Σ_{l0 < j <= l} Δ_j) C_l dy_l
     # for dy = w and dy = 1, and Σ_{l0 < l <= l0 + BL} Δ_l.
@@ -175,16 +215,23 @@ def test_output_dots_and_adjoint_summaries_from_the_chunk_states(height: int, wi
         for got, dy in ((found.summary_w[:, :, c], ws[:, :, part]), (found.summary_1[:, :, c], 1.0)):
             want = (weight_l * cs[:, :, part, None, :] * (dy[..., None] if torch.is_tensor(dy) else dy)).sum(2)
             assert _rel(got, want) <= 1e-5, c
-        total = dt[:, :, c * bl + 1:min(length, (c + 1) * bl + 1)].sum(2)
+        total = dt[:, :, c * bl + 1 : min(length, (c + 1) * bl + 1)].sum(2)
         assert _rel(found.total[:, :, c], total) <= 1e-5, c
 
 
-@pytest.mark.parametrize("height,width,d_state,rank,in_kernel", [
-    (5, 7, 4, 3, False), (6, 9, 1, None, False), (3, 11, 16, 12, False), (5, 7, 4, 3, True), (3, 11, 16, 12, True),
-])
-def test_gated_scan_matches_scan_then_gate_and_keeps_no_scan_outputs(height: int, width: int, d_state: int,
-                                                                      rank: int | None, in_kernel: bool,
-                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    "height,width,d_state,rank,in_kernel",
+    [
+        (5, 7, 4, 3, False),
+        (6, 9, 1, None, False),
+        (3, 11, 16, 12, False),
+        (5, 7, 4, 3, True),
+        (3, 11, 16, 12, True),
+    ],
+)
+def test_gated_scan_matches_scan_then_gate_and_keeps_no_scan_outputs(
+    height: int, width: int, d_state: int, rank: int | None, in_kernel: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """``nss_scan_gated``: the output and all ten gradients of the scan followed by the SSA gate and the sum,
     without keeping any (B, K, L, D) tensor for the backward (``in_kernel``: Δ projected by the forward kernel;
     the reference projects it outside)."""
@@ -209,8 +256,9 @@ def test_gated_scan_matches_scan_then_gate_and_keeps_no_scan_outputs(height: int
     dout = torch.randn_like(want)
     names = ["x", "delta", "A", "B", "C", "D", "bias", "delta_weight", "gate_weight", "gate_bias"]
     names = [n for n, t in zip(names, inputs, strict=True) if t is not None]
-    for name, g, w in zip(names, torch.autograd.grad(got, present, dout), torch.autograd.grad(want, present, dout),
-                          strict=True):
+    for name, g, w in zip(
+        names, torch.autograd.grad(got, present, dout), torch.autograd.grad(want, present, dout), strict=True
+    ):
         assert _rel(g, w) <= 1e-5, name
     with pytest.raises(ValueError, match="gate_weight"):
         nss_scan_gated(*args[:-2], args[-2][:, :2], args[-1])
@@ -246,8 +294,9 @@ def test_gated_backward_reads_only_the_sub_chunk_states_the_dot_pass_wrote(monke
 
 @pytest.mark.parametrize("batch,groups,length,channels", [(2, 4, 35, 5), (1, 4, 1, 7), (3, 2, 300, 9), (1, 1, 1030, 1)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_gated_sum_kernel_matches_the_chain_of_multiply_adds(batch: int, groups: int, length: int, channels: int,
-                                                             dtype: torch.dtype) -> None:
+def test_gated_sum_kernel_matches_the_chain_of_multiply_adds(
+    batch: int, groups: int, length: int, channels: int, dtype: torch.dtype
+) -> None:
     """``gated_sum_triton`` (one pass, float32 accumulation) against ``gated_sum`` in float64, at sizes whose
     L·D is not a multiple of the kernel's block and with blocks that span several rows."""
     from mair.models.scan.nss_gated import gated_sum, gated_sum_triton
@@ -266,15 +315,19 @@ def test_gated_sum_kernel_matches_the_chain_of_multiply_adds(batch: int, groups:
 
 @pytest.mark.parametrize("batch,length,channels,rank", [(4, 4096, 9, 12), (2, 35, 5, 3), (1, 1, 7, 1), (3, 1000, 6, 4)])
 @pytest.mark.parametrize("k_major", [False, True])
-def test_low_rank_weight_gradient_by_slices_matches_the_einsum(batch: int, length: int, channels: int, rank: int,
-                                                              k_major: bool) -> None:
+def test_low_rank_weight_gradient_by_slices_matches_the_einsum(
+    batch: int, length: int, channels: int, rank: int, k_major: bool
+) -> None:
     """The projections' gradient summed over slices of batch·L (split-K) equals the plain einsum in float64,
     whatever the memory order of dΔ (the backward allocates it scan-index outermost)."""
     from mair.models.scan.triton_backend import low_rank_weight_grad
 
     groups = 4
-    d_delta = (torch.randn(groups, batch, length, channels).transpose(0, 1) if k_major
-               else torch.randn(batch, groups, length, channels))
+    d_delta = (
+        torch.randn(groups, batch, length, channels).transpose(0, 1)
+        if k_major
+        else torch.randn(batch, groups, length, channels)
+    )
     low = torch.randn(batch, groups, length, rank)
     want = torch.einsum("bkld,bklr->kdr", d_delta.double(), low.double())
     got = low_rank_weight_grad(d_delta, low, min_rows=64)
@@ -285,10 +338,15 @@ def test_low_rank_weight_gradient_by_slices_matches_the_einsum(batch: int, lengt
 def test_bf16_inputs_accumulate_in_fp32() -> None:
     batch, groups, channels, d_state, length = 1, 4, 4, 8, 24
     ids = scan_orders(4, 6, 4, 0, DEVICE)[0]
-    inputs = [torch.randn(batch, length, channels), torch.randn(batch, groups, length, channels) * 0.5,
-              -torch.rand(groups * channels, d_state), torch.randn(batch, groups, length, d_state),
-              torch.randn(batch, groups, length, d_state), torch.randn(groups * channels),
-              torch.randn(groups * channels)]
+    inputs = [
+        torch.randn(batch, length, channels),
+        torch.randn(batch, groups, length, channels) * 0.5,
+        -torch.rand(groups * channels, d_state),
+        torch.randn(batch, groups, length, d_state),
+        torch.randn(batch, groups, length, d_state),
+        torch.randn(groups * channels),
+        torch.randn(groups * channels),
+    ]
     inputs = [t.to(DEVICE) for t in inputs]
     ref = nss_scan_reference(*inputs, ids, True, backend="torch")
     low = [t.bfloat16() if i in (0, 1, 3, 4) else t for i, t in enumerate(inputs)]
@@ -299,8 +357,21 @@ def test_bf16_inputs_accumulate_in_fp32() -> None:
 
 def test_model_with_triton_backend_matches_torch_backend() -> None:
     """The fused model path (no permuted copies) computes the same network as the gathered path."""
-    model = from_official("MaIR", upscale=2, embed_dim=8, depths=[2], d_state=4, ssm_ratio=1.5, mlp_ratio=1.5,
-                          upsampler="pixelshuffledirect", scan_len=4).to(DEVICE).eval()
+    model = (
+        from_official(
+            "MaIR",
+            upscale=2,
+            embed_dim=8,
+            depths=[2],
+            d_state=4,
+            ssm_ratio=1.5,
+            mlp_ratio=1.5,
+            upsampler="pixelshuffledirect",
+            scan_len=4,
+        )
+        .to(DEVICE)
+        .eval()
+    )
     x = torch.rand(1, 3, 7, 10, device=DEVICE, requires_grad=True)
     outputs, grads = [], []
     for backend in ("torch", "triton"):
@@ -316,8 +387,9 @@ def test_model_with_triton_backend_matches_torch_backend() -> None:
 
 def test_model_with_the_gate_in_the_scan_op_matches_the_separate_gate() -> None:
     """``VMM.fuse_gate``: the gate and sum inside the scan op give the same outputs and parameter gradients."""
-    assert_vmm_switch_keeps_results("fuse_gate",
-                                    "layers.0.residual_group.blocks.0.self_attention.gating.gating.1.weight")
+    assert_vmm_switch_keeps_results(
+        "fuse_gate", "layers.0.residual_group.blocks.0.self_attention.gating.gating.1.weight"
+    )
 
 
 def test_delta_in_kernel_is_chosen_by_state_size_unless_forced(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -366,8 +438,15 @@ def _plain_chain(A: torch.Tensor, summary: torch.Tensor, total: torch.Tensor, re
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("variant", ["scan", "loop"])
 @pytest.mark.parametrize("combine", [False, True])
-def test_chunk_chain_kernels_match_a_plain_loop(n_chunks: int, channels: int, d_state: int, reverse: bool,
-                                                variant: str, combine: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_chunk_chain_kernels_match_a_plain_loop(
+    n_chunks: int,
+    channels: int,
+    d_state: int,
+    reverse: bool,
+    variant: str,
+    combine: bool,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Both chain kernels (through ``_chain``) against a plain loop; with ``combine`` the summaries are formed
     as gate·summary + const·summary_1 while read (the gated backward's adjoint summaries)."""
     from mair.models.scan.triton_backend import _chain

@@ -22,19 +22,40 @@ def _cosine(base: float, eta_min: float, e: int, start: int, period: int) -> flo
     return eta_min + 0.5 * (base - eta_min) * (1 + math.cos(math.pi * (e - start) / period))
 
 
-@pytest.mark.parametrize(("iteration", "expected"), [
-    (1, 2e-4), (250000, 2e-4), (250001, 1e-4), (400000, 1e-4), (400001, 5e-5), (450001, 2.5e-5),
-    (475000, 2.5e-5), (475001, 1.25e-5), (500000, 1.25e-5),
-])
+@pytest.mark.parametrize(
+    ("iteration", "expected"),
+    [
+        (1, 2e-4),
+        (250000, 2e-4),
+        (250001, 1e-4),
+        (400000, 1e-4),
+        (400001, 5e-5),
+        (450001, 2.5e-5),
+        (475000, 2.5e-5),
+        (475001, 1.25e-5),
+        (500000, 1.25e-5),
+    ],
+)
 def test_sr_x2_multistep(iteration: int, expected: float) -> None:
     # 2e-4 * 0.5^(number of milestones m <= i - 1); the first halving applies from 250001 (spec §3b)
     assert lr_at(load_experiment("sr_classic_x2"), iteration) == pytest.approx(expected, rel=1e-12)
 
 
-@pytest.mark.parametrize(("iteration", "expected"), [
-    (1, 2e-4), (1600000, 2e-4), (1600001, 1e-4), (2100000, 1e-4), (2100001, 5e-5), (2500001, 2.5e-5),
-    (2800001, 1.25e-5), (3000000, 1.25e-5), (3000001, 6.25e-6), (3200000, 6.25e-6),
-])
+@pytest.mark.parametrize(
+    ("iteration", "expected"),
+    [
+        (1, 2e-4),
+        (1600000, 2e-4),
+        (1600001, 1e-4),
+        (2100000, 1e-4),
+        (2100001, 5e-5),
+        (2500001, 2.5e-5),
+        (2800001, 1.25e-5),
+        (3000000, 1.25e-5),
+        (3000001, 6.25e-6),
+        (3200000, 6.25e-6),
+    ],
+)
 def test_cdn_s15_milestones(iteration: int, expected: float) -> None:
     assert lr_at(load_experiment("dn_color_s15"), iteration) == pytest.approx(expected, rel=1e-12)
 
@@ -42,10 +63,12 @@ def test_cdn_s15_milestones(iteration: int, expected: float) -> None:
 def test_cdn_s25_and_x3_milestones() -> None:
     s25 = load_experiment("dn_color_s25")
     assert [lr_at(s25, i) for i in (200000, 200001, 800001, 1200001, 1400001, 1500001)] == pytest.approx(
-        [2e-4, 1e-4, 5e-5, 2.5e-5, 1.25e-5, 6.25e-6], rel=1e-12)
+        [2e-4, 1e-4, 5e-5, 2.5e-5, 1.25e-5, 6.25e-6], rel=1e-12
+    )
     x3 = load_experiment("sr_classic_x3")
     assert [lr_at(x3, i) for i in (125000, 125001, 237500, 237501)] == pytest.approx(
-        [2e-4, 1e-4, 2.5e-5, 1.25e-5], rel=1e-12)
+        [2e-4, 1e-4, 2.5e-5, 1.25e-5], rel=1e-12
+    )
 
 
 def test_dn_real_cyclic_cosine() -> None:
@@ -137,15 +160,27 @@ def test_scheduler_classes_closed_form() -> None:
     assert got == pytest.approx(expected, rel=1e-12)
 
 
-@pytest.mark.parametrize(("iteration", "expected"), [
-    (1, (4, 128)), (184000, (4, 128)), (184001, (2, 160)), (344000, (2, 160)), (344001, (1, 192)),
-    (536000, (1, 192)), (536001, (1, 256)), (718250, (1, 256)), (800000, (1, 256)),
-])
+@pytest.mark.parametrize(
+    ("iteration", "expected"),
+    [
+        (1, (4, 128)),
+        (184000, (4, 128)),
+        (184001, (2, 160)),
+        (344000, (2, 160)),
+        (344001, (1, 192)),
+        (536000, (1, 192)),
+        (536001, (1, 256)),
+        (718250, (1, 256)),
+        (800000, (1, 256)),
+    ],
+)
 def test_progressive_stage_dn_real(iteration: int, expected: tuple[int, int]) -> None:
     exp = load_experiment("dn_real")
     train = exp["train"]
-    assert progressive_stage(train["progressive"], iteration, train["batch_per_gpu"],
-                             train["patch"]["gt_size"]) == expected
+    assert (
+        progressive_stage(train["progressive"], iteration, train["batch_per_gpu"], train["patch"]["gt_size"])
+        == expected
+    )
 
 
 def test_progressive_stage_dehaze_and_none() -> None:

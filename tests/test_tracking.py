@@ -120,8 +120,12 @@ def test_three_processes_log_concurrently_to_a_fresh_store(tmp_path: Path) -> No
     """)
     path = tmp_path / "worker.py"
     path.write_text(script)
-    procs = [subprocess.Popen([sys.executable, str(path), str(i)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True, cwd=tmp_path) for i in range(3)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(path), str(i)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path
+        )
+        for i in range(3)
+    ]
     outputs = [p.communicate(timeout=300) for p in procs]
     for proc, (_out, err) in zip(procs, outputs, strict=True):
         assert proc.returncode == 0, err[-3000:]
@@ -152,7 +156,7 @@ def test_unreachable_server_only_warns_once(tmp_path: Path) -> None:
 def test_briefly_locked_store_waits_and_logs(store: str) -> None:
     tracker = Tracker(store)
     run_id = tracker.start("mair/demo/x", "train x")
-    holder = sqlite3.connect(store[len("sqlite:///"):], timeout=0.1, check_same_thread=False)
+    holder = sqlite3.connect(store[len("sqlite:///") :], timeout=0.1, check_same_thread=False)
     holder.execute("BEGIN EXCLUSIVE")
     release = threading.Timer(1.5, holder.rollback)
     release.start()
@@ -173,7 +177,7 @@ def test_persistently_locked_store_warns_and_continues(store: str) -> None:
     tracker = Tracker(store, lock_timeout=1.0)
     run_id = tracker.start("mair/demo/x", "train x")
     assert run_id is not None
-    holder = sqlite3.connect(store[len("sqlite:///"):], timeout=0.1)
+    holder = sqlite3.connect(store[len("sqlite:///") :], timeout=0.1)
     holder.execute("BEGIN EXCLUSIVE")
     try:
         with pytest.warns(TrackingWarning, match="locked"):
@@ -195,17 +199,27 @@ def test_disabled_tracker_never_touches_mlflow(tmp_path: Path) -> None:
 def test_log_evaluation(store: str, tmp_path: Path) -> None:
     csv_file = tmp_path / "set5.csv"
     csv_file.write_text("name,psnr,ssim\nbaby.png,38.5,0.96\n")
-    summary = {"experiment": "sr_classic_x2", "dataset": "set5", "variant": "MaIR+", "scope": "demo",
-               "metrics": {"psnr": 38.5, "ssim": 0.962}, "metric_space": "y", "crop_border": 2,
-               "extra_metrics": {"rgb": {"psnr": 36.1, "ssim": 0.95}}, "n_images": 5, "complete": True,
-               "weights": "results/trained/demo/weights/sr_classic_x2.pth"}
+    summary = {
+        "experiment": "sr_classic_x2",
+        "dataset": "set5",
+        "variant": "MaIR+",
+        "scope": "demo",
+        "metrics": {"psnr": 38.5, "ssim": 0.962},
+        "metric_space": "y",
+        "crop_border": 2,
+        "extra_metrics": {"rgb": {"psnr": 36.1, "ssim": 0.95}},
+        "n_images": 5,
+        "complete": True,
+        "weights": "results/trained/demo/weights/sr_classic_x2.pth",
+    }
     run_id = log_evaluation(summary, params={"protocol": "tile"}, artifacts=[csv_file], uri=store)
     assert run_id is not None
     client = MlflowClient(tracking_uri=store)
     run = client.get_run(run_id)
     assert run.info.run_name == "eval set5+"
-    assert run.data.metrics == pytest.approx({"psnr": 38.5, "ssim": 0.962, "psnr_rgb": 36.1, "ssim_rgb": 0.95,
-                                              "n_images": 5.0})
+    assert run.data.metrics == pytest.approx(
+        {"psnr": 38.5, "ssim": 0.962, "psnr_rgb": 36.1, "ssim_rgb": 0.95, "n_images": 5.0}
+    )
     assert run.data.tags["mair.variant"] == "MaIR+" and run.data.tags["mair.kind"] == "evaluation"
     assert run.data.params == {"protocol": "tile"}
     assert client.get_experiment(run.info.experiment_id).name == "mair/demo/sr_classic_x2"
@@ -223,7 +237,10 @@ def test_uri_default_and_flatten(monkeypatch: pytest.MonkeyPatch) -> None:
     assert tracking_uri() == "http://example:5000"
     assert tracking_uri("sqlite:///x.db") == "sqlite:///x.db"
     assert flatten_params({"a": {"b": [1, 2], "c": {"d": None}}, "e": 1.5}) == {
-        "a.b": "[1, 2]", "a.c.d": "None", "e": "1.5"}
+        "a.b": "[1, 2]",
+        "a.c.d": "None",
+        "e": "1.5",
+    }
 
 
 # ------------------------------------------------------------------------------------------------ training runs
@@ -242,12 +259,30 @@ def demo_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _train(store: str, data: Path, *extra: str) -> int:
     from mair.cli import main
 
-    return main(["train", "sr_light_t_x2", "--scope", "demo", "--device", "cpu", "--data-dir", str(data),
-                 "--tracking-uri", store, "--log-every", "1", "--num-workers", "0", *extra])
+    return main(
+        [
+            "train",
+            "sr_light_t_x2",
+            "--scope",
+            "demo",
+            "--device",
+            "cpu",
+            "--data-dir",
+            str(data),
+            "--tracking-uri",
+            store,
+            "--log-every",
+            "1",
+            "--num-workers",
+            "0",
+            *extra,
+        ]
+    )
 
 
 def test_training_is_tracked_and_a_resumed_run_continues_the_same_mlflow_run(
-        store: str, demo_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store: str, demo_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     torch = pytest.importorskip("torch")
     threads = torch.get_num_threads()
@@ -278,7 +313,10 @@ def test_training_is_tracked_and_a_resumed_run_continues_the_same_mlflow_run(
     artifacts = {a.path for a in client.list_artifacts(run_id)}
     assert {"config.yaml", "sr_light_t_x2.pth", "logs"} <= artifacts
     assert {a.path for a in client.list_artifacts(run_id, "logs")} == {
-        "logs/train_log.csv", "logs/val_log.csv", "logs/best.json"}
+        "logs/train_log.csv",
+        "logs/val_log.csv",
+        "logs/best.json",
+    }
     assert tags["mlflow.source.name"] == "mair train" and tags["mlflow.source.type"] == "LOCAL"
     experiment = client.get_experiment(run.info.experiment_id)
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
@@ -288,16 +326,34 @@ def test_training_is_tracked_and_a_resumed_run_continues_the_same_mlflow_run(
     assert model.name == "sr_light_t_x2" and str(model.status).endswith("READY")
     weights = tmp_path / "results" / "trained" / "demo" / "weights" / "sr_light_t_x2.pth"
     assert tags["mair.weights_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
-    assert {a.path for a in client.list_logged_model_artifacts(model.model_id)} == {"sr_light_t_x2.pth",
-                                                                                     "config.yaml"}
+    assert {a.path for a in client.list_logged_model_artifacts(model.model_id)} == {"sr_light_t_x2.pth", "config.yaml"}
 
     # `mair evaluate` of these weights: a child run of the training, restored samples, metrics on the model.
     from mair.cli import main
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
-    assert main(["evaluate", "sr_light_t_x2", "--scope", "demo", "--device", "cpu", "--weights", str(weights),
-                 "--datasets", "set5", "--data-dir", str(demo_data), "--results-dir", str(tmp_path / "results"),
-                 "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "sr_light_t_x2",
+                "--scope",
+                "demo",
+                "--device",
+                "cpu",
+                "--weights",
+                str(weights),
+                "--datasets",
+                "set5",
+                "--data-dir",
+                str(demo_data),
+                "--results-dir",
+                str(tmp_path / "results"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     (evaluation,) = client.search_runs([run.info.experiment_id], "tags.`mair.kind` = 'evaluation'")
     assert evaluation.data.tags["mlflow.parentRunId"] == run_id == evaluation.data.tags["mair.training_run"]
     assert evaluation.data.tags["mlflow.source.name"] == "mair evaluate"
@@ -312,8 +368,9 @@ def test_training_is_tracked_and_a_resumed_run_continues_the_same_mlflow_run(
         assert [int(r["iter"]) for r in csv.DictReader(handle)] == list(range(1, 31))
 
 
-def test_unreachable_store_does_not_stop_training(demo_data: Path, tmp_path: Path,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unreachable_store_does_not_stop_training(
+    demo_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     with pytest.warns(TrackingWarning, match="MLflow tracking off"):
         code = _train(f"http://127.0.0.1:{_closed_port()}", demo_data, "--max-iters", "2", "--no-val")

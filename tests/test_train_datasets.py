@@ -83,8 +83,12 @@ def data_root(tmp_path: Path) -> Path:
 
 
 def _exp(task: str, **train: object) -> dict:
-    base = {"seed": 7, "augmentation": {"hflip": True, "rot": True, "geometric_augs": True},
-            "patch": {"gt_size": 8, "lq_size": 4}, "noise_sigma": None}
+    base = {
+        "seed": 7,
+        "augmentation": {"hflip": True, "rot": True, "geometric_augs": True},
+        "patch": {"gt_size": 8, "lq_size": 4},
+        "noise_sigma": None,
+    }
     base.update(train)
     return {"id": "t", "task": task, "scale": 2 if task.startswith("sr") else 1, "train": base}
 
@@ -117,32 +121,40 @@ def test_sr_sample_is_rgb_of_the_bgr_file(data_root: Path) -> None:
     want = torch.from_numpy(lr[:, :, ::-1].astype(np.float32).transpose(2, 0, 1) / 255.0)
     lq = ds[0]["lq"]
     assert lq.shape == (3, 12, 12)  # 12x14 LR: the crop starts at row 0 and one of columns 0..2
-    assert any(torch.equal(lq, want[:, :, c:c + 12]) for c in range(3))
+    assert any(torch.equal(lq, want[:, :, c : c + 12]) for c in range(3))
 
 
 def test_color_denoise_noise_on_whole_image_before_crop(data_root: Path) -> None:
-    pairs = list_pairs({"id": "dfwb", "gt": "HR", "lq": None, "pairing": "synthetic_noise"},
-                       data_root / "prepared" / "dfwb", "paper")
+    pairs = list_pairs(
+        {"id": "dfwb", "gt": "HR", "lq": None, "pairing": "synthetic_noise"}, data_root / "prepared" / "dfwb", "paper"
+    )
     assert all(p.lq is None for p in pairs)
     ds = ColorDenoiseTrainDataset(pairs, patch=8, sigma=25, seed=3, hflip=False, rot=False)
     key = (2, 11)
     item = ds[key]
     full = cv2.imread(str(pairs[11 % 2].gt)).astype(np.float32) / 255.0  # BGR
     gt_patch = item["gt"].numpy().transpose(1, 2, 0)[..., ::-1]  # back to BGR HWC
-    hits = [(t, c) for t in range(full.shape[0] - 7) for c in range(full.shape[1] - 7)
-            if np.array_equal(full[t:t + 8, c:c + 8], gt_patch)]
+    hits = [
+        (t, c)
+        for t in range(full.shape[0] - 7)
+        for c in range(full.shape[1] - 7)
+        if np.array_equal(full[t : t + 8, c : c + 8], gt_patch)
+    ]
     assert len(hits) == 1
     t, c = hits[0]
     # the first draws of the sample's generator are the noise of the WHOLE image, in BGR HWC order
     noise = sample_rng(3, key).normal(0.0, 25 / 255.0, full.shape)
     got = (item["lq"] - item["gt"]).numpy().transpose(1, 2, 0)[..., ::-1]
-    assert np.allclose(got, noise[t:t + 8, c:c + 8], atol=1e-6)
+    assert np.allclose(got, noise[t : t + 8, c : c + 8], atol=1e-6)
     assert abs(float(got.std()) - 25 / 255) < 0.03
 
 
 def test_unet_padding_crop_and_dihedral(data_root: Path) -> None:
-    exp = _exp("dn_real", datasets=[{"id": "sidd_medium", "gt": "train/target_crops", "lq": "train/input_crops",
-                                     "pairing": "same_name"}], patch={"gt_size": 32, "lq_size": 32})
+    exp = _exp(
+        "dn_real",
+        datasets=[{"id": "sidd_medium", "gt": "train/target_crops", "lq": "train/input_crops", "pairing": "same_name"}],
+        patch={"gt_size": 32, "lq_size": 32},
+    )
     ds = build_train_dataset(exp, "paper", data_root)
     assert isinstance(ds, UNetTrainDataset)
     item = ds[(0, 3)]
@@ -178,11 +190,18 @@ def test_reflect_pad_only_when_smaller() -> None:
 
 
 def test_hazy_pairing(data_root: Path) -> None:
-    exp = _exp("dehaze", datasets=[{"id": "reside_its", "gt": "train/gt", "lq": "train/hazy",
-                                    "pairing": "hazy_prefix"}], patch={"gt_size": 16, "lq_size": 16})
+    exp = _exp(
+        "dehaze",
+        datasets=[{"id": "reside_its", "gt": "train/gt", "lq": "train/hazy", "pairing": "hazy_prefix"}],
+        patch={"gt_size": 16, "lq_size": 16},
+    )
     ds = build_train_dataset(exp, "paper", data_root)
     assert [(p.lq.name, p.gt.name) for p in ds.pairs] == [
-        ("1_1_0.8.png", "1.png"), ("1_2_0.9.png", "1.png"), ("2_1_0.8.png", "2.png"), ("2_2_0.9.png", "2.png")]
+        ("1_1_0.8.png", "1.png"),
+        ("1_2_0.9.png", "1.png"),
+        ("2_1_0.8.png", "2.png"),
+        ("2_2_0.9.png", "2.png"),
+    ]
     (data_root / "prepared/reside_its/train/gt/2.png").unlink()
     with pytest.raises(DatasetError, match=r"no clear image .*2\.png for hazy image"):
         build_train_dataset(exp, "paper", data_root)
@@ -204,8 +223,11 @@ def test_missing_and_unprepared_dataset_messages(data_root: Path) -> None:
 
 
 def test_image_smaller_than_patch(data_root: Path) -> None:
-    exp = _exp("sr_classic", datasets=[{"id": "df2k", "gt": "HR", "lq": "LR_bicubic/X2", "pairing": "same_name"}],
-               patch={"gt_size": 32, "lq_size": 16})
+    exp = _exp(
+        "sr_classic",
+        datasets=[{"id": "df2k", "gt": "HR", "lq": "LR_bicubic/X2", "pairing": "same_name"}],
+        patch={"gt_size": 32, "lq_size": 16},
+    )
     ds = build_train_dataset(exp, "paper", data_root)
     with pytest.raises(PatchSizeError) as info:
         check_patch_sizes(ds)
@@ -213,15 +235,30 @@ def test_image_smaller_than_patch(data_root: Path) -> None:
     assert "a.png" in text and "12x14" in text and "16x16" in text
     with pytest.raises(PatchSizeError, match="12x14 is smaller than the training patch 16x16"):
         ds[0]
-    dn = build_train_dataset(_exp("dn_color", datasets=[{"id": "dfwb", "gt": "HR", "lq": None,
-                                                         "pairing": "synthetic_noise"}],
-                                  patch={"gt_size": 21, "lq_size": 21}, noise_sigma=15), "paper", data_root)
+    dn = build_train_dataset(
+        _exp(
+            "dn_color",
+            datasets=[{"id": "dfwb", "gt": "HR", "lq": None, "pairing": "synthetic_noise"}],
+            patch={"gt_size": 21, "lq_size": 21},
+            noise_sigma=15,
+        ),
+        "paper",
+        data_root,
+    )
     with pytest.raises(PatchSizeError, match=r"0\.png: image 20x24 is smaller than the training patch 21x21"):
         check_patch_sizes(dn)
     # U-Net images smaller than the patch are padded, not refused
-    unet = build_train_dataset(_exp("dn_real", datasets=[{"id": "sidd_medium", "gt": "train/target_crops",
-                                                          "lq": "train/input_crops", "pairing": "same_name"}],
-                                    patch={"gt_size": 64, "lq_size": 64}), "paper", data_root)
+    unet = build_train_dataset(
+        _exp(
+            "dn_real",
+            datasets=[
+                {"id": "sidd_medium", "gt": "train/target_crops", "lq": "train/input_crops", "pairing": "same_name"}
+            ],
+            patch={"gt_size": 64, "lq_size": 64},
+        ),
+        "paper",
+        data_root,
+    )
     assert check_patch_sizes(unet) == 2
 
 
@@ -239,13 +276,21 @@ def test_scale_mismatch_and_missing_lr(data_root: Path) -> None:
 
 
 def test_validation_sets(data_root: Path) -> None:
-    exp = {"id": "v", "scale": 2, "val": {"dataset": {"id": "set14", "gt": "HR", "lq": "LR_bicubic/X2",
-                                                      "pairing": "same_name"}, "noise": None}}
+    exp = {
+        "id": "v",
+        "scale": 2,
+        "val": {"dataset": {"id": "set14", "gt": "HR", "lq": "LR_bicubic/X2", "pairing": "same_name"}, "noise": None},
+    }
     item = build_val_dataset(exp, "paper", data_root)[0]
     assert item["lq"].shape == (3, 9, 11) and item["gt"].shape == (18, 22, 3) and item["gt"].dtype == np.uint8
-    exp = {"id": "v", "scale": 1, "val": {"dataset": {"id": "mcmaster", "gt": "HR", "lq": None,
-                                                      "pairing": "synthetic_noise"},
-                                          "noise": {"sigma": 25, "seed": 0}}}
+    exp = {
+        "id": "v",
+        "scale": 1,
+        "val": {
+            "dataset": {"id": "mcmaster", "gt": "HR", "lq": None, "pairing": "synthetic_noise"},
+            "noise": {"sigma": 25, "seed": 0},
+        },
+    }
     val = build_val_dataset(exp, "paper", data_root)
     assert isinstance(val, ValidationDataset)
     item = val[0]
@@ -297,7 +342,7 @@ def test_progressive_crop_minibatch_and_shared_offset() -> None:
     idx = ref.sample(range(4), 2)
     x0, y0 = int(8 * ref.random()), int(8 * ref.random())
     assert out_lq.shape == (2, 3, 8, 8)
-    assert torch.equal(out_lq, lq[idx][..., x0:x0 + 8, y0:y0 + 8])
+    assert torch.equal(out_lq, lq[idx][..., x0 : x0 + 8, y0 : y0 + 8])
     assert torch.equal(out_gt, out_lq * 2)
     same_lq, same_gt = progressive_crop(lq, gt, mini_batch=4, patch=16, rng=step_rng(1, 0, 5))
     assert same_lq is lq and same_gt is gt

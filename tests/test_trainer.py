@@ -57,9 +57,29 @@ def _env() -> dict[str, str]:
 
 
 def _train_cmd(experiment: str, data: Path, run_dir: Path, results: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "mair.cli", "train", experiment, "--scope", "demo", "--device", "cpu",
-            "--data-dir", str(data), "--run-dir", str(run_dir), "--results-dir", str(results), "--no-mlflow",
-            "--log-every", "1", "--num-workers", "0", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "mair.cli",
+        "train",
+        experiment,
+        "--scope",
+        "demo",
+        "--device",
+        "cpu",
+        "--data-dir",
+        str(data),
+        "--run-dir",
+        str(run_dir),
+        "--results-dir",
+        str(results),
+        "--no-mlflow",
+        "--log-every",
+        "1",
+        "--num-workers",
+        "0",
+        *extra,
+    ]
 
 
 def _log_rows(path: Path) -> list[dict[str, str]]:
@@ -85,7 +105,11 @@ def _wait_for_iteration(log: Path, iteration: int, proc: subprocess.Popen, timeo
 def test_batch_plan_keeps_the_paper_effective_batch() -> None:
     sr = load_experiment("sr_classic_x2")  # 4 per GPU x 8 GPUs = 32
     assert [(p.accum, p.effective_batch) for p in (plan_batch(sr, w) for w in (8, 4, 2, 1))] == [
-        (1, 32), (2, 32), (4, 32), (8, 32)]
+        (1, 32),
+        (2, 32),
+        (4, 32),
+        (8, 32),
+    ]
     with pytest.raises(TrainError, match=r"effective batch 32 .* cannot be kept on 3 processes.*\[1, 2, 4, 8\]"):
         plan_batch(sr, 3)
     loose = plan_batch(sr, 3, allow_mismatch=True)
@@ -101,7 +125,14 @@ def test_batch_plan_keeps_the_paper_effective_batch() -> None:
 def test_two_speed_validation_schedule() -> None:
     sr = load_experiment("sr_classic_x2")  # 25k before 400k, then 5k
     assert [val_due(sr, i) for i in (5000, 25000, 30000, 395000, 400000, 405000, 500000)] == [
-        False, True, False, False, True, True, True]
+        False,
+        True,
+        False,
+        False,
+        True,
+        True,
+        True,
+    ]
     real = load_experiment("dn_real")  # 800k > total_iter: never during training
     assert not any(val_due(real, i) for i in (4000, 200000, 400000, 718250))
 
@@ -111,12 +142,12 @@ def test_init_source_and_the_t_x3_quirk(tmp_path: Path) -> None:
     path, strict, note = init_weights_source(t3, TrainOptions("sr_light_t_x3", results_dir=tmp_path))
     assert path == tmp_path / "paper" / "weights" / "sr_light_s_x2.pth" and strict is False
     assert "official" in note and "--init-fix-t-x3" in note
-    path, _, note = init_weights_source(t3, TrainOptions("sr_light_t_x3", scope="demo", results_dir=tmp_path,
-                                                         init_fix_t_x3=True))
+    path, _, note = init_weights_source(
+        t3, TrainOptions("sr_light_t_x3", scope="demo", results_dir=tmp_path, init_fix_t_x3=True)
+    )
     assert path == tmp_path / "demo" / "weights" / "sr_light_t_x2.pth"
     x4 = load_experiment("sr_classic_x4")
-    assert init_weights_source(x4, TrainOptions("sr_classic_x4", results_dir=tmp_path))[0].name == (
-        "sr_classic_x2.pth")
+    assert init_weights_source(x4, TrainOptions("sr_classic_x4", results_dir=tmp_path))[0].name == ("sr_classic_x2.pth")
     s25 = load_experiment("dn_color_s25")
     assert init_weights_source(s25, TrainOptions("dn_color_s25", results_dir=tmp_path))[1] is True
     explicit = init_weights_source(x4, TrainOptions("sr_classic_x4", init_weights=tmp_path / "w.pth"))
@@ -126,11 +157,27 @@ def test_init_source_and_the_t_x3_quirk(tmp_path: Path) -> None:
 
 def test_launcher_environments() -> None:
     assert detect_env({}) == DistEnv()
-    tr = detect_env({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2",
-                     "MASTER_ADDR": "h", "MASTER_PORT": "1234"})
+    tr = detect_env(
+        {
+            "RANK": "3",
+            "WORLD_SIZE": "4",
+            "LOCAL_RANK": "1",
+            "LOCAL_WORLD_SIZE": "2",
+            "MASTER_ADDR": "h",
+            "MASTER_PORT": "1234",
+        }
+    )
     assert (tr.rank, tr.world_size, tr.local_rank, tr.launcher, tr.master_port) == (3, 4, 1, "torchrun", 1234)
-    slurm = detect_env({"SLURM_PROCID": "5", "SLURM_STEP_ID": "0", "SLURM_STEP_NUM_TASKS": "8",
-                        "SLURM_LOCALID": "1", "SLURM_STEP_NODELIST": "gpu[07-08,11]", "SLURM_JOB_ID": "123456"})
+    slurm = detect_env(
+        {
+            "SLURM_PROCID": "5",
+            "SLURM_STEP_ID": "0",
+            "SLURM_STEP_NUM_TASKS": "8",
+            "SLURM_LOCALID": "1",
+            "SLURM_STEP_NODELIST": "gpu[07-08,11]",
+            "SLURM_JOB_ID": "123456",
+        }
+    )
     assert (slurm.rank, slurm.world_size, slurm.local_rank, slurm.master_addr) == (5, 8, 1, "gpu07")
     assert slurm.launcher == "slurm" and slurm.master_port == 20000 + 123456 % 20000
     # a plain command inside an sbatch script (no srun step) is a single process
@@ -142,8 +189,10 @@ def test_launcher_environments() -> None:
 
 
 def test_train_cli_registration_imports_no_torch() -> None:
-    code = ("import argparse, sys\nfrom mair.train import cli\np = argparse.ArgumentParser()\n"
-            "cli.register(p.add_subparsers())\nprint('torch' in sys.modules)")
+    code = (
+        "import argparse, sys\nfrom mair.train import cli\np = argparse.ArgumentParser()\n"
+        "cli.register(p.add_subparsers())\nprint('torch' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(), check=True)
     assert out.stdout.strip() == "False"
 
@@ -158,21 +207,33 @@ def test_unknown_experiment(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_missing_dataset_named_with_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code = mair_main(["train", "sr_classic_x2", "--data-dir", str(tmp_path / "nodata"), "--no-mlflow",
-                      "--run-dir", str(tmp_path / "run")])
+    code = mair_main(
+        [
+            "train",
+            "sr_classic_x2",
+            "--data-dir",
+            str(tmp_path / "nodata"),
+            "--no-mlflow",
+            "--run-dir",
+            str(tmp_path / "run"),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2
     assert "'df2k'" in err and str(tmp_path / "nodata" / "prepared" / "df2k") in err
     assert "mair data prepare df2k" in err
     assert not (tmp_path / "run").exists()
-    assert mair_main(["train", "sr_classic_x2", "--scope", "demo", "--data-dir", str(tmp_path / "nodata"),
-                      "--no-mlflow"]) == 2
+    assert (
+        mair_main(["train", "sr_classic_x2", "--scope", "demo", "--data-dir", str(tmp_path / "nodata"), "--no-mlflow"])
+        == 2
+    )
     assert "mair data demo" in capsys.readouterr().err
 
 
 def test_batch_mismatch_refused_before_start(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code = mair_main(["train", "sr_classic_x2", "--gpus", "3", "--device", "cpu", "--no-mlflow",
-                      "--run-dir", str(tmp_path / "run")])
+    code = mair_main(
+        ["train", "sr_classic_x2", "--gpus", "3", "--device", "cpu", "--no-mlflow", "--run-dir", str(tmp_path / "run")]
+    )
     assert code == 2
     assert "--allow-batch-mismatch" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
@@ -208,22 +269,52 @@ def test_image_smaller_than_patch(tmp_path: Path, demo_data: Path, capsys: pytes
     cv2.imwrite(str(hr), cv2.imread(str(hr))[:20, :24])
     lr = data / "demo/prepared/div2k/LR_bicubic/X2" / hr.name
     cv2.imwrite(str(lr), cv2.imread(str(lr))[:10, :12])
-    code = mair_main(["train", "sr_light_t_x2", "--scope", "demo", "--device", "cpu", "--data-dir", str(data),
-                      "--no-mlflow", "--run-dir", str(tmp_path / "run")])
+    code = mair_main(
+        [
+            "train",
+            "sr_light_t_x2",
+            "--scope",
+            "demo",
+            "--device",
+            "cpu",
+            "--data-dir",
+            str(data),
+            "--no-mlflow",
+            "--run-dir",
+            str(tmp_path / "run"),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and lr.name in err and "10x12" in err and "16x16" in err
     assert not (tmp_path / "run").exists()
 
 
-def test_checkpoint_of_another_architecture(tmp_path: Path, demo_data: Path,
-                                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_checkpoint_of_another_architecture(
+    tmp_path: Path, demo_data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     unet = demo_experiment(load_experiment("dehaze_its"))
     wrong = tmp_path / "unet.pth"
     save_weights(from_official(unet["network"]["arch"], **unet["network"]["kwargs"]), wrong)
     for experiment in ("sr_light_t_x3", "dn_color_s25"):  # non-strict init (x3 from x2), strict init (s25)
         run = tmp_path / experiment
-        code = mair_main(["train", experiment, "--scope", "demo", "--device", "cpu", "--data-dir", str(demo_data),
-                          "--init-weights", str(wrong), "--no-mlflow", "--run-dir", str(run), "--no-val"])
+        code = mair_main(
+            [
+                "train",
+                experiment,
+                "--scope",
+                "demo",
+                "--device",
+                "cpu",
+                "--data-dir",
+                str(demo_data),
+                "--init-weights",
+                str(wrong),
+                "--no-mlflow",
+                "--run-dir",
+                str(run),
+                "--no-val",
+            ]
+        )
         err = capsys.readouterr().err
         assert code == 2, err
         assert str(wrong) in err and ("does not fit" in err or "no tensor fits" in err), err
@@ -231,8 +322,21 @@ def test_checkpoint_of_another_architecture(tmp_path: Path, demo_data: Path,
 
 
 def test_missing_init_weights_named(tmp_path: Path, demo_data: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code = mair_main(["train", "sr_light_s_x3", "--scope", "demo", "--device", "cpu", "--data-dir",
-                      str(demo_data), "--results-dir", str(tmp_path / "results"), "--no-mlflow"])
+    code = mair_main(
+        [
+            "train",
+            "sr_light_s_x3",
+            "--scope",
+            "demo",
+            "--device",
+            "cpu",
+            "--data-dir",
+            str(demo_data),
+            "--results-dir",
+            str(tmp_path / "results"),
+            "--no-mlflow",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2
     assert str(tmp_path / "results" / "demo" / "weights" / "sr_light_s_x2.pth") in err
@@ -242,15 +346,31 @@ def test_missing_init_weights_named(tmp_path: Path, demo_data: Path, capsys: pyt
 # ------------------------------------------------------------------------------------------------ training
 
 
-def test_x3_initialised_from_x2_non_strict(tmp_path: Path, demo_data: Path, one_thread: None,
-                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_x3_initialised_from_x2_non_strict(
+    tmp_path: Path, demo_data: Path, one_thread: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     x2 = demo_experiment(load_experiment("sr_light_s_x2"))
     torch.manual_seed(1)
     x2_net = from_official(x2["network"]["arch"], **x2["network"]["kwargs"])
     save_weights(x2_net, tmp_path / "results" / "demo" / "weights" / "sr_light_s_x2.pth")
-    code = mair_main(["train", "sr_light_s_x3", "--scope", "demo", "--device", "cpu", "--data-dir",
-                      str(demo_data), "--max-iters", "2", "--no-mlflow", "--log-every", "1"])
+    code = mair_main(
+        [
+            "train",
+            "sr_light_s_x3",
+            "--scope",
+            "demo",
+            "--device",
+            "cpu",
+            "--data-dir",
+            str(demo_data),
+            "--max-iters",
+            "2",
+            "--no-mlflow",
+            "--log-every",
+            "1",
+        ]
+    )
     assert code == 0
     run = tmp_path / "runs" / "demo" / "sr_light_s_x3"
     config = yaml.safe_load((run / "config.yaml").read_text())
@@ -268,11 +388,18 @@ def test_x3_initialised_from_x2_non_strict(tmp_path: Path, demo_data: Path, one_
 def test_sigterm_then_resume_is_bit_identical(tmp_path: Path, demo_data: Path) -> None:
     """A run killed by SIGTERM mid-way and resumed ends with exactly the weights of an uninterrupted run."""
     exp = "dn_color_s15"  # stochastic depth, on-the-fly noise, Charbonnier: every RNG path of the top level
-    full = subprocess.Popen(_train_cmd(exp, demo_data, tmp_path / "full", tmp_path / "res_full"), env=_env(),
-                            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    full = subprocess.Popen(
+        _train_cmd(exp, demo_data, tmp_path / "full", tmp_path / "res_full"),
+        env=_env(),
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     cut_cmd = _train_cmd(exp, demo_data, tmp_path / "cut", tmp_path / "res_cut", "--checkpoint-every", "7")
-    cut = subprocess.Popen(cut_cmd, env=_env(), cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                           text=True)
+    cut = subprocess.Popen(
+        cut_cmd, env=_env(), cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     _wait_for_iteration(tmp_path / "cut" / "train_log.csv", 3, cut)
     cut.send_signal(signal.SIGTERM)
     _, err = cut.communicate(timeout=240)
@@ -314,13 +441,20 @@ def test_ddp_gloo_stop_resume_and_accumulation_equivalence(tmp_path: Path, demo_
     """2 processes (torchrun started by ``--gpus 2``, gloo), stopped by SIGUSR1 to the launcher and resumed,
     against 1 process with gradient accumulation 2: same samples, same losses up to float rounding."""
     exp_file = str(_ddp_experiment(tmp_path))
-    single = subprocess.Popen(_train_cmd(exp_file, demo_data, tmp_path / "acc", tmp_path / "res_acc", "--no-val"),
-                              env=_env(), cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                              text=True)
-    ddp_cmd = _train_cmd(exp_file, demo_data, tmp_path / "ddp", tmp_path / "res_ddp", "--gpus", "2",
-                         "--checkpoint-every", "5")
-    ddp = subprocess.Popen(ddp_cmd, env=_env(), cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                           text=True)
+    single = subprocess.Popen(
+        _train_cmd(exp_file, demo_data, tmp_path / "acc", tmp_path / "res_acc", "--no-val"),
+        env=_env(),
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    ddp_cmd = _train_cmd(
+        exp_file, demo_data, tmp_path / "ddp", tmp_path / "res_ddp", "--gpus", "2", "--checkpoint-every", "5"
+    )
+    ddp = subprocess.Popen(
+        ddp_cmd, env=_env(), cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     _wait_for_iteration(tmp_path / "ddp" / "train_log.csv", 2, ddp)
     ddp.send_signal(signal.SIGUSR1)  # SLURM's early warning; the launcher forwards it through torchrun
     _, err = ddp.communicate(timeout=300)
@@ -349,9 +483,27 @@ def test_ddp_gloo_stop_resume_and_accumulation_equivalence(tmp_path: Path, demo_
 
 def test_gpu_benchmark_dry_run(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
-    subprocess.run([sys.executable, str(REPO / "benchmarks" / "train_gpu.py"), "--device", "cpu", "--tiny",
-                    "--experiments", "sr_light_t_x2", "dn_real", "--iters", "1", "--out", str(out)],
-                   env=_env(), cwd=tmp_path, check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "train_gpu.py"),
+            "--device",
+            "cpu",
+            "--tiny",
+            "--experiments",
+            "sr_light_t_x2",
+            "dn_real",
+            "--iters",
+            "1",
+            "--out",
+            str(out),
+        ],
+        env=_env(),
+        cwd=tmp_path,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     report = json.loads(out.read_text())
     entries = report["throughput"]
     assert [e["experiment"] for e in entries] == ["sr_light_t_x2", "dn_real", "dn_real", "dn_real"]
@@ -361,9 +513,26 @@ def test_gpu_benchmark_dry_run(tmp_path: Path) -> None:
 def test_gpu_benchmark_ddp_dry_run(tmp_path: Path) -> None:
     """(a) alone on the CPU (gloo): the 2-process run against 1 process x accumulation 2, losses compared."""
     out = tmp_path / "bench.json"
-    subprocess.run([sys.executable, str(REPO / "benchmarks" / "train_gpu.py"), "--device", "cpu", "--tiny", "--ddp",
-                    "--ddp-iters", "3", "--no-throughput", "--out", str(out)],
-                   env=_env(), cwd=tmp_path, check=True, capture_output=True, timeout=600)
+    subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "train_gpu.py"),
+            "--device",
+            "cpu",
+            "--tiny",
+            "--ddp",
+            "--ddp-iters",
+            "3",
+            "--no-throughput",
+            "--out",
+            str(out),
+        ],
+        env=_env(),
+        cwd=tmp_path,
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
     report = json.loads(out.read_text())
     ddp = report["ddp_vs_accum"]
     assert report["throughput"] == [] and ddp["iterations"] == 3, report
@@ -396,8 +565,9 @@ def test_batch_stream_close_stops_its_worker_processes():
     stream.close()  # closing twice is harmless
 
 
-def test_compiled_training_matches_eager(tmp_path: Path, demo_data: Path, one_thread: None,
-                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_compiled_training_matches_eager(
+    tmp_path: Path, demo_data: Path, one_thread: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """``--compile`` (here the ``aot_eager`` compiler: Dynamo and AOTAutograd without code generation, so it
     runs in seconds on a CPU) trains to the same losses and weights as eager, and saves plain weights."""
     from mair.models.scan import custom_ops
@@ -406,10 +576,29 @@ def test_compiled_training_matches_eager(tmp_path: Path, demo_data: Path, one_th
     exp_file = str(_ddp_experiment(tmp_path))  # no stochastic depth: both runs see identical computations
 
     def run(name: str, *extra: str) -> list[float]:
-        code = mair_main(["train", exp_file, "--scope", "demo", "--device", "cpu", "--data-dir", str(demo_data),
-                          "--run-dir", str(tmp_path / name), "--results-dir", str(tmp_path / f"res_{name}"),
-                          "--max-iters", "3", "--no-mlflow", "--no-val", "--log-every", "1",
-                          *extra])
+        code = mair_main(
+            [
+                "train",
+                exp_file,
+                "--scope",
+                "demo",
+                "--device",
+                "cpu",
+                "--data-dir",
+                str(demo_data),
+                "--run-dir",
+                str(tmp_path / name),
+                "--results-dir",
+                str(tmp_path / f"res_{name}"),
+                "--max-iters",
+                "3",
+                "--no-mlflow",
+                "--no-val",
+                "--log-every",
+                "1",
+                *extra,
+            ]
+        )
         assert code == 0
         return [float(r["loss"]) for r in _log_rows(tmp_path / name / "train_log.csv")]
 

@@ -25,11 +25,25 @@ def test_every_scan_kernel_compiles_for_sm90_without_spills(tmp_path: Path, gate
     """Every kernel of the plain scan, or of the gated scan (the model's path: the DOT pass storing the
     sub-chunk states, the backward without its first walk and with dy formed inside, under its register cap,
     and the gated sum of the four outputs)."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("TRITON_INTERPRET", "MAIR_TRITON_BWD_STEP", "MAIR_TRITON_TILES")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("TRITON_INTERPRET", "MAIR_TRITON_BWD_STEP", "MAIR_TRITON_TILES")
+    }
     env.update(PYTHONPATH=str(REPO), TRITON_CACHE_DIR=str(tmp_path / "cache"), TMPDIR=str(tmp_path))
-    cmd = [sys.executable, str(REPO / "benchmarks" / "triton_offline.py"), "--batch", "1", "--side", "12",
-           "--channels", "40", "--d-state", "16", *(["--gated"] if gated else [])]
+    cmd = [
+        sys.executable,
+        str(REPO / "benchmarks" / "triton_offline.py"),
+        "--batch",
+        "1",
+        "--side",
+        "12",
+        "--channels",
+        "40",
+        "--d-state",
+        "16",
+        *(["--gated"] if gated else []),
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [dict(re.findall(r"(\w+)=(\S+)", line)) for line in proc.stdout.splitlines() if line.startswith("kernel=")]

@@ -487,8 +487,9 @@ def test_dvc_dry_repro_with_published_weights_plans_no_training(tmp_path: Path) 
     from test_workflow import parse_dry_run, run_env, snakemake
 
     work = _committed_copy(tmp_path, weights="published")
-    proc = subprocess.run(["dvc", "repro", "--dry", "--force"], cwd=work, env=run_env(work), capture_output=True,
-                          text=True, timeout=600)
+    proc = subprocess.run(
+        ["dvc", "repro", "--dry", "--force"], cwd=work, env=run_env(work), capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-4000:]
     planned = dict(re.findall(r"Running stage '([^']+)':\n> (.+)", proc.stdout))
     assert len(planned) == 36 and set(planned) == {"data", "tables"} | {
@@ -524,9 +525,12 @@ def test_dvc_experiment_with_published_weights(tmp_path: Path, mirror: Mirror) -
     work = _committed_copy(tmp_path, experiments="[dehaze_r6k]")  # committed: weights: trained
     env = run_env(work, MAIR_WEIGHTS_MIRROR=mirror.url)
     proc = subprocess.run(
-        ["dvc", "exp", "run", "-n", "published", "-S", "params/pipeline.yaml:weights=published",
-         "evaluate_dehaze_r6k"],
-        cwd=work, env=env, capture_output=True, text=True, timeout=1800,
+        ["dvc", "exp", "run", "-n", "published", "-S", "params/pipeline.yaml:weights=published", "evaluate_dehaze_r6k"],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
     )
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-4000:]
     for stage in ("data", "weights_dehaze_r6k", "evaluate_dehaze_r6k"):
@@ -545,8 +549,9 @@ def test_dvc_experiment_with_published_weights(tmp_path: Path, mirror: Mirror) -
     assert lock(work / "data")["demo/weights/published/MaIR_DH_R6K.pth"]["origin"] == "first-download"
     assert not (work / "results" / "trained").exists() and not (work / "runs").exists()  # nothing trained
     assert "published" in (work / "params" / "pipeline.yaml").read_text().split("\nweights: ", 1)[1][:10]
-    again = subprocess.run(["dvc", "repro", "evaluate_dehaze_r6k"], cwd=work, env=env, capture_output=True,
-                           text=True, timeout=600)
+    again = subprocess.run(
+        ["dvc", "repro", "evaluate_dehaze_r6k"], cwd=work, env=env, capture_output=True, text=True, timeout=600
+    )
     assert again.returncode == 0 and "Running stage" not in again.stdout, again.stdout
 
 

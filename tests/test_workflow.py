@@ -47,9 +47,13 @@ def copy_repo(dest: Path) -> Path:
     """Copy the checkout's files as a fresh clone would have them (tracked and untracked-but-not-ignored)."""
     dest.mkdir(parents=True, exist_ok=True)
     try:
-        listed = subprocess.run(
-            ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, capture_output=True, check=True
-        ).stdout.decode().split("\0")
+        listed = (
+            subprocess.run(
+                ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, capture_output=True, check=True
+            )
+            .stdout.decode()
+            .split("\0")
+        )
     except (OSError, subprocess.CalledProcessError):
         listed = [str(p.relative_to(REPO)) for p in REPO.rglob("*") if p.is_file()]
     for name in filter(None, listed):
@@ -84,15 +88,21 @@ def run_env(workdir: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def snakemake(workdir: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 600,
-              check: bool = True) -> subprocess.CompletedProcess[str]:
+def snakemake(
+    workdir: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 600, check: bool = True
+) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run(
-        ["snakemake", *args], cwd=workdir, env=env or run_env(workdir), capture_output=True, text=True,
+        ["snakemake", *args],
+        cwd=workdir,
+        env=env or run_env(workdir),
+        capture_output=True,
+        text=True,
         timeout=timeout,
     )
     if check and proc.returncode != 0:
-        raise AssertionError(f"snakemake {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-6000:]}\n"
-                             f"{proc.stderr[-6000:]}")
+        raise AssertionError(
+            f"snakemake {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}"
+        )
     return proc
 
 
@@ -114,13 +124,13 @@ def parse_dry_run(text: str) -> list[dict[str, Any]]:
         stripped = line.strip()
         for key in ("input", "output"):
             if line.startswith(f"    {key}: "):
-                job[key] = [f.strip() for f in stripped[len(key) + 2:].split(",") if f.strip()]
+                job[key] = [f.strip() for f in stripped[len(key) + 2 :].split(",") if f.strip()]
         if line.startswith("    wildcards: "):
-            for pair in stripped[len("wildcards: "):].split(", "):
+            for pair in stripped[len("wildcards: ") :].split(", "):
                 name, _, value = pair.partition("=")
                 job["wildcards"][name] = value
         if line.startswith("Shell command: "):
-            job["shell"] = stripped[len("Shell command: "):]
+            job["shell"] = stripped[len("Shell command: ") :]
     return jobs
 
 
@@ -192,8 +202,23 @@ def test_paper_dry_run_lists_every_step_offline_and_fast(repo_copy: Path) -> Non
     evals = [out for j in by_rule["evaluate"] for out in j["output"]]
     assert sorted(evals) == sorted(expected)
     tested = {Path(f).stem.rstrip("+") for f in evals}
-    assert {"set5", "set14", "b100", "urban100", "manga109", "mcmaster", "kodak24", "cbsd68", "sidd_val", "dnd",
-            "gopro", "hide", "sots_indoor", "sots_outdoor", "reside_6k"} <= tested
+    assert {
+        "set5",
+        "set14",
+        "b100",
+        "urban100",
+        "manga109",
+        "mcmaster",
+        "kodak24",
+        "cbsd68",
+        "sidd_val",
+        "dnd",
+        "gopro",
+        "hide",
+        "sots_indoor",
+        "sots_outdoor",
+        "reside_6k",
+    } <= tested
     plus = {j["rule"].removeprefix("evaluate_plus_") for j in by_rule["evaluate"] if "_plus_" in j["rule"]}
     assert plus == {"sr_classic_x2", "sr_classic_x3", "sr_classic_x4"}
     for job in by_rule["evaluate"]:  # one job per experiment and variant: the network is built once
@@ -216,8 +241,9 @@ def test_paper_dry_run_lists_every_step_offline_and_fast(repo_copy: Path) -> Non
     df2k = next(j for j in by_rule["prepare"] if j["wildcards"]["dataset"] == "df2k")
     assert set(df2k["input"]) == {"data/prepared/div2k/.prepared.json", "data/prepared/flickr2k/.prepared.json"}
 
-    assert [j["output"] for j in by_rule["tables"]] == [["results/trained/paper/tables/tables.tex",
-                                                        "results/trained/paper/tables/tables.md"]]
+    assert [j["output"] for j in by_rule["tables"]] == [
+        ["results/trained/paper/tables/tables.tex", "results/trained/paper/tables/tables.md"]
+    ]
     assert len(by_rule["tables"][0]["input"]) == len(expected)
 
 
@@ -227,8 +253,9 @@ def test_targets_and_quirk_switch(repo_copy: Path) -> None:
     assert {"reproduce_tables", *TASK_TARGETS, "download_all", "prepare_all", "train_all", "evaluate_all"} <= listed
 
     # A per-task target reaches exactly that task's experiments; init_quirk=fixed starts MaIR-T x3 from T x2.
-    jobs = parse_dry_run(snakemake(repo_copy, "-n", "-p", "reproduce_light_sr", "--config", "scope=paper",
-                                   "init_quirk=fixed").stdout)
+    jobs = parse_dry_run(
+        snakemake(repo_copy, "-n", "-p", "reproduce_light_sr", "--config", "scope=paper", "init_quirk=fixed").stdout
+    )
     trains = {j["wildcards"]["exp"]: j for j in jobs if j["rule"] == "train"}
     assert sorted(trains) == [e for e in EXPERIMENTS if e.startswith("sr_light")]
     assert "results/trained/paper/weights/sr_light_t_x2.pth" in trains["sr_light_t_x3"]["input"]
@@ -241,8 +268,9 @@ def test_targets_and_quirk_switch(repo_copy: Path) -> None:
     assert "demo_data" in rules and not {"download", "prepare"} & rules
     trains = [j for j in jobs if j["rule"] == "train"]
     assert len(trains) == 17
-    assert all("run-with-gpus 0 -- mair train" in j["shell"] and "--scope demo --device cpu" in j["shell"]
-               for j in trains)
+    assert all(
+        "run-with-gpus 0 -- mair train" in j["shell"] and "--scope demo --device cpu" in j["shell"] for j in trains
+    )
     tables = next(j for j in jobs if j["rule"] == "tables")
     assert tables["output"] == ["results/trained/demo/tables/tables.tex", "results/trained/demo/tables/tables.md"]
 
@@ -282,8 +310,17 @@ def test_config_errors_are_one_clear_message(repo_copy: Path, setting: str, mess
 
 @needs_snakemake
 def test_nested_cli_values_get_schema_types(repo_copy: Path) -> None:
-    jobs = parse_dry_run(snakemake(repo_copy, "-n", "-p", "reproduce_dehazing", "--config", "scope=paper",
-                                   "download={mirror: https://mirror.example/mair, timeout: 30}").stdout)
+    jobs = parse_dry_run(
+        snakemake(
+            repo_copy,
+            "-n",
+            "-p",
+            "reproduce_dehazing",
+            "--config",
+            "scope=paper",
+            "download={mirror: https://mirror.example/mair, timeout: 30}",
+        ).stdout
+    )
     downloads = [j for j in jobs if j["rule"] == "download"]
     assert downloads and all("--mirror https://mirror.example/mair --timeout 30" in j["shell"] for j in downloads)
 
@@ -304,8 +341,18 @@ _FAKE_JOB = textwrap.dedent(
 
 def _slots(n: int, lock_dir: Path, *command: str, timeout: float | None = None) -> list[str]:
     wait = ["--timeout", str(timeout)] if timeout is not None else []
-    return [sys.executable, "-m", "mair.pipeline", "run-with-gpus", "--lock-dir", str(lock_dir), *wait, str(n),
-            "--", *command]
+    return [
+        sys.executable,
+        "-m",
+        "mair.pipeline",
+        "run-with-gpus",
+        "--lock-dir",
+        str(lock_dir),
+        *wait,
+        str(n),
+        "--",
+        *command,
+    ]
 
 
 def test_concurrent_jobs_never_share_a_card(tmp_path: Path) -> None:
@@ -315,8 +362,11 @@ def test_concurrent_jobs_never_share_a_card(tmp_path: Path) -> None:
     env = {**os.environ, "MAIR_GPU_IDS": "0,1,2,3"}
     env.pop("SLURM_JOB_ID", None)
     procs = [
-        subprocess.Popen(_slots(2, tmp_path / "locks", sys.executable, str(script), str(tmp_path / f"{i}.json"),
-                                "0.6"), env=env, cwd=REPO)
+        subprocess.Popen(
+            _slots(2, tmp_path / "locks", sys.executable, str(script), str(tmp_path / f"{i}.json"), "0.6"),
+            env=env,
+            cwd=REPO,
+        )
         for i in range(8)
     ]
     assert all(p.wait(timeout=120) == 0 for p in procs)
@@ -326,7 +376,7 @@ def test_concurrent_jobs_never_share_a_card(tmp_path: Path) -> None:
         assert len(cards) == 2 and len(set(cards)) == 2 and set(cards) <= {"0", "1", "2", "3"}
     overlaps = 0
     for i, a in enumerate(runs):
-        for b in runs[i + 1:]:
+        for b in runs[i + 1 :]:
             if a["start"] < b["end"] and b["start"] < a["end"]:  # ran at the same time
                 overlaps += 1
                 assert not set(a["gpus"].split(",")) & set(b["gpus"].split(",")), (a, b)
@@ -340,18 +390,31 @@ def test_concurrent_jobs_never_share_a_card(tmp_path: Path) -> None:
 def test_cards_are_freed_when_a_job_is_killed(tmp_path: Path) -> None:
     env = {**os.environ, "MAIR_GPU_IDS": "0,1"}
     env.pop("SLURM_JOB_ID", None)
-    holder = subprocess.Popen(_slots(2, tmp_path / "locks", sys.executable, "-c", "import time; time.sleep(60)"),
-                              env=env, cwd=REPO)
+    holder = subprocess.Popen(
+        _slots(2, tmp_path / "locks", sys.executable, "-c", "import time; time.sleep(60)"), env=env, cwd=REPO
+    )
     try:
         time.sleep(1.0)
-        waiting = subprocess.run(_slots(1, tmp_path / "locks", "true", timeout=1), env=env, cwd=REPO,
-                                 capture_output=True, text=True, timeout=60)
+        waiting = subprocess.run(
+            _slots(1, tmp_path / "locks", "true", timeout=1),
+            env=env,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert waiting.returncode == 2 and "no 1 free GPU(s)" in waiting.stderr
     finally:
         holder.kill()  # SIGKILL: no clean-up code runs, the kernel drops the flock
         holder.wait()
-    done = subprocess.run(_slots(2, tmp_path / "locks", "sh", "-c", "echo $CUDA_VISIBLE_DEVICES"), env=env,
-                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        _slots(2, tmp_path / "locks", "sh", "-c", "echo $CUDA_VISIBLE_DEVICES"),
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0 and done.stdout.strip() in {"0,1", "1,0"}
 
 
@@ -375,14 +438,17 @@ def test_gpu_slot_edge_cases(tmp_path: Path) -> None:
 
 def test_a_signal_reaches_the_job_through_the_wrapper(tmp_path: Path) -> None:
     """SIGTERM to the job Snakemake started reaches the training itself, which exits 75 to be requeued."""
-    code = ("import signal, sys, time\n"
-            "signal.signal(signal.SIGTERM, lambda *a: sys.exit(75))\n"
-            "print('ready', flush=True)\n"
-            "time.sleep(60)\n")
+    code = (
+        "import signal, sys, time\n"
+        "signal.signal(signal.SIGTERM, lambda *a: sys.exit(75))\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(60)\n"
+    )
     env = {**os.environ, "MAIR_GPU_IDS": "0"}
     env.pop("SLURM_JOB_ID", None)
-    proc = subprocess.Popen(_slots(1, tmp_path, sys.executable, "-c", code), env=env, cwd=REPO,
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        _slots(1, tmp_path, sys.executable, "-c", code), env=env, cwd=REPO, stdout=subprocess.PIPE, text=True
+    )
     assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 75
@@ -417,16 +483,35 @@ def test_slurm_profile_requests_gpus_time_partition_account(tmp_path: Path) -> N
         marker.parent.mkdir(parents=True)
         marker.write_text("{}")
     env = run_env(work, PATH=f"{bin_dir}:{os.environ['PATH']}")
-    proc = snakemake(work, "--profile", "workflow/profiles/slurm", "--slurm-init-seconds-before-status-checks", "1",
-                     "results/trained/paper/weights/dehaze_its.pth", "--config", "scope=paper",
-                     "slurm={partition: gpu, account: lab, train_runtime: 600}", "retries={train: 0}",
-                     env=env, check=False, timeout=300)
+    proc = snakemake(
+        work,
+        "--profile",
+        "workflow/profiles/slurm",
+        "--slurm-init-seconds-before-status-checks",
+        "1",
+        "results/trained/paper/weights/dehaze_its.pth",
+        "--config",
+        "scope=paper",
+        "slurm={partition: gpu, account: lab, train_runtime: 600}",
+        "retries={train: 0}",
+        env=env,
+        check=False,
+        timeout=300,
+    )
     calls = log.read_text() if log.exists() else ""
     sbatch = [line for line in calls.splitlines() if line.startswith("sbatch ")]
     assert len(sbatch) == 1, proc.stdout[-4000:] + proc.stderr[-4000:]
     submit = sbatch[0]
-    for flag in ("--gpus=2", "-t 600", "-p gpu", "-A lab", "--cpus-per-gpu=8", "--mem 120000", "--requeue",
-                 "--signal=TERM@300"):
+    for flag in (
+        "--gpus=2",
+        "-t 600",
+        "-p gpu",
+        "-A lab",
+        "--cpus-per-gpu=8",
+        "--mem 120000",
+        "--requeue",
+        "--signal=TERM@300",
+    ):
         assert flag in submit, (flag, submit)
     assert "--target-jobs 'train:scope=paper,exp=dehaze_its'" in submit
     assert proc.returncode != 0  # the fake sacct reports the job FAILED
@@ -458,8 +543,17 @@ def test_demo_dehazing_end_to_end(tmp_path: Path) -> None:
     shutil.move(hazy, saved)  # break one training's data, keep the set's marker
     hazy.mkdir()
 
-    failed = snakemake(work, "--cores", "2", "--keep-going", "reproduce_dehazing", "--config",
-                       "retries={train: 0}", check=False, timeout=1200)
+    failed = snakemake(
+        work,
+        "--cores",
+        "2",
+        "--keep-going",
+        "reproduce_dehazing",
+        "--config",
+        "retries={train: 0}",
+        check=False,
+        timeout=1200,
+    )
     timings["first run"] = time.monotonic() - start
     assert failed.returncode != 0
     weights = work / "results" / "trained" / "demo" / "weights"
@@ -475,7 +569,9 @@ def test_demo_dehazing_end_to_end(tmp_path: Path) -> None:
     timings["rerun"] = time.monotonic() - start
     redone = [(j["rule"], j["wildcards"].get("exp")) for j in parse_dry_run(again.stdout + again.stderr)]
     assert sorted(r for r in redone if r[0] not in {"reproduce_dehazing"}) == [
-        ("evaluate_dehaze_ots", None), ("train", "dehaze_ots")]
+        ("evaluate_dehaze_ots", None),
+        ("train", "dehaze_ots"),
+    ]
     assert "Nothing to be done" in snakemake(work, "--cores", "2", "reproduce_dehazing").stderr
     print("demo dehazing:", {k: f"{v:.0f} s" for k, v in timings.items()})
 

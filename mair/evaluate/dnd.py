@@ -53,9 +53,14 @@ def read_dnd_image(path: Path) -> np.ndarray:
         return np.float32(np.array(img["InoisySRGB"]).T)
 
 
-def write_dnd_submission(restore: Callable[[np.ndarray], np.ndarray], images_dir: Path, info_path: Path,
-                         out_dir: Path, fingerprint: Mapping[str, Any] | None = None,
-                         progress: bool = True) -> Path:
+def write_dnd_submission(
+    restore: Callable[[np.ndarray], np.ndarray],
+    images_dir: Path,
+    info_path: Path,
+    out_dir: Path,
+    fingerprint: Mapping[str, Any] | None = None,
+    progress: bool = True,
+) -> Path:
     """Denoise every box of every DND image with ``restore`` and write the submission; return the zip path.
 
     ``restore`` maps a float32 HWC RGB patch in [0, 1] to its restored float32 HWC patch (clamped here again).

@@ -102,8 +102,9 @@ def _gaussian_window() -> np.ndarray:
     return np.outer(kernel, kernel.transpose())
 
 
-def _ssim_channel(a: np.ndarray, b: np.ndarray, border: int = cv2.BORDER_REFLECT_101, valid: bool = True,
-                  peak: float = 255.0) -> float:
+def _ssim_channel(
+    a: np.ndarray, b: np.ndarray, border: int = cv2.BORDER_REFLECT_101, valid: bool = True, peak: float = 255.0
+) -> float:
     c1 = (0.01 * peak) ** 2
     c2 = (0.03 * peak) ** 2
     a = a.astype(np.float64)
@@ -122,8 +123,7 @@ def _ssim_channel(a: np.ndarray, b: np.ndarray, border: int = cv2.BORDER_REFLECT
     sigma1_sq = filt(a**2) - mu1_sq
     sigma2_sq = filt(b**2) - mu2_sq
     sigma12 = filt(a * b) - mu1_mu2
-    ssim_map = ((2 * mu1_mu2 + c1) * (2 * sigma12 + c2)) / (
-        (mu1_sq + mu2_sq + c1) * (sigma1_sq + sigma2_sq + c2))
+    ssim_map = ((2 * mu1_mu2 + c1) * (2 * sigma12 + c2)) / ((mu1_sq + mu2_sq + c1) * (sigma1_sq + sigma2_sq + c2))
     return float(ssim_map.mean())
 
 
@@ -157,8 +157,7 @@ def official_float_peak(img: np.ndarray) -> float:
     return 1.0 if float(np.max(img)) <= 1.0 else 255.0
 
 
-def calculate_psnr_float(img: np.ndarray, ref: np.ndarray, crop_border: int = 0,
-                         test_y_channel: bool = False) -> float:
+def calculate_psnr_float(img: np.ndarray, ref: np.ndarray, crop_border: int = 0, test_y_channel: bool = False) -> float:
     """PSNR (data range 1) of float images in [0, 1] (uint8/uint16 are scaled); ``img`` is clamped first.
 
     HWC RGB (or HW). With ``test_y_channel`` Y is taken as the official code does, on the [16, 235] scale, and
@@ -231,13 +230,11 @@ def calculate_ssim_3d(img: np.ndarray, ref: np.ndarray, peak: float = 1.0, dtype
         sigma1_sq = blur(a * a) - mu1_sq
         sigma2_sq = blur(b * b) - mu2_sq
         sigma12 = blur(a * b) - mu1_mu2
-        ssim_map = ((2 * mu1_mu2 + c1) * (2 * sigma12 + c2)) / (
-            (mu1_sq + mu2_sq + c1) * (sigma1_sq + sigma2_sq + c2))
+        ssim_map = ((2 * mu1_mu2 + c1) * (2 * sigma12 + c2)) / ((mu1_sq + mu2_sq + c1) * (sigma1_sq + sigma2_sq + c2))
         return float(ssim_map.double().mean())
 
 
-def calculate_ssim_float(img: np.ndarray, ref: np.ndarray, crop_border: int = 0,
-                         test_y_channel: bool = False) -> float:
+def calculate_ssim_float(img: np.ndarray, ref: np.ndarray, crop_border: int = 0, test_y_channel: bool = False) -> float:
     """SSIM (data range 1) as the realDenoising code, with ``img`` clamped to [0, 1] first.
 
     RGB: the 3-D SSIM (:func:`calculate_ssim_3d`). Y: the 2-D Gaussian SSIM with replicate borders and no

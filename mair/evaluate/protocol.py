@@ -46,8 +46,7 @@ def _scale_of(out: torch.Tensor, tile: torch.Tensor) -> int:
     sh, rh = divmod(out.shape[-2], tile.shape[-2])
     sw, rw = divmod(out.shape[-1], tile.shape[-1])
     if rh or rw or sh != sw or sh < 1:
-        raise ValueError(
-            f"output {tuple(out.shape)} is not an integer upscaling of input {tuple(tile.shape)}")
+        raise ValueError(f"output {tuple(out.shape)} is not an integer upscaling of input {tuple(tile.shape)}")
     return sh
 
 
@@ -78,8 +77,9 @@ def _official_slice(i: int, n: int, size: int, shave: int) -> slice:
     return slice(i * size - shave, (i + 1) * size + shave)
 
 
-def official_tile_forward(fn: Forward, lq: torch.Tensor, scale: int | None = None,
-                          tile_divisor: int = 200) -> torch.Tensor:
+def official_tile_forward(
+    fn: Forward, lq: torch.Tensor, scale: int | None = None, tile_divisor: int = 200
+) -> torch.Tensor:
     """``MambaIRModel.test``: split into ``(h//200+1) x (w//200+1)`` tiles with a shave of a tenth, run
     each, merge.
 
@@ -108,10 +108,11 @@ def official_tile_forward(fn: Forward, lq: torch.Tensor, scale: int | None = Non
                 canvas = out.new_zeros(b, out.shape[1], (h + ph) * s, (w + pw) * s)
             r0 = 0 if i == 0 else vh * s
             c0 = 0 if j == 0 else vw * s
-            canvas[..., i * sh * s:(i + 1) * sh * s, j * sw * s:(j + 1) * sw * s] = (
-                out[..., r0:r0 + sh * s, c0:c0 + sw * s])
+            canvas[..., i * sh * s : (i + 1) * sh * s, j * sw * s : (j + 1) * sw * s] = out[
+                ..., r0 : r0 + sh * s, c0 : c0 + sw * s
+            ]
     assert canvas is not None and s is not None
-    return canvas[..., :(h + ph) * s - ph * s, :(w + pw) * s - pw * s]
+    return canvas[..., : (h + ph) * s - ph * s, : (w + pw) * s - pw * s]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -191,7 +192,7 @@ def pad_forward(fn: Forward, x: torch.Tensor, multiple: int = 8, scale: int = 1)
     ph = (multiple - h % multiple) % multiple
     pw = (multiple - w % multiple) % multiple
     out = fn(_pad_bottom_right(x, ph, pw))
-    return out[..., :h * scale, :w * scale]
+    return out[..., : h * scale, : w * scale]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -213,14 +214,22 @@ def _ramp(length: int, lead: int, trail: int) -> torch.Tensor:
     if lead:
         w[:lead] = torch.arange(1, lead + 1, dtype=torch.float32) / (lead + 1)
     if trail:
-        w[length - trail:] = torch.minimum(
-            w[length - trail:], torch.arange(trail, 0, -1, dtype=torch.float32) / (trail + 1))
+        w[length - trail :] = torch.minimum(
+            w[length - trail :], torch.arange(trail, 0, -1, dtype=torch.float32) / (trail + 1)
+        )
     return w
 
 
-def tiled_forward(fn: Forward, x: torch.Tensor, tile_size: int, tile_overlap: int = 32,
-                  scale: int | None = None, blend: bool = True, device: torch.device | str | None = None,
-                  progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+def tiled_forward(
+    fn: Forward,
+    x: torch.Tensor,
+    tile_size: int,
+    tile_overlap: int = 32,
+    scale: int | None = None,
+    blend: bool = True,
+    device: torch.device | str | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> torch.Tensor:
     """Run ``fn`` on overlapping ``tile_size`` tiles of ``x`` one at a time; assemble on the CPU.
 
     Tiles start every ``tile_size - tile_overlap`` pixels, the last one flush with the border. With
@@ -246,7 +255,7 @@ def tiled_forward(fn: Forward, x: torch.Tensor, tile_size: int, tile_overlap: in
     done = 0
     for i, r in enumerate(rows):
         for j, c in enumerate(cols):
-            tile = x[..., r:r + th, c:c + tw].to(target)
+            tile = x[..., r : r + th, c : c + tw].to(target)
             out = fn(tile)
             if s is None:
                 s = _scale_of(out, tile)
@@ -262,15 +271,16 @@ def tiled_forward(fn: Forward, x: torch.Tensor, tile_size: int, tile_overlap: in
                 lead_w = (cols[j - 1] + tw - c) * s if j > 0 else 0
                 trail_w = (c + tw - cols[j + 1]) * s if j + 1 < len(cols) else 0
                 wt = torch.outer(_ramp(th * s, lead_h, trail_h), _ramp(tw * s, lead_w, trail_w))[None, None]
-                canvas[..., r * s:(r + th) * s, c * s:(c + tw) * s] += out * wt
-                weight[..., r * s:(r + th) * s, c * s:(c + tw) * s] += wt
+                canvas[..., r * s : (r + th) * s, c * s : (c + tw) * s] += out * wt
+                weight[..., r * s : (r + th) * s, c * s : (c + tw) * s] += wt
             else:
                 top = (r + rows[i - 1] + th + 1) // 2 if i > 0 else r
                 bottom = (rows[i + 1] + r + th + 1) // 2 if i + 1 < len(rows) else r + th
                 left = (c + cols[j - 1] + tw + 1) // 2 if j > 0 else c
                 right = (cols[j + 1] + c + tw + 1) // 2 if j + 1 < len(cols) else c + tw
-                canvas[..., top * s:bottom * s, left * s:right * s] = (
-                    out[..., (top - r) * s:(bottom - r) * s, (left - c) * s:(right - c) * s])
+                canvas[..., top * s : bottom * s, left * s : right * s] = out[
+                    ..., (top - r) * s : (bottom - r) * s, (left - c) * s : (right - c) * s
+                ]
             done += 1
             if progress is not None:
                 progress(done, total)

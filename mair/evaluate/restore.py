@@ -119,9 +119,11 @@ def check_pixel_count(path: Path, max_pixels: int, scale: int = 1) -> None:
     height, width = size
     if height * width > max_pixels:
         out_gib = height * width * scale * scale * 3 * 4 / 2**30
-        raise ValueError(f"{height}x{width} = {height * width:,} pixels, more than --max-pixels {max_pixels:,}; "
-                         f"raise the limit if this machine has the memory (the float32 result alone takes "
-                         f"{out_gib:.1f} GiB)")
+        raise ValueError(
+            f"{height}x{width} = {height * width:,} pixels, more than --max-pixels {max_pixels:,}; "
+            f"raise the limit if this machine has the memory (the float32 result alone takes "
+            f"{out_gib:.1f} GiB)"
+        )
 
 
 def read_image(path: Path) -> LoadedImage:
@@ -131,8 +133,11 @@ def read_image(path: Path) -> LoadedImage:
     if not data.size:
         raise ValueError("empty file")
     # JPEGs carry no alpha: read them so that their EXIF orientation is applied (IMREAD_UNCHANGED ignores it).
-    flags = (cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR) if path.suffix.lower() in (".jpg", ".jpeg") \
+    flags = (
+        (cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
+        if path.suffix.lower() in (".jpg", ".jpeg")
         else cv2.IMREAD_UNCHANGED
+    )
     img = cv2.imdecode(data, flags)
     del data
     if img is None:
@@ -192,16 +197,18 @@ def collect_inputs(inputs: Sequence[str | os.PathLike[str]]) -> list[tuple[Path,
         path = Path(item)
         if path.is_dir():
             for file in sorted(path.rglob("*")):
-                if file.is_file() and file.suffix.lower() in INPUT_EXTENSIONS \
-                        and not any(part.startswith(".") for part in file.relative_to(path).parts):
+                if (
+                    file.is_file()
+                    and file.suffix.lower() in INPUT_EXTENSIONS
+                    and not any(part.startswith(".") for part in file.relative_to(path).parts)
+                ):
                     found.append((file, file.relative_to(path)))
         else:
             found.append((path, Path(path.name)))
     return found
 
 
-def plan_outputs(inputs: Sequence[str | os.PathLike[str]],
-                 outdir: str | os.PathLike[str]) -> list[tuple[Path, Path]]:
+def plan_outputs(inputs: Sequence[str | os.PathLike[str]], outdir: str | os.PathLike[str]) -> list[tuple[Path, Path]]:
     """:func:`collect_inputs`, refusing inputs that would be written to one output before any is processed.
 
     The same file named twice is restored once. Two different files with one output path (``a/x.png`` and
@@ -218,7 +225,8 @@ def plan_outputs(inputs: Sequence[str | os.PathLike[str]],
         if previous is not None:
             raise EvaluationError(
                 f"{previous} and {src} would both be written to {Path(outdir) / rel}; restore them into "
-                f"different -o folders (or rename one)")
+                f"different -o folders (or rename one)"
+            )
         planned[rel] = src
         sources.add(real)
         result.append((src, rel))
@@ -256,9 +264,17 @@ class Restorer:
     user tile).
     """
 
-    def __init__(self, model: Any, scale: int = 1, protocol: str = "tile", device: str = "cpu",
-                 tile: int | None = None, tile_overlap: int = 32, self_ensemble: bool = False,
-                 tile_blend: bool = True) -> None:
+    def __init__(
+        self,
+        model: Any,
+        scale: int = 1,
+        protocol: str = "tile",
+        device: str = "cpu",
+        tile: int | None = None,
+        tile_overlap: int = 32,
+        self_ensemble: bool = False,
+        tile_blend: bool = True,
+    ) -> None:
         if protocol not in ("tile", "pad8"):
             raise ValueError(f"protocol must be 'tile' or 'pad8', got {protocol!r}")
         if tile is not None and tile <= tile_overlap:
@@ -299,8 +315,16 @@ class Restorer:
         from mair.evaluate.protocol import official_tile_forward, tiled_forward
 
         if self.tile is not None:
-            return tiled_forward(self._net, x, self.tile, self.tile_overlap, scale=self.scale,
-                                 blend=self.tile_blend, device=self.device, progress=self._tile_progress())
+            return tiled_forward(
+                self._net,
+                x,
+                self.tile,
+                self.tile_overlap,
+                scale=self.scale,
+                blend=self.tile_blend,
+                device=self.device,
+                progress=self._tile_progress(),
+            )
         x = x.to(self.device)
         if self.protocol == "tile":
             return official_tile_forward(self.model, x, scale=self.scale).cpu()
@@ -348,8 +372,9 @@ class Restorer:
             if keep_alpha:
                 alpha = img.alpha_unit
                 if self.scale != 1:
-                    alpha = np.clip(cv2.resize(alpha, (expected[1], expected[0]),
-                                               interpolation=cv2.INTER_CUBIC), 0.0, 1.0)
+                    alpha = np.clip(
+                        cv2.resize(alpha, (expected[1], expected[0]), interpolation=cv2.INTER_CUBIC), 0.0, 1.0
+                    )
                     note = f"alpha channel kept (bicubic-upscaled x{self.scale} and re-attached)"
                 else:
                     note = "alpha channel kept unchanged"
@@ -393,12 +418,15 @@ def find_experiment_for_weights(state: Mapping[str, Any], scope: str = "paper") 
             matches.append(groups[key])
         del model
     if not matches:
-        raise EvaluationError("these weights fit no experiment's network; name the experiment with "
-                              "--experiment ID or --arch-from ID")
+        raise EvaluationError(
+            "these weights fit no experiment's network; name the experiment with --experiment ID or --arch-from ID"
+        )
     if len(matches) > 1:
-        raise EvaluationError("these weights fit several different networks ("
-                              + "; ".join(", ".join(m) for m in matches)
-                              + "); choose one with --arch-from ID")
+        raise EvaluationError(
+            "these weights fit several different networks ("
+            + "; ".join(", ".join(m) for m in matches)
+            + "); choose one with --arch-from ID"
+        )
     return matches[0][0]
 
 
@@ -411,12 +439,22 @@ def _experiment_ids(experiments: Any) -> list[str]:
     return sorted(p.stem for p in folder.glob("*.yaml"))
 
 
-def load_restorer(experiment: str | None = None, weights: str | os.PathLike[str] | None = None,
-                  arch_from: str | None = None, *, scope: str = "paper", results_dir: str = "results/trained",
-                  device: str | None = None, tile: int | None = None, tile_overlap: int = 32,
-                  self_ensemble: bool = False, tile_blend: bool = True,
-                  log: Callable[[str], None] | None = None, exact: bool = False,
-                  compile: bool | None = None) -> Restorer:
+def load_restorer(
+    experiment: str | None = None,
+    weights: str | os.PathLike[str] | None = None,
+    arch_from: str | None = None,
+    *,
+    scope: str = "paper",
+    results_dir: str = "results/trained",
+    device: str | None = None,
+    tile: int | None = None,
+    tile_overlap: int = 32,
+    self_ensemble: bool = False,
+    tile_blend: bool = True,
+    log: Callable[[str], None] | None = None,
+    exact: bool = False,
+    compile: bool | None = None,
+) -> Restorer:
     """Build a :class:`Restorer` from an experiment and/or a weights file (official or ours).
 
     ``exact``: true fp32 (``--exact``); ``compile``: compile the network for the tile shape (needs ``tile``).
@@ -435,7 +473,8 @@ def load_restorer(experiment: str | None = None, weights: str | os.PathLike[str]
         if not path.is_file():
             raise EvaluationError(
                 f"no weights for {exp_id}: expected {path}. Put the trained or official weights there "
-                f"(e.g. the released checkpoint of this experiment), or pass --weights PATH.")
+                f"(e.g. the released checkpoint of this experiment), or pass --weights PATH."
+            )
     else:
         path = Path(weights)
         if not path.is_file():
@@ -453,9 +492,16 @@ def load_restorer(experiment: str | None = None, weights: str | os.PathLike[str]
     dev = resolve_device(device)
     runtime = inference_runtime(dev, exact, compile=compile)
     model = runtime.prepare_model(build_model(spec, path, dev))
-    restorer = Restorer(_compiled_for_tiles(model, runtime), scale=spec.scale, protocol=spec.protocol,
-                        device=dev, tile=tile, tile_overlap=tile_overlap, self_ensemble=self_ensemble,
-                        tile_blend=tile_blend)
+    restorer = Restorer(
+        _compiled_for_tiles(model, runtime),
+        scale=spec.scale,
+        protocol=spec.protocol,
+        device=dev,
+        tile=tile,
+        tile_overlap=tile_overlap,
+        self_ensemble=self_ensemble,
+        tile_blend=tile_blend,
+    )
     restorer.runtime = runtime
     return restorer
 
@@ -528,9 +574,13 @@ class _TileProgress:
         self.bar, self.last_decile = None, -1
 
 
-def restore_files(restorer: Restorer, inputs: Sequence[str | os.PathLike[str]],
-                  outdir: str | os.PathLike[str], keep_alpha: bool = True,
-                  progress: bool = True) -> tuple[int, list[tuple[Path, str]]]:
+def restore_files(
+    restorer: Restorer,
+    inputs: Sequence[str | os.PathLike[str]],
+    outdir: str | os.PathLike[str],
+    keep_alpha: bool = True,
+    progress: bool = True,
+) -> tuple[int, list[tuple[Path, str]]]:
     """Restore every input into ``outdir``; returns ``(number written, [(file, error), ...])``.
 
     Inputs that would overwrite each other's output raise :class:`EvaluationError` before any is processed
@@ -551,6 +601,7 @@ def restore_files(restorer: Restorer, inputs: Sequence[str | os.PathLike[str]],
             restorer.on_tile = None
             close_bar()
     else:
+
         def advance() -> None:
             return None
 
@@ -574,8 +625,9 @@ def restore_files(restorer: Restorer, inputs: Sequence[str | os.PathLike[str]],
                     write(f"{src}: {note}")
             except (ValueError, OSError, RuntimeError, MemoryError, cv2.error) as error:
                 if isinstance(error, MemoryError):
-                    error = MemoryError(f"out of memory ({error or 'allocation failed'}); try --tile SIZE or "
-                                        f"a smaller --max-pixels")
+                    error = MemoryError(
+                        f"out of memory ({error or 'allocation failed'}); try --tile SIZE or a smaller --max-pixels"
+                    )
                 failures.append((src, str(error)))
                 write(f"{src}: FAILED: {error}")
             advance()

@@ -112,8 +112,10 @@ class EvalSpec:
         for ref in self.datasets:
             if ref.id == dataset_id:
                 return ref
-        raise EvaluationError(f"{self.experiment} has no test dataset {dataset_id!r}; "
-                              f"its test sets: {', '.join(r.id for r in self.datasets)}")
+        raise EvaluationError(
+            f"{self.experiment} has no test dataset {dataset_id!r}; "
+            f"its test sets: {', '.join(r.id for r in self.datasets)}"
+        )
 
 
 def load_experiment(experiment_id: str, scope: str = "paper") -> dict[str, Any]:
@@ -152,14 +154,25 @@ def eval_spec(exp: Mapping[str, Any]) -> EvalSpec:
     for ref in test["datasets"]:
         if isinstance(ref, str):
             ref = {"id": ref, "gt": None, "lq": None, "pairing": "same_name"}
-        datasets.append(DatasetRef(id=str(ref["id"]), gt=ref.get("gt"), lq=ref.get("lq"),
-                                   pairing=str(ref.get("pairing", "same_name")),
-                                   submission_only=bool(ref.get("submission_only", False))))
+        datasets.append(
+            DatasetRef(
+                id=str(ref["id"]),
+                gt=ref.get("gt"),
+                lq=ref.get("lq"),
+                pairing=str(ref.get("pairing", "same_name")),
+                submission_only=bool(ref.get("submission_only", False)),
+            )
+        )
     metrics = dict(test.get("metrics") or {})
     default_crop = scale if task.startswith("sr") else 0
     return EvalSpec(
-        experiment=str(exp.get("id", "experiment")), task=task, arch=arch, kwargs=kwargs, scale=scale,
-        protocol=protocol, datasets=datasets,
+        experiment=str(exp.get("id", "experiment")),
+        task=task,
+        arch=arch,
+        kwargs=kwargs,
+        scale=scale,
+        protocol=protocol,
+        datasets=datasets,
         crop_border=int(metrics.get("crop_border", default_crop)),
         test_y_channel=bool(metrics.get("test_y_channel", task.startswith("sr"))),
         extra_spaces=[str(s) for s in metrics.get("extra_spaces") or []],
@@ -185,8 +198,11 @@ class ImagePair:
 def _images(folder: Path) -> list[Path]:
     if not folder.is_dir():
         raise EvaluationError(f"missing folder {folder}")
-    return sorted(p for p in folder.iterdir()
-                  if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS)
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
+    )
 
 
 def list_pairs(ref: DatasetRef, root: Path, scale: int = 1) -> list[ImagePair]:
@@ -206,8 +222,9 @@ def list_pairs(ref: DatasetRef, root: Path, scale: int = 1) -> list[ImagePair]:
                 name = alt
             pairs.append(ImagePair(gt.name, lq_dir / name, gt))
         if len(pairs) != len(lq_names):
-            raise EvaluationError(f"{gt_dir} and {lq_dir} hold different numbers of images "
-                                  f"({len(pairs)} vs {len(lq_names)})")
+            raise EvaluationError(
+                f"{gt_dir} and {lq_dir} hold different numbers of images ({len(pairs)} vs {len(lq_names)})"
+            )
         return pairs
     if ref.pairing == "hazy_prefix":
         gt_dir, lq_dir = root / (ref.gt or "gt"), root / (ref.lq or "hazy")
@@ -243,16 +260,20 @@ def load_pair(pair: ImagePair, spec: EvalSpec) -> tuple[np.ndarray, np.ndarray]:
         if not spec.noise:
             raise EvaluationError(f"{spec.experiment}: synthetic-noise pairing without test.noise settings")
         noise = spec.noise
-        if str(noise.get("channel_order", "bgr")).lower() != "bgr" or noise.get("clip") or not noise.get(
-                "reseed_per_image", True):
-            raise EvaluationError(f"only the official test noise is implemented (seed per image, BGR order, "
-                                  f"unclipped); got {noise}")
+        if (
+            str(noise.get("channel_order", "bgr")).lower() != "bgr"
+            or noise.get("clip")
+            or not noise.get("reseed_per_image", True)
+        ):
+            raise EvaluationError(
+                f"only the official test noise is implemented (seed per image, BGR order, unclipped); got {noise}"
+            )
         lq = add_test_noise(gt, float(noise["sigma"]), seed=int(noise.get("seed", 0))).astype(np.float32)
         return lq, gt
     lq = read_rgb(pair.lq).astype(np.float32) / np.float32(255.0)
     s = spec.scale
     if s > 1 or lq.shape[:2] != gt.shape[:2]:
-        gt = gt[:lq.shape[0] * s, :lq.shape[1] * s]
+        gt = gt[: lq.shape[0] * s, : lq.shape[1] * s]
         if gt.shape[:2] != (lq.shape[0] * s, lq.shape[1] * s):
             raise EvaluationError(f"{pair.name}: target {gt.shape[:2]} is smaller than input x{s}")
     return lq, gt
@@ -266,7 +287,8 @@ def dataset_root(dataset_id: str, scope: str, data_root: str | os.PathLike[str] 
     if not (root / paths.PREPARED_MARKER).is_file():
         raise EvaluationError(
             f"dataset {dataset_id!r} ({scope}) is not prepared: {root / paths.PREPARED_MARKER} is missing. "
-            f"Download and prepare it first (see `mair data --help`).")
+            f"Download and prepare it first (see `mair data --help`)."
+        )
     return root
 
 
@@ -284,8 +306,7 @@ def build_model(spec: EvalSpec, weights: str | os.PathLike[str] | None, device: 
         try:
             load_weights(model, weights, strict=True)
         except CheckpointMismatch as error:
-            raise EvaluationError(
-                f"weights do not fit experiment {spec.experiment} ({spec.arch}): {error}") from None
+            raise EvaluationError(f"weights do not fit experiment {spec.experiment} ({spec.arch}): {error}") from None
         except CheckpointError as error:  # unreadable or damaged: the message names the file and the problem
             raise EvaluationError(str(error)) from None
     return model.eval().to(device)
@@ -303,6 +324,7 @@ def run_protocol(model: Callable[[Any], Any], x: Any, protocol: str, self_ensemb
                 return proto.self_ensemble(model, x, tile=True)
             return proto.official_tile_forward(model, x)
         if protocol == "pad8":
+
             def padded(t: torch.Tensor) -> torch.Tensor:
                 return proto.pad_forward(model, t, 8)
 
@@ -380,9 +402,11 @@ class ResultsCSV:
                 self._rewrite()
         else:
             if path.is_file():
-                print(f"note: {path} was made with other weights or settings; starting it again "
-                      f"(the fingerprint covers weights, settings and test data)",
-                      file=sys.stderr)
+                print(
+                    f"note: {path} was made with other weights or settings; starting it again "
+                    f"(the fingerprint covers weights, settings and test data)",
+                    file=sys.stderr,
+                )
             self._rewrite()
         atomic_write_text(self.resume_path, json.dumps(fp, sort_keys=True, indent=2) + "\n")
 
@@ -487,11 +511,22 @@ def _mean(values: Iterable[float]) -> float:
     return float(sum(vals) / len(vals)) if vals else math.nan
 
 
-def evaluate_dataset(model: Callable[[Any], Any], spec: EvalSpec, ref: DatasetRef, root: Path, out_dir: Path,
-                     *, self_ensemble: bool = False, scope: str = "paper", device: Any = "cpu",
-                     weights: str | None = None, weights_sha256: str | None = None,
-                     progress: bool = True, runtime: Mapping[str, Any] | None = None,
-                     weights_source: str | None = None) -> dict[str, Any]:
+def evaluate_dataset(
+    model: Callable[[Any], Any],
+    spec: EvalSpec,
+    ref: DatasetRef,
+    root: Path,
+    out_dir: Path,
+    *,
+    self_ensemble: bool = False,
+    scope: str = "paper",
+    device: Any = "cpu",
+    weights: str | None = None,
+    weights_sha256: str | None = None,
+    progress: bool = True,
+    runtime: Mapping[str, Any] | None = None,
+    weights_source: str | None = None,
+) -> dict[str, Any]:
     """Evaluate one dataset (resuming), write its CSV and summary JSON; return the summary. ``runtime``: the
     :meth:`mair.runtime.RuntimeSettings.as_dict` record of how the network runs (kept in the summary; a rerun
     on another path starts the CSV again rather than mixing rows of both). ``weights_source`` (``published``
@@ -500,15 +535,28 @@ def evaluate_dataset(model: Callable[[Any], Any], spec: EvalSpec, ref: DatasetRe
 
     tag = ref.id + ("+" if self_ensemble else "")
     variant = "MaIR+" if self_ensemble else "MaIR"
-    base = {"experiment": spec.experiment, "dataset": ref.id, "variant": variant, "scope": scope,
-            "weights": weights, "created": None, **({"runtime": dict(runtime)} if runtime else {})}
+    base = {
+        "experiment": spec.experiment,
+        "dataset": ref.id,
+        "variant": variant,
+        "scope": scope,
+        "weights": weights,
+        "created": None,
+        **({"runtime": dict(runtime)} if runtime else {}),
+    }
     if weights_source is not None:
         base["weights_source"] = weights_source
-    fingerprint = {"weights_sha256": weights_sha256, "spec": asdict(spec), "dataset": asdict(ref),
-                   "variant": variant, "scope": scope}
+    fingerprint = {
+        "weights_sha256": weights_sha256,
+        "spec": asdict(spec),
+        "dataset": asdict(ref),
+        "variant": variant,
+        "scope": scope,
+    }
     if runtime:
-        fingerprint["runtime"] = {k: runtime.get(k) for k in ("precision", "scan_backend_resolved",
-                                                              "compile_backend", "compile_mode")}
+        fingerprint["runtime"] = {
+            k: runtime.get(k) for k in ("precision", "scan_backend_resolved", "compile_backend", "compile_mode")
+        }
     if ref.submission_only or ref.pairing == "dnd_bboxes":
         from mair.evaluate.dnd import write_dnd_submission
 
@@ -522,10 +570,22 @@ def evaluate_dataset(model: Callable[[Any], Any], spec: EvalSpec, ref: DatasetRe
             out = run_protocol(model, x, spec.protocol, self_ensemble)
             return out[0].clamp(0, 1).float().cpu().numpy().transpose(1, 2, 0)
 
-        bundle = write_dnd_submission(restore_patch, root / (ref.lq or "images_srgb"), root / "info.mat",
-                                      out_dir / tag, fingerprint=fingerprint, progress=progress)
-        summary = {**base, "metrics": {}, "submission": str(bundle), "n_images": _count_mats(out_dir / tag),
-                   "complete": True, "created": _now()}
+        bundle = write_dnd_submission(
+            restore_patch,
+            root / (ref.lq or "images_srgb"),
+            root / "info.mat",
+            out_dir / tag,
+            fingerprint=fingerprint,
+            progress=progress,
+        )
+        summary = {
+            **base,
+            "metrics": {},
+            "submission": str(bundle),
+            "n_images": _count_mats(out_dir / tag),
+            "complete": True,
+            "created": _now(),
+        }
         atomic_write_json(out_dir / f"{tag}.json", summary)
         return summary
 
@@ -538,8 +598,10 @@ def evaluate_dataset(model: Callable[[Any], Any], spec: EvalSpec, ref: DatasetRe
         todo = [p for p in pairs if p.name not in results.rows]
         samples = {p.name for p in pairs[:SAMPLE_IMAGES]}
         if len(todo) < len(pairs):
-            print(f"{tag}: {len(pairs) - len(todo)} of {len(pairs)} images already done"
-                  + (", resuming" if todo else ""), file=sys.stderr)
+            print(
+                f"{tag}: {len(pairs) - len(todo)} of {len(pairs)} images already done" + (", resuming" if todo else ""),
+                file=sys.stderr,
+            )
         for pair in _progress(todo, f"{spec.experiment}/{tag}", progress):
             lq, gt = load_pair(pair, spec)
             x = torch.from_numpy(np.ascontiguousarray(lq.transpose(2, 0, 1)))[None].to(device)
@@ -557,8 +619,10 @@ def evaluate_dataset(model: Callable[[Any], Any], spec: EvalSpec, ref: DatasetRe
         "metrics": {"psnr": _mean(r["psnr"] for r in rows), "ssim": _mean(r["ssim"] for r in rows)},
         "metric_space": spec.primary_space,
         "crop_border": spec.crop_border,
-        "extra_metrics": {s: {"psnr": _mean(r[f"psnr_{s}"] for r in rows),
-                              "ssim": _mean(r[f"ssim_{s}"] for r in rows)} for s in spec.spaces[1:]},
+        "extra_metrics": {
+            s: {"psnr": _mean(r[f"psnr_{s}"] for r in rows), "ssim": _mean(r[f"ssim_{s}"] for r in rows)}
+            for s in spec.spaces[1:]
+        },
         "n_images": len(rows),
         "complete": True,
         "protocol": spec.protocol,
@@ -569,8 +633,7 @@ def evaluate_dataset(model: Callable[[Any], Any], spec: EvalSpec, ref: DatasetRe
         official = [r["psnr_official_unclamped"] for r in rows]
         summary["clamping_check"] = {
             "official_unclamped_psnr": _mean(official),
-            "images_changed": sum(1 for r, o in zip(rows, official, strict=True)
-                                  if abs(r["psnr"] - o) > 1e-9),
+            "images_changed": sum(1 for r, o in zip(rows, official, strict=True) if abs(r["psnr"] - o) > 1e-9),
         }
     atomic_write_json(out_dir / f"{tag}.json", summary)
     return summary
@@ -603,8 +666,7 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def _log_mlflow(summary: Mapping[str, Any], spec: EvalSpec, files: Sequence[Path],
-                images: Sequence[Path] = ()) -> None:
+def _log_mlflow(summary: Mapping[str, Any], spec: EvalSpec, files: Sequence[Path], images: Sequence[Path] = ()) -> None:
     """Log one summary through :mod:`mair.tracking`; never raise."""
     try:
         from mair import tracking
@@ -614,18 +676,27 @@ def _log_mlflow(summary: Mapping[str, Any], spec: EvalSpec, files: Sequence[Path
     if log is None:
         return
     try:
-        params = {"arch": spec.arch, "protocol": spec.protocol, "task": spec.task,
-                  **{f"net.{k}": v for k, v in spec.kwargs.items()}}
-        log(summary=dict(summary), params=params,
+        params = {
+            "arch": spec.arch,
+            "protocol": spec.protocol,
+            "task": spec.task,
+            **{f"net.{k}": v for k, v in spec.kwargs.items()},
+        }
+        log(
+            summary=dict(summary),
+            params=params,
             artifacts=[str(f) for f in files if Path(f).exists()],
-            images=[str(f) for f in images if Path(f).is_file()])
+            images=[str(f) for f in images if Path(f).is_file()],
+        )
     except Exception as error:  # tracking must never break an evaluation
-        warnings.warn(f"MLflow logging failed ({type(error).__name__}: {error}); results are in the files",
-                      stacklevel=2)
+        warnings.warn(
+            f"MLflow logging failed ({type(error).__name__}: {error}); results are in the files", stacklevel=2
+        )
 
 
-def default_weights(experiment_id: str, scope: str = "paper",
-                    results_dir: str | os.PathLike[str] = "results/trained") -> Path:
+def default_weights(
+    experiment_id: str, scope: str = "paper", results_dir: str | os.PathLike[str] = "results/trained"
+) -> Path:
     """``results/trained/<scope>/weights/<experiment>.pth``, where training puts final weights."""
     return Path(results_dir) / scope / "weights" / f"{experiment_id}.pth"
 
@@ -654,12 +725,23 @@ def inference_runtime(device: str, exact: bool = False, compile: bool | None = N
     return runtime
 
 
-def evaluate(experiment: str | Mapping[str, Any], weights: str | os.PathLike[str] | None = None, *,
-             datasets: Sequence[str] | None = None, self_ensemble: bool = False, scope: str = "paper",
-             device: str | None = None, results_dir: str | os.PathLike[str] = "results/trained",
-             data_root: str | os.PathLike[str] | None = None, model: Any = None,
-             dataset_roots: Mapping[str, Path] | None = None, track: bool = True,
-             progress: bool = True, exact: bool = False, weights_source: str | None = None) -> list[dict[str, Any]]:
+def evaluate(
+    experiment: str | Mapping[str, Any],
+    weights: str | os.PathLike[str] | None = None,
+    *,
+    datasets: Sequence[str] | None = None,
+    self_ensemble: bool = False,
+    scope: str = "paper",
+    device: str | None = None,
+    results_dir: str | os.PathLike[str] = "results/trained",
+    data_root: str | os.PathLike[str] | None = None,
+    model: Any = None,
+    dataset_roots: Mapping[str, Path] | None = None,
+    track: bool = True,
+    progress: bool = True,
+    exact: bool = False,
+    weights_source: str | None = None,
+) -> list[dict[str, Any]]:
     """Evaluate an experiment (id or dict) on its test sets; return the summaries.
 
     ``model`` replaces the network built from the experiment (tests); ``dataset_roots`` maps dataset ids to
@@ -676,8 +758,10 @@ def evaluate(experiment: str | Mapping[str, Any], weights: str | os.PathLike[str
     if model is None:
         path = Path(weights) if weights is not None else default_weights(spec.experiment, scope, results_dir)
         if not path.is_file():
-            raise EvaluationError(missing_weights_message(path) + (
-                "" if weights is not None else f" (train {spec.experiment} or pass --weights PATH)"))
+            raise EvaluationError(
+                missing_weights_message(path)
+                + ("" if weights is not None else f" (train {spec.experiment} or pass --weights PATH)")
+            )
         weights_path = str(path)
         model = runtime.prepare_model(build_model(spec, path, dev))
     else:
@@ -687,23 +771,43 @@ def evaluate(experiment: str | Mapping[str, Any], weights: str | os.PathLike[str
             weights_path = str(weights)
     sha = sha256_file(weights_path) if weights_path and Path(weights_path).is_file() else None
     if self_ensemble and spec.arch != "MaIR":
-        print("note: MaIR+ (self-ensemble) is defined for the MaIR network; applying it to the U-Net anyway",
-              file=sys.stderr)
+        print(
+            "note: MaIR+ (self-ensemble) is defined for the MaIR network; applying it to the U-Net anyway",
+            file=sys.stderr,
+        )
     out_dir = Path(results_dir) / scope / "eval" / spec.experiment
     summaries = []
     for ref in refs:
-        root = (Path(dataset_roots[ref.id]) if dataset_roots and ref.id in dataset_roots
-                else dataset_root(ref.id, scope, data_root))
-        summary = evaluate_dataset(model, spec, ref, root, out_dir, self_ensemble=self_ensemble, scope=scope,
-                                   device=dev, weights=weights_path, weights_sha256=sha, progress=progress,
-                                   runtime=runtime.as_dict(), weights_source=weights_source)
+        root = (
+            Path(dataset_roots[ref.id])
+            if dataset_roots and ref.id in dataset_roots
+            else dataset_root(ref.id, scope, data_root)
+        )
+        summary = evaluate_dataset(
+            model,
+            spec,
+            ref,
+            root,
+            out_dir,
+            self_ensemble=self_ensemble,
+            scope=scope,
+            device=dev,
+            weights=weights_path,
+            weights_sha256=sha,
+            progress=progress,
+            runtime=runtime.as_dict(),
+            weights_source=weights_source,
+        )
         tag = ref.id + ("+" if self_ensemble else "")
         if summary["metrics"]:
-            extra = "".join(f", {s}: {v['psnr']:.4f} dB / {v['ssim']:.4f}"
-                            for s, v in summary.get("extra_metrics", {}).items())
-            print(f"{spec.experiment} {tag}: PSNR {summary['metrics']['psnr']:.4f} dB, "
-                  f"SSIM {summary['metrics']['ssim']:.4f} ({summary['metric_space']}{extra}) "
-                  f"over {summary['n_images']} images")
+            extra = "".join(
+                f", {s}: {v['psnr']:.4f} dB / {v['ssim']:.4f}" for s, v in summary.get("extra_metrics", {}).items()
+            )
+            print(
+                f"{spec.experiment} {tag}: PSNR {summary['metrics']['psnr']:.4f} dB, "
+                f"SSIM {summary['metrics']['ssim']:.4f} ({summary['metric_space']}{extra}) "
+                f"over {summary['n_images']} images"
+            )
         else:
             print(f"{spec.experiment} {tag}: submission bundle {summary['submission']}")
         if track:

@@ -52,8 +52,11 @@ def official_defaults(arch: str) -> dict[str, Any]:
     import inspect
 
     signature = inspect.signature(_arch_class(arch).__init__)
-    return {name: p.default for name, p in signature.parameters.items()
-            if name != "self" and p.kind is not inspect.Parameter.VAR_KEYWORD}
+    return {
+        name: p.default
+        for name, p in signature.parameters.items()
+        if name != "self" and p.kind is not inspect.Parameter.VAR_KEYWORD
+    }
 
 
 def from_official(arch: str, **kwargs: Any) -> nn.Module:

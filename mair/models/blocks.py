@@ -247,11 +247,23 @@ class VMM(nn.Module):
             ops = _custom_ops()
             if self.fuse_gate:  # and the gate and sum too, so the four outputs are not kept either
                 gated = ops.nss_scan_gated if ops is not None else nss_scan_gated
-                return gated(raster, dts, A, bs, cs, Ds, dt_bias, scan_ids, True, self.dt_projs_weight,
-                             *self.gating.gate_parameters())
+                return gated(
+                    raster,
+                    dts,
+                    A,
+                    bs,
+                    cs,
+                    Ds,
+                    dt_bias,
+                    scan_ids,
+                    True,
+                    self.dt_projs_weight,
+                    *self.gating.gate_parameters(),
+                )
             fused = ops.nss_scan if ops is not None else nss_scan
-            ys = fused(raster, dts, A, bs, cs, Ds, dt_bias, scan_ids, delta_softplus=True,
-                       delta_weight=self.dt_projs_weight)  # (B, K, L, D)
+            ys = fused(
+                raster, dts, A, bs, cs, Ds, dt_bias, scan_ids, delta_softplus=True, delta_weight=self.dt_projs_weight
+            )  # (B, K, L, D)
         else:
             dts = torch.einsum("bklr,kdr->bkld", dts, self.dt_projs_weight)
             ys = scan_fn(raster, dts, A, bs, cs, Ds, dt_bias, scan_ids, delta_softplus=True)
@@ -265,8 +277,9 @@ def _raster(x: Tensor) -> Tensor:
     return x.permute(0, 2, 3, 1).reshape(batch, height * width, inner)
 
 
-def _dt_init(rank: int, inner: int, dt_min: float = 1e-3, dt_max: float = 0.1,
-             floor: float = 1e-4) -> tuple[Tensor, Tensor]:
+def _dt_init(
+    rank: int, inner: int, dt_min: float = 1e-3, dt_max: float = 0.1, floor: float = 1e-4
+) -> tuple[Tensor, Tensor]:
     """Official dt projection init: weight U(±rank^-0.5); bias = softplus^-1 of a log-uniform dt in
     [dt_min, dt_max] clamped at ``floor`` (spec §1.7). Built through an nn.Linear like the original so
     that the RNG is consumed in the same order."""
@@ -291,8 +304,16 @@ class ResidualMambaBlock(nn.Module):
     #: products and three element-wise kernels more (docs/benchmarks.md).
     recompute_mlp: bool = True
 
-    def __init__(self, width: int, d_state: int, ssm_ratio: float, mlp_ratio: float, drop_path: float,
-                 shift_size: int = 0, mlp_name: str = "conv_blk") -> None:
+    def __init__(
+        self,
+        width: int,
+        d_state: int,
+        ssm_ratio: float,
+        mlp_ratio: float,
+        drop_path: float,
+        shift_size: int = 0,
+        mlp_name: str = "conv_blk",
+    ) -> None:
         super().__init__()
         self.shift_size = shift_size
         self.mlp_name = mlp_name

@@ -46,8 +46,11 @@ class LoadReport:
         parts = [f"loaded {len(self.loaded)} tensors from {self.source}"]
         if self.skipped_shape:
             names = ", ".join(f"{k} {tuple(a)}->{tuple(b)}" for k, a, b in self.skipped_shape[:5])
-            parts.append(f"skipped {len(self.skipped_shape)} with another shape ({names}"
-                         + (", ..." if len(self.skipped_shape) > 5 else "") + ")")
+            parts.append(
+                f"skipped {len(self.skipped_shape)} with another shape ({names}"
+                + (", ..." if len(self.skipped_shape) > 5 else "")
+                + ")"
+            )
         if self.missing:
             parts.append(f"{len(self.missing)} model tensors not in the file")
         if self.unexpected:
@@ -67,7 +70,8 @@ def _read_file(path: Path) -> Any:
         if refused is None:  # the safe unpickler met no Python object, just bytes it cannot parse
             raise CheckpointError(
                 f"{path}: not a PyTorch weights file (corrupt, truncated or another format; expected what "
-                f"torch.save writes)") from None
+                f"torch.save writes)"
+            ) from None
         raise CheckpointError(
             f"{path}: refused by safe loading (weights_only=True): the file holds Python objects, not just "
             f"tensors. Re-save it as {{'params': state_dict}} from trusted code. ({refused.strip()})"
@@ -79,8 +83,9 @@ def _read_file(path: Path) -> Any:
         ) from None
 
 
-def read_state_dict(source: str | os.PathLike[str] | Mapping[str, Any],
-                    param_key: str = "params") -> tuple[dict[str, Tensor], str | None]:
+def read_state_dict(
+    source: str | os.PathLike[str] | Mapping[str, Any], param_key: str = "params"
+) -> tuple[dict[str, Tensor], str | None]:
     """Return ``(state_dict, key_used)`` from a file or an already-loaded dict, without ``module.`` prefixes.
 
     The requested ``param_key`` wins; otherwise ``params``, ``params_ema``, ``state_dict``, ``model`` are
@@ -100,7 +105,8 @@ def read_state_dict(source: str | os.PathLike[str] | Mapping[str, Any],
         if not isinstance(value, Tensor):
             raise CheckpointError(
                 f"{name}: entry {key!r} is a {type(value).__name__}, not a tensor; expected "
-                f"{{'params': state_dict}} or a state_dict (top-level keys: {sorted(map(str, obj))[:8]})")
+                f"{{'params': state_dict}} or a state_dict (top-level keys: {sorted(map(str, obj))[:8]})"
+            )
         state[key.removeprefix("module.")] = value
     if not state:
         raise CheckpointError(f"{name}: holds no tensors")
@@ -110,12 +116,14 @@ def read_state_dict(source: str | os.PathLike[str] | Mapping[str, Any],
             if bad:
                 raise CheckpointError(
                     f"{name}: tensor {key!r} holds NaN or Inf values ({bad} of {value.numel()}); these weights "
-                    f"are damaged (a diverged or interrupted training?) and would give black or empty images")
+                    f"are damaged (a diverged or interrupted training?) and would give black or empty images"
+                )
     return state, key_used
 
 
-def load_weights(model: nn.Module, source: str | os.PathLike[str] | Mapping[str, Any], strict: bool = True,
-                 param_key: str = "params") -> LoadReport:
+def load_weights(
+    model: nn.Module, source: str | os.PathLike[str] | Mapping[str, Any], strict: bool = True, param_key: str = "params"
+) -> LoadReport:
     """Load weights into ``model``.
 
     strict: every key and shape must match, otherwise :class:`CheckpointError` says what differs (usually a
@@ -128,8 +136,9 @@ def load_weights(model: nn.Module, source: str | os.PathLike[str] | Mapping[str,
     report = LoadReport(source=name, param_key=key_used)
     report.missing = [k for k in own if k not in state]
     report.unexpected = [k for k in state if k not in own]
-    report.skipped_shape = [(k, tuple(state[k].shape), tuple(own[k].shape))
-                            for k in own if k in state and state[k].shape != own[k].shape]
+    report.skipped_shape = [
+        (k, tuple(state[k].shape), tuple(own[k].shape)) for k in own if k in state and state[k].shape != own[k].shape
+    ]
     if strict and (report.missing or report.unexpected or report.skipped_shape):
         details = []
         if report.missing:
@@ -140,8 +149,10 @@ def load_weights(model: nn.Module, source: str | os.PathLike[str] | Mapping[str,
             k, a, b = report.skipped_shape[0]
             details.append(f"{len(report.skipped_shape)} with another shape (e.g. {k}: file {a}, model {b})")
         raise CheckpointMismatch(
-            f"{name} does not fit this {type(model).__name__}: " + "; ".join(details)
-            + ". Is it a checkpoint of another architecture, size or scale?")
+            f"{name} does not fit this {type(model).__name__}: "
+            + "; ".join(details)
+            + ". Is it a checkpoint of another architecture, size or scale?"
+        )
     skipped = {k for k, _, _ in report.skipped_shape}
     loadable = {k: v for k, v in state.items() if k in own and k not in skipped}
     model.load_state_dict(loadable, strict=strict)

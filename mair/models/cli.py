@@ -23,8 +23,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "FLOPs (fvcore convention of the paper: one per multiply-add) as JSON, beside the expected values.",
     )
     parser.add_argument("experiment", help="experiment id (see params/experiments) or path to its YAML file")
-    parser.add_argument("--input-size", metavar="HxW", default=None,
-                        help="network input size for the FLOPs (default: the paper's size for it)")
+    parser.add_argument(
+        "--input-size",
+        metavar="HxW",
+        default=None,
+        help="network input size for the FLOPs (default: the paper's size for it)",
+    )
     parser.add_argument("--demo", action="store_true", help="the demo-scale network instead of the paper's")
     parser.set_defaults(handler=run_info)
 

@@ -53,8 +53,10 @@ def check_shapes(x: Tensor, weight: Tensor, bias: Tensor | None) -> None:
     channels = x.shape[-1] if x.dim() == 4 else -1
     ks = weight.shape[-1] if weight.dim() == 4 else 0
     if x.dim() != 4 or tuple(weight.shape) != (channels, 1, ks, ks) or ks % 2 == 0:
-        raise ValueError(f"depthwise_conv2d: x must be (B, H, W, C) and weight (C, 1, KS, KS) with odd KS; got x "
-                         f"{tuple(x.shape)} and weight {tuple(weight.shape)}")
+        raise ValueError(
+            f"depthwise_conv2d: x must be (B, H, W, C) and weight (C, 1, KS, KS) with odd KS; got x "
+            f"{tuple(x.shape)} and weight {tuple(weight.shape)}"
+        )
     if bias is not None and tuple(bias.shape) != (channels,):
         raise ValueError(f"depthwise_conv2d: bias must be ({channels},); got {tuple(bias.shape)}")
 
@@ -71,8 +73,23 @@ def dwconv_forward(x: Tensor, weight: Tensor, bias: Tensor | None, flip: bool = 
     b = bias.detach().float().contiguous() if bias is not None else w
     bp, bc, warps = conv_tiles()
     grid = (-(-height * width // bp), -(-channels // bc), batch)
-    dwconv_kernel[grid](x, *_bkl_strides(x), w, b, y, *_bkl_strides(y), height, width, channels,
-                        KS=ks, FLIP=flip, HAS_BIAS=bias is not None, BP=bp, BC=bc, num_warps=warps)
+    dwconv_kernel[grid](
+        x,
+        *_bkl_strides(x),
+        w,
+        b,
+        y,
+        *_bkl_strides(y),
+        height,
+        width,
+        channels,
+        KS=ks,
+        FLIP=flip,
+        HAS_BIAS=bias is not None,
+        BP=bp,
+        BC=bc,
+        num_warps=warps,
+    )
     return y
 
 
@@ -91,9 +108,23 @@ def dwconv_weight_grad(x: Tensor, dy: Tensor, ks: int) -> tuple[Tensor, Tensor]:
     taps = ks * ks
     tp = 1 << taps.bit_length()  # a power of two above KS² (room for the bias row)
     parts = torch.empty(n_runs, tp, channels, device=x.device, dtype=torch.float32)
-    dwconv_weight_grad_kernel[(n_runs, c_blocks)](x, *_bkl_strides(x), dy, *_bkl_strides(dy), parts, height, width,
-                                                  channels, positions, per_program, KS=ks, TP=tp, BP=bp, BC=bc,
-                                                  num_warps=warps)
+    dwconv_weight_grad_kernel[(n_runs, c_blocks)](
+        x,
+        *_bkl_strides(x),
+        dy,
+        *_bkl_strides(dy),
+        parts,
+        height,
+        width,
+        channels,
+        positions,
+        per_program,
+        KS=ks,
+        TP=tp,
+        BP=bp,
+        BC=bc,
+        num_warps=warps,
+    )
     sums = parts.sum(0)
     # copies, so that the two gradients never share memory (a custom op's outputs may not alias each other)
     return sums[:taps].t().contiguous().view(channels, 1, ks, ks), sums[taps].clone()
@@ -124,9 +155,11 @@ def _dwconv_bwd_op(dy: Tensor, x: Tensor, weight: Tensor, needs: list[bool]) -> 
 @_dwconv_bwd_op.register_fake
 def _(dy: Tensor, x: Tensor, weight: Tensor, needs: list[bool]) -> list[Tensor]:
     wide = needs[1] or needs[2]
-    return [dy.new_empty(x.shape) if needs[0] else dy.new_empty(0),
-            weight.new_empty(weight.shape) if wide else dy.new_empty(0),
-            weight.new_empty(weight.shape[0]) if wide else dy.new_empty(0)]
+    return [
+        dy.new_empty(x.shape) if needs[0] else dy.new_empty(0),
+        weight.new_empty(weight.shape) if wide else dy.new_empty(0),
+        weight.new_empty(weight.shape[0]) if wide else dy.new_empty(0),
+    ]
 
 
 def _setup(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
@@ -137,8 +170,11 @@ def _setup(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
 
 def _backward(ctx: Any, dy: Tensor) -> tuple[Tensor | None, ...]:
     x, weight = ctx.saved_tensors
-    needs = [bool(ctx.needs_input_grad[0]), bool(ctx.needs_input_grad[1]),
-             bool(ctx.has_bias and ctx.needs_input_grad[2])]
+    needs = [
+        bool(ctx.needs_input_grad[0]),
+        bool(ctx.needs_input_grad[1]),
+        bool(ctx.has_bias and ctx.needs_input_grad[2]),
+    ]
     dx, dw, db = _dwconv_bwd_op(dy, x, weight, needs)
     return (dx if needs[0] else None, dw if needs[1] else None, db if needs[2] else None)
 

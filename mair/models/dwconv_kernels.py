@@ -37,9 +37,28 @@ def _tap(h, w, valid, height, width, sh, sw, DI: tl.constexpr, DJ: tl.constexpr)
 
 
 @triton.jit
-def dwconv_kernel(x_ptr, sxb, sxh, sxw, sxc, w_ptr, bias_ptr, y_ptr, syb, syh, syw, syc, height, width, channels,
-                  KS: tl.constexpr, FLIP: tl.constexpr, HAS_BIAS: tl.constexpr, BP: tl.constexpr,
-                  BC: tl.constexpr):
+def dwconv_kernel(
+    x_ptr,
+    sxb,
+    sxh,
+    sxw,
+    sxc,
+    w_ptr,
+    bias_ptr,
+    y_ptr,
+    syb,
+    syh,
+    syw,
+    syc,
+    height,
+    width,
+    channels,
+    KS: tl.constexpr,
+    FLIP: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    BP: tl.constexpr,
+    BC: tl.constexpr,
+):
     """One program: ``BP`` positions of one image x ``BC`` channels."""
     pid_p = tl.program_id(0)
     pid_c = tl.program_id(1)
@@ -66,9 +85,28 @@ def dwconv_kernel(x_ptr, sxb, sxh, sxw, sxc, w_ptr, bias_ptr, y_ptr, syb, syh, s
 
 
 @triton.jit
-def dwconv_weight_grad_kernel(x_ptr, sxb, sxh, sxw, sxc, dy_ptr, sdb, sdh, sdw, sdc, part_ptr, height, width,
-                              channels, positions, per_program, KS: tl.constexpr, TP: tl.constexpr,
-                              BP: tl.constexpr, BC: tl.constexpr):
+def dwconv_weight_grad_kernel(
+    x_ptr,
+    sxb,
+    sxh,
+    sxw,
+    sxc,
+    dy_ptr,
+    sdb,
+    sdh,
+    sdw,
+    sdc,
+    part_ptr,
+    height,
+    width,
+    channels,
+    positions,
+    per_program,
+    KS: tl.constexpr,
+    TP: tl.constexpr,
+    BP: tl.constexpr,
+    BC: tl.constexpr,
+):
     """One program: the positions [pid·per_program, (pid+1)·per_program) of the flattened (B, H, W) x ``BC``
     channels. Writes part[pid, t, c] = Σ dy·x shifted by tap t (t < KS²) and part[pid, KS², c] = Σ dy (rows
     up to ``TP``, a power of two, are zero)."""
@@ -89,14 +127,18 @@ def dwconv_weight_grad_kernel(x_ptr, sxb, sxh, sxw, sxc, dy_ptr, sdb, sdh, sdw, 
         h = rem // width
         w = rem % width
         m = valid[:, None] & c_mask[None, :]
-        dy = tl.load(dy_ptr + b[:, None] * sdb + h.to(tl.int64)[:, None] * sdh + w.to(tl.int64)[:, None] * sdw
-                     + c64 * sdc, mask=m, other=0.0).to(tl.float32)
+        dy = tl.load(
+            dy_ptr + b[:, None] * sdb + h.to(tl.int64)[:, None] * sdh + w.to(tl.int64)[:, None] * sdw + c64 * sdc,
+            mask=m,
+            other=0.0,
+        ).to(tl.float32)
         acc += tl.where(rows[:, None] == KS * KS, tl.sum(dy, 0)[None, :], 0.0)
         for i in tl.static_range(KS):
             for j in tl.static_range(KS):
                 offs, ok = _tap(h, w, valid, height, width, sxh, sxw, i - KS // 2, j - KS // 2)
-                xv = tl.load(x_ptr + b[:, None] * sxb + offs[:, None] + c64 * sxc,
-                             mask=ok[:, None] & c_mask[None, :], other=0.0).to(tl.float32)
+                xv = tl.load(
+                    x_ptr + b[:, None] * sxb + offs[:, None] + c64 * sxc, mask=ok[:, None] & c_mask[None, :], other=0.0
+                ).to(tl.float32)
                 acc += tl.where(rows[:, None] == i * KS + j, tl.sum(dy * xv, 0)[None, :], 0.0)
     out = part_ptr + pid_p.to(tl.int64) * TP * channels + rows[:, None] * channels + c[None, :]
     tl.store(out, acc, mask=(rows[:, None] < TP) & c_mask[None, :])

@@ -32,7 +32,12 @@ from torch.utils.flop_counter import flop_registry
 from mair.models.blocks import VMM, Mlp
 
 __all__ = [
-    "FlopCount", "build_for_counting", "count_flops", "count_params", "selective_scan_flops", "vmm_flops",
+    "FlopCount",
+    "build_for_counting",
+    "count_flops",
+    "count_params",
+    "selective_scan_flops",
+    "vmm_flops",
 ]
 
 _aten = torch.ops.aten
@@ -123,8 +128,16 @@ def _meta_layer_norm(x: torch.Tensor, normalized_shape: Any) -> tuple[torch.Tens
     return torch.empty_like(x), x.new_empty(stat_shape), x.new_empty(stat_shape)
 
 
-_RANDOM_INITS = ("uniform_", "normal_", "trunc_normal_", "kaiming_uniform_", "kaiming_normal_",
-                 "xavier_uniform_", "xavier_normal_", "orthogonal_")
+_RANDOM_INITS = (
+    "uniform_",
+    "normal_",
+    "trunc_normal_",
+    "kaiming_uniform_",
+    "kaiming_normal_",
+    "xavier_uniform_",
+    "xavier_normal_",
+    "orthogonal_",
+)
 
 
 @contextmanager
@@ -164,8 +177,11 @@ def _scan_stub(count: FlopCount) -> Iterator[None]:
         count.add("scan", selective_scan_flops(batch, channels, length, A.shape[1]))
         return torch.zeros(u.shape, dtype=torch.float32, device=u.device)
 
-    patched = [m for name, m in list(sys.modules.items())
-               if name.startswith("mair.models") and getattr(m, "selective_scan", None) is original]
+    patched = [
+        m
+        for name, m in list(sys.modules.items())
+        if name.startswith("mair.models") and getattr(m, "selective_scan", None) is original
+    ]
     for module in patched:
         module.selective_scan = stub  # type: ignore[attr-defined]
     fused, multiple = VMM.torch_inference_fused, Mlp.hidden_multiple
@@ -202,8 +218,14 @@ def _hooks(model: nn.Module, counter: _Counter) -> list[Any]:
     return handles
 
 
-def count_flops(model: nn.Module, input_size: tuple[int, int], *, batch: int = 1, in_channels: int = 3,
-                device: str | torch.device | None = "meta") -> FlopCount:
+def count_flops(
+    model: nn.Module,
+    input_size: tuple[int, int],
+    *,
+    batch: int = 1,
+    in_channels: int = 3,
+    device: str | torch.device | None = "meta",
+) -> FlopCount:
     """FLOPs of one forward pass on a (batch, in_channels, H, W) input, with the paper's convention.
 
     ``device="meta"`` (default) runs a meta copy of the model, so no arithmetic is done at any size; ``None``

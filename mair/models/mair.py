@@ -40,12 +40,27 @@ class PatchEmbed(nn.Module):
 class BasicLayer(nn.Module):
     """``depth`` residual Mamba blocks; odd blocks use the shifted NSS (shift = scan_len // 2)."""
 
-    def __init__(self, dim: int, depth: int, d_state: int, ssm_ratio: float, mlp_ratio: float,
-                 drop_path: Sequence[float], scan_len: int) -> None:
+    def __init__(
+        self,
+        dim: int,
+        depth: int,
+        d_state: int,
+        ssm_ratio: float,
+        mlp_ratio: float,
+        drop_path: Sequence[float],
+        scan_len: int,
+    ) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(
-            ResidualMambaBlock(dim, d_state, ssm_ratio, mlp_ratio, drop_path[i],
-                               shift_size=0 if i % 2 == 0 else scan_len // 2, mlp_name="conv_blk")
+            ResidualMambaBlock(
+                dim,
+                d_state,
+                ssm_ratio,
+                mlp_ratio,
+                drop_path[i],
+                shift_size=0 if i % 2 == 0 else scan_len // 2,
+                mlp_name="conv_blk",
+            )
             for i in range(depth)
         )
         self.use_checkpoint = False
@@ -65,8 +80,10 @@ def _body_conv(dim: int, resi_connection: str) -> nn.Module:
         return nn.Conv2d(dim, dim, 3, 1, 1)
     if resi_connection == "3conv":
         return nn.Sequential(
-            nn.Conv2d(dim, dim // 4, 3, 1, 1), nn.LeakyReLU(0.2, inplace=True),
-            nn.Conv2d(dim // 4, dim // 4, 1, 1, 0), nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv2d(dim, dim // 4, 3, 1, 1),
+            nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv2d(dim // 4, dim // 4, 1, 1, 0),
+            nn.LeakyReLU(0.2, inplace=True),
             nn.Conv2d(dim // 4, dim, 3, 1, 1),
         )
     raise ValueError(f"resi_connection must be '1conv' or '3conv', got {resi_connection!r}")
@@ -75,8 +92,17 @@ def _body_conv(dim: int, resi_connection: str) -> nn.Module:
 class RMG(nn.Module):
     """Residual Mamba Group: blocks, a conv, and a residual connection around both (spec §1.2)."""
 
-    def __init__(self, dim: int, depth: int, d_state: int, ssm_ratio: float, mlp_ratio: float,
-                 drop_path: Sequence[float], scan_len: int, resi_connection: str) -> None:
+    def __init__(
+        self,
+        dim: int,
+        depth: int,
+        d_state: int,
+        ssm_ratio: float,
+        mlp_ratio: float,
+        drop_path: Sequence[float],
+        scan_len: int,
+        resi_connection: str,
+    ) -> None:
         super().__init__()
         self.residual_group = BasicLayer(dim, depth, d_state, ssm_ratio, mlp_ratio, drop_path, scan_len)
         self.conv = _body_conv(dim, resi_connection)
@@ -152,20 +178,32 @@ class MaIR(nn.Module):
         self.layers = nn.ModuleList()
         start = 0
         for depth in depths:
-            self.layers.append(RMG(embed_dim, depth, d_state, ssm_ratio, mlp_ratio,
-                                   rates[start:start + depth], scan_len, resi_connection))
+            self.layers.append(
+                RMG(
+                    embed_dim,
+                    depth,
+                    d_state,
+                    ssm_ratio,
+                    mlp_ratio,
+                    rates[start : start + depth],
+                    scan_len,
+                    resi_connection,
+                )
+            )
             start += depth
         self.norm = nn.LayerNorm(embed_dim)
         self.conv_after_body = _body_conv(embed_dim, resi_connection)
 
         if self.upsampler == "pixelshuffle":
-            self.conv_before_upsample = nn.Sequential(nn.Conv2d(embed_dim, NUM_FEAT, 3, 1, 1),
-                                                      nn.LeakyReLU(inplace=True))
+            self.conv_before_upsample = nn.Sequential(
+                nn.Conv2d(embed_dim, NUM_FEAT, 3, 1, 1), nn.LeakyReLU(inplace=True)
+            )
             self.upsample = Upsample(self.upscale, NUM_FEAT)
             self.conv_last = nn.Conv2d(NUM_FEAT, in_chans, 3, 1, 1)
         elif self.upsampler == "pixelshuffledirect":
-            self.upsample = nn.Sequential(nn.Conv2d(embed_dim, self.upscale**2 * in_chans, 3, 1, 1),
-                                          nn.PixelShuffle(self.upscale))
+            self.upsample = nn.Sequential(
+                nn.Conv2d(embed_dim, self.upscale**2 * in_chans, 3, 1, 1), nn.PixelShuffle(self.upscale)
+            )
         else:
             self.conv_last = nn.Conv2d(embed_dim, in_chans, 3, 1, 1)
 
@@ -179,8 +217,10 @@ class MaIR(nn.Module):
 
     def scan_ids(self, height: int, width: int, device: torch.device) -> tuple[ScanIds, ScanIds]:
         """The unshifted and shifted NSS orders for an (H, W) feature map."""
-        return (scan_orders(height, width, self.scan_len, 0, device),
-                scan_orders(height, width, self.scan_len, self.scan_len // 2, device))
+        return (
+            scan_orders(height, width, self.scan_len, 0, device),
+            scan_orders(height, width, self.scan_len, self.scan_len // 2, device),
+        )
 
     def forward_features(self, x: Tensor) -> Tensor:
         x_size = (x.shape[2], x.shape[3])

@@ -59,8 +59,9 @@ class Upsample(nn.Module):
 class Stage(nn.ModuleList):
     """A sequence of VSSBlocks at one resolution (keys ``<stage>.<i>.``)."""
 
-    def __init__(self, count: int, width: int, d_state: int, ssm_ratio: float, mlp_ratio: float,
-                 drop_path: float) -> None:
+    def __init__(
+        self, count: int, width: int, d_state: int, ssm_ratio: float, mlp_ratio: float, drop_path: float
+    ) -> None:
         super().__init__(
             ResidualMambaBlock(width, d_state, ssm_ratio, mlp_ratio, drop_path, shift_size=0, mlp_name="mlp")
             for _ in range(count)

@@ -153,9 +153,7 @@ def _build(H: int, W: int, s: int, t: int) -> tuple[Tensor, Tensor]:
     return scan_ids, inverse_ids
 
 
-def scan_orders(
-    H: int, W: int, scan_len: int, shift: int, device: torch.device | str = "cpu"
-) -> tuple[Tensor, Tensor]:
+def scan_orders(H: int, W: int, scan_len: int, shift: int, device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
     """The four NSS scan orders of an H×W map and their inverse permutations.
 
     Returns ``(scan_ids, inverse_ids)``, both (4, L) int64 with L = H*W, on ``device``:

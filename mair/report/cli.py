@@ -82,8 +82,9 @@ def run(args: argparse.Namespace) -> int:
 
     eval_dir = args.results_dir / args.scope / "eval"
     if args.mlflow is None and not any(eval_dir.glob("*/*.json")):
-        raise CommandError(f"no evaluation results in {eval_dir} (expected <experiment>/<dataset>.json): run "
-                           f"`mair evaluate` first")
+        raise CommandError(
+            f"no evaluation results in {eval_dir} (expected <experiment>/<dataset>.json): run `mair evaluate` first"
+        )
 
     from mair.report.tables import write_report
 
@@ -114,10 +115,9 @@ def run(args: argparse.Namespace) -> int:
         if r.kind == "ours" and (c.value is not None or c.text)
     )
     if not ours:
-        raise CommandError(f"no results of ours in {eval_dir} or {args.mlflow or 'MLflow'}: the tables in "
-                           f"{result.out_dir} hold the published numbers only; run `mair evaluate` first")
-    print(
-        f"wrote {len(result.files)} files to {result.out_dir} "
-        f"({len(result.tables)} tables, {ours} cells of ours)"
-    )
+        raise CommandError(
+            f"no results of ours in {eval_dir} or {args.mlflow or 'MLflow'}: the tables in "
+            f"{result.out_dir} hold the published numbers only; run `mair evaluate` first"
+        )
+    print(f"wrote {len(result.files)} files to {result.out_dir} ({len(result.tables)} tables, {ours} cells of ours)")
     return 0

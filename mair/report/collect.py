@@ -304,14 +304,10 @@ def _summary_rows(summary: Mapping[str, Any], info: ExperimentInfo, file: str, o
         for name, value in metrics.items():
             number = _number(value)
             if number is not None:
-                rows.append(
-                    {**base, "dataset": dataset, "metric": str(name).upper(), "value": number, "text": ""}
-                )
+                rows.append({**base, "dataset": dataset, "metric": str(name).upper(), "value": number, "text": ""})
     if not rows and summary.get("submission"):
         for metric in ("PSNR", "SSIM"):
-            rows.append(
-                {**base, "dataset": dataset, "metric": metric, "value": math.nan, "text": "online benchmark"}
-            )
+            rows.append({**base, "dataset": dataset, "metric": metric, "value": math.nan, "text": "online benchmark"})
     params, flops_g = complexity_of(summary)
     if params is not None:
         rows.append({**base, "dataset": "", "metric": "params", "value": params, "text": ""})
@@ -383,9 +379,7 @@ def read_summaries(results_dir: Path, scope: str, experiments_dir: Path | None =
     return collected
 
 
-def read_mlflow(
-    uri: str, scope: str, experiments_dir: Path | None = None, weights: str | None = None
-) -> Collected:
+def read_mlflow(uri: str, scope: str, experiments_dir: Path | None = None, weights: str | None = None) -> Collected:
     """Evaluation summaries logged to MLflow, through ``mair.tracking.eval_summaries(uri, scope)`` if present.
 
     Optional: any failure (module or function missing, store unreachable) becomes a note, never an error.
@@ -398,9 +392,7 @@ def read_mlflow(
         return Collected(_empty_ours(), [f"MLflow source skipped: mair.tracking unavailable ({error})"])
     fetch = getattr(tracking, "eval_summaries", None)
     if not callable(fetch):
-        return Collected(
-            _empty_ours(), ["MLflow source skipped: mair.tracking has no eval_summaries(uri, scope)"]
-        )
+        return Collected(_empty_ours(), ["MLflow source skipped: mair.tracking has no eval_summaries(uri, scope)"])
     try:
         summaries = list(fetch(uri, scope))
     except Exception as error:
@@ -484,13 +476,9 @@ def normalise_reference(source: Path) -> pd.DataFrame:
             setting = ""
         confidence = rec["confidence"]
         if "typo" in confidence.lower():
-            notes.append(
-                "PROBABLE TYPO in the printed source table, kept as printed (likely 33.13); not verified"
-            )
+            notes.append("PROBABLE TYPO in the printed source table, kept as printed (likely 33.13); not verified")
         if "under 'Urban100" in confidence:
-            notes.append(
-                "source prints it under a wrong label (Urban100 sigma=15); companion rows show it is SIDD"
-            )
+            notes.append("source prints it under a wrong label (Urban100 sigma=15); companion rows show it is SIDD")
         if confidence.lower().startswith("derived"):
             notes.append("derived from the official code, not the paper's printed value")
         if confidence.startswith("low-medium: secondary"):
@@ -498,9 +486,7 @@ def normalise_reference(source: Path) -> pd.DataFrame:
         if confidence.startswith("medium: secondary"):
             notes.append("secondary survey value; our count from the official config agrees")
         if label == "MambaIR-light(v2-table)":
-            notes.append(
-                "the MambaIR-light row printed in MambaIRv2's table, which differs from MambaIR's own"
-            )
+            notes.append("the MambaIR-light row printed in MambaIRv2's table, which differs from MambaIR's own")
         rows.append(
             {
                 "table": rec["task"],

@@ -18,9 +18,7 @@ from mair.report.collect import read_log, run_dirs
 TRAIN_COLUMNS = ("iter", "loss", "lr")
 VAL_COLUMNS = ("iter", "dataset", "psnr")
 # Preferred (setting, dataset) for the PSNR-versus-parameters chart: Urban100 x4 first, then what exists.
-PSNR_PARAMS_ORDER = [
-    (s, d) for s in ("x4", "x3", "x2") for d in ("Urban100", "Manga109", "B100", "Set14", "Set5")
-]
+PSNR_PARAMS_ORDER = [(s, d) for s in ("x4", "x3", "x2") for d in ("Urban100", "Manga109", "B100", "Set14", "Set5")]
 
 
 def _safe(name: str) -> str:
@@ -77,9 +75,7 @@ def _points(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.dropna(subset=["params_k", "psnr"])
 
 
-def psnr_params_points(
-    ours: pd.DataFrame, paper: pd.DataFrame
-) -> tuple[str, str, pd.DataFrame, pd.DataFrame]:
+def psnr_params_points(ours: pd.DataFrame, paper: pd.DataFrame) -> tuple[str, str, pd.DataFrame, pd.DataFrame]:
     """The chosen (setting, dataset) and the (label, params_k, psnr) points of ours and of the published rows.
 
     Returns empty frames when no lightweight-SR result of ours has both a PSNR and a parameter count.
@@ -116,9 +112,7 @@ def psnr_params_points(
             continue
         value = float(params["number"].iloc[0])
         params_k = value if params["metric"].iloc[0].startswith("Params(K)") else value * 1e3
-        published.append(
-            {"label": f"{method}{variant}", "params_k": params_k, "psnr": float(psnr["number"].iloc[0])}
-        )
+        published.append({"label": f"{method}{variant}", "params_k": params_k, "psnr": float(psnr["number"].iloc[0])})
     return setting, dataset, mine, pd.DataFrame(published, columns=["label", "params_k", "psnr"])
 
 
@@ -139,9 +133,7 @@ def psnr_vs_params(
     if not published.empty:
         ax.scatter(published["params_k"], published["psnr"], c="0.45", s=22, label="published")
         for rec in published.itertuples():
-            ax.annotate(
-                rec.label, (rec.params_k, rec.psnr), fontsize=7, xytext=(3, 3), textcoords="offset points"
-            )
+            ax.annotate(rec.label, (rec.params_k, rec.psnr), fontsize=7, xytext=(3, 3), textcoords="offset points")
     ax.scatter(mine["params_k"], mine["psnr"], c="tab:red", marker="*", s=110, label="ours", zorder=3)
     for rec in mine.itertuples():
         ax.annotate(

@@ -95,9 +95,7 @@ def _row_cells(row: Row, columns: Sequence[ColumnSpec]) -> list[str]:
             ):
                 j += 1
             out.append(
-                rf"\multicolumn{{{j - i}}}{{c}}{{{latex_escape(cell.text)}}}"
-                if j - i > 1
-                else latex_escape(cell.text)
+                rf"\multicolumn{{{j - i}}}{{c}}{{{latex_escape(cell.text)}}}" if j - i > 1 else latex_escape(cell.text)
             )
             i = j
             continue

@@ -82,9 +82,7 @@ class TableSpec:
         cols: list[ColumnSpec] = []
         if self.params_unit:
             cols.append(
-                ColumnSpec(
-                    "params", "", f"Params ({self.params_unit})", 0 if self.params_unit == "K" else 2, False
-                )
+                ColumnSpec("params", "", f"Params ({self.params_unit})", 0 if self.params_unit == "K" else 2, False)
             )
         if self.flops_decimals is not None:
             cols.append(ColumnSpec("flops", "", "FLOPs (G)", self.flops_decimals, False))
@@ -165,8 +163,7 @@ SPECS: dict[str, TableSpec] = {
             ("MaIR",),
             params_unit="M",
             flops_decimals=2,
-            caption="PSNR (dB) / SSIM in RGB; one model per training set (ITS, OTS, RESIDE-6K). "
-            "FLOPs/MACs at 256x256.",
+            caption="PSNR (dB) / SSIM in RGB; one model per training set (ITS, OTS, RESIDE-6K). FLOPs/MACs at 256x256.",
         ),
     )
 }
@@ -292,9 +289,7 @@ def _published_cells(spec: TableSpec, pub: list[Record]) -> dict[str, Cell]:
             if cell.value is not None:
                 cell.value *= _params_scale("Params(M)", spec.params_unit)
         elif col.key == "flops":
-            cell = _paper_cell(
-                [r for r in pub if re.match(r"(MACs|FLOPs)", r["metric"]) and not r["dataset"]]
-            )
+            cell = _paper_cell([r for r in pub if re.match(r"(MACs|FLOPs)", r["metric"]) and not r["dataset"]])
         else:
             cell = _paper_cell([r for r in pub if r["dataset"] == col.group and r["metric"] == col.header])
         cells[col.key] = cell
@@ -368,11 +363,7 @@ def build_table(
     pub = paper[paper["table"] == spec.id] if not paper.empty else paper
     ours_methods = set(spec.methods)
     baseline_order = (
-        [
-            m
-            for m in dict.fromkeys(zip(pub["method"], pub["variant"], strict=True))
-            if m[0] not in ours_methods
-        ]
+        [m for m in dict.fromkeys(zip(pub["method"], pub["variant"], strict=True)) if m[0] not in ours_methods]
         if not pub.empty
         else []
     )
@@ -396,9 +387,7 @@ def build_table(
             cells = _published_cells(spec, records)
             if not _empty(cells):
                 mark = "§" if all("MambaIRv2" in r["source"] for r in records) else ""
-                row = Row(
-                    group, method + variant, "baseline", method + variant, cells, mark=mark, setting=setting
-                )
+                row = Row(group, method + variant, "baseline", method + variant, cells, mark=mark, setting=setting)
                 rows.append(row)
         for method, variant in variants:
             label = method + variant
@@ -416,13 +405,8 @@ def build_table(
     marks = {c.mark for r in rows for c in r.cells.values() if c.mark and c.value is not None}
     marks |= {r.mark for r in rows if r.mark}
     table.footnotes = [(m, MARKS[m]) for m in MARKS if m in marks]
-    if (
-        not pub.empty
-        and (pub["method"].isin(ours_methods) & pub["confidence"].str.contains("secondary")).any()
-    ):
-        table.footnotes.append(
-            ("", "Published MaIR numbers come from secondary sources (params/paper_results.md).")
-        )
+    if not pub.empty and (pub["method"].isin(ours_methods) & pub["confidence"].str.contains("secondary")).any():
+        table.footnotes.append(("", "Published MaIR numbers come from secondary sources (params/paper_results.md)."))
     if baseline_order:
         table.footnotes.append(
             (

@@ -93,11 +93,13 @@ def dataset_folder(dataset_id: str, scope: str, data_root: PathLike | None = Non
     if not folder.is_dir():
         raise DatasetError(
             f"dataset {dataset_id!r} ({scope} scope) is missing: {folder} does not exist. "
-            f"Create it with `{command}`" + (" (after downloading it)." if scope == "paper" else "."))
+            f"Create it with `{command}`" + (" (after downloading it)." if scope == "paper" else ".")
+        )
     if not (folder / paths.PREPARED_MARKER).is_file():
         raise DatasetError(
             f"dataset {dataset_id!r} ({scope} scope) is not prepared: {folder} has no "
-            f"{paths.PREPARED_MARKER} (preparation unfinished or interrupted). Run `{command}`.")
+            f"{paths.PREPARED_MARKER} (preparation unfinished or interrupted). Run `{command}`."
+        )
     return folder
 
 
@@ -105,12 +107,18 @@ def _images(folder: Path, dataset_id: str, scope: str) -> list[Path]:
     if not folder.is_dir():
         raise DatasetError(
             f"dataset {dataset_id!r} ({scope} scope): expected folder {folder} is missing; the prepared layout "
-            f"is incomplete. Re-run `{prepare_command(dataset_id, scope)}`.")
-    files = sorted(p for p in folder.iterdir()
-                   if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS)
+            f"is incomplete. Re-run `{prepare_command(dataset_id, scope)}`."
+        )
+    files = sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
+    )
     if not files:
-        raise DatasetError(f"dataset {dataset_id!r} ({scope} scope): no images in {folder}. "
-                           f"Re-run `{prepare_command(dataset_id, scope)}`.")
+        raise DatasetError(
+            f"dataset {dataset_id!r} ({scope} scope): no images in {folder}. "
+            f"Re-run `{prepare_command(dataset_id, scope)}`."
+        )
     return files
 
 
@@ -133,12 +141,15 @@ def list_pairs(ref: Mapping[str, Any], root: Path, scope: str, scale: int = 1) -
         for gt in gts:
             lq = lqs.get(gt.name) or lqs.get(f"{gt.stem}x{scale}{gt.suffix}")  # tolerate EDSR <name>x<s>
             if lq is None:
-                raise DatasetError(f"dataset {dataset_id!r}: {lq_dir} has no input for {gt.name} "
-                                   f"(LR names must equal HR names)")
+                raise DatasetError(
+                    f"dataset {dataset_id!r}: {lq_dir} has no input for {gt.name} (LR names must equal HR names)"
+                )
             pairs.append(ImagePair(gt.name, lq, gt))
         if len(pairs) != len(lqs):
-            raise DatasetError(f"dataset {dataset_id!r}: {gt_dir} and {lq_dir} hold different numbers of images "
-                               f"({len(pairs)} vs {len(lqs)})")
+            raise DatasetError(
+                f"dataset {dataset_id!r}: {gt_dir} and {lq_dir} hold different numbers of images "
+                f"({len(pairs)} vs {len(lqs)})"
+            )
         return pairs
     if pairing == "hazy_prefix":
         pairs = []
@@ -178,8 +189,9 @@ def read_bgr(path: Path) -> np.ndarray:
         raise DatasetError(str(error)) from None
 
 
-def paired_random_crop(gt: np.ndarray, lq: np.ndarray, lq_patch: int, scale: int, rng: np.random.Generator,
-                       name: str = "") -> tuple[np.ndarray, np.ndarray]:
+def paired_random_crop(
+    gt: np.ndarray, lq: np.ndarray, lq_patch: int, scale: int, rng: np.random.Generator, name: str = ""
+) -> tuple[np.ndarray, np.ndarray]:
     """A random ``lq_patch`` crop of ``lq`` (top-left uniform over every valid position) and the HR crop at
     ``x scale``; :class:`PatchSizeError` if the sizes do not match the scale or the image is too small."""
     h_lq, w_lq = lq.shape[:2]
@@ -187,17 +199,20 @@ def paired_random_crop(gt: np.ndarray, lq: np.ndarray, lq_patch: int, scale: int
     if (h_gt, w_gt) != (h_lq * scale, w_lq * scale):
         raise PatchSizeError(f"{name}: target {h_gt}x{w_gt} is not x{scale} of input {h_lq}x{w_lq}")
     if h_lq < lq_patch or w_lq < lq_patch:
-        raise PatchSizeError(f"{name}: input {h_lq}x{w_lq} is smaller than the training patch "
-                             f"{lq_patch}x{lq_patch} (target patch {lq_patch * scale}x{lq_patch * scale})")
+        raise PatchSizeError(
+            f"{name}: input {h_lq}x{w_lq} is smaller than the training patch "
+            f"{lq_patch}x{lq_patch} (target patch {lq_patch * scale}x{lq_patch * scale})"
+        )
     top = int(rng.integers(0, h_lq - lq_patch + 1))
     left = int(rng.integers(0, w_lq - lq_patch + 1))
-    lq = lq[top:top + lq_patch, left:left + lq_patch, ...]
-    gt = gt[top * scale:(top + lq_patch) * scale, left * scale:(left + lq_patch) * scale, ...]
+    lq = lq[top : top + lq_patch, left : left + lq_patch, ...]
+    gt = gt[top * scale : (top + lq_patch) * scale, left * scale : (left + lq_patch) * scale, ...]
     return gt, lq
 
 
-def augment_flip_rot(images: Sequence[np.ndarray], hflip: bool, rot: bool, rng: np.random.Generator
-                     ) -> list[np.ndarray]:
+def augment_flip_rot(
+    images: Sequence[np.ndarray], hflip: bool, rot: bool, rng: np.random.Generator
+) -> list[np.ndarray]:
     """BasicSR's ``augment``: hflip, vflip, then an (H, W) transpose, each with probability 1/2, the same for all
     images (hflip only when ``hflip``; vflip and transpose only when ``rot``)."""
     draws = rng.random(3)
@@ -264,8 +279,9 @@ class _PairDataset(Dataset):
 class SRTrainDataset(_PairDataset):
     """Classic / lightweight SR training pairs (``PairedImageDataset``, phase train)."""
 
-    def __init__(self, pairs: Sequence[ImagePair], lq_patch: int, scale: int, seed: int, hflip: bool = True,
-                 rot: bool = True) -> None:
+    def __init__(
+        self, pairs: Sequence[ImagePair], lq_patch: int, scale: int, seed: int, hflip: bool = True, rot: bool = True
+    ) -> None:
         super().__init__(pairs, seed)
         self.lq_patch, self.scale, self.hflip, self.rot = int(lq_patch), int(scale), hflip, rot
 
@@ -281,8 +297,9 @@ class SRTrainDataset(_PairDataset):
 class ColorDenoiseTrainDataset(_PairDataset):
     """Gaussian colour denoising (``task: denoising_color``): noise on the whole BGR image, then crop."""
 
-    def __init__(self, pairs: Sequence[ImagePair], patch: int, sigma: float, seed: int, hflip: bool = True,
-                 rot: bool = True) -> None:
+    def __init__(
+        self, pairs: Sequence[ImagePair], patch: int, sigma: float, seed: int, hflip: bool = True, rot: bool = True
+    ) -> None:
         super().__init__(pairs, seed)
         self.patch, self.sigma, self.hflip, self.rot = int(patch), float(sigma), hflip, rot
 
@@ -307,8 +324,10 @@ class UNetTrainDataset(_PairDataset):
         assert pair.lq is not None
         gt, lq = read_bgr(pair.gt), read_bgr(pair.lq)
         if gt.shape != lq.shape:
-            raise PatchSizeError(f"{pair.lq}: input {lq.shape[0]}x{lq.shape[1]} and target {pair.gt} "
-                                 f"{gt.shape[0]}x{gt.shape[1]} differ in size")
+            raise PatchSizeError(
+                f"{pair.lq}: input {lq.shape[0]}x{lq.shape[1]} and target {pair.gt} "
+                f"{gt.shape[0]}x{gt.shape[1]} differ in size"
+            )
         gt, lq = reflect_pad(gt, lq, self.patch)
         gt, lq = paired_random_crop(gt, lq, self.patch, 1, rng, str(pair.lq))
         if self.geometric_augs:
@@ -327,8 +346,9 @@ class ValidationDataset(Dataset):
     official test noise (seed per image, BGR draw order, unclipped; :mod:`mair.evaluate.noise`).
     """
 
-    def __init__(self, pairs: Sequence[ImagePair], scale: int = 1, noise: Mapping[str, Any] | None = None,
-                 dataset_id: str = "") -> None:
+    def __init__(
+        self, pairs: Sequence[ImagePair], scale: int = 1, noise: Mapping[str, Any] | None = None, dataset_id: str = ""
+    ) -> None:
         if not pairs:
             raise DatasetError(f"validation dataset {dataset_id!r} holds no images")
         self.pairs, self.scale, self.noise, self.dataset_id = list(pairs), int(scale), noise, dataset_id
@@ -351,9 +371,10 @@ class ValidationDataset(Dataset):
         h, w = lq.shape[-2:]
         s = self.scale
         if gt_rgb.shape[0] < h * s or gt_rgb.shape[1] < w * s:
-            raise PatchSizeError(f"{pair.gt}: target {gt_rgb.shape[0]}x{gt_rgb.shape[1]} is smaller than "
-                                 f"input {h}x{w} x{s}")
-        return {"lq": lq, "gt": np.ascontiguousarray(gt_rgb[:h * s, :w * s]), "name": pair.name}
+            raise PatchSizeError(
+                f"{pair.gt}: target {gt_rgb.shape[0]}x{gt_rgb.shape[1]} is smaller than input {h}x{w} x{s}"
+            )
+        return {"lq": lq, "gt": np.ascontiguousarray(gt_rgb[: h * s, : w * s]), "name": pair.name}
 
 
 # ------------------------------------------------------------------------------------------------ builders
@@ -367,8 +388,9 @@ def _train_pairs(exp: Mapping[str, Any], scope: str, data_root: PathLike | None)
     return pairs
 
 
-def build_train_dataset(exp: Mapping[str, Any], scope: str, data_root: PathLike | None = None,
-                        seed: int | None = None) -> Dataset:
+def build_train_dataset(
+    exp: Mapping[str, Any], scope: str, data_root: PathLike | None = None, seed: int | None = None
+) -> Dataset:
     """The training dataset of experiment ``exp`` (its ``task`` decides the pipeline)."""
     train = exp["train"]
     seed = int(train["seed"] if seed is None else seed)
@@ -377,18 +399,19 @@ def build_train_dataset(exp: Mapping[str, Any], scope: str, data_root: PathLike 
     patch = train["patch"]
     task = exp["task"]
     if task in ("sr_classic", "sr_light"):
-        return SRTrainDataset(pairs, int(patch["lq_size"]), int(exp["scale"]), seed, bool(aug["hflip"]),
-                              bool(aug["rot"]))
+        return SRTrainDataset(
+            pairs, int(patch["lq_size"]), int(exp["scale"]), seed, bool(aug["hflip"]), bool(aug["rot"])
+        )
     if task == "dn_color":
-        return ColorDenoiseTrainDataset(pairs, int(patch["gt_size"]), float(train["noise_sigma"]), seed,
-                                        bool(aug["hflip"]), bool(aug["rot"]))
+        return ColorDenoiseTrainDataset(
+            pairs, int(patch["gt_size"]), float(train["noise_sigma"]), seed, bool(aug["hflip"]), bool(aug["rot"])
+        )
     if task in ("dn_real", "deblur", "dehaze"):
         return UNetTrainDataset(pairs, int(patch["gt_size"]), seed, bool(aug["geometric_augs"]))
     raise DatasetError(f"experiment {exp.get('id')!r}: no training pipeline for task {task!r}")
 
 
-def build_val_dataset(exp: Mapping[str, Any], scope: str, data_root: PathLike | None = None
-                      ) -> ValidationDataset:
+def build_val_dataset(exp: Mapping[str, Any], scope: str, data_root: PathLike | None = None) -> ValidationDataset:
     """The validation set of ``exp`` (``val.dataset``)."""
     ref = exp["val"]["dataset"]
     root = dataset_folder(str(ref["id"]), scope, data_root)
@@ -423,16 +446,24 @@ def check_patch_sizes(dataset: Dataset, max_decode: int = 16) -> int:
         if isinstance(dataset, SRTrainDataset):
             s, p = dataset.scale, dataset.lq_patch
             if gt_size != (lq_size[0] * s, lq_size[1] * s):
-                raise PatchSizeError(f"{pair.gt}: target {gt_size[0]}x{gt_size[1]} is not x{s} of input "
-                                     f"{pair.lq} {lq_size[0]}x{lq_size[1]}")
+                raise PatchSizeError(
+                    f"{pair.gt}: target {gt_size[0]}x{gt_size[1]} is not x{s} of input "
+                    f"{pair.lq} {lq_size[0]}x{lq_size[1]}"
+                )
             if min(lq_size) < p:
-                raise PatchSizeError(f"{pair.lq}: input {lq_size[0]}x{lq_size[1]} is smaller than the training "
-                                     f"patch {p}x{p} (target patch {p * s}x{p * s})")
+                raise PatchSizeError(
+                    f"{pair.lq}: input {lq_size[0]}x{lq_size[1]} is smaller than the training "
+                    f"patch {p}x{p} (target patch {p * s}x{p * s})"
+                )
         elif isinstance(dataset, ColorDenoiseTrainDataset):
             if min(gt_size) < dataset.patch:
-                raise PatchSizeError(f"{pair.gt}: image {gt_size[0]}x{gt_size[1]} is smaller than the training "
-                                     f"patch {dataset.patch}x{dataset.patch}")
+                raise PatchSizeError(
+                    f"{pair.gt}: image {gt_size[0]}x{gt_size[1]} is smaller than the training "
+                    f"patch {dataset.patch}x{dataset.patch}"
+                )
         elif isinstance(dataset, UNetTrainDataset) and gt_size != lq_size:  # small images are padded
-            raise PatchSizeError(f"{pair.lq}: input {lq_size[0]}x{lq_size[1]} and target {pair.gt} "
-                                 f"{gt_size[0]}x{gt_size[1]} differ in size")
+            raise PatchSizeError(
+                f"{pair.lq}: input {lq_size[0]}x{lq_size[1]} and target {pair.gt} "
+                f"{gt_size[0]}x{gt_size[1]} differ in size"
+            )
     return checked

@@ -98,8 +98,7 @@ def detect_env(environ: Mapping[str, str] | None = None) -> DistEnv:
         rank = _int(env, "RANK", default=0) or 0
         local = _int(env, "LOCAL_RANK", default=rank) or 0
         local_world = _int(env, "LOCAL_WORLD_SIZE", default=world) or world
-        return DistEnv(rank, world, local, local_world, env.get("MASTER_ADDR"), _int(env, "MASTER_PORT"),
-                       "torchrun")
+        return DistEnv(rank, world, local, local_world, env.get("MASTER_ADDR"), _int(env, "MASTER_PORT"), "torchrun")
     world = _int(env, "SLURM_STEP_NUM_TASKS", "SLURM_NTASKS", default=1) or 1
     if "SLURM_PROCID" in env and "SLURM_STEP_ID" in env and world > 1:
         rank = _int(env, "SLURM_PROCID", default=0) or 0
@@ -136,16 +135,27 @@ def torchrun_command(nproc: int, argv: Sequence[str], python: str | None = None)
     if "--shutdown-timeout" in options:
         optional += ["--shutdown-timeout", str(SHUTDOWN_TIMEOUT)]
     return [
-        python or sys.executable, "-m", "torch.distributed.run",
-        "--nnodes", "1", "--nproc_per_node", str(nproc),
-        "--rdzv-backend", "c10d", "--rdzv-endpoint", "localhost:0",
-        "--max-restarts", "0", *optional,
-        "-m", "mair.cli", *argv,
+        python or sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes",
+        "1",
+        "--nproc_per_node",
+        str(nproc),
+        "--rdzv-backend",
+        "c10d",
+        "--rdzv-endpoint",
+        "localhost:0",
+        "--max-restarts",
+        "0",
+        *optional,
+        "-m",
+        "mair.cli",
+        *argv,
     ]
 
 
-def run_torchrun(nproc: int, argv: Sequence[str], run_dir: Path, extra_env: Mapping[str, str] | None = None
-                 ) -> int:
+def run_torchrun(nproc: int, argv: Sequence[str], run_dir: Path, extra_env: Mapping[str, str] | None = None) -> int:
     """Run the training under torchrun and wait; forward SIGTERM / SIGUSR1 / SIGINT; return the exit status.
 
     Returns :data:`EXIT_STOPPED` when the workers stopped on a signal (rank 0 wrote the stop marker during

@@ -31,8 +31,9 @@ def step_rng(seed: int, rank: int, iteration: int, micro: int = 0) -> random.Ran
     return random.Random(int(state[0]) << 32 | int(state[1]))
 
 
-def progressive_crop(lq: Tensor, gt: Tensor, mini_batch: int, patch: int, rng: random.Random,
-                     scale: int = 1) -> tuple[Tensor, Tensor]:
+def progressive_crop(
+    lq: Tensor, gt: Tensor, mini_batch: int, patch: int, rng: random.Random, scale: int = 1
+) -> tuple[Tensor, Tensor]:
     """Steps 1 and 2 above on (B, C, H, W) batches; ``patch`` is in ``lq`` pixels, ``gt`` is at ``scale``."""
     batch = lq.shape[0]
     if mini_batch < batch:
@@ -42,8 +43,8 @@ def progressive_crop(lq: Tensor, gt: Tensor, mini_batch: int, patch: int, rng: r
     if patch < h or patch < w:
         x0 = int((h - patch) * rng.random())
         y0 = int((w - patch) * rng.random())
-        lq = lq[..., x0:x0 + patch, y0:y0 + patch]
-        gt = gt[..., x0 * scale:(x0 + patch) * scale, y0 * scale:(y0 + patch) * scale]
+        lq = lq[..., x0 : x0 + patch, y0 : y0 + patch]
+        gt = gt[..., x0 * scale : (x0 + patch) * scale, y0 * scale : (y0 + patch) * scale]
     return lq, gt
 
 

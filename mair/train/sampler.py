@@ -58,19 +58,23 @@ class EnlargedSampler(Sampler[SampleKey]):
         generator = torch.Generator()
         generator.manual_seed(int(epoch))
         perm = torch.randperm(self.total_size, generator=generator)
-        return perm[self.rank:self.total_size:self.world_size].tolist()
+        return perm[self.rank : self.total_size : self.world_size].tolist()
 
     def __iter__(self) -> Iterator[SampleKey]:
         epoch = self.epoch
-        for k in self.keys(epoch)[self.position:]:
+        for k in self.keys(epoch)[self.position :]:
             yield (epoch, k)
 
     def __len__(self) -> int:
         return self.num_samples - self.position
 
     def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "position": self.position, "world_size": self.world_size,
-                "num_samples": self.num_samples}
+        return {
+            "epoch": self.epoch,
+            "position": self.position,
+            "world_size": self.world_size,
+            "num_samples": self.num_samples,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.epoch = int(state["epoch"])

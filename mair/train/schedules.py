@@ -36,8 +36,9 @@ def multistep_factor(last_epoch: int, milestones: Sequence[int], gamma: float) -
     return gamma ** bisect.bisect_right(sorted(milestones), last_epoch)
 
 
-def cosine_cyclic_lr(last_epoch: int, base_lr: float, periods: Sequence[int], restart_weights: Sequence[float],
-                     eta_mins: Sequence[float]) -> float:
+def cosine_cyclic_lr(
+    last_epoch: int, base_lr: float, periods: Sequence[int], restart_weights: Sequence[float], eta_mins: Sequence[float]
+) -> float:
     """The learning rate of ``CosineAnnealingRestartCyclicLR`` at ``last_epoch`` (spec §3c).
 
     The cycle is the first one whose cumulative end is >= ``last_epoch``; inside cycle ``c`` starting at
@@ -78,8 +79,9 @@ class MultiStepRestartLR(LRScheduler):
     The official ymls use no restarts (``restarts [0]``, weight 1), which is all this class supports.
     """
 
-    def __init__(self, optimizer: Optimizer, milestones: Sequence[int], gamma: float = 0.5,
-                 last_epoch: int = -1) -> None:
+    def __init__(
+        self, optimizer: Optimizer, milestones: Sequence[int], gamma: float = 0.5, last_epoch: int = -1
+    ) -> None:
         self.milestones = sorted(int(m) for m in milestones)
         self.gamma = float(gamma)
         super().__init__(optimizer, last_epoch)
@@ -92,8 +94,14 @@ class MultiStepRestartLR(LRScheduler):
 class CosineAnnealingRestartCyclicLR(LRScheduler):
     """Cosine cycles of lengths ``periods``, each from ``weight * base`` down to its ``eta_min``."""
 
-    def __init__(self, optimizer: Optimizer, periods: Sequence[int], restart_weights: Sequence[float],
-                 eta_mins: Sequence[float], last_epoch: int = -1) -> None:
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        periods: Sequence[int],
+        restart_weights: Sequence[float],
+        eta_mins: Sequence[float],
+        last_epoch: int = -1,
+    ) -> None:
         self.periods = [int(p) for p in periods]
         self.restart_weights = [float(w) for w in restart_weights]
         self.eta_mins = [float(m) for m in eta_mins]
@@ -102,8 +110,10 @@ class CosineAnnealingRestartCyclicLR(LRScheduler):
         super().__init__(optimizer, last_epoch)
 
     def get_lr(self) -> list[float]:  # type: ignore[override]
-        return [cosine_cyclic_lr(self.last_epoch, base, self.periods, self.restart_weights, self.eta_mins)
-                for base in self.base_lrs]
+        return [
+            cosine_cyclic_lr(self.last_epoch, base, self.periods, self.restart_weights, self.eta_mins)
+            for base in self.base_lrs
+        ]
 
 
 def build_scheduler(optimizer: Optimizer, exp: Mapping[str, Any]) -> LRScheduler:
@@ -112,16 +122,16 @@ def build_scheduler(optimizer: Optimizer, exp: Mapping[str, Any]) -> LRScheduler
     if sched["type"] == "MultiStepLR":
         return MultiStepRestartLR(optimizer, sched["milestones"], float(sched["gamma"]))
     if sched["type"] == "CosineAnnealingRestartCyclicLR":
-        return CosineAnnealingRestartCyclicLR(optimizer, sched["periods"], sched["restart_weights"],
-                                              sched["eta_mins"])
+        return CosineAnnealingRestartCyclicLR(optimizer, sched["periods"], sched["restart_weights"], sched["eta_mins"])
     raise ValueError(f"unknown scheduler type {sched['type']!r}")
 
 
 # ------------------------------------------------------------------------------------------------ progressive
 
 
-def progressive_stage(progressive: Mapping[str, Sequence[int]] | None, iteration: int,
-                      batch_per_gpu: int, gt_size: int) -> tuple[int, int]:
+def progressive_stage(
+    progressive: Mapping[str, Sequence[int]] | None, iteration: int, batch_per_gpu: int, gt_size: int
+) -> tuple[int, int]:
     """``(mini_batch_size, patch_size)`` in effect at 1-based ``iteration`` (spec §7.3).
 
     The stage is the first ``j`` with ``iteration <= cumsum(iters)[j]`` (the last stage past the end). Without

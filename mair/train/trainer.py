@@ -181,7 +181,8 @@ def plan_batch(exp: Mapping[str, Any], world_size: int, allow_mismatch: bool = F
             f"experiment {exp['id']!r}: the paper's effective batch {effective} (batch {bpg} per GPU x "
             f"{train['gpus']} GPUs) cannot be kept on {world_size} processes: {effective} is not a multiple of "
             f"{bpg} x {world_size}. Use a process count in {divisors}, or pass --allow-batch-mismatch to train "
-            f"with a different effective batch.")
+            f"with a different effective batch."
+        )
     accum = max(1, round(effective / per_step))
     return BatchPlan(bpg, world_size, accum, bpg * world_size * accum, effective)
 
@@ -213,8 +214,10 @@ def init_weights_source(exp: Mapping[str, Any], opts: TrainOptions) -> tuple[Pat
             source = str(quirk["fixed"])
             note = f"initialised from {source} (--init-fix-t-x3; the official yml uses {quirk['official']})"
         else:
-            note = (f"initialised from {source} as the official yml does (quirk: {quirk['fixed']} would be "
-                    f"the consistent choice; pass --init-fix-t-x3)")
+            note = (
+                f"initialised from {source} as the official yml does (quirk: {quirk['fixed']} would be "
+                f"the consistent choice; pass --init-fix-t-x3)"
+            )
     elif opts.init_fix_t_x3:
         warnings.warn(f"--init-fix-t-x3 has no effect on {exp['id']}", stacklevel=2)
     path = Path(opts.results_dir) / opts.scope / "weights" / f"{source}.pth"
@@ -236,10 +239,15 @@ def latest_checkpoint(run_dir: Path) -> int | None:
 def _git_commit() -> str:
     here = Path(__file__).resolve().parent
     try:
-        out = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        out = subprocess.run(
+            ["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
         return out + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -292,9 +300,15 @@ def runtime_settings(opts: TrainOptions, device: str) -> Any:
 
     backend, mode = compile_settings(opts, 1)
     try:
-        return resolve_runtime(device, opts.exact, workload="train", precision=opts.precision,
-                               compile=False if opts.no_compile else None, compile_backend=backend,
-                               compile_mode=mode)
+        return resolve_runtime(
+            device,
+            opts.exact,
+            workload="train",
+            precision=opts.precision,
+            compile=False if opts.no_compile else None,
+            compile_backend=backend,
+            compile_mode=mode,
+        )
     except RuntimeSettingsError as error:
         raise TrainError(str(error)) from None
 
@@ -304,8 +318,9 @@ def preflight(opts: TrainOptions, world_size: int) -> Preflight:
     compile_settings(opts, world_size)
     if opts.precision not in (None, "fp32", "tf32", "bf16"):
         raise TrainError(f"--precision must be one of fp32, tf32, bf16, got {opts.precision!r}")
-    runtime_settings(opts, opts.device if opts.device in ("cpu", "cuda") else
-                     ("cuda" if torch.cuda.is_available() else "cpu"))
+    runtime_settings(
+        opts, opts.device if opts.device in ("cpu", "cuda") else ("cuda" if torch.cuda.is_available() else "cpu")
+    )
     if opts.keep < 1:
         raise TrainError(f"--keep must be >= 1, got {opts.keep}")
     if opts.max_iters is not None and opts.max_iters < 1:
@@ -326,9 +341,11 @@ def preflight(opts: TrainOptions, world_size: int) -> Preflight:
     train_data.check_patch_sizes(train_set)
     sampler = EnlargedSampler(len(train_set), world_size, 0, int(exp["train"]["dataset_enlarge_ratio"]))
     if sampler.num_samples < plan.batch_per_gpu:
-        raise TrainError(f"experiment {exp['id']!r}: {len(train_set)} training images x enlargement "
-                         f"{sampler.ratio} give {sampler.num_samples} samples per process, fewer than one batch "
-                         f"of {plan.batch_per_gpu}")
+        raise TrainError(
+            f"experiment {exp['id']!r}: {len(train_set)} training images x enlargement "
+            f"{sampler.ratio} give {sampler.num_samples} samples per process, fewer than one batch "
+            f"of {plan.batch_per_gpu}"
+        )
     val_set = train_data.build_val_dataset(exp, opts.scope, opts.data_dir) if opts.validate else None
     resumable = latest_checkpoint(run_dir) if opts.resume else None
     if resumable is not None:
@@ -336,8 +353,11 @@ def preflight(opts: TrainOptions, world_size: int) -> Preflight:
     init_path, strict, note = init_weights_source(exp, opts)
     if init_path is not None and resumable is None and not init_path.is_file():
         init = exp["train"].get("init_from") or {}
-        hint = (f"train it first (`mair train {init.get('experiment')} --scope {opts.scope}`) or pass "
-                f"--init-weights PATH" if opts.init_weights is None and init else "check the path")
+        hint = (
+            f"train it first (`mair train {init.get('experiment')} --scope {opts.scope}`) or pass --init-weights PATH"
+            if opts.init_weights is None and init
+            else "check the path"
+        )
         raise TrainError(f"experiment {exp['id']!r} starts from weights {init_path}, which do not exist: {hint}")
     return Preflight(exp, plan, train_set, val_set, init_path, strict, note, resumable)
 
@@ -354,7 +374,8 @@ def _check_run_config(run_dir: Path, exp: Mapping[str, Any], opts: TrainOptions)
     if run.get("experiment") not in (None, exp["id"]) or run.get("scope") not in (None, opts.scope):
         raise TrainError(
             f"{run_dir} holds a run of {run.get('experiment')!r} ({run.get('scope')} scope), not {exp['id']!r} "
-            f"({opts.scope}); choose another --run-dir or pass --no-resume")
+            f"({opts.scope}); choose another --run-dir or pass --no-resume"
+        )
 
 
 # ------------------------------------------------------------------------------------------------ run folder
@@ -362,8 +383,7 @@ def _check_run_config(run_dir: Path, exp: Mapping[str, Any], opts: TrainOptions)
 RUN_LOCK = ".mair-train.lock"
 #: Files of a run folder written atomically, as ``(sub-folder, name pattern)``: temp files of these targets
 #: left by a killed process are removed at the next start (under the run folder's lock).
-RUN_TARGETS = (("", "*.csv"), ("", "*.yaml"), ("", "*.json"), ("models", "net_g_*.pth"),
-               ("training_states", "*.state"))
+RUN_TARGETS = (("", "*.csv"), ("", "*.yaml"), ("", "*.json"), ("models", "net_g_*.pth"), ("training_states", "*.state"))
 _SPACE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
@@ -390,8 +410,10 @@ class RunLock:
             os.close(fd)
             if error.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
                 raise TrainError(f"cannot lock the run folder {self.path.parent}: {error.strerror}") from None
-            raise TrainError(f"run folder {self.path.parent} is in use by another `mair train` (pid {holder}); "
-                             f"wait for it to end or choose another --run-dir") from None
+            raise TrainError(
+                f"run folder {self.path.parent} is in use by another `mair train` (pid {holder}); "
+                f"wait for it to end or choose another --run-dir"
+            ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
         self.fd = fd
@@ -426,9 +448,11 @@ def save_checkpoint_file(path: Path, obj: Any) -> None:
             free = f"{shutil.disk_usage(path.parent).free:,} bytes free there"
         except OSError:
             free = "free space unknown"
-        raise TrainError(f"cannot write checkpoint {path}: {error.strerror} (it needs {len(data):,} bytes; "
-                         f"{free}); free some space and rerun the same command to resume from the last "
-                         f"complete checkpoint") from None
+        raise TrainError(
+            f"cannot write checkpoint {path}: {error.strerror} (it needs {len(data):,} bytes; "
+            f"{free}); free some space and rerun the same command to resume from the last "
+            f"complete checkpoint"
+        ) from None
 
 
 # ------------------------------------------------------------------------------------------------ data stream
@@ -447,8 +471,16 @@ def _worker_init(_worker_id: int) -> None:
 class BatchStream:
     """Micro-batches from an :class:`EnlargedSampler`, across epochs, with a resumable (epoch, position)."""
 
-    def __init__(self, dataset: Dataset, sampler: EnlargedSampler, batch_size: int, num_workers: int,
-                 pin_memory: bool, epoch: int = 0, position: int = 0) -> None:
+    def __init__(
+        self,
+        dataset: Dataset,
+        sampler: EnlargedSampler,
+        batch_size: int,
+        num_workers: int,
+        pin_memory: bool,
+        epoch: int = 0,
+        position: int = 0,
+    ) -> None:
         self.sampler = sampler
         self.batch_size = batch_size
         self.epoch, self.position = epoch, position
@@ -456,10 +488,17 @@ class BatchStream:
         # global torch RNG would shift stochastic depth after every (re)start of the iterator.
         generator = torch.Generator()
         generator.manual_seed(0)
-        self.loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=True,
-                                 num_workers=num_workers, pin_memory=pin_memory,
-                                 persistent_workers=num_workers > 0, generator=generator,
-                                 worker_init_fn=_worker_init if num_workers > 0 else None)
+        self.loader = DataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=sampler,
+            drop_last=True,
+            num_workers=num_workers,
+            pin_memory=pin_memory,
+            persistent_workers=num_workers > 0,
+            generator=generator,
+            worker_init_fn=_worker_init if num_workers > 0 else None,
+        )
         self._iter: Iterator[Any] | None = None
 
     @property
@@ -510,8 +549,13 @@ def _rng_state(device: torch.device) -> dict[str, Any]:
     np_state = np.random.get_state()
     state: dict[str, Any] = {
         "python": random.getstate(),
-        "numpy": {"name": np_state[0], "keys": torch.from_numpy(np_state[1].astype(np.int64)),
-                  "pos": int(np_state[2]), "has_gauss": int(np_state[3]), "cached": float(np_state[4])},
+        "numpy": {
+            "name": np_state[0],
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached": float(np_state[4]),
+        },
         "torch": torch.get_rng_state(),
     }
     if device.type == "cuda":
@@ -615,8 +659,12 @@ class Trainer:
         self.net = self.runtime.prepare_model(net)
         params = [p for p in net.parameters() if p.requires_grad]
         optim = self.train_cfg["optimizer"]
-        kwargs = {"lr": float(optim["lr"]), "betas": tuple(float(b) for b in optim["betas"]),
-                  "eps": float(optim.get("eps", 1e-8)), "weight_decay": float(optim["weight_decay"])}
+        kwargs = {
+            "lr": float(optim["lr"]),
+            "betas": tuple(float(b) for b in optim["betas"]),
+            "eps": float(optim.get("eps", 1e-8)),
+            "weight_decay": float(optim["weight_decay"]),
+        }
         kwargs.update(self.runtime.adam_kwargs())
         if optim["type"] == "Adam":
             self.optimizer: torch.optim.Optimizer = torch.optim.Adam(params, **kwargs)
@@ -626,13 +674,22 @@ class Trainer:
             raise TrainError(f"unknown optimizer {optim['type']!r}")
         self.scheduler = build_scheduler(self.optimizer, self.exp)
         self.loss_fn = build_loss(self.train_cfg["loss"])
-        self.sampler = EnlargedSampler(len(self.pre.train_set), env.world_size, env.rank,
-                                       int(self.train_cfg["dataset_enlarge_ratio"]))
-        workers = opts.num_workers if opts.num_workers is not None else default_workers(
-            self.exp, self.device.type, env.local_world_size)
+        self.sampler = EnlargedSampler(
+            len(self.pre.train_set), env.world_size, env.rank, int(self.train_cfg["dataset_enlarge_ratio"])
+        )
+        workers = (
+            opts.num_workers
+            if opts.num_workers is not None
+            else default_workers(self.exp, self.device.type, env.local_world_size)
+        )
         self.num_workers = int(workers)
-        self.stream = BatchStream(self.pre.train_set, self.sampler, self.plan.batch_per_gpu, self.num_workers,
-                                  pin_memory=self.device.type == "cuda")
+        self.stream = BatchStream(
+            self.pre.train_set,
+            self.sampler,
+            self.plan.batch_per_gpu,
+            self.num_workers,
+            pin_memory=self.device.type == "cuda",
+        )
         self.start_iter = self._resume_or_init()
         if env.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -651,8 +708,9 @@ class Trainer:
             os.environ.setdefault("MASTER_ADDR", env.master_addr or "localhost")
             os.environ.setdefault("MASTER_PORT", str(env.master_port))
         timeout = _dt.timedelta(hours=2)  # rank 0 validates while the others wait
-        dist.init_process_group(backend, init_method="env://", rank=env.rank, world_size=env.world_size,
-                                timeout=timeout)
+        dist.init_process_group(
+            backend, init_method="env://", rank=env.rank, world_size=env.world_size, timeout=timeout
+        )
         # Control messages (stop flag, resume decision, RNG states) go through gloo on the CPU: no GPU sync.
         self.control_group = dist.new_group(backend="gloo", timeout=timeout) if backend == "nccl" else None
 
@@ -671,8 +729,16 @@ class Trainer:
         return decision[0]
 
     def _archive_previous(self) -> None:
-        names = ["models", "training_states", "train_log.csv", "val_log.csv", "config.yaml", "best.json",
-                 "mlflow_run.json", STOP_MARKER]
+        names = [
+            "models",
+            "training_states",
+            "train_log.csv",
+            "val_log.csv",
+            "config.yaml",
+            "best.json",
+            "mlflow_run.json",
+            STOP_MARKER,
+        ]
         present = [n for n in names if (self.run_dir / n).exists()]
         if not present:
             return
@@ -691,8 +757,10 @@ class Trainer:
             if self.pre.init_path is not None:
                 report = load_weights(self.net, self.pre.init_path, strict=self.pre.init_strict)
                 if not report.loaded:
-                    raise CheckpointError(f"{self.pre.init_path}: no tensor fits {self.exp['network']['arch']} "
-                                          f"of {self.exp['id']}; is it a checkpoint of another architecture?")
+                    raise CheckpointError(
+                        f"{self.pre.init_path}: no tensor fits {self.exp['network']['arch']} "
+                        f"of {self.exp['id']}; is it a checkpoint of another architecture?"
+                    )
                 self.init_report = report.summary()
                 _log(f"{self.pre.init_note}: {self.init_report}", self.env)
             else:
@@ -703,11 +771,15 @@ class Trainer:
         try:
             state = torch.load(state_path, map_location="cpu", weights_only=True)
         except Exception as error:
-            raise TrainError(f"{state_path}: cannot read the training state ({error}); remove it to resume from "
-                             f"an earlier checkpoint, or pass --no-resume") from None
+            raise TrainError(
+                f"{state_path}: cannot read the training state ({error}); remove it to resume from "
+                f"an earlier checkpoint, or pass --no-resume"
+            ) from None
         if state.get("experiment") != self.exp["id"] or state.get("scope") != self.opts.scope:
-            raise TrainError(f"{state_path} belongs to {state.get('experiment')!r} ({state.get('scope')}); "
-                             f"choose another --run-dir or pass --no-resume")
+            raise TrainError(
+                f"{state_path} belongs to {state.get('experiment')!r} ({state.get('scope')}); "
+                f"choose another --run-dir or pass --no-resume"
+            )
         load_weights(self.net, weights_path, strict=True)
         self.optimizer.load_state_dict(state["optimizers"][0])
         self.scheduler.load_state_dict(state["schedulers"][0])
@@ -716,9 +788,11 @@ class Trainer:
         if old_world == self.env.world_size:
             _set_rng_state(state["rng"][self.env.rank], self.device)
         else:
-            warnings.warn(f"resuming a run of {old_world} processes on {self.env.world_size}: the data order and "
-                          f"random streams change (the run is no longer bit-identical to an uninterrupted one)",
-                          stacklevel=2)
+            warnings.warn(
+                f"resuming a run of {old_world} processes on {self.env.world_size}: the data order and "
+                f"random streams change (the run is no longer bit-identical to an uninterrupted one)",
+                stacklevel=2,
+            )
             position = (position * old_world // self.env.world_size) // self.plan.batch_per_gpu
             position *= self.plan.batch_per_gpu
             if position + self.plan.batch_per_gpu > self.sampler.num_samples:
@@ -746,19 +820,32 @@ class Trainer:
         from mair.models.scan import describe_backend_choice
 
         return {
-            "experiment": self.exp["id"], "scope": self.opts.scope, "launcher": self.env.launcher,
-            "world_size": self.env.world_size, "device": str(self.device.type),
-            "batch_per_gpu": self.plan.batch_per_gpu, "accum": self.plan.accum,
-            "effective_batch": self.plan.effective_batch, "paper_effective_batch": self.plan.paper_effective_batch,
-            "paper_gpus": int(self.exp["paper_gpus"]), "precision": self.runtime.precision,
-            "compile": self.runtime.compile_backend, "compile_mode": self.runtime.compile_mode,
+            "experiment": self.exp["id"],
+            "scope": self.opts.scope,
+            "launcher": self.env.launcher,
+            "world_size": self.env.world_size,
+            "device": str(self.device.type),
+            "batch_per_gpu": self.plan.batch_per_gpu,
+            "accum": self.plan.accum,
+            "effective_batch": self.plan.effective_batch,
+            "paper_effective_batch": self.plan.paper_effective_batch,
+            "paper_gpus": int(self.exp["paper_gpus"]),
+            "precision": self.runtime.precision,
+            "compile": self.runtime.compile_backend,
+            "compile_mode": self.runtime.compile_mode,
             "runtime": self.runtime.as_dict(),
-            "num_workers": self.num_workers, "max_iters": self.opts.max_iters,
-            "total_iter": int(self.train_cfg["total_iter"]), "checkpoint_every": self.checkpoint_every,
-            "keep": self.opts.keep, "seed": self.seed, "init": self.pre.init_note, "init_report": self.init_report,
+            "num_workers": self.num_workers,
+            "max_iters": self.opts.max_iters,
+            "total_iter": int(self.train_cfg["total_iter"]),
+            "checkpoint_every": self.checkpoint_every,
+            "keep": self.opts.keep,
+            "seed": self.seed,
+            "init": self.pre.init_note,
+            "init_report": self.init_report,
             "scan_backend": describe_backend_choice(self.device, self.runtime.scan_backend),
             "git_commit": _git_commit(),
-            "torch": str(torch.__version__), "resumed_from": self.start_iter or None,
+            "torch": str(torch.__version__),
+            "resumed_from": self.start_iter or None,
             "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         }
 
@@ -779,23 +866,50 @@ class Trainer:
                 saved = json.loads(record.read_text(encoding="utf-8"))
                 if saved.get("tracking_uri") == self.tracker.uri:
                     previous = saved.get("run_id")
-        tags = {"mair.kind": "training", "mair.experiment": self.exp["id"], "mair.scope": self.opts.scope,
-                "mair.git_commit": info["git_commit"], "mair.world_size": info["world_size"],
-                "mair.effective_batch": info["effective_batch"], "mair.accum": info["accum"],
-                "mair.scan_backend": info["scan_backend"], "mair.device": info["device"],
-                "mair.run_dir": str(self.run_dir.absolute()), **tracking.runtime_tags(info["runtime"])}
+        tags = {
+            "mair.kind": "training",
+            "mair.experiment": self.exp["id"],
+            "mair.scope": self.opts.scope,
+            "mair.git_commit": info["git_commit"],
+            "mair.world_size": info["world_size"],
+            "mair.effective_batch": info["effective_batch"],
+            "mair.accum": info["accum"],
+            "mair.scan_backend": info["scan_backend"],
+            "mair.device": info["device"],
+            "mair.run_dir": str(self.run_dir.absolute()),
+            **tracking.runtime_tags(info["runtime"]),
+        }
         name = tracking.mlflow_experiment_name(self.opts.scope, self.exp["id"])
         run_id = self.tracker.start(name, f"train {self.exp['id']}", tags, run_id=previous, source="mair train")
         if run_id is None:
             return
-        atomic_write_json(record, {"run_id": run_id, "tracking_uri": self.tracker.uri,
-                                   "experiment": name})
-        exp_params = {k: v for k, v in self.exp.items()
-                      if k in ("id", "scope", "task", "scale", "network", "train", "val", "paper_gpus")}
+        atomic_write_json(record, {"run_id": run_id, "tracking_uri": self.tracker.uri, "experiment": name})
+        exp_params = {
+            k: v
+            for k, v in self.exp.items()
+            if k in ("id", "scope", "task", "scale", "network", "train", "val", "paper_gpus")
+        }
         params = tracking.flatten_params(exp_params)
-        params.update({f"run.{k}": str(v) for k, v in info.items()
-                       if k in ("world_size", "batch_per_gpu", "accum", "effective_batch", "paper_effective_batch",
-                                "precision", "num_workers", "max_iters", "checkpoint_every", "keep", "init")})
+        params.update(
+            {
+                f"run.{k}": str(v)
+                for k, v in info.items()
+                if k
+                in (
+                    "world_size",
+                    "batch_per_gpu",
+                    "accum",
+                    "effective_batch",
+                    "paper_effective_batch",
+                    "precision",
+                    "num_workers",
+                    "max_iters",
+                    "checkpoint_every",
+                    "keep",
+                    "init",
+                )
+            }
+        )
         self.tracker.log_params(params)
         self.tracker.log_artifact(self.run_dir / "config.yaml")
 
@@ -872,12 +986,21 @@ class Trainer:
 
             save_checkpoint_file(self.run_dir / "models" / f"net_g_{iteration}.pth", weights_payload(self.net))
             state = {
-                "format": STATE_FORMAT, "experiment": self.exp["id"], "scope": self.opts.scope,
-                "arch": self.exp["network"]["arch"], "iter": iteration, "epoch": self.stream.epoch,
-                "position": self.stream.position, "world_size": self.env.world_size,
-                "accum": self.plan.accum, "batch_per_gpu": self.plan.batch_per_gpu,
-                "optimizers": [self.optimizer.state_dict()], "schedulers": [self.scheduler.state_dict()],
-                "rng": rng, "elapsed": self._elapsed(), "best": dict(self.best),
+                "format": STATE_FORMAT,
+                "experiment": self.exp["id"],
+                "scope": self.opts.scope,
+                "arch": self.exp["network"]["arch"],
+                "iter": iteration,
+                "epoch": self.stream.epoch,
+                "position": self.stream.position,
+                "world_size": self.env.world_size,
+                "accum": self.plan.accum,
+                "batch_per_gpu": self.plan.batch_per_gpu,
+                "optimizers": [self.optimizer.state_dict()],
+                "schedulers": [self.scheduler.state_dict()],
+                "rng": rng,
+                "elapsed": self._elapsed(),
+                "best": dict(self.best),
                 "last_validation": self.last_validation,
             }
             save_checkpoint_file(self.run_dir / "training_states" / f"{iteration}.state", state)
@@ -885,9 +1008,10 @@ class Trainer:
         self.last_checkpoint = iteration
 
     def _prune_checkpoints(self) -> None:
-        states = sorted((int(p.stem), p) for p in (self.run_dir / "training_states").glob("*.state")
-                        if p.stem.isdigit())
-        for it, path in states[:-self.opts.keep]:
+        states = sorted(
+            (int(p.stem), p) for p in (self.run_dir / "training_states").glob("*.state") if p.stem.isdigit()
+        )
+        for it, path in states[: -self.opts.keep]:
             path.unlink(missing_ok=True)
             (self.run_dir / "models" / f"net_g_{it}.pth").unlink(missing_ok=True)
 
@@ -917,8 +1041,7 @@ class Trainer:
                 item = self.pre.val_set[i]
                 lq = item["lq"][None].to(self.device)
                 with self._autocast():
-                    out = (official_tile_forward(net, lq) if val["protocol"] == "tile"
-                           else pad_forward(net, lq, 8))
+                    out = official_tile_forward(net, lq) if val["protocol"] == "tile" else pad_forward(net, lq, 8)
                 out = out.float()
                 gt = item["gt"]
                 if not unet:
@@ -964,13 +1087,19 @@ class Trainer:
             info = self._run_info()
             self._write_config(info)
             self._start_tracking(info)
-            _log(f"{self.exp['id']} ({opts.scope}): {env.world_size} process(es) on {self.device.type}, batch "
-                 f"{self.plan.batch_per_gpu} x {env.world_size} x accumulation {self.plan.accum} = "
-                 f"{self.plan.effective_batch} (paper {self.plan.paper_effective_batch}); iterations "
-                 f"{self.start_iter + 1}..{stop_at} of {total_iter}; {info['scan_backend']}", env)
+            _log(
+                f"{self.exp['id']} ({opts.scope}): {env.world_size} process(es) on {self.device.type}, batch "
+                f"{self.plan.batch_per_gpu} x {env.world_size} x accumulation {self.plan.accum} = "
+                f"{self.plan.effective_batch} (paper {self.plan.paper_effective_batch}); iterations "
+                f"{self.start_iter + 1}..{stop_at} of {total_iter}; {info['scan_backend']}",
+                env,
+            )
             if not self.plan.exact:
-                _log(f"WARNING: effective batch {self.plan.effective_batch} differs from the paper's "
-                     f"{self.plan.paper_effective_batch} (--allow-batch-mismatch)", env)
+                _log(
+                    f"WARNING: effective batch {self.plan.effective_batch} differs from the paper's "
+                    f"{self.plan.paper_effective_batch} (--allow-batch-mismatch)",
+                    env,
+                )
         self._install_signals()
         iteration = self.start_iter
         loss_sum = torch.zeros((), device=self.device)
@@ -1033,11 +1162,11 @@ class Trainer:
             lr = float(self.optimizer.param_groups[0]["lr"])
             self.train_log.write(iteration, self.stream.epoch, loss, lr, round(self._elapsed(), 3))
             if self.tracker is not None:
-                self.tracker.log_metrics({"loss": loss, "lr": lr, "epoch": float(self.stream.epoch)},
-                                         step=iteration)
+                self.tracker.log_metrics({"loss": loss, "lr": lr, "epoch": float(self.stream.epoch)}, step=iteration)
         if not math.isfinite(loss):  # the same reduced value on every rank: all stop together
-            raise TrainError(f"iteration {iteration}: the loss is {loss}; stopping (last checkpoint: "
-                             f"{self.last_checkpoint})")
+            raise TrainError(
+                f"iteration {iteration}: the loss is {loss}; stopping (last checkpoint: {self.last_checkpoint})"
+            )
 
     def _barrier(self) -> None:
         if self.env.distributed:
@@ -1046,10 +1175,14 @@ class Trainer:
     def _finish_stopped(self, iteration: int) -> TrainResult:
         signame = signal.Signals(self.stop_signal).name if self.stop_signal else "a signal on another rank"
         if self.env.is_main:
-            atomic_write_json(self.run_dir / STOP_MARKER, {"iteration": iteration, "signal": signame,
-                                                           "exit_code": EXIT_STOPPED})
-            _log(f"stopped by {signame} at iteration {iteration}; checkpoint written; resume with the same "
-                 f"command (exit status {EXIT_STOPPED})", self.env)
+            atomic_write_json(
+                self.run_dir / STOP_MARKER, {"iteration": iteration, "signal": signame, "exit_code": EXIT_STOPPED}
+            )
+            _log(
+                f"stopped by {signame} at iteration {iteration}; checkpoint written; resume with the same "
+                f"command (exit status {EXIT_STOPPED})",
+                self.env,
+            )
             if self.tracker is not None:
                 self.tracker.set_tags({"mair.stopped_at": iteration})
                 self.tracker.end("KILLED")
@@ -1067,15 +1200,23 @@ class Trainer:
                 _log(f"finished {self.exp['id']} at iteration {iteration}; final weights: {weights}", self.env)
                 if self.tracker is not None:
                     self.tracker.log_artifact(weights)
-                    self.tracker.log_model(weights, self.exp["id"], files=[self.run_dir / "config.yaml"],
-                                           params={"experiment": self.exp["id"], "scope": self.opts.scope,
-                                                   "iterations": iteration}, step=iteration)
+                    self.tracker.log_model(
+                        weights,
+                        self.exp["id"],
+                        files=[self.run_dir / "config.yaml"],
+                        params={"experiment": self.exp["id"], "scope": self.opts.scope, "iterations": iteration},
+                        step=iteration,
+                    )
             else:
-                _log(f"stopped at --max-iters {iteration} of {total_iter}: final weights not exported; the "
-                     f"checkpoint is {self.run_dir / 'models' / f'net_g_{iteration}.pth'}", self.env)
+                _log(
+                    f"stopped at --max-iters {iteration} of {total_iter}: final weights not exported; the "
+                    f"checkpoint is {self.run_dir / 'models' / f'net_g_{iteration}.pth'}",
+                    self.env,
+                )
             if self.tracker is not None:
-                self.tracker.log_artifacts([self.run_dir / n for n in ("train_log.csv", "val_log.csv", "best.json")],
-                                           "logs")
+                self.tracker.log_artifacts(
+                    [self.run_dir / n for n in ("train_log.csv", "val_log.csv", "best.json")], "logs"
+                )
                 self.tracker.end("FINISHED")
         self._barrier()
         return TrainResult(0, iteration, self.run_dir, weights, dict(self.best))

@@ -43,8 +43,16 @@ from .api import _validate
 from .api import selective_scan as _eager_selective_scan
 from .registry import resolve_backend
 
-__all__ = ["ENV_VAR", "compile_model", "enable", "is_enabled", "nss_scan", "nss_scan_gated", "resolved_backend",
-           "selective_scan"]
+__all__ = [
+    "ENV_VAR",
+    "compile_model",
+    "enable",
+    "is_enabled",
+    "nss_scan",
+    "nss_scan_gated",
+    "resolved_backend",
+    "selective_scan",
+]
 
 ENV_VAR = "MAIR_SCAN_CUSTOM_OP"
 _NUM_INPUTS = 7  # u/x, delta, A, B, C, D, delta_bias: the differentiable inputs of both ops
@@ -110,8 +118,11 @@ def _fresh(outputs: Sequence[Tensor], inputs: Sequence[Tensor | None]) -> list[T
     return fresh
 
 
-_AUTOGRAD_KEYS = (torch._C.DispatchKey.AutogradFunctionality, torch._C.DispatchKey.AutogradOther,
-                  torch._C.DispatchKey.AutogradNestedTensor)
+_AUTOGRAD_KEYS = (
+    torch._C.DispatchKey.AutogradFunctionality,
+    torch._C.DispatchKey.AutogradOther,
+    torch._C.DispatchKey.AutogradNestedTensor,
+)
 
 
 @contextmanager
@@ -132,13 +143,16 @@ def _autograd_recording() -> Iterator[None]:
             torch._C._dispatch_tls_set_dispatch_key_excluded(key, True)
 
 
-def _grads(forward: Callable[..., Tensor], inputs: Sequence[Tensor | None], needs: Sequence[bool],
-           dy: Tensor) -> list[Tensor]:
+def _grads(
+    forward: Callable[..., Tensor], inputs: Sequence[Tensor | None], needs: Sequence[bool], dy: Tensor
+) -> list[Tensor]:
     """Gradients of ``forward(*inputs)`` for the inputs flagged in ``needs`` (empty tensors for the others),
     by recomputing ``forward`` under autograd on detached copies of the inputs."""
     with _autograd_recording():
-        leaves = [None if t is None else t.detach().requires_grad_(bool(n) and t.is_floating_point())
-                  for t, n in zip(inputs, needs, strict=True)]
+        leaves = [
+            None if t is None else t.detach().requires_grad_(bool(n) and t.is_floating_point())
+            for t, n in zip(inputs, needs, strict=True)
+        ]
         wanted = [t for t in leaves if t is not None and t.requires_grad]
         found = iter(torch.autograd.grad(forward(*leaves), wanted, dy, allow_unused=True) if wanted else ())
     grads = []
@@ -151,8 +165,10 @@ def _grads(forward: Callable[..., Tensor], inputs: Sequence[Tensor | None], need
 
 
 def _fake_grads(inputs: Sequence[Tensor | None], needs: Sequence[bool], dy: Tensor) -> list[Tensor]:
-    return [torch.empty_like(t, memory_format=torch.contiguous_format) if t is not None and n else dy.new_empty(0)
-            for t, n in zip(inputs, needs, strict=True)]
+    return [
+        torch.empty_like(t, memory_format=torch.contiguous_format) if t is not None and n else dy.new_empty(0)
+        for t, n in zip(inputs, needs, strict=True)
+    ]
 
 
 def _needs(ctx: Any) -> list[bool]:
@@ -170,23 +186,51 @@ def _as_grads(ctx: Any, grads: Sequence[Tensor], extra: int) -> tuple[Tensor | N
 
 
 @torch.library.custom_op("mair::selective_scan", mutates_args=())
-def _selective_scan_op(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
-                       delta_bias: Tensor | None, delta_softplus: bool, backend: str) -> Tensor:
+def _selective_scan_op(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None,
+    delta_bias: Tensor | None,
+    delta_softplus: bool,
+    backend: str,
+) -> Tensor:
     y = _eager_selective_scan(u, delta, A, B, C, D, delta_bias, delta_softplus, backend=backend)
     return _fresh([y], [u, delta, A, B, C, D, delta_bias])[0]
 
 
 @_selective_scan_op.register_fake
-def _(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None, delta_bias: Tensor | None,
-      delta_softplus: bool, backend: str) -> Tensor:
+def _(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None,
+    delta_bias: Tensor | None,
+    delta_softplus: bool,
+    backend: str,
+) -> Tensor:
     _validate(u, delta, A, B, C, D, delta_bias)
     return torch.empty_like(u, memory_format=torch.contiguous_format)
 
 
 @torch.library.custom_op("mair::selective_scan_bwd", mutates_args=())
-def _selective_scan_bwd_op(dy: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
-                           D: Tensor | None, delta_bias: Tensor | None, delta_softplus: bool, backend: str,
-                           needs: list[bool]) -> list[Tensor]:
+def _selective_scan_bwd_op(
+    dy: Tensor,
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None,
+    delta_bias: Tensor | None,
+    delta_softplus: bool,
+    backend: str,
+    needs: list[bool],
+) -> list[Tensor]:
     def forward(*args: Tensor | None) -> Tensor:
         return _eager_selective_scan(*args, delta_softplus=delta_softplus, backend=backend)
 
@@ -194,8 +238,19 @@ def _selective_scan_bwd_op(dy: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: T
 
 
 @_selective_scan_bwd_op.register_fake
-def _(dy: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
-      delta_bias: Tensor | None, delta_softplus: bool, backend: str, needs: list[bool]) -> list[Tensor]:
+def _(
+    dy: Tensor,
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None,
+    delta_bias: Tensor | None,
+    delta_softplus: bool,
+    backend: str,
+    needs: list[bool],
+) -> list[Tensor]:
     return _fake_grads([u, delta, A, B, C, D, delta_bias], needs, dy)
 
 
@@ -218,9 +273,18 @@ _selective_scan_op.register_autograd(_selective_scan_backward, setup_context=_se
 
 
 @torch.library.custom_op("mair::nss_scan", mutates_args=())
-def _nss_scan_op(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
-                 delta_bias: Tensor | None, ids: Tensor, delta_softplus: bool,
-                 delta_weight: Tensor | None = None) -> tuple[Tensor, Tensor]:
+def _nss_scan_op(
+    x: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None,
+    delta_bias: Tensor | None,
+    ids: Tensor,
+    delta_softplus: bool,
+    delta_weight: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
     from .triton_backend import nss_scan_forward
 
     y, states = nss_scan_forward(x, delta, A, B, C, D, delta_bias, ids, delta_softplus, delta_weight)
@@ -237,8 +301,18 @@ def _fake_states(x: Tensor, delta: Tensor, A: Tensor) -> Tensor:
 
 
 @_nss_scan_op.register_fake
-def _(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None, delta_bias: Tensor | None,
-      ids: Tensor, delta_softplus: bool, delta_weight: Tensor | None = None) -> tuple[Tensor, Tensor]:
+def _(
+    x: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None,
+    delta_bias: Tensor | None,
+    ids: Tensor,
+    delta_softplus: bool,
+    delta_weight: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
     from .triton_backend import check_nss_shapes
 
     check_nss_shapes(x, delta, ids, delta_weight)
@@ -246,9 +320,21 @@ def _(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | Non
 
 
 @torch.library.custom_op("mair::nss_scan_bwd", mutates_args=())
-def _nss_scan_bwd_op(dy: Tensor, x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
-                     delta_bias: Tensor | None, delta_weight: Tensor | None, ids: Tensor, states: Tensor,
-                     delta_softplus: bool, needs: list[bool]) -> list[Tensor]:
+def _nss_scan_bwd_op(
+    dy: Tensor,
+    x: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None,
+    delta_bias: Tensor | None,
+    delta_weight: Tensor | None,
+    ids: Tensor,
+    states: Tensor,
+    delta_softplus: bool,
+    needs: list[bool],
+) -> list[Tensor]:
     from .triton_backend import nss_scan_backward
 
     inputs = [x, delta, A, B, C, D, delta_bias, delta_weight]
@@ -258,11 +344,23 @@ def _nss_scan_bwd_op(dy: Tensor, x: Tensor, delta: Tensor, A: Tensor, B: Tensor,
 
 
 @_nss_scan_bwd_op.register_fake
-def _(dy: Tensor, x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
-      delta_bias: Tensor | None, delta_weight: Tensor | None, ids: Tensor, states: Tensor, delta_softplus: bool,
-      needs: list[bool]) -> list[Tensor]:
+def _(
+    dy: Tensor,
+    x: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None,
+    delta_bias: Tensor | None,
+    delta_weight: Tensor | None,
+    ids: Tensor,
+    states: Tensor,
+    delta_softplus: bool,
+    needs: list[bool],
+) -> list[Tensor]:
     inputs = [x, delta, A, B, C, D, delta_bias, delta_weight]
-    return _fake_grads(inputs[:len(needs)], needs, dy)
+    return _fake_grads(inputs[: len(needs)], needs, dy)
 
 
 def _nss_needs(ctx: Any) -> list[bool]:
@@ -293,37 +391,94 @@ _nss_scan_op.register_autograd(_nss_scan_backward, setup_context=_nss_scan_setup
 
 
 @torch.library.custom_op("mair::nss_scan_gated", mutates_args=())
-def _nss_scan_gated_op(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
-                       delta_bias: Tensor | None, ids: Tensor, delta_softplus: bool, delta_weight: Tensor | None,
-                       gate_weight: Tensor, gate_bias: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def _nss_scan_gated_op(
+    x: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None,
+    delta_bias: Tensor | None,
+    ids: Tensor,
+    delta_softplus: bool,
+    delta_weight: Tensor | None,
+    gate_weight: Tensor,
+    gate_bias: Tensor,
+) -> tuple[Tensor, Tensor, Tensor]:
     from .nss_gated import nss_scan_gated_forward
 
-    return tuple(nss_scan_gated_forward(x, delta, A, B, C, D, delta_bias, ids, delta_softplus, delta_weight,
-                                        gate_weight, gate_bias))
+    return tuple(
+        nss_scan_gated_forward(
+            x, delta, A, B, C, D, delta_bias, ids, delta_softplus, delta_weight, gate_weight, gate_bias
+        )
+    )
 
 
 @_nss_scan_gated_op.register_fake
-def _(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None, delta_bias: Tensor | None,
-      ids: Tensor, delta_softplus: bool, delta_weight: Tensor | None, gate_weight: Tensor,
-      gate_bias: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def _(
+    x: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None,
+    delta_bias: Tensor | None,
+    ids: Tensor,
+    delta_softplus: bool,
+    delta_weight: Tensor | None,
+    gate_weight: Tensor,
+    gate_bias: Tensor,
+) -> tuple[Tensor, Tensor, Tensor]:
     from .nss_gated import check_gate_shapes
     from .triton_backend import check_nss_shapes
 
     check_nss_shapes(x, delta, ids, delta_weight)
     check_gate_shapes(x, delta, gate_weight, gate_bias)
-    return (torch.empty_like(x, memory_format=torch.contiguous_format), _fake_states(x, delta, A),
-            x.new_empty(x.shape[0], delta.shape[1], x.shape[2], dtype=torch.float32))
+    return (
+        torch.empty_like(x, memory_format=torch.contiguous_format),
+        _fake_states(x, delta, A),
+        x.new_empty(x.shape[0], delta.shape[1], x.shape[2], dtype=torch.float32),
+    )
 
 
 @torch.library.custom_op("mair::nss_scan_gated_bwd", mutates_args=())
-def _nss_scan_gated_bwd_op(dout: Tensor, x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
-                           D: Tensor | None, delta_bias: Tensor | None, delta_weight: Tensor | None,
-                           gate_weight: Tensor, gate_bias: Tensor, ids: Tensor, states: Tensor, mean: Tensor,
-                           delta_softplus: bool, needs: list[bool]) -> list[Tensor]:
+def _nss_scan_gated_bwd_op(
+    dout: Tensor,
+    x: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None,
+    delta_bias: Tensor | None,
+    delta_weight: Tensor | None,
+    gate_weight: Tensor,
+    gate_bias: Tensor,
+    ids: Tensor,
+    states: Tensor,
+    mean: Tensor,
+    delta_softplus: bool,
+    needs: list[bool],
+) -> list[Tensor]:
     from .nss_gated import nss_scan_gated_backward
 
-    grads = nss_scan_gated_backward(dout.contiguous(), x, delta, A, B, C, D, delta_bias, ids, states, mean,
-                                    delta_softplus, delta_weight, gate_weight, gate_bias)
+    grads = nss_scan_gated_backward(
+        dout.contiguous(),
+        x,
+        delta,
+        A,
+        B,
+        C,
+        D,
+        delta_bias,
+        ids,
+        states,
+        mean,
+        delta_softplus,
+        delta_weight,
+        gate_weight,
+        gate_bias,
+    )
     if delta_weight is None:  # the scan's gradients have no delta_weight entry then
         grads = (*grads[:_NUM_INPUTS], None, *grads[_NUM_INPUTS:])
     out = [g if n and g is not None else dout.new_empty(0) for g, n in zip(grads, needs, strict=True)]
@@ -331,9 +486,24 @@ def _nss_scan_gated_bwd_op(dout: Tensor, x: Tensor, delta: Tensor, A: Tensor, B:
 
 
 @_nss_scan_gated_bwd_op.register_fake
-def _(dout: Tensor, x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
-      delta_bias: Tensor | None, delta_weight: Tensor | None, gate_weight: Tensor, gate_bias: Tensor, ids: Tensor,
-      states: Tensor, mean: Tensor, delta_softplus: bool, needs: list[bool]) -> list[Tensor]:
+def _(
+    dout: Tensor,
+    x: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None,
+    delta_bias: Tensor | None,
+    delta_weight: Tensor | None,
+    gate_weight: Tensor,
+    gate_bias: Tensor,
+    ids: Tensor,
+    states: Tensor,
+    mean: Tensor,
+    delta_softplus: bool,
+    needs: list[bool],
+) -> list[Tensor]:
     return _fake_grads([x, delta, A, B, C, D, delta_bias, delta_weight, gate_weight, gate_bias], needs, dout)
 
 
@@ -342,13 +512,15 @@ _GATED_GRAD_INPUTS = (0, 1, 2, 3, 4, 5, 6, 9, 10, 11)  # x .. delta_bias, delta_
 
 def _nss_scan_gated_setup(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, Tensor, Tensor]) -> None:
     x, delta, A, B, C, D, delta_bias, ids, delta_softplus, delta_weight, gate_weight, gate_bias = inputs
-    ctx.save_for_backward(x, delta, A, B, C, D, delta_bias, delta_weight, gate_weight, gate_bias, ids, output[1],
-                          output[2])
+    ctx.save_for_backward(
+        x, delta, A, B, C, D, delta_bias, delta_weight, gate_weight, gate_bias, ids, output[1], output[2]
+    )
     ctx.delta_softplus = delta_softplus
 
 
-def _nss_scan_gated_backward(ctx: Any, dout: Tensor, _dstates: Tensor | None,
-                             _dmean: Tensor | None) -> tuple[Tensor | None, ...]:
+def _nss_scan_gated_backward(
+    ctx: Any, dout: Tensor, _dstates: Tensor | None, _dmean: Tensor | None
+) -> tuple[Tensor | None, ...]:
     *saved, ids, states, mean = ctx.saved_tensors
     needs = [bool(ctx.needs_input_grad[i]) for i in _GATED_GRAD_INPUTS]
     grads = _nss_scan_gated_bwd_op(dout, *saved, ids, states, mean, ctx.delta_softplus, needs)
@@ -363,34 +535,64 @@ _nss_scan_gated_op.register_autograd(_nss_scan_gated_backward, setup_context=_ns
 # What the model calls
 
 
-def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
-                   delta_bias: Tensor | None = None, delta_softplus: bool = False,
-                   backend: str | None = None) -> Tensor:
+def selective_scan(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None = None,
+    delta_bias: Tensor | None = None,
+    delta_softplus: bool = False,
+    backend: str | None = None,
+) -> Tensor:
     """:func:`mair.models.scan.selective_scan` through ``mair::selective_scan`` (same arguments and result);
     ``backend`` is resolved here (a compile-time constant under ``torch.compile``)."""
     name = resolved_backend(backend, u.device)
     return _selective_scan_op(u, delta, A, B, C, D, delta_bias, bool(delta_softplus), name)
 
 
-def nss_scan(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
-             delta_bias: Tensor | None, ids: Tensor, delta_softplus: bool = True,
-             delta_weight: Tensor | None = None) -> Tensor:
+def nss_scan(
+    x: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None,
+    delta_bias: Tensor | None,
+    ids: Tensor,
+    delta_softplus: bool = True,
+    delta_weight: Tensor | None = None,
+) -> Tensor:
     """:func:`mair.models.scan.triton_backend.nss_scan` through ``mair::nss_scan`` (same arguments and result;
     the op's second output, the chunk states, stays inside for the backward)."""
     return _nss_scan_op(x, delta, A, B, C, D, delta_bias, ids, bool(delta_softplus), delta_weight)[0]
 
 
-def nss_scan_gated(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
-                   delta_bias: Tensor | None, ids: Tensor, delta_softplus: bool, delta_weight: Tensor | None,
-                   gate_weight: Tensor, gate_bias: Tensor) -> Tensor:
+def nss_scan_gated(
+    x: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None,
+    delta_bias: Tensor | None,
+    ids: Tensor,
+    delta_softplus: bool,
+    delta_weight: Tensor | None,
+    gate_weight: Tensor,
+    gate_bias: Tensor,
+) -> Tensor:
     """:func:`mair.models.scan.nss_gated.nss_scan_gated` through ``mair::nss_scan_gated`` (same arguments and
     result; the chunk states and the means stay inside for the backward)."""
-    return _nss_scan_gated_op(x, delta, A, B, C, D, delta_bias, ids, bool(delta_softplus), delta_weight,
-                              gate_weight, gate_bias)[0]
+    return _nss_scan_gated_op(
+        x, delta, A, B, C, D, delta_bias, ids, bool(delta_softplus), delta_weight, gate_weight, gate_bias
+    )[0]
 
 
-def compile_model(model: nn.Module, fullgraph: bool = True, dynamic: bool | None = False,
-                  **compile_kwargs: Any) -> nn.Module:
+def compile_model(
+    model: nn.Module, fullgraph: bool = True, dynamic: bool | None = False, **compile_kwargs: Any
+) -> nn.Module:
     """Turn the custom-op switch on (:func:`enable`) and return ``torch.compile(model, fullgraph=fullgraph,
     dynamic=dynamic, **compile_kwargs)``.
 

@@ -53,8 +53,7 @@ def ssa_gate(pooled: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
         return torch.sigmoid(logits)
 
 
-def ssa_gate_backward(d_gate: Tensor, gate: Tensor, pooled: Tensor, weight: Tensor
-                      ) -> tuple[Tensor, Tensor, Tensor]:
+def ssa_gate_backward(d_gate: Tensor, gate: Tensor, pooled: Tensor, weight: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Gradients of :func:`ssa_gate` (pooled, weight, bias) from the gate's gradient and the gate itself."""
     with _autocast_off(pooled.device.type):
         d_logits = d_gate.to(gate.dtype) * gate * (1 - gate)  # (B, K, D)
@@ -89,8 +88,9 @@ def gated_sum_triton(ys: Tensor, gate: Tensor) -> Tensor:
     out = torch.empty(batch, length, channels, device=ys.device, dtype=ys.dtype)
     span = length * channels
     grid = ((span + GATED_SUM_BLOCK - 1) // GATED_SUM_BLOCK, batch)
-    gated_sum_kernel[grid](ys, gate.float().contiguous(), out, span, channels, K=groups, BLOCK=GATED_SUM_BLOCK,
-                           num_warps=4)
+    gated_sum_kernel[grid](
+        ys, gate.float().contiguous(), out, span, channels, K=groups, BLOCK=GATED_SUM_BLOCK, num_warps=4
+    )
     return out
 
 
@@ -98,14 +98,27 @@ def check_gate_shapes(x: Tensor, delta: Tensor, gate_weight: Tensor, gate_bias: 
     """Raise ValueError unless the gate's parameters fit (D, K, K) and (D, K)."""
     groups, channels = delta.shape[1], x.shape[2]
     if tuple(gate_weight.shape) != (channels, groups, groups) or tuple(gate_bias.shape) != (channels, groups):
-        raise ValueError(f"nss_scan_gated: gate_weight must be (D, K, K) = ({channels}, {groups}, {groups}) and "
-                         f"gate_bias (D, K) = ({channels}, {groups}); got {tuple(gate_weight.shape)} and "
-                         f"{tuple(gate_bias.shape)}")
+        raise ValueError(
+            f"nss_scan_gated: gate_weight must be (D, K, K) = ({channels}, {groups}, {groups}) and "
+            f"gate_bias (D, K) = ({channels}, {groups}); got {tuple(gate_weight.shape)} and "
+            f"{tuple(gate_bias.shape)}"
+        )
 
 
-def nss_scan_gated_forward(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
-                           delta_bias: Tensor | None, ids: Tensor, softplus: bool, delta_weight: Tensor | None,
-                           gate_weight: Tensor, gate_bias: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def nss_scan_gated_forward(
+    x: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None,
+    delta_bias: Tensor | None,
+    ids: Tensor,
+    softplus: bool,
+    delta_weight: Tensor | None,
+    gate_weight: Tensor,
+    gate_bias: Tensor,
+) -> tuple[Tensor, Tensor, Tensor]:
     """The gated sum of the four scans (B, L, D) in x's dtype, the chunk states and the means (B, K, D)
     float32; the scan outputs are freed on return."""
     sums = torch.empty(x.shape[0], delta.shape[1], x.shape[2], device=x.device, dtype=torch.float32)
@@ -114,10 +127,23 @@ def nss_scan_gated_forward(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Te
     return gated_sum_triton(ys, ssa_gate(mean, gate_weight, gate_bias)), states, mean
 
 
-def nss_scan_gated_backward(dout: Tensor, x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
-                            D: Tensor | None, delta_bias: Tensor | None, ids: Tensor, states: Tensor,
-                            mean: Tensor, softplus: bool, delta_weight: Tensor | None, gate_weight: Tensor,
-                            gate_bias: Tensor) -> tuple[Tensor | None, ...]:
+def nss_scan_gated_backward(
+    dout: Tensor,
+    x: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None,
+    delta_bias: Tensor | None,
+    ids: Tensor,
+    states: Tensor,
+    mean: Tensor,
+    softplus: bool,
+    delta_weight: Tensor | None,
+    gate_weight: Tensor,
+    gate_bias: Tensor,
+) -> tuple[Tensor | None, ...]:
     """Gradients of :func:`nss_scan_gated`: those of :func:`nss_scan_backward` (x, delta, A, B, C, D,
     delta_bias, then delta_weight when given) followed by gate_weight and gate_bias."""
     delta_full = delta if delta_weight is None else project_delta(delta, delta_weight)
@@ -130,51 +156,96 @@ def nss_scan_gated_backward(dout: Tensor, x: Tensor, delta: Tensor, A: Tensor, B
     # dy_k = gate_k ⊙ dout (the sum) + d_mean_k / L at every position (the mean); its chunk summaries follow
     # from those of dout and of 1 by linearity (combined by the chain kernel as it reads them), and the scan's
     # backward kernel reads dout and forms dy itself
-    adjoint = _chain(pb.A, found.summary_w, found.total, True, forward_tiles(pb.channels, pb.d_state).bn,
-                     (found.summary_1, gate, const))
+    adjoint = _chain(
+        pb.A,
+        found.summary_w,
+        found.total,
+        True,
+        forward_tiles(pb.channels, pb.d_state).bn,
+        (found.summary_1, gate, const),
+    )
     sub_states = found.sub_states
     del found, pb
-    grads = nss_scan_backward(dout, x, delta, A, B, C, D, delta_bias, ids, states, softplus, delta_weight,
-                              delta_full=delta_full, adjoint=adjoint, sub_states=sub_states, gated_dy=(gate, const))
+    grads = nss_scan_backward(
+        dout,
+        x,
+        delta,
+        A,
+        B,
+        C,
+        D,
+        delta_bias,
+        ids,
+        states,
+        softplus,
+        delta_weight,
+        delta_full=delta_full,
+        adjoint=adjoint,
+        sub_states=sub_states,
+        gated_dy=(gate, const),
+    )
     return (*grads, d_weight.to(gate_weight.dtype), d_bias.to(gate_bias.dtype))
 
 
 class _NSSScanGated(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, delta, A, B, C, D, delta_bias, ids, softplus, delta_weight, gate_weight, gate_bias):
-        out, states, mean = nss_scan_gated_forward(x, delta, A, B, C, D, delta_bias, ids, softplus, delta_weight,
-                                                   gate_weight, gate_bias)
-        ctx.save_for_backward(x, delta, A, B, C, D, delta_bias, ids, states, mean, delta_weight, gate_weight,
-                              gate_bias)
+        out, states, mean = nss_scan_gated_forward(
+            x, delta, A, B, C, D, delta_bias, ids, softplus, delta_weight, gate_weight, gate_bias
+        )
+        ctx.save_for_backward(x, delta, A, B, C, D, delta_bias, ids, states, mean, delta_weight, gate_weight, gate_bias)
         ctx.softplus = bool(softplus)
         return out
 
     @staticmethod
     def backward(ctx, dout):
         x, delta, A, B, C, D, bias, ids, states, mean, weight, gate_weight, gate_bias = ctx.saved_tensors
-        grads = nss_scan_gated_backward(dout, x, delta, A, B, C, D, bias, ids, states, mean, ctx.softplus, weight,
-                                        gate_weight, gate_bias)
+        grads = nss_scan_gated_backward(
+            dout, x, delta, A, B, C, D, bias, ids, states, mean, ctx.softplus, weight, gate_weight, gate_bias
+        )
         scan_grads, (d_gate_weight, d_gate_bias) = grads[:-2], grads[-2:]
-        return (*scan_grads[:7], None, None, scan_grads[7] if weight is not None else None, d_gate_weight,
-                d_gate_bias)
+        return (*scan_grads[:7], None, None, scan_grads[7] if weight is not None else None, d_gate_weight, d_gate_bias)
 
 
-def nss_scan_gated(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
-                   delta_bias: Tensor | None, ids: Tensor, delta_softplus: bool, delta_weight: Tensor | None,
-                   gate_weight: Tensor, gate_bias: Tensor) -> Tensor:
+def nss_scan_gated(
+    x: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None,
+    delta_bias: Tensor | None,
+    ids: Tensor,
+    delta_softplus: bool,
+    delta_weight: Tensor | None,
+    gate_weight: Tensor,
+    gate_bias: Tensor,
+) -> Tensor:
     """``Σ_k gate_k ⊙ y_k`` (B, L, D) with ``y = nss_scan(x, delta, ..., delta_weight)`` (B, K, L, D) and
     ``gate = ssa_gate(mean_l(y), gate_weight, gate_bias)``, without keeping y for the backward (see the
     module's docstring). Arguments as :func:`mair.models.scan.triton_backend.nss_scan`, plus the gate's
     weight (D, K, K) and bias (D, K)."""
     check_nss_shapes(x, delta, ids, delta_weight)
     check_gate_shapes(x, delta, gate_weight, gate_bias)
-    return _NSSScanGated.apply(x, delta, A, B, C, D, delta_bias, ids, delta_softplus, delta_weight, gate_weight,
-                               gate_bias)
+    return _NSSScanGated.apply(
+        x, delta, A, B, C, D, delta_bias, ids, delta_softplus, delta_weight, gate_weight, gate_bias
+    )
 
 
-def nss_scan_gated_reference(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
-                             delta_bias: Tensor | None, ids: Tensor, delta_softplus: bool,
-                             delta_weight: Tensor | None, gate_weight: Tensor, gate_bias: Tensor) -> Tensor:
+def nss_scan_gated_reference(
+    x: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None,
+    delta_bias: Tensor | None,
+    ids: Tensor,
+    delta_softplus: bool,
+    delta_weight: Tensor | None,
+    gate_weight: Tensor,
+    gate_bias: Tensor,
+) -> Tensor:
     """The plain composition :func:`nss_scan_gated` fuses (autograd keeps y)."""
     from .triton_backend import nss_scan
 

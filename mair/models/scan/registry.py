@@ -176,9 +176,7 @@ def _check_device(spec: BackendSpec, device_type: str) -> None:
 def _auto(device_type: str) -> tuple[str, list[str]]:
     """The automatic choice for a device type and the reasons the better-ranked candidates were skipped."""
     skipped = []
-    ranked = sorted(
-        (s for s in _REGISTRY.values() if s.auto_priority is not None), key=lambda s: s.auto_priority or 0
-    )
+    ranked = sorted((s for s in _REGISTRY.values() if s.auto_priority is not None), key=lambda s: s.auto_priority or 0)
     for spec in ranked:
         if not spec.runs_on(device_type):
             skipped.append(f"{spec.name!r} runs on {', '.join(spec.devices or ())} only")
@@ -224,6 +222,8 @@ def describe_backend_choice(device: torch.device | str | None = None, name: str 
         return f"selective scan on {device_type}: no backend ({source}): {exc}"
     summary = _REGISTRY[chosen].summary
     return f"selective scan on {device_type}: backend {chosen!r} ({summary}); {why}"
+
+
 _TRITON_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 register_backend(
     "triton",

@@ -71,9 +71,18 @@ def _per_sequence_index(read: Tensor, groups: int, length: int, size: int, n_chu
 
 
 @torch.no_grad()
-def nss_scan_torch(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
-                   delta_bias: Tensor | None, ids: Tensor, delta_softplus: bool = True,
-                   chunk: int | None = None) -> Tensor:
+def nss_scan_torch(
+    x: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None,
+    delta_bias: Tensor | None,
+    ids: Tensor,
+    delta_softplus: bool = True,
+    chunk: int | None = None,
+) -> Tensor:
     """The NSS selective scan without autograd; arguments and result as :func:`triton_backend.nss_scan`.
 
     x (batch, L, D) raster; delta (batch, K, L, D), B and C (batch, K, L, N) raster; A (K·D, N); D and
@@ -82,11 +91,15 @@ def nss_scan_torch(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D:
     batch, length, channels = x.shape
     groups, n_state = delta.shape[1], A.shape[1]
     if delta.shape != (batch, groups, length, channels) or tuple(ids.shape) != (groups, length):
-        raise ValueError(f"nss_scan_torch: x {tuple(x.shape)}, delta {tuple(delta.shape)}, ids {tuple(ids.shape)}"
-                         " do not fit (batch, L, D), (batch, K, L, D), (K, L)")
+        raise ValueError(
+            f"nss_scan_torch: x {tuple(x.shape)}, delta {tuple(delta.shape)}, ids {tuple(ids.shape)}"
+            " do not fit (batch, L, D), (batch, K, L, D), (K, L)"
+        )
     if B.shape != (batch, groups, length, n_state) or C.shape != B.shape:
-        raise ValueError(f"nss_scan_torch: B and C must be (batch, K, L, N) = {(batch, groups, length, n_state)}; "
-                         f"got {tuple(B.shape)} and {tuple(C.shape)}")
+        raise ValueError(
+            f"nss_scan_torch: B and C must be (batch, K, L, N) = {(batch, groups, length, n_state)}; "
+            f"got {tuple(B.shape)} and {tuple(C.shape)}"
+        )
     size = min(chunk or default_chunk_size(length), length)
     read, write, n_chunks = chunked_order(ids.to(x.device), size)
     rows = _per_sequence_index(read, groups, length, size, n_chunks)
@@ -117,8 +130,9 @@ def nss_scan_torch(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D:
             count = math.prod(shape)
             dl_blk = dl[..., lo:hi].unsqueeze(-1)
             a = torch.mul(dl_blk, A_kd[..., lo:hi, :], out=buffers[0][:count].view(shape)).exp_()
-            dlu = torch.mul(dl_blk, u[..., lo:hi].unsqueeze(-1), out=buffers[2][: count // n_state].view(
-                *shape[:-1], 1))
+            dlu = torch.mul(
+                dl_blk, u[..., lo:hi].unsqueeze(-1), out=buffers[2][: count // n_state].view(*shape[:-1], 1)
+            )
             h = torch.mul(dlu, Bc, out=buffers[1][:count].view(shape))
             chunk_decay = torch.exp_(dl_blk.sum(0) * A_kd[..., lo:hi, :])
             h = _forward_scan(a, h, chunk_decay)
@@ -132,7 +146,10 @@ def nss_scan_torch(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D:
         y.addcmul_(u, D.float().view(groups, 1, channels))
 
     out = x.new_empty((batch, groups * (length + 1), channels), dtype=torch.float32)
-    source = y.view(size * groups * n_chunks, channels)[None] if batch == 1 else (
-        y.transpose(0, 1).reshape(batch, size * groups * n_chunks, channels))
+    source = (
+        y.view(size * groups * n_chunks, channels)[None]
+        if batch == 1
+        else (y.transpose(0, 1).reshape(batch, size * groups * n_chunks, channels))
+    )
     out.index_copy_(1, write, source)
     return out.view(batch, groups, length + 1, channels)[:, :, :length]

@@ -138,8 +138,14 @@ def chain_tile(n_chunks: int, channels: int, bn: int) -> tuple[int, int]:
     return cb, bd
 
 
-def _chain(A: Tensor, summary: Tensor, total: Tensor, reverse: bool, bn: int,
-           combine: tuple[Tensor, Tensor, Tensor] | None = None) -> Tensor:
+def _chain(
+    A: Tensor,
+    summary: Tensor,
+    total: Tensor,
+    reverse: bool,
+    bn: int,
+    combine: tuple[Tensor, Tensor, Tensor] | None = None,
+) -> Tensor:
     """Chain summaries (batch, K, NCH, D, N) / ΣΔ (batch, K, NCH, D) into the state entering every chunk
     (``reverse``: the adjoint entering it from the right). ``combine`` = (summary_1, gate, const): the summaries
     are ``gate·summary + const·summary_1`` (gate and const (batch, K, D) float32), formed as they are read."""
@@ -151,14 +157,39 @@ def _chain(A: Tensor, summary: Tensor, total: Tensor, reverse: bool, bn: int,
     if chain_variant() == "loop":
         carry_bd = min(32, max(2, 1 << (channels - 1).bit_length()))
         scan_state_carry_kernel[(-(-channels // carry_bd), batch * groups)](
-            A, summary, total, carries, *extra, channels, d_state, groups, n_chunks,
-            REVERSE=reverse, BD=carry_bd, BN=bn, COMBINE=combine is not None, num_warps=4,
+            A,
+            summary,
+            total,
+            carries,
+            *extra,
+            channels,
+            d_state,
+            groups,
+            n_chunks,
+            REVERSE=reverse,
+            BD=carry_bd,
+            BN=bn,
+            COMBINE=combine is not None,
+            num_warps=4,
         )
     else:
         cb, chain_bd = chain_tile(n_chunks, channels, bn)
         scan_state_chain_kernel[(-(-channels // chain_bd), batch * groups)](
-            A, summary, total, carries, *extra, channels, d_state, groups, n_chunks,
-            REVERSE=reverse, CB=cb, BD=chain_bd, BN=bn, COMBINE=combine is not None, num_warps=4,
+            A,
+            summary,
+            total,
+            carries,
+            *extra,
+            channels,
+            d_state,
+            groups,
+            n_chunks,
+            REVERSE=reverse,
+            CB=cb,
+            BD=chain_bd,
+            BN=bn,
+            COMBINE=combine is not None,
+            num_warps=4,
         )
     return carries
 
@@ -173,11 +204,27 @@ def _adjoint_carries(pb: _Problem, cfg: TileConfig, n_chunks: int, dy: Tensor, d
     total = torch.empty(*shape, device=dev, dtype=f32)
     dummy = pb.A
     scan_adjoint_summary_kernel[(-(-pb.channels // cfg.bd), n_chunks, pb.batch * pb.groups)](
-        pb.dt, *pb.dts, pb.A, pb.C, *pb.cs,
-        pb.bias if pb.bias is not None else dummy, pb.ids if pb.ids is not None else dummy,
-        dy, *dys, summary, total,
-        pb.length, pb.channels, pb.d_state, pb.groups, n_chunks,
-        **_launch_meta(pb), BL=cfg.bl, BD=cfg.bd, BN=cfg.bn, num_warps=cfg.warps,
+        pb.dt,
+        *pb.dts,
+        pb.A,
+        pb.C,
+        *pb.cs,
+        pb.bias if pb.bias is not None else dummy,
+        pb.ids if pb.ids is not None else dummy,
+        dy,
+        *dys,
+        summary,
+        total,
+        pb.length,
+        pb.channels,
+        pb.d_state,
+        pb.groups,
+        n_chunks,
+        **_launch_meta(pb),
+        BL=cfg.bl,
+        BD=cfg.bd,
+        BN=cfg.bn,
+        num_warps=cfg.warps,
     )
     return _chain(pb.A, summary, total, True, cfg.bn)
 
@@ -209,8 +256,7 @@ def step_segments(parallel: int, channels: int, n_chunks: int, bd: int = STEP_BD
     return -(-n_chunks // seg_chunks), seg_chunks
 
 
-def _fwd_stepwise(pb: _Problem, args: tuple, cfg: TileConfig, n_chunks: int, sums: Tensor | None = None
-                  ) -> Tensor:
+def _fwd_stepwise(pb: _Problem, args: tuple, cfg: TileConfig, n_chunks: int, sums: Tensor | None = None) -> Tensor:
     """Step-by-step forward (:func:`scan_fwd_step_kernel`): segment summaries and their chain when there are
     several segments, then the output pass. Returns the states entering every chunk of ``cfg.bl``. ``sums``:
     when given (batch, K, D) float32, receives Σ_l y."""
@@ -231,13 +277,39 @@ def _fwd_stepwise(pb: _Problem, args: tuple, cfg: TileConfig, n_chunks: int, sum
     if n_seg > 1:
         summary = torch.empty(pb.batch, pb.groups, n_seg, pb.channels, pb.d_state, device=dev, dtype=f32)
         total = torch.empty(pb.batch, pb.groups, n_seg, pb.channels, device=dev, dtype=f32)
-        scan_fwd_step_kernel[grid](*args, dummy, dummy, summary, total, dummy, dummy, dummy, *sizes,
-                                   HAS_HIN=False, SUMMARY=True, DOT=False, **meta)
+        scan_fwd_step_kernel[grid](
+            *args,
+            dummy,
+            dummy,
+            summary,
+            total,
+            dummy,
+            dummy,
+            dummy,
+            *sizes,
+            HAS_HIN=False,
+            SUMMARY=True,
+            DOT=False,
+            **meta,
+        )
         hin = _chain(pb.A, summary, total, False, cfg.bn)
     seg_sums = None if sums is None else torch.empty(pb.batch, pb.groups, n_seg, pb.channels, device=dev, dtype=f32)
-    scan_fwd_step_kernel[grid](*args, hin if hin is not None else dummy, hs, dummy, dummy, dummy,
-                               seg_sums if seg_sums is not None else dummy, dummy, *sizes,
-                               HAS_HIN=hin is not None, SUMMARY=False, DOT=False, SUM_Y=seg_sums is not None, **meta)
+    scan_fwd_step_kernel[grid](
+        *args,
+        hin if hin is not None else dummy,
+        hs,
+        dummy,
+        dummy,
+        dummy,
+        seg_sums if seg_sums is not None else dummy,
+        dummy,
+        *sizes,
+        HAS_HIN=hin is not None,
+        SUMMARY=False,
+        DOT=False,
+        SUM_Y=seg_sums is not None,
+        **meta,
+    )
     if sums is not None:
         torch.sum(seg_sums, 2, out=sums)
     return hs
@@ -275,11 +347,31 @@ def _output_dots(pb: _Problem, w: Tensor, ws: Strides, hs: Tensor, sub_states: b
     sub = step_backward_tile(bl)[1] if sub_states else 0
     scratch = _sub_state_scratch(pb, n_chunks, bl, sub) if sub_states else None
     scan_fwd_step_kernel[(-(-pb.channels // step_bd), n_chunks, pb.batch * pb.groups)](
-        *_step_args(pb, w, ws), hs, pb.A, summary_w, total, summary_1, dots,
+        *_step_args(pb, w, ws),
+        hs,
+        pb.A,
+        summary_w,
+        total,
+        summary_1,
+        dots,
         scratch if scratch is not None else pb.A,
-        pb.length, pb.channels, pb.d_state, pb.groups, n_chunks, n_chunks, 1,
-        HAS_D=pb.D is not None, **_launch_meta(pb), HAS_HIN=True, SUMMARY=False, DOT=True, BL=bl, BD=step_bd,
-        BN=forward_tiles(pb.channels, pb.d_state).bn, SUB=sub, num_warps=1,
+        pb.length,
+        pb.channels,
+        pb.d_state,
+        pb.groups,
+        n_chunks,
+        n_chunks,
+        1,
+        HAS_D=pb.D is not None,
+        **_launch_meta(pb),
+        HAS_HIN=True,
+        SUMMARY=False,
+        DOT=True,
+        BL=bl,
+        BD=step_bd,
+        BN=forward_tiles(pb.channels, pb.d_state).bn,
+        SUB=sub,
+        num_warps=1,
     )
     return OutputDots(dots.sum(2), summary_w, summary_1, total, scratch)
 
@@ -294,10 +386,23 @@ def _step_args(pb: _Problem, out: Tensor, os_: Strides) -> tuple:
     """The leading arguments of :func:`scan_fwd_step_kernel`: the problem's tensors and strides (absent D,
     delta bias and ids as a dummy pointer), then the output (or DOT mode's w) and its strides."""
     dummy = pb.A
-    return (pb.x, *pb.xs, pb.dt, *pb.dts, pb.delta_weight if pb.delta_weight is not None else dummy,
-            pb.A, pb.B, *pb.bs, pb.C, *pb.cs,
-            pb.D if pb.D is not None else dummy, pb.bias if pb.bias is not None else dummy,
-            pb.ids if pb.ids is not None else dummy, out, *os_)
+    return (
+        pb.x,
+        *pb.xs,
+        pb.dt,
+        *pb.dts,
+        pb.delta_weight if pb.delta_weight is not None else dummy,
+        pb.A,
+        pb.B,
+        *pb.bs,
+        pb.C,
+        *pb.cs,
+        pb.D if pb.D is not None else dummy,
+        pb.bias if pb.bias is not None else dummy,
+        pb.ids if pb.ids is not None else dummy,
+        out,
+        *os_,
+    )
 
 
 def _fwd(pb: _Problem, out: Tensor, os_: Strides, sums: Tensor | None = None) -> Tensor:
@@ -326,10 +431,19 @@ def _register_cap(registers: int) -> dict:
     return {} if interpreting() else {"maxnreg": registers}
 
 
-def _bwd(pb: _Problem, dy: Tensor, dys: Strides, hs: Tensor, du: Tensor, dus: Strides, ddt: Tensor,
-         ddts: Strides, adjoint: Tensor | None = None, sub_states: Tensor | None = None,
-         gated_dy: tuple[Tensor, Tensor] | None = None
-         ) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None]:
+def _bwd(
+    pb: _Problem,
+    dy: Tensor,
+    dys: Strides,
+    hs: Tensor,
+    du: Tensor,
+    dus: Strides,
+    ddt: Tensor,
+    ddts: Strides,
+    adjoint: Tensor | None = None,
+    sub_states: Tensor | None = None,
+    gated_dy: tuple[Tensor, Tensor] | None = None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None]:
     """The backward from the forward's chunk states ``hs`` (their chunk length follows from their number,
     :func:`chunk_length`): the adjoint entering every chunk from chunk summaries (unless the caller passes them
     as ``adjoint``), then one program per chunk (:func:`scan_bwd_step_kernel`) writes du and dΔ and partial sums
@@ -363,14 +477,51 @@ def _bwd(pb: _Problem, dy: Tensor, dys: Strides, hs: Tensor, du: Tensor, dus: St
     parts = torch.empty(max(1, len(vectors)), pb.groups * pb.channels, pb.batch * n_chunks, device=dev, dtype=f32)
     dD_part, dbias_part = parts[0], parts[-1]  # the same row when only one of them (or neither) is present
     scan_bwd_step_kernel[(n_dblocks, n_chunks, pb.batch * pb.groups)](
-        pb.x, *pb.xs, pb.dt, *pb.dts, pb.A, pb.B, *pb.bs, pb.C, *pb.cs,
-        pb.D if pb.D is not None else dummy, pb.bias if pb.bias is not None else dummy,
+        pb.x,
+        *pb.xs,
+        pb.dt,
+        *pb.dts,
+        pb.A,
+        pb.B,
+        *pb.bs,
+        pb.C,
+        *pb.cs,
+        pb.D if pb.D is not None else dummy,
+        pb.bias if pb.bias is not None else dummy,
         pb.ids if pb.ids is not None else dummy,
-        dy, *dys, hs, gs, du, *dus, ddt, *ddts,
-        dB_part, dC_part, dA_part, dD_part, dbias_part, scratch, gate, const,
-        pb.length, pb.channels, pb.d_state, pb.groups, n_chunks, n_dblocks, 1,
-        HAS_D=pb.D is not None, **_launch_meta(pb), BL=bl, S=sub, BD=bd, BN=wide.bn, num_warps=1,
-        FIRST_WALK=sub_states is None, GATED_DY=gated_dy is not None, **_register_cap(BWD_MAX_REGISTERS),
+        dy,
+        *dys,
+        hs,
+        gs,
+        du,
+        *dus,
+        ddt,
+        *ddts,
+        dB_part,
+        dC_part,
+        dA_part,
+        dD_part,
+        dbias_part,
+        scratch,
+        gate,
+        const,
+        pb.length,
+        pb.channels,
+        pb.d_state,
+        pb.groups,
+        n_chunks,
+        n_dblocks,
+        1,
+        HAS_D=pb.D is not None,
+        **_launch_meta(pb),
+        BL=bl,
+        S=sub,
+        BD=bd,
+        BN=wide.bn,
+        num_warps=1,
+        FIRST_WALK=sub_states is None,
+        GATED_DY=gated_dy is not None,
+        **_register_cap(BWD_MAX_REGISTERS),
     )
     sums = parts.sum(2) if vectors else None
     dD = sums[0] if pb.D is not None else None
@@ -383,8 +534,16 @@ def _bwd(pb: _Problem, dy: Tensor, dys: Strides, hs: Tensor, du: Tensor, dus: St
 def _sub_state_scratch(pb: _Problem, n_chunks: int, bl: int, sub: int) -> Tensor:
     """Room for the states entering every sub-chunk of the backward after each chunk's first
     (batch, K, NCH, BL / S - 1, D, N) float32."""
-    return torch.empty(pb.batch, pb.groups, n_chunks, max(1, bl // sub - 1), pb.channels, pb.d_state,
-                       device=pb.x.device, dtype=torch.float32)
+    return torch.empty(
+        pb.batch,
+        pb.groups,
+        n_chunks,
+        max(1, bl // sub - 1),
+        pb.channels,
+        pb.d_state,
+        device=pb.x.device,
+        dtype=torch.float32,
+    )
 
 
 def _bkl_strides(t: Tensor) -> Strides:
@@ -400,18 +559,42 @@ def chunk_length(length: int, n_chunks: int) -> int:
     return 1 << (per_chunk - 1).bit_length()
 
 
-def _nss_problem(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
-                 delta_bias: Tensor | None, ids: Tensor, softplus: bool,
-                 delta_weight: Tensor | None = None) -> _Problem:
+def _nss_problem(
+    x: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None,
+    delta_bias: Tensor | None,
+    ids: Tensor,
+    softplus: bool,
+    delta_weight: Tensor | None = None,
+) -> _Problem:
     """The NSS layout's problem; ``delta_weight``: ``delta`` is Δ's low-rank input, projected by the forward
     kernel (see :attr:`_Problem.delta_weight`)."""
     batch, length, channels = x.shape
-    return _Problem(batch, delta.shape[1], length, channels, A.shape[1],
-                    x, (x.stride(0), 0, x.stride(1), x.stride(2)), delta, _bkl_strides(delta),
-                    A.contiguous(), B, _bkl_strides(B), C, _bkl_strides(C),
-                    None if D is None else D.contiguous(), None if delta_bias is None else delta_bias.contiguous(),
-                    ids.contiguous(), bool(softplus),
-                    None if delta_weight is None else delta_weight.float().contiguous())
+    return _Problem(
+        batch,
+        delta.shape[1],
+        length,
+        channels,
+        A.shape[1],
+        x,
+        (x.stride(0), 0, x.stride(1), x.stride(2)),
+        delta,
+        _bkl_strides(delta),
+        A.contiguous(),
+        B,
+        _bkl_strides(B),
+        C,
+        _bkl_strides(C),
+        None if D is None else D.contiguous(),
+        None if delta_bias is None else delta_bias.contiguous(),
+        ids.contiguous(),
+        bool(softplus),
+        None if delta_weight is None else delta_weight.float().contiguous(),
+    )
 
 
 #: The forward keeps its channels' weights in registers, padded to a power of two: at rank 12 (padded 16) the
@@ -467,22 +650,41 @@ def low_rank_weight_grad(d_delta: Tensor, delta_low: Tensor, min_rows: int = 512
 
 def check_nss_shapes(x: Tensor, delta: Tensor, ids: Tensor, delta_weight: Tensor | None = None) -> None:
     """Raise ValueError unless the shapes fit :func:`nss_scan` (shared with the custom op's fake)."""
-    if x.dim() != 3 or delta.dim() != 4 or delta.shape[0] != x.shape[0] or delta.shape[2] != x.shape[1] \
-            or (delta_weight is None and delta.shape[3] != x.shape[2]):
-        raise ValueError(f"nss_scan: x must be (batch, L, D) and delta (batch, K, L, D); got "
-                         f"{tuple(x.shape)} and {tuple(delta.shape)}")
+    if (
+        x.dim() != 3
+        or delta.dim() != 4
+        or delta.shape[0] != x.shape[0]
+        or delta.shape[2] != x.shape[1]
+        or (delta_weight is None and delta.shape[3] != x.shape[2])
+    ):
+        raise ValueError(
+            f"nss_scan: x must be (batch, L, D) and delta (batch, K, L, D); got "
+            f"{tuple(x.shape)} and {tuple(delta.shape)}"
+        )
     groups = delta.shape[1]
     if delta_weight is not None and tuple(delta_weight.shape) != (groups, x.shape[2], delta.shape[3]):
-        raise ValueError(f"nss_scan: with delta_weight, delta must be the low-rank input (batch, K, L, R) and "
-                         f"delta_weight (K, D, R) = ({groups}, {x.shape[2]}, {delta.shape[3]}); got delta "
-                         f"{tuple(delta.shape)} and delta_weight {tuple(delta_weight.shape)}")
+        raise ValueError(
+            f"nss_scan: with delta_weight, delta must be the low-rank input (batch, K, L, R) and "
+            f"delta_weight (K, D, R) = ({groups}, {x.shape[2]}, {delta.shape[3]}); got delta "
+            f"{tuple(delta.shape)} and delta_weight {tuple(delta_weight.shape)}"
+        )
     if tuple(ids.shape) != (groups, x.shape[1]):
         raise ValueError(f"nss_scan: ids must be (K, L) = ({groups}, {x.shape[1]}); got {tuple(ids.shape)}")
 
 
-def nss_scan_forward(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
-                     delta_bias: Tensor | None, ids: Tensor, softplus: bool, delta_weight: Tensor | None = None,
-                     sums: Tensor | None = None) -> tuple[Tensor, Tensor]:
+def nss_scan_forward(
+    x: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None,
+    delta_bias: Tensor | None,
+    ids: Tensor,
+    softplus: bool,
+    delta_weight: Tensor | None = None,
+    sums: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
     """:func:`nss_scan`'s forward without autograd: the output and the states entering every chunk
     (batch, K, NCH, D, N) float32, which :func:`nss_scan_backward` needs. ``sums``: when given
     (batch, K, D) float32, receives Σ_l y (summed in float32 inside the kernel). With ``delta_weight``, Δ is
@@ -496,11 +698,24 @@ def nss_scan_forward(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, 
     return out, _fwd(pb, out, _bkl_strides(out), sums)
 
 
-def nss_scan_backward(dy: Tensor, x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
-                      delta_bias: Tensor | None, ids: Tensor, hs: Tensor, softplus: bool,
-                      delta_weight: Tensor | None = None, delta_full: Tensor | None = None,
-                      adjoint: Tensor | None = None, sub_states: Tensor | None = None,
-                      gated_dy: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor | None, ...]:
+def nss_scan_backward(
+    dy: Tensor,
+    x: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None,
+    delta_bias: Tensor | None,
+    ids: Tensor,
+    hs: Tensor,
+    softplus: bool,
+    delta_weight: Tensor | None = None,
+    delta_full: Tensor | None = None,
+    adjoint: Tensor | None = None,
+    sub_states: Tensor | None = None,
+    gated_dy: tuple[Tensor, Tensor] | None = None,
+) -> tuple[Tensor | None, ...]:
     """Gradients of :func:`nss_scan` (x, delta, A, B, C, D, delta_bias, then delta_weight when given; None for
     absent D / delta_bias) from the output gradient and the chunk states of :func:`nss_scan_forward`. With
     ``delta_weight``, Δ is recomputed from its low-rank input (unless the caller passes it as ``delta_full``)
@@ -517,8 +732,9 @@ def nss_scan_backward(dy: Tensor, x: Tensor, delta: Tensor, A: Tensor, B: Tensor
     # (K, batch·L, D) for their batched products instead of copying it (two copies of 94 MB per classic-SR block)
     ddt = torch.empty(pb.groups, pb.batch, pb.length, pb.channels, device=x.device, dtype=f32).transpose(0, 1)
     dys = (dy.stride(0), 0, dy.stride(1), dy.stride(2)) if gated_dy is not None else _bkl_strides(dy)
-    dB, dC, dA, dD, dbias = _bwd(pb, dy, dys, hs, du_k, _bkl_strides(du_k), ddt, _bkl_strides(ddt), adjoint,
-                                 sub_states, gated_dy)
+    dB, dC, dA, dD, dbias = _bwd(
+        pb, dy, dys, hs, du_k, _bkl_strides(du_k), ddt, _bkl_strides(ddt), adjoint, sub_states, gated_dy
+    )
     del delta_full, pb
     d_delta = ddt.to(delta.dtype)  # with delta_weight: as the einsum's own backward would see it
     d_weight: tuple[Tensor, ...] = ()
@@ -526,8 +742,16 @@ def nss_scan_backward(dy: Tensor, x: Tensor, delta: Tensor, A: Tensor, B: Tensor
         with torch.autocast(delta.device.type, enabled=False):
             d_weight = (low_rank_weight_grad(d_delta, delta).to(delta_weight.dtype),)
             d_delta = torch.einsum("bkld,kdr->bklr", d_delta, delta_weight.to(delta.dtype))
-    return (du_k.sum(1).to(x.dtype), d_delta, dA.to(A.dtype), dB.to(B.dtype), dC.to(C.dtype),
-            None if D is None else dD.to(D.dtype), None if dbias is None else dbias.to(delta_bias.dtype), *d_weight)
+    return (
+        du_k.sum(1).to(x.dtype),
+        d_delta,
+        dA.to(A.dtype),
+        dB.to(B.dtype),
+        dC.to(C.dtype),
+        None if D is None else dD.to(D.dtype),
+        None if dbias is None else dbias.to(delta_bias.dtype),
+        *d_weight,
+    )
 
 
 class _NSSScan(torch.autograd.Function):
@@ -545,9 +769,18 @@ class _NSSScan(torch.autograd.Function):
         return (*grads[:7], None, None, grads[7] if weight is not None else None)
 
 
-def nss_scan(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
-             delta_bias: Tensor | None, ids: Tensor, delta_softplus: bool = True,
-             delta_weight: Tensor | None = None) -> Tensor:
+def nss_scan(
+    x: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None,
+    delta_bias: Tensor | None,
+    ids: Tensor,
+    delta_softplus: bool = True,
+    delta_weight: Tensor | None = None,
+) -> Tensor:
     """Selective scan of K sequences that read one raster feature map through the orders ``ids``.
 
     x (batch, L, D) raster; delta (batch, K, L, D), B and C (batch, K, L, N) in raster order; A (K·D, N);
@@ -562,9 +795,18 @@ def nss_scan(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tenso
     return _NSSScan.apply(x, delta, A, B, C, D, delta_bias, ids, delta_softplus, delta_weight)
 
 
-def nss_scan_reference(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
-                       delta_bias: Tensor | None, ids: Tensor, delta_softplus: bool = True,
-                       backend: str | None = "torch") -> Tensor:
+def nss_scan_reference(
+    x: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None,
+    delta_bias: Tensor | None,
+    ids: Tensor,
+    delta_softplus: bool = True,
+    backend: str | None = "torch",
+) -> Tensor:
     """The plain composition :func:`nss_scan` fuses: gather into scan order, ``selective_scan``, scatter back."""
     from .api import selective_scan
 
@@ -575,11 +817,21 @@ def nss_scan_reference(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor
     dts = torch.stack([delta[:, k].index_select(1, ids[k]) for k in range(groups)], 1)
     bs = torch.stack([B[:, k].index_select(1, ids[k]) for k in range(groups)], 1)
     cs = torch.stack([C[:, k].index_select(1, ids[k]) for k in range(groups)], 1)
-    y = selective_scan(
-        xs.permute(0, 1, 3, 2).reshape(batch, groups * channels, length),
-        dts.permute(0, 1, 3, 2).reshape(batch, groups * channels, length),
-        A, bs.transpose(2, 3), cs.transpose(2, 3), D, delta_bias, delta_softplus, backend=backend,
-    ).view(batch, groups, channels, length).transpose(2, 3)
+    y = (
+        selective_scan(
+            xs.permute(0, 1, 3, 2).reshape(batch, groups * channels, length),
+            dts.permute(0, 1, 3, 2).reshape(batch, groups * channels, length),
+            A,
+            bs.transpose(2, 3),
+            cs.transpose(2, 3),
+            D,
+            delta_bias,
+            delta_softplus,
+            backend=backend,
+        )
+        .view(batch, groups, channels, length)
+        .transpose(2, 3)
+    )
     inverse = torch.argsort(ids, dim=1)
     return torch.stack([y[:, k].index_select(1, inverse[k]) for k in range(groups)], 1)
 
@@ -601,11 +853,26 @@ class _GenericScan(torch.autograd.Function):
         dy = dy.contiguous()
         du = torch.empty(u.shape, device=u.device, dtype=torch.float32)
         ddt = torch.empty_like(du)
-        dB, dC, dA, dD, dbias = _bwd(pb, dy, _gen_strides(dy, pb.channels), hs, du, _gen_strides(du, pb.channels),
-                                     ddt, _gen_strides(ddt, pb.channels))
-        return (du.to(u.dtype), ddt.to(delta.dtype), dA.to(A.dtype), dB.transpose(2, 3).to(B.dtype),
-                dC.transpose(2, 3).to(C.dtype), None if D is None else dD.to(D.dtype),
-                None if bias is None else dbias.to(bias.dtype), None)
+        dB, dC, dA, dD, dbias = _bwd(
+            pb,
+            dy,
+            _gen_strides(dy, pb.channels),
+            hs,
+            du,
+            _gen_strides(du, pb.channels),
+            ddt,
+            _gen_strides(ddt, pb.channels),
+        )
+        return (
+            du.to(u.dtype),
+            ddt.to(delta.dtype),
+            dA.to(A.dtype),
+            dB.transpose(2, 3).to(B.dtype),
+            dC.transpose(2, 3).to(C.dtype),
+            None if D is None else dD.to(D.dtype),
+            None if bias is None else dbias.to(bias.dtype),
+            None,
+        )
 
 
 def _gen_strides(t: Tensor, channels: int) -> Strides:
@@ -613,21 +880,46 @@ def _gen_strides(t: Tensor, channels: int) -> Strides:
     return (t.stride(0), channels * t.stride(1), t.stride(2), t.stride(1))
 
 
-def _generic_problem(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
-                     bias: Tensor | None, softplus: bool) -> _Problem:
+def _generic_problem(
+    u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None, bias: Tensor | None, softplus: bool
+) -> _Problem:
     batch, dch, length = u.shape
     groups, d_state = B.shape[1], A.shape[1]
     channels = dch // groups
     bstr = (B.stride(0), B.stride(1), B.stride(3), B.stride(2))
     cstr = (C.stride(0), C.stride(1), C.stride(3), C.stride(2))
-    return _Problem(batch, groups, length, channels, d_state, u, _gen_strides(u, channels), delta,
-                    _gen_strides(delta, channels), A.contiguous(), B, bstr, C, cstr,
-                    None if D is None else D.contiguous(), None if bias is None else bias.contiguous(),
-                    None, bool(softplus))
+    return _Problem(
+        batch,
+        groups,
+        length,
+        channels,
+        d_state,
+        u,
+        _gen_strides(u, channels),
+        delta,
+        _gen_strides(delta, channels),
+        A.contiguous(),
+        B,
+        bstr,
+        C,
+        cstr,
+        None if D is None else D.contiguous(),
+        None if bias is None else bias.contiguous(),
+        None,
+        bool(softplus),
+    )
 
 
-def _generic_backend(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
-                     delta_bias: Tensor | None, delta_softplus: bool) -> Tensor:
+def _generic_backend(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None,
+    delta_bias: Tensor | None,
+    delta_softplus: bool,
+) -> Tensor:
     """Backend callable for :func:`mair.models.scan.selective_scan` (B, C arrive as (batch, G, N, L))."""
     if u.dtype == torch.float64:
         raise ScanBackendUnavailable("the triton backend computes in float32; use backend='torch' for float64")

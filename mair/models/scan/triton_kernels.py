@@ -104,8 +104,19 @@ def _gate_and_constant(gate_ptr, const_ptr, pid_bk, d, dmask, D, GATED: tl.const
 
 
 @triton.jit
-def _block_setup(A_ptr, D_ptr, bias_ptr, k, pid_d, D, N,
-                 HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr):
+def _block_setup(
+    A_ptr,
+    D_ptr,
+    bias_ptr,
+    k,
+    pid_d,
+    D,
+    N,
+    HAS_D: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    BD: tl.constexpr,
+    BN: tl.constexpr,
+):
     """Channel block ``pid_d`` of group ``k``: its indices, A·log2(e), delta bias and D (zeros when absent)."""
     d = pid_d * BD + tl.arange(0, BD)
     dmask = d < D
@@ -119,8 +130,21 @@ def _block_setup(A_ptr, D_ptr, bias_ptr, k, pid_d, D, N,
 
 
 @triton.jit
-def _step_setup(A_ptr, D_ptr, bias_ptr, k, pid_d, D, N, SN, TRANSPOSED: tl.constexpr,
-                HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr):
+def _step_setup(
+    A_ptr,
+    D_ptr,
+    bias_ptr,
+    k,
+    pid_d,
+    D,
+    N,
+    SN,
+    TRANSPOSED: tl.constexpr,
+    HAS_D: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    BD: tl.constexpr,
+    BN: tl.constexpr,
+):
     """Channel block ``pid_d`` of group ``k`` for the step-by-step kernels: channel and state indices and masks,
     the channel index in (K·D), the state offsets ``n * SN`` broadcast to the tile, the tile's mask, A as a
     tile, delta bias and D (zeros when absent). Tiles are (BN, BD) for the forward and (BD, BN) when
@@ -163,25 +187,66 @@ def _raw_delta(loaded, W, R: tl.constexpr):
 
 @triton.jit
 def scan_fwd_step_kernel(
-    x_ptr, sxb, sxk, sxl, sxd,
-    dt_ptr, stb, stk, stl, std,  # raw Δ (batch, K, L, D); with R > 0 its low-rank input (batch, K, L, R)
+    x_ptr,
+    sxb,
+    sxk,
+    sxl,
+    sxd,
+    dt_ptr,
+    stb,
+    stk,
+    stl,
+    std,  # raw Δ (batch, K, L, D); with R > 0 its low-rank input (batch, K, L, R)
     w_ptr,  # R > 0: the per-group projections (K, D, R) float32, contiguous; raw Δ = W · input
-    A_ptr, B_ptr, sbb, sbk, sbl, sbn,
-    C_ptr, scb, sck, scl, scn,
-    D_ptr, bias_ptr, ids_ptr,
-    out_ptr, sob, sok, sol, sod,  # y (DOT: the gradient w read at the same positions)
+    A_ptr,
+    B_ptr,
+    sbb,
+    sbk,
+    sbl,
+    sbn,
+    C_ptr,
+    scb,
+    sck,
+    scl,
+    scn,
+    D_ptr,
+    bias_ptr,
+    ids_ptr,
+    out_ptr,
+    sob,
+    sok,
+    sol,
+    sod,  # y (DOT: the gradient w read at the same positions)
     hin_ptr,  # (batch, K, NSEG, D, N) state entering every segment (HAS_HIN)
     hs_ptr,  # (batch, K, NCH, D, N) out: state entering every chunk of BL positions (not in SUMMARY or DOT mode)
-    es_ptr, ts_ptr,  # (batch, K, NSEG, D, N), (batch, K, NSEG, D) out (SUMMARY): end state from zero, Σ Δ;
+    es_ptr,
+    ts_ptr,  # (batch, K, NSEG, D, N), (batch, K, NSEG, D) out (SUMMARY): end state from zero, Σ Δ;
     # DOT: the segment's adjoint summary for dy = w and its Σ_{l0 < l <= l0 + BL} Δ_l
-    e1_ptr, dots_ptr,  # DOT, out: (batch, K, NSEG, D, N) the adjoint summary for dy = 1; (batch, K, NSEG, D) Σ y·w
+    e1_ptr,
+    dots_ptr,  # DOT, out: (batch, K, NSEG, D, N) the adjoint summary for dy = 1; (batch, K, NSEG, D) Σ y·w
     # (SUM_Y: the output pass stores the segment's Σ y in dots)
     ck_ptr,  # DOT with SUB > 0, out: (batch, K, NCH, BL / SUB - 1, D, N) states entering the sub-chunks after the first
-    L, D, N, K, NCH, NSEG, SEG_CHUNKS,
-    HAS_IDS: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_HIN: tl.constexpr, SUMMARY: tl.constexpr, DOT: tl.constexpr,
-    BL: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr, SUB: tl.constexpr = 0, SUM_Y: tl.constexpr = False,
-    R: tl.constexpr = 0, RP: tl.constexpr = 1,
+    L,
+    D,
+    N,
+    K,
+    NCH,
+    NSEG,
+    SEG_CHUNKS,
+    HAS_IDS: tl.constexpr,
+    HAS_D: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    SOFTPLUS: tl.constexpr,
+    HAS_HIN: tl.constexpr,
+    SUMMARY: tl.constexpr,
+    DOT: tl.constexpr,
+    BL: tl.constexpr,
+    BD: tl.constexpr,
+    BN: tl.constexpr,
+    SUB: tl.constexpr = 0,
+    SUM_Y: tl.constexpr = False,
+    R: tl.constexpr = 0,
+    RP: tl.constexpr = 1,
 ):
     """Step-by-step forward: a program owns ``BD`` channels (one per lane) with all ``BN`` states of each in
     the lane's registers, and walks one segment of ``SEG_CHUNKS`` chunks position by position. Per position
@@ -213,8 +278,9 @@ def scan_fwd_step_kernel(
     pid_bk = tl.program_id(2)
     b = pid_bk // K
     k = pid_bk % K
-    d, dmask, n, nmask, _e, ns, mask, A, bias, Dv = _step_setup(A_ptr, D_ptr, bias_ptr, k, pid_d, D, N, 1, False,
-                                                                HAS_D, HAS_BIAS, BD, BN)
+    d, dmask, n, nmask, _e, ns, mask, A, bias, Dv = _step_setup(
+        A_ptr, D_ptr, bias_ptr, k, pid_d, D, N, 1, False, HAS_D, HAS_BIAS, BD, BN
+    )
     A2 = A * 1.4426950408889634
     state = (((b * K + k) * NSEG + seg) * D + d[None, :]) * N + ns
     h = tl.zeros((BN, BD), tl.float32)
@@ -225,8 +291,7 @@ def scan_fwd_step_kernel(
     if R > 0:  # raw Δ = W · (the position's R inputs), the weights as a (RP, BD) tile like the states'
         r = tl.arange(0, RP)
         dt_mask = r < R
-        W = tl.load(w_ptr + (k * D + d[None, :]) * R + r[:, None], mask=dt_mask[:, None] & dmask[None, :],
-                    other=0.0)
+        W = tl.load(w_ptr + (k * D + d[None, :]) * R + r[:, None], mask=dt_mask[:, None] & dmask[None, :], other=0.0)
         dt_base = dt_ptr + b * stb + k * stk + r * std
     else:
         dt_mask = dmask
@@ -318,14 +383,37 @@ def scan_fwd_step_kernel(
 
 @triton.jit
 def scan_adjoint_summary_kernel(
-    dt_ptr, stb, stk, stl, std,
-    A_ptr, C_ptr, scb, sck, scl, scn,
-    bias_ptr, ids_ptr,
-    dy_ptr, syb, syk, syl, syd,
-    es_ptr, ts_ptr,  # (batch, K, NCH, D, N) adjoint reached from zero at the chunk's left end; (batch, K, NCH, D)
-    L, D, N, K, NCH,
-    HAS_IDS: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    BL: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr,
+    dt_ptr,
+    stb,
+    stk,
+    stl,
+    std,
+    A_ptr,
+    C_ptr,
+    scb,
+    sck,
+    scl,
+    scn,
+    bias_ptr,
+    ids_ptr,
+    dy_ptr,
+    syb,
+    syk,
+    syl,
+    syd,
+    es_ptr,
+    ts_ptr,  # (batch, K, NCH, D, N) adjoint reached from zero at the chunk's left end; (batch, K, NCH, D)
+    L,
+    D,
+    N,
+    K,
+    NCH,
+    HAS_IDS: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    SOFTPLUS: tl.constexpr,
+    BL: tl.constexpr,
+    BD: tl.constexpr,
+    BN: tl.constexpr,
 ):
     """Per chunk (positions l0, l0+1, ...): a = Σ_l exp(A Σ_{l0<=j<l} Δ_{j+1}) C_l dy_l and Σ_l Δ_{l+1}."""
     pid_d = tl.program_id(0)
@@ -333,20 +421,24 @@ def scan_adjoint_summary_kernel(
     pid_bk = tl.program_id(2)
     b = pid_bk // K
     k = pid_bk % K
-    d, dmask, n, nmask, A2, bias, _ = _block_setup(A_ptr, bias_ptr, bias_ptr, k, pid_d, D, N, False, HAS_BIAS,
-                                                   BD, BN)
+    d, dmask, n, nmask, A2, bias, _ = _block_setup(A_ptr, bias_ptr, bias_ptr, k, pid_d, D, N, False, HAS_BIAS, BD, BN)
     l = c * BL + tl.arange(0, BL)
     lmask = l < L
     p = _positions(ids_ptr, k, l, lmask, L, HAS_IDS)
-    Cv = tl.load(C_ptr + b * scb + k * sck + p[:, None] * scl + n[None, :] * scn,
-                 mask=lmask[:, None] & nmask[None, :], other=0.0).to(tl.float32)
+    Cv = tl.load(
+        C_ptr + b * scb + k * sck + p[:, None] * scl + n[None, :] * scn, mask=lmask[:, None] & nmask[None, :], other=0.0
+    ).to(tl.float32)
     l1 = l + 1
     l1mask = l1 < L
     p1 = _positions(ids_ptr, k, l1, l1mask, L, HAS_IDS)
-    _, dt = _load_delta(dt_ptr, b * stb + k * stk, p1, d, l1mask[:, None] & dmask[None, :], stl, std, bias,
-                        HAS_BIAS, SOFTPLUS)
-    dy = tl.load(dy_ptr + b * syb + k * syk + p[:, None] * syl + d[None, :] * syd,
-                 mask=lmask[:, None] & dmask[None, :], other=0.0).to(tl.float32)
+    _, dt = _load_delta(
+        dt_ptr, b * stb + k * stk, p1, d, l1mask[:, None] & dmask[None, :], stl, std, bias, HAS_BIAS, SOFTPLUS
+    )
+    dy = tl.load(
+        dy_ptr + b * syb + k * syk + p[:, None] * syl + d[None, :] * syd,
+        mask=lmask[:, None] & dmask[None, :],
+        other=0.0,
+    ).to(tl.float32)
     span = tl.cumsum(dt, axis=0) - dt  # Σ of Δ_{j+1} for j before l in the chunk
     w = tl.exp2(span[:, :, None] * A2[None, :, :])
     summary = tl.sum(w * dy[:, :, None] * Cv[:, None, :], axis=0)
@@ -357,11 +449,21 @@ def scan_adjoint_summary_kernel(
 
 @triton.jit
 def scan_state_carry_kernel(
-    A_ptr, es_ptr, ts_ptr,
+    A_ptr,
+    es_ptr,
+    ts_ptr,
     hs_ptr,  # (batch, K, NCH, D, N) float32 out: state entering chunk c (adjoint: leaving it to the right)
-    e1_ptr, gate_ptr, const_ptr,  # COMBINE: the summaries are gate·es + const·e1 (gate, const (batch, K, D))
-    D, N, K, NCH,
-    REVERSE: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr, COMBINE: tl.constexpr = False,
+    e1_ptr,
+    gate_ptr,
+    const_ptr,  # COMBINE: the summaries are gate·es + const·e1 (gate, const (batch, K, D))
+    D,
+    N,
+    K,
+    NCH,
+    REVERSE: tl.constexpr,
+    BD: tl.constexpr,
+    BN: tl.constexpr,
+    COMBINE: tl.constexpr = False,
 ):
     """Chain the chunk summaries: h_{c+1} = exp(A ΣΔ_c) h_c + e_c (REVERSE: from the last chunk down)."""
     pid_d = tl.program_id(0)
@@ -380,18 +482,30 @@ def scan_state_carry_kernel(
         total = tl.load(ts_ptr + row, mask=dmask, other=0.0)
         summary = tl.load(es_ptr + row[:, None] * N + n[None, :], mask=mask, other=0.0)
         if COMBINE:
-            summary = gate[:, None] * summary + const[:, None] * tl.load(e1_ptr + row[:, None] * N + n[None, :],
-                                                                          mask=mask, other=0.0)
+            summary = gate[:, None] * summary + const[:, None] * tl.load(
+                e1_ptr + row[:, None] * N + n[None, :], mask=mask, other=0.0
+            )
         h = tl.exp2(total[:, None] * A2) * h + summary
 
 
 @triton.jit
 def scan_state_chain_kernel(
-    A_ptr, es_ptr, ts_ptr,
+    A_ptr,
+    es_ptr,
+    ts_ptr,
     hs_ptr,  # (batch, K, NCH, D, N) float32 out: state entering chunk c (adjoint: leaving it to the right)
-    e1_ptr, gate_ptr, const_ptr,  # COMBINE: the summaries are gate·es + const·e1 (gate, const (batch, K, D))
-    D, N, K, NCH,
-    REVERSE: tl.constexpr, CB: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr, COMBINE: tl.constexpr = False,
+    e1_ptr,
+    gate_ptr,
+    const_ptr,  # COMBINE: the summaries are gate·es + const·e1 (gate, const (batch, K, D))
+    D,
+    N,
+    K,
+    NCH,
+    REVERSE: tl.constexpr,
+    CB: tl.constexpr,
+    BD: tl.constexpr,
+    BN: tl.constexpr,
+    COMBINE: tl.constexpr = False,
 ):
     """The same chain as :func:`scan_state_carry_kernel`, ``CB`` chunks per step: the recurrence over chunks is
     itself a linear scan, so each step scans a (CB, BD, BN) block of summaries in parallel and folds in the
@@ -423,13 +537,13 @@ def scan_state_chain_kernel(
         summary = tl.load(es_ptr + row[:, :, None] * N + n[None, None, :], mask=m3, other=0.0)
         if COMBINE:
             summary = gate[None, :, None] * summary + const[None, :, None] * tl.load(
-                e1_ptr + row[:, :, None] * N + n[None, None, :], mask=m3, other=0.0)
+                e1_ptr + row[:, :, None] * N + n[None, None, :], mask=m3, other=0.0
+            )
         decay = tl.exp2(total[:, :, None] * A2[None, :, :])
         acc_a, acc_e = tl.associative_scan((decay, summary), 0, _combine)
         after = acc_e + acc_a * h[None, :, :]
         out_row = (pid_bk * NCH + nxt)[:, None] * D + d[None, :]
-        tl.store(hs_ptr + out_row[:, :, None] * N + n[None, None, :], after,
-                 mask=m3 & ((i + 1) < NCH)[:, None, None])
+        tl.store(hs_ptr + out_row[:, :, None] * N + n[None, None, :], after, mask=m3 & ((i + 1) < NCH)[:, None, None])
         h = tl.sum(tl.where((j == CB - 1)[:, None, None], after, 0.0), axis=0)
 
 
@@ -450,8 +564,7 @@ def scan_state_chain_kernel(
 
 
 @triton.jit
-def _step_inputs(x_base, dt_base, b_base, p, sxl, stl, sbl, bias, dmask, nmask, valid,
-                 SOFTPLUS: tl.constexpr):
+def _step_inputs(x_base, dt_base, b_base, p, sxl, stl, sbl, bias, dmask, nmask, valid, SOFTPLUS: tl.constexpr):
     """Δ (zero at positions past the end: an identity step), raw Δ + bias, u and B of one position."""
     raw = tl.load(dt_base + p * stl, mask=dmask, other=0.0).to(tl.float32) + bias
     # _step_delta written out: called here, ptxas schedules the gated backward with 16 more instructions
@@ -467,32 +580,81 @@ def _step_inputs(x_base, dt_base, b_base, p, sxl, stl, sbl, bias, dmask, nmask, 
 
 @triton.jit(do_not_specialize=["SN"])
 def scan_bwd_step_kernel(
-    x_ptr, sxb, sxk, sxl, sxd,
-    dt_ptr, stb, stk, stl, std,
-    A_ptr, B_ptr, sbb, sbk, sbl, sbn,
-    C_ptr, scb, sck, scl, scn,
-    D_ptr, bias_ptr, ids_ptr,
-    dy_ptr, syb, syk, syl, syd,
-    hs_ptr, gs_ptr,  # (batch, K, NCH, D, N): state entering chunk c from the left, adjoint from the right
-    du_ptr, sub, suk, sul, sud,
-    ddt_ptr, sdb, sdk, sdl, sdd,
-    dB_ptr, dC_ptr,  # (batch, K, NDB, L, N) float32 partial sums over the channel block
+    x_ptr,
+    sxb,
+    sxk,
+    sxl,
+    sxd,
+    dt_ptr,
+    stb,
+    stk,
+    stl,
+    std,
+    A_ptr,
+    B_ptr,
+    sbb,
+    sbk,
+    sbl,
+    sbn,
+    C_ptr,
+    scb,
+    sck,
+    scl,
+    scn,
+    D_ptr,
+    bias_ptr,
+    ids_ptr,
+    dy_ptr,
+    syb,
+    syk,
+    syl,
+    syd,
+    hs_ptr,
+    gs_ptr,  # (batch, K, NCH, D, N): state entering chunk c from the left, adjoint from the right
+    du_ptr,
+    sub,
+    suk,
+    sul,
+    sud,
+    ddt_ptr,
+    sdb,
+    sdk,
+    sdl,
+    sdd,
+    dB_ptr,
+    dC_ptr,  # (batch, K, NDB, L, N) float32 partial sums over the channel block
     dA_ptr,  # (batch, NCH, K·D, N) float32 partial sums over the chunk
-    dD_ptr, dbias_ptr,  # (K·D, batch·NCH) float32 partial sums over the chunk (rows: summed contiguously)
+    dD_ptr,
+    dbias_ptr,  # (K·D, batch·NCH) float32 partial sums over the chunk (rows: summed contiguously)
     ck_ptr,  # (batch, K, NCH, BL / S - 1, D, N) float32 scratch: states entering the sub-chunks after the first
-    gate_ptr, const_ptr,  # GATED_DY: (batch, K, D) float32, dy = gate·dy + const (dy read with k stride 0)
-    L, D, N, K, NCH, NDB, SN,
-    HAS_IDS: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    BL: tl.constexpr, S: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr,
-    FIRST_WALK: tl.constexpr = True, GATED_DY: tl.constexpr = False,
+    gate_ptr,
+    const_ptr,  # GATED_DY: (batch, K, D) float32, dy = gate·dy + const (dy read with k stride 0)
+    L,
+    D,
+    N,
+    K,
+    NCH,
+    NDB,
+    SN,
+    HAS_IDS: tl.constexpr,
+    HAS_D: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    SOFTPLUS: tl.constexpr,
+    BL: tl.constexpr,
+    S: tl.constexpr,
+    BD: tl.constexpr,
+    BN: tl.constexpr,
+    FIRST_WALK: tl.constexpr = True,
+    GATED_DY: tl.constexpr = False,
 ):
     pid_d = tl.program_id(0)
     c = tl.program_id(1)
     pid_bk = tl.program_id(2)
     b = pid_bk // K
     k = pid_bk % K
-    d, dmask, n, nmask, e, ns, mask, A, bias, Dv = _step_setup(A_ptr, D_ptr, bias_ptr, k, pid_d, D, N, SN, True,
-                                                               HAS_D, HAS_BIAS, BD, BN)
+    d, dmask, n, nmask, e, ns, mask, A, bias, Dv = _step_setup(
+        A_ptr, D_ptr, bias_ptr, k, pid_d, D, N, SN, True, HAS_D, HAS_BIAS, BD, BN
+    )
     A2 = A * 1.4426950408889634
     carry = (((b * K + k) * NCH + c) * D + d[:, None]) * N + ns
     h_chunk = tl.load(hs_ptr + carry, mask=mask, other=0.0)
@@ -507,8 +669,9 @@ def scan_bwd_step_kernel(
     # Δ of the position after the one being differentiated (its decay carries the adjoint back).
     l_after = tl.minimum(l0 + BL, L - 1)
     p_after = _step_position(ids_ptr, k, l_after, L, HAS_IDS)
-    _raw_after, dt_next, _u_after, _b_after = _step_inputs(x_base, dt_base, b_base, p_after, sxl, stl, sbl, bias,
-                                                           dmask, nmask, (l0 + BL) < L, SOFTPLUS)
+    _raw_after, dt_next, _u_after, _b_after = _step_inputs(
+        x_base, dt_base, b_base, p_after, sxl, stl, sbl, bias, dmask, nmask, (l0 + BL) < L, SOFTPLUS
+    )
     dA = tl.zeros((BD, BN), tl.float32)
     dD = tl.zeros((BD,), tl.float32)
     dbias = tl.zeros((BD,), tl.float32)  # Σ dΔ (the bias's gradient), so that nothing re-reads dΔ for it
@@ -550,16 +713,18 @@ def scan_bwd_step_kernel(
         for j in tl.static_range(S):  # the sub-chunk's states, kept
             l = ls + j
             p = _step_position(ids_ptr, k, tl.minimum(l, L - 1), L, HAS_IDS)
-            _raw_s, dt_s, u_s, B_s = _step_inputs(x_base, dt_base, b_base, p, sxl, stl, sbl, bias, dmask, nmask,
-                                                 l < L, SOFTPLUS)
+            _raw_s, dt_s, u_s, B_s = _step_inputs(
+                x_base, dt_base, b_base, p, sxl, stl, sbl, bias, dmask, nmask, l < L, SOFTPLUS
+            )
             h = tl.exp2(A2 * dt_s[:, None]) * h + B_s[None, :] * (dt_s * u_s)[:, None]
             states = states + (h,)  # noqa: RUF005 (Triton's frontend builds tuples by concatenation)
         for j in tl.static_range(S - 1, -1, -1):  # and walked backwards
             l = ls + j
             valid = l < L
             p = _step_position(ids_ptr, k, tl.minimum(l, L - 1), L, HAS_IDS)
-            raw, dt, u, Bl = _step_inputs(x_base, dt_base, b_base, p, sxl, stl, sbl, bias, dmask, nmask, valid,
-                                          SOFTPLUS)
+            raw, dt, u, Bl = _step_inputs(
+                x_base, dt_base, b_base, p, sxl, stl, sbl, bias, dmask, nmask, valid, SOFTPLUS
+            )
             Cl = tl.load(c_base + p * scl, mask=nmask, other=0.0).to(tl.float32)
             dy = tl.load(dy_base + p * syl, mask=dmask & valid, other=0.0).to(tl.float32)
             if GATED_DY:
