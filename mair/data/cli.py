@@ -8,10 +8,8 @@ return 1.
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -555,44 +553,16 @@ def _cmd_forget(args: argparse.Namespace) -> int:
 # -------------------------------------------------------------------------------------------- prepare / demo
 
 
-def _optional_callable(module_name: str, attribute: str) -> Callable[..., Any]:
-    """``module.attribute`` from the preparation code, or a CommandError saying it is not there yet."""
-    import importlib
-
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as error:
-        if error.name and module_name.startswith(error.name):
-            raise CommandError(
-                f"{module_name} is not available in this installation yet (see docs/contracts.md)"
-            ) from None
-        raise
-    function = getattr(module, attribute, None)
-    if not callable(function):
-        raise CommandError(f"{module_name}.{attribute}() is not available yet (see docs/contracts.md)")
-    return function
-
-
-def _call(function: Callable[..., Any], *args: Any, **optional: Any) -> Any:
-    """Call ``function(*args, **kw)`` passing only the optional keywords it accepts."""
-    try:
-        params = inspect.signature(function).parameters
-    except (TypeError, ValueError):  # pragma: no cover - builtins
-        params = {}
-    accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    kwargs = {k: v for k, v in optional.items() if accepts_any or k in params}
-    return function(*args, **kwargs)
-
-
 def _cmd_prepare(args: argparse.Namespace) -> int:
-    prepare = _optional_callable("mair.data.prepare", "prepare")
+    from mair.data.prepare import prepare
+
     catalog = _catalog(args)
     root = _root(args)
     names = _names(args, catalog)
     status = 0
     for dataset_id in names:
         try:
-            report = _call(prepare, dataset_id, root, force=args.force, workers=args.workers)
+            report = prepare(dataset_id, root, force=args.force, workers=args.workers)
         except CommandError:
             raise
         except (RuntimeError, ValueError, OSError, KeyError) as error:
@@ -619,9 +589,10 @@ def _report_text(report: Any) -> str:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    build_demo = _optional_callable("mair.data.demo", "build_demo")
+    from mair.data.demo import build_demo
+
     root = _root(args)
-    report = _call(build_demo, root, force=args.force)
+    report = build_demo(root, force=args.force)
     sets = report.get("datasets", {}) if isinstance(report, dict) else {}
     for dataset_id, info in sets.items():
         print(f"{dataset_id}: {_report_text(info)}")

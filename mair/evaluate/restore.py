@@ -95,10 +95,8 @@ def header_size(path: Path) -> tuple[int, int] | None:
     size = png_size(path)
     if size is not None:
         return size
-    try:
-        from PIL import Image
-    except ImportError:  # the decoder's own limits still apply
-        return None
+    from PIL import Image
+
     saved = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = None  # only the header is read here: the size is what we want to know
     try:
@@ -526,52 +524,34 @@ def _compiled_for_tiles(model: Any, runtime: Any) -> Any:
 
 
 def _progress(total: int) -> tuple[Callable[[], None], Callable[[str], None], Callable[[], None]]:
-    """(advance, write a message, close): tqdm when installed, else a counter on stderr."""
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        state = {"n": 0}
+    """(advance, write a message, close) of a tqdm bar on stderr."""
+    from tqdm import tqdm
 
-        def advance() -> None:
-            state["n"] += 1
-            print(f"\r[{state['n']}/{total}]", end="", file=sys.stderr, flush=True)
-
-        def write(msg: str) -> None:
-            print(("\n" if state["n"] else "") + msg, file=sys.stderr)
-
-        return advance, write, lambda: print(file=sys.stderr)
     bar = tqdm(total=total, unit="img", file=sys.stderr)
     return (lambda: bar.update(1)), (lambda msg: bar.write(msg, file=sys.stderr)), bar.close
 
 
 class _TileProgress:
-    """A second progress line for the tiles of one large image (tqdm), or a line per 10 % without tqdm."""
+    """A second progress line (tqdm) for the tiles of one large image."""
 
     def __init__(self) -> None:
         self.bar: Any = None
-        self.last_decile = -1
 
     def __call__(self, done: int, total: int) -> None:
         if total <= 1:
             return
-        try:
-            from tqdm import tqdm
-        except ImportError:
-            decile = 10 * done // total
-            if decile != self.last_decile:
-                self.last_decile = decile
-                print(f"  tiles {done}/{total}", file=sys.stderr, flush=True)
-        else:
-            if self.bar is None:
-                self.bar = tqdm(total=total, unit="tile", desc="  tiles", leave=False, position=1, file=sys.stderr)
-            self.bar.update(done - self.bar.n)
+        from tqdm import tqdm
+
+        if self.bar is None:
+            self.bar = tqdm(total=total, unit="tile", desc="  tiles", leave=False, position=1, file=sys.stderr)
+        self.bar.update(done - self.bar.n)
         if done >= total:
             self.close()
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
-        self.bar, self.last_decile = None, -1
+        self.bar = None
 
 
 def restore_files(

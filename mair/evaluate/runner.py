@@ -120,18 +120,12 @@ class EvalSpec:
 
 def load_experiment(experiment_id: str, scope: str = "paper") -> dict[str, Any]:
     """The experiment dict from :mod:`mair.experiments`; for scope ``demo`` its demo-scale version."""
-    try:
-        from mair import experiments
-    except ImportError as error:
-        raise EvaluationError(f"cannot load experiments: mair.experiments is unavailable ({error})") from None
+    from mair import experiments
+
     try:
         exp = dict(experiments.load_experiment(experiment_id))
         if scope == "demo" and exp.get("scope") != "demo":
-            if hasattr(experiments, "demo_experiment"):
-                exp = dict(experiments.demo_experiment(exp))
-            elif isinstance(exp.get("demo"), Mapping):
-                exp["network"] = {**exp["network"], "kwargs": dict(exp["demo"]["network_kwargs"])}
-                exp["scope"] = "demo"
+            exp = dict(experiments.demo_experiment(exp))
     except (KeyError, FileNotFoundError, ValueError) as error:
         raise EvaluationError(str(error).strip("'\"")) from None
     return exp
@@ -495,14 +489,8 @@ def _progress(items: Sequence[Any], desc: str, enabled: bool) -> Iterator[Any]:
     if not enabled:
         yield from items
         return
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        for i, item in enumerate(items, 1):
-            print(f"\r{desc}: {i}/{len(items)}", end="", file=sys.stderr, flush=True)
-            yield item
-        print(file=sys.stderr)
-        return
+    from tqdm import tqdm
+
     yield from tqdm(items, desc=desc, unit="img", file=sys.stderr)
 
 
@@ -668,13 +656,8 @@ def _now() -> str:
 
 def _log_mlflow(summary: Mapping[str, Any], spec: EvalSpec, files: Sequence[Path], images: Sequence[Path] = ()) -> None:
     """Log one summary through :mod:`mair.tracking`; never raise."""
-    try:
-        from mair import tracking
-    except ImportError:
-        return
-    log = getattr(tracking, "log_evaluation", None)
-    if log is None:
-        return
+    from mair import tracking
+
     try:
         params = {
             "arch": spec.arch,
@@ -682,7 +665,7 @@ def _log_mlflow(summary: Mapping[str, Any], spec: EvalSpec, files: Sequence[Path
             "task": spec.task,
             **{f"net.{k}": v for k, v in spec.kwargs.items()},
         }
-        log(
+        tracking.log_evaluation(
             summary=dict(summary),
             params=params,
             artifacts=[str(f) for f in files if Path(f).exists()],

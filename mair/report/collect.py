@@ -176,14 +176,12 @@ def _infer_light_size(exp: str) -> str | None:
 
 
 def default_experiments_dir() -> Path | None:
-    """``params/experiments`` as :mod:`mair.experiments` finds it, or None."""
-    try:
-        from mair.experiments import experiments_dir
-    except ImportError:
-        return None
+    """``params/experiments`` as :mod:`mair.experiments` finds it, or None when there is none."""
+    from mair.experiments import ExperimentError, experiments_dir
+
     try:
         return experiments_dir()
-    except Exception:  # that module's own error when no params folder exists
+    except ExperimentError:  # no params folder anywhere: tables without the experiment files' hints
         return None
 
 
