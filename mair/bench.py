@@ -475,11 +475,3 @@ def main(args: argparse.Namespace) -> int:
     if args.out:
         atomic_write_json(args.out, {"environment": environment(), "rows": rows})
     return _report_failures(failed, rows)
-
-
-if __name__ == "__main__":
-    from mair.bench_cli import _add_arguments
-
-    cli = argparse.ArgumentParser(description=__doc__)
-    _add_arguments(cli)
-    raise SystemExit(main(cli.parse_args()))

@@ -9,6 +9,14 @@ class CommandError(Exception):
     """A user-facing error: the ``mair`` command prints it as one line without a traceback, exit status 2."""
 
 
+class DownloadError(RuntimeError):
+    """A file could not be fetched from any of its sources."""
+
+
+class EvaluationError(Exception):
+    """A user-facing evaluation failure (missing data or weights, weights of another architecture, ...)."""
+
+
 def not_a_file_reason(path: str | os.PathLike[str]) -> str:
     """Why ``path`` cannot be read as a regular file: ``no such file``, or what it is instead (a folder, a FIFO...)."""
     import stat

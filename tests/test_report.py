@@ -25,7 +25,8 @@ from mair.report.collect import (
     read_summaries,
 )
 from mair.report.latex import latex_escape
-from mair.report.tables import ReportResult, to_frame, write_report
+from mair.report.tables import to_frame
+from mair.report.write import ReportResult, write_report
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -566,7 +566,7 @@ def test_tables_label_published_weights_and_keep_mlflow_runs_apart(tmp_path: Pat
 
     import mair
     from mair.report.collect import read_mlflow
-    from mair.report.tables import write_report
+    from mair.report.write import write_report
 
     eval_dir = tmp_path / "results" / "published" / "paper" / "eval" / "dn_real"
     eval_dir.mkdir(parents=True)

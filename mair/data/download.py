@@ -38,6 +38,7 @@ from mair.atomic import _fsync_dir, atomic_write_json, make_temp_file
 from mair.data.catalog import DEFAULT_SOURCE, Catalog, Dataset, FileSpec, Source, infer_format
 from mair.data.extract import ExtractLimits, extract_dataset, read_marker
 from mair.data.gdrive import download_drive_file
+from mair.errors import DownloadError
 from mair.data.lockfile import LockBusyError, LockFile, file_lock, is_reference, new_entry, provenance
 from mair.data.paths import PathLike, extracted_dir, lock_path, raw_dir
 
@@ -49,10 +50,6 @@ Log = Callable[[str], None]
 
 def _stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-class DownloadError(RuntimeError):
-    """A file could not be fetched from any of its sources."""
 
 
 class ChecksumMismatch(DownloadError):

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from mair.atomic import atomic_open, atomic_write_text
-from mair.evaluate.runner import EvaluationError
+from mair.errors import EvaluationError
 
 __all__ = ["read_dnd_boxes", "read_dnd_image", "write_dnd_submission"]
 

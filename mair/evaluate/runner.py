@@ -36,7 +36,10 @@ import cv2
 import numpy as np
 
 from mair.atomic import atomic_write_json, atomic_write_text
-from mair.errors import missing_weights_message
+from mair.errors import (
+    EvaluationError,
+    missing_weights_message,
+)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".ppm", ".webp")
 MAIR_TASKS = ("sr_classic", "sr_light", "dn_color")
@@ -55,10 +58,6 @@ __all__ = [
     "load_experiment",
     "run_protocol",
 ]
-
-
-class EvaluationError(Exception):
-    """A user-facing evaluation failure (missing data or weights, weights of another architecture, ...)."""
 
 
 # ----------------------------------------------------------------------------------------------------------

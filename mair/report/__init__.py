@@ -1,6 +1,6 @@
 """Reporting: evaluation summaries -> pandas -> LaTeX / Markdown / CSV tables beside the published numbers.
 
-``mair tables`` (mair/report/cli.py) drives it; :func:`mair.report.tables.write_report` does the work.
+``mair tables`` (mair/report/cli.py) drives it; :func:`mair.report.write.write_report` does the work.
 Importing this package is cheap: pandas and matplotlib are imported by the submodules that need them.
 """
 

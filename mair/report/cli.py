@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
             f"no evaluation results in {eval_dir} (expected <experiment>/<dataset>.json): run `mair evaluate` first"
         )
 
-    from mair.report.tables import write_report
+    from mair.report.write import write_report
 
     try:
         result = write_report(
