@@ -13,10 +13,9 @@ import pytest
 import yaml
 from conftest import REPO, shared_path
 
-from mair.cli import CommandError, main
+from mair.cli import main
 from mair.data import paths
 from mair.data.catalog import CatalogError, infer_format, load_catalog, parse_catalog
-from mair.data.cli import _call, _optional_callable
 from mair.data.lockfile import LockFile
 
 IDS = [
@@ -238,18 +237,6 @@ def test_registration_does_not_import_torch() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     assert out.stdout.strip() == "False"
-
-
-def test_prepare_hooks_are_optional() -> None:
-    with pytest.raises(CommandError, match="not available"):
-        _optional_callable("mair.data.no_such_module", "prepare")
-    with pytest.raises(CommandError, match="not available"):
-        _optional_callable("mair.data.paths", "no_such_function")
-
-    def takes(dataset_id: str, data_dir: str, force: bool = False) -> tuple[str, str, bool]:
-        return dataset_id, data_dir, force
-
-    assert _call(takes, "set5", "root", force=True, workers=4) == ("set5", "root", True)
 
 
 @pytest.mark.slow
