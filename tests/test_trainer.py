@@ -353,7 +353,7 @@ def test_x3_initialised_from_x2_non_strict(
     x2 = demo_experiment(load_experiment("sr_light_s_x2"))
     torch.manual_seed(1)
     x2_net = from_official(x2["network"]["arch"], **x2["network"]["kwargs"])
-    save_weights(x2_net, tmp_path / "results" / "demo" / "weights" / "sr_light_s_x2.pth")
+    save_weights(x2_net, tmp_path / "results" / "trained" / "demo" / "weights" / "sr_light_s_x2.pth")
     code = mair_main(
         [
             "train",
