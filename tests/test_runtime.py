@@ -48,7 +48,7 @@ def test_cuda_default_is_the_fast_path_for_training() -> None:
     assert (rt.path, rt.device, rt.precision) == ("default", "cuda", "tf32")
     assert rt.scan_backend == rt.scan_backend_resolved == "triton"
     assert (rt.compile_backend, rt.compile_mode, rt.cuda_graphs) == ("inductor", "reduce-overhead", True)
-    assert rt.fused_adam and rt.adam_kwargs() == {"fused": True} and rt.cudnn_benchmark
+    assert rt.fused_adam and rt.adam_kwargs() == {"fused": True} and not rt.cudnn_benchmark
     assert rt.describe() == (
         "default path on cuda: scan triton, TF32 matmuls and convolutions, torch.compile "
         "inductor reduce-overhead (CUDA graphs), fused Adam"
@@ -126,11 +126,12 @@ def test_contradicting_options_are_one_clear_error(kwargs: dict[str, Any], messa
 
 
 def test_apply_sets_the_tf32_switches_of_each_path() -> None:
+    torch.backends.cudnn.benchmark = True  # left on by earlier code: the default path turns it off
     cache = resolve_runtime("cuda", triton_available=True).apply()
     assert cache is not None and cache.inductor.is_dir() and cache.triton.is_dir()  # under the test's tmp_path
     assert os.environ[compile_cache.INDUCTOR_VAR] == str(cache.inductor)
     assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
-    assert torch.backends.cudnn.benchmark
+    assert not torch.backends.cudnn.benchmark
     resolve_runtime("cuda", exact=True, workload="infer").apply()
     assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
     assert not torch.backends.cudnn.benchmark
