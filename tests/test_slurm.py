@@ -32,7 +32,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(_WHY_NOT is not None, reason=
 
 EXPS = ["dehaze_r6k", "dehaze_its"]
 #: The training stopped by its time limit, made long enough (iterations) to be caught while it runs.
-SLOW_EXP, SLOW_ITERS = "dehaze_r6k", 400  # long enough that SLURM's time-limit signal (its checks run every ~30 s) lands mid-training
+# Long enough that SLURM's time-limit signal (slurmctld checks limits every ~30 s) lands mid-training.
+SLOW_EXP, SLOW_ITERS = "dehaze_r6k", 400
 
 
 @pytest.fixture(scope="module")
