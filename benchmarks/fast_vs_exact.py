@@ -251,7 +251,7 @@ def golden_part(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from mair.models import from_official
-    from mair.runtime import resolve_runtime
+    from mair.runtime.resolve import resolve_runtime
 
     files = sorted((args.golden).glob("*.pt"))
     if not files:
@@ -564,7 +564,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     exp_ids = [e.strip() for e in args.experiments.split(",") if e.strip()]
     summary_path = args.out / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-    from mair.bench import environment
+    from mair.bench.workloads import environment
 
     summary["environment"] = environment()
     parts: dict[str, Callable[[], dict[str, Any]]] = {

@@ -13,7 +13,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from mair.models.blocks import Mlp
-from mair.precision import apply_matmul_precision
+from mair.runtime.precision import apply_matmul_precision
 
 
 def gpu_ms(mlp: Mlp, x: torch.Tensor, grad: torch.Tensor, repeat: int) -> float:
@@ -36,7 +36,7 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=450)
     parser.add_argument("--tokens", type=int, default=4 * 64 * 64)
     parser.add_argument("--multiples", default="1,4,8,16,32")
-    parser.add_argument("--precision", default="tf32", help="fp32 or tf32 (mair.precision)")
+    parser.add_argument("--precision", default="tf32", help="fp32 or tf32 (mair.runtime.precision)")
     parser.add_argument("--repeat", type=int, default=20)
     args = parser.parse_args()
     apply_matmul_precision(args.precision)

@@ -25,8 +25,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from mair.atomic import atomic_write_json  # noqa: E402
-from mair.bench import WORKLOADS, environment, format_rows, network_spec, run_workload  # noqa: E402
+from mair.bench.workloads import WORKLOADS, environment, format_rows, network_spec, run_workload  # noqa: E402
+from mair.common.atomic import atomic_write_json  # noqa: E402
 
 
 def official_network(src: Path, workload_name: str) -> torch.nn.Module:

@@ -13,10 +13,10 @@ import argparse
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from mair.compile_modes import COMPILE_MODES, CUDA_GRAPH_MODES
 from mair.experiments import load_experiment
 from mair.models import from_official, set_scan_backend
-from mair.precision import apply_matmul_precision, autocast
+from mair.runtime.compile_modes import COMPILE_MODES, CUDA_GRAPH_MODES
+from mair.runtime.precision import apply_matmul_precision, autocast
 
 
 def main() -> None:
@@ -27,7 +27,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=None, help="default 4 (train) or 1 (--infer)")
     parser.add_argument("--size", type=int, default=None, help="input side; default 64 (train) or 256 (--infer)")
     parser.add_argument("--rows", type=int, default=25)
-    parser.add_argument("--precision", default="fp32", help="fp32, tf32 or bf16 (mair.precision)")
+    parser.add_argument("--precision", default="fp32", help="fp32, tf32 or bf16 (mair.runtime.precision)")
     parser.add_argument(
         "--compile-mode",
         default=None,

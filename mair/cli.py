@@ -13,12 +13,12 @@ import sys
 from collections.abc import Sequence
 
 from mair import __version__
-from mair.errors import CommandError
+from mair.common.errors import CommandError
 
 # Modules that each provide ``register(subparsers: argparse._SubParsersAction) -> None``.
 COMMAND_MODULES: tuple[str, ...] = (
     "mair.models.cli",
-    "mair.bench_cli",
+    "mair.bench.cli",
     "mair.data.cli",
     "mair.report.cli",
     "mair.evaluate.cli",

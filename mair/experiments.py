@@ -357,7 +357,7 @@ def load_experiment(id_or_path: str | os.PathLike[str]) -> dict[str, Any]:
     if _is_path(id_or_path):
         path = Path(id_or_path)
         if not path.is_file():
-            from mair.errors import not_a_file_reason
+            from mair.common.errors import not_a_file_reason
 
             reason = not_a_file_reason(path)
             raise ExperimentError(

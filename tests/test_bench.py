@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from mair import bench
-from mair.bench_cli import _add_arguments
+from mair.bench import workloads as bench
+from mair.bench.cli import _add_arguments
 
 
 def _args(*argv: str) -> argparse.Namespace:

@@ -77,7 +77,7 @@ print(json.dumps(out))
 def parse_stage_command(cmd: str) -> dict[str, Any]:
     """``snakemake ... --allowed-rules R... --config K=V... -- TARGETS`` -> rules, config, targets."""
     words = shlex.split(cmd)
-    if words[:3] == ["python", "-m", "mair.snakemake_run"]:  # Snakemake with the profile `executor` names
+    if words[:3] == ["python", "-m", "mair.pipeline.snakemake_run"]:  # Snakemake with the profile `executor` names
         words = ["snakemake", *words[3:]]
     assert words[0] == "snakemake", cmd
     out: dict[str, Any] = {"rules": [], "config": {}, "targets": words[words.index("--") + 1 :]}

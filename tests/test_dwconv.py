@@ -11,11 +11,8 @@ import torch
 
 triton = pytest.importorskip("triton", reason="the Triton depthwise convolution needs the triton package")
 
-from mair.models.dwconv import (  # noqa: E402
-    depthwise_conv2d,
-    depthwise_conv2d_reference,
-    dwconv_weight_grad,
-)
+from mair.models.dwconv import depthwise_conv2d, depthwise_conv2d_reference  # noqa: E402
+from mair.models.dwconv.op import dwconv_weight_grad  # noqa: E402
 from tests.conftest import assert_vmm_switch_keeps_results  # noqa: E402
 from tests.conftest import rel_err as _rel  # noqa: E402
 
@@ -64,7 +61,7 @@ def test_matches_grouped_conv2d_with_all_gradients(
 
 def test_weight_gradient_partial_sums_cover_every_position(monkeypatch: pytest.MonkeyPatch) -> None:
     """Several runs of positions per program and a last run cut short: the same sums as one run."""
-    from mair.models import dwconv
+    from mair.models.dwconv import op as dwconv
 
     x, _, _ = _inputs(2, 13, 9, 5, 3, seed=3, strided=False)
     dy = torch.randn(x.shape, generator=torch.Generator().manual_seed(4))

@@ -28,8 +28,8 @@ import pytest
 import test_data_download as loopback
 from test_data_download import FAST, Server, entry, lock_entries, png_bytes, sha256, tar_gz, zip_bytes
 
-from mair.atomic import atomic_torch_save, atomic_write_json
 from mair.cli import main
+from mair.common.atomic import atomic_torch_save, atomic_write_json
 
 server = loopback.server  # the loopback HTTP server fixture
 env = loopback.env  # temp catalog (MAIR_PARAMS_DIR) and data root (MAIR_DATA_DIR) pointing at it

@@ -223,7 +223,7 @@ def test_disk_full_while_writing_a_checkpoint(tmp_path: Path, demo_data: Path) -
 def _kill_during_atomic_write(target: Path) -> None:
     """Leave the temp file of an atomic write behind as SIGKILL does: a real process killed mid-write."""
     code = (
-        "import sys, time\nfrom mair.atomic import atomic_open\n"
+        "import sys, time\nfrom mair.common.atomic import atomic_open\n"
         "with atomic_open(sys.argv[1], 'wb') as h:\n    h.write(b'half a checkpoint')\n    h.flush()\n"
         "    print('writing', flush=True)\n    time.sleep(60)\n"
     )
@@ -337,7 +337,7 @@ def test_bench_exits_non_zero_when_a_workload_failed(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The GPU-only backend fails on the CPU: the other results are written, the exit status says so."""
-    from mair import bench
+    from mair.bench import workloads as bench
 
     monkeypatch.setitem(bench.WORKLOADS, "tiny_infer", bench.Workload("tiny_infer", "infer", "sr_light_t_x4", 1, 12))
     out = tmp_path / "bench.json"

@@ -1,5 +1,5 @@
 """A real ``mlflow server`` on 127.0.0.1 (free port, SQLite store in a temporary folder, bounded wait): runs logged
-over HTTP by mair.tracking are read back through the server's REST API, as the MLflow UI shows them."""
+over HTTP by mair.common.tracking are read back through the server's REST API, as the MLflow UI shows them."""
 
 from __future__ import annotations
 
@@ -117,14 +117,14 @@ def search_runs(url: str) -> list[dict[str, Any]]:
 
 
 def test_runs_logged_over_http_are_read_back_through_rest(tmp_path: Path) -> None:
-    """A training-style run and an evaluation logged by mair.tracking to http://127.0.0.1:port come back
+    """A training-style run and an evaluation logged by mair.common.tracking to http://127.0.0.1:port come back
     through the REST API with their params, metrics, tags and artifact."""
     with mlflow_server(tmp_path / "mlflow.db", tmp_path / "mlartifacts") as url:
         csv = tmp_path / "set5.csv"
         csv.write_text("name,psnr,ssim\nbaby,38.1,0.96\n")
         code = f"""
 import json, sys
-from mair import tracking
+from mair.common import tracking
 tracker = tracking.Tracker({url!r})
 run = tracker.start(tracking.mlflow_experiment_name("demo", "sr_classic_x2"), "train sr_classic_x2",
                     {{"mair.kind": "training", "mair.experiment": "sr_classic_x2"}})
@@ -195,7 +195,7 @@ def test_experiment_kind_source_tags_training_link_model_and_artifacts(tmp_path:
         code = f"""
 import json
 from pathlib import Path
-from mair import tracking
+from mair.common import tracking
 t = tracking.Tracker({url!r})
 train = t.start(tracking.mlflow_experiment_name("demo", "dehaze_r6k"), "train dehaze_r6k",
                 {{"mair.kind": "training", "mair.experiment": "dehaze_r6k"}}, source="mair train")
@@ -215,7 +215,7 @@ print(json.dumps({{"train": train, "model": model, "eval": ev, "lone": lone, "ta
         env["MLFLOW_TRACKING_URI"] = url
         env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
         proc = subprocess.run(
-            [sys.executable, "-W", "error::UserWarning:mair.tracking", "-c", code],
+            [sys.executable, "-W", "error::UserWarning:mair.common.tracking", "-c", code],
             env=env,
             capture_output=True,
             text=True,

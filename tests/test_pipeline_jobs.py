@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 from test_workflow import copy_repo, needs_snakemake, snakemake
 
-from mair import experiments, jobstep
-from mair.slurm import SlurmSetupError, choose_status_command, job_mem_mb
+from mair import experiments
+from mair.pipeline import jobstep
+from mair.pipeline.slurm import SlurmSetupError, choose_status_command, job_mem_mb
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -75,7 +76,7 @@ def _jobstep(run_dir: Path, attempt: int, *child: str) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "mair.jobstep",
+        "mair.pipeline.jobstep",
         "--run-dir",
         str(run_dir),
         "--attempt",
@@ -132,7 +133,7 @@ def test_child_killed_by_a_signal_reports_128_plus_n(tmp_path: Path) -> None:
     command = [
         sys.executable,
         "-m",
-        "mair.jobstep",
+        "mair.pipeline.jobstep",
         "--run-dir",
         str(tmp_path),
         "--",
@@ -178,7 +179,7 @@ def test_mair_reads_the_params_of_the_checkout_it_runs_in(tmp_path: Path) -> Non
 
 
 def test_dvc_stages_run_snakemake_with_the_profile_executor_names(tmp_path: Path) -> None:
-    from mair.snakemake_run import snakemake_command
+    from mair.pipeline.snakemake_run import snakemake_command
 
     (tmp_path / "params").mkdir()
     settings = tmp_path / "params" / "pipeline.yaml"
@@ -194,14 +195,14 @@ def test_dvc_stages_run_snakemake_with_the_profile_executor_names(tmp_path: Path
         "snakemake", "--profile", "workflow/profiles/local", "--config", "scope=paper"
     ]  # fmt: skip
     settings.write_text("scope: demo\nexecutor: pbs\n")
-    proc = subprocess.run([sys.executable, "-m", "mair.snakemake_run", "-n"], cwd=tmp_path, env=_env(),
+    proc = subprocess.run([sys.executable, "-m", "mair.pipeline.snakemake_run", "-n"], cwd=tmp_path, env=_env(),
                           capture_output=True, text=True, timeout=60)  # fmt: skip
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        f"mair.snakemake_run: error: {settings}: executor: expected one of local, slurm, got 'pbs'"
+        f"mair.pipeline.snakemake_run: error: {settings}: executor: expected one of local, slurm, got 'pbs'"
     ]
     stages = (REPO / "dvc.yaml").read_text()
-    assert stages.count("cmd: python -m mair.snakemake_run ") == stages.count("cmd: ")
+    assert stages.count("cmd: python -m mair.pipeline.snakemake_run ") == stages.count("cmd: ")
 
 
 # What `scontrol show job -o` said, inside the job, when SIGTERM came (slurm-wlm 22.05 without accounting).

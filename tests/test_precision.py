@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mair.precision import PRECISIONS, apply_matmul_precision, autocast, check_precision, matmul_precision
+from mair.runtime.precision import PRECISIONS, apply_matmul_precision, autocast, check_precision, matmul_precision
 
 
 def test_tf32_mode_turns_matmul_tf32_on_and_restores_the_previous_switches() -> None:

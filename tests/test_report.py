@@ -7,13 +7,12 @@ import json
 import shutil
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-import mair
+from mair.common import tracking
 from mair.report import DEMO_BANNER
 from mair.report.collect import (
     PAPER_COLUMNS,
@@ -378,8 +377,7 @@ def test_infer_experiment_from_experiment_file(tmp_path: Path) -> None:
 
 def test_mlflow_fills_gaps_json_wins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _summary(tmp_path, "paper", "dn_real", "sidd_val", {"psnr": 39.90, "ssim": 0.9601})
-    fake = types.ModuleType("mair.tracking")
-    fake.eval_summaries = lambda uri, scope: [  # type: ignore[attr-defined]
+    runs = [  # type: ignore[attr-defined]
         {
             "experiment": "dn_real",
             "dataset": "sidd_val",
@@ -397,19 +395,18 @@ def test_mlflow_fills_gaps_json_wins(tmp_path: Path, monkeypatch: pytest.MonkeyP
             "run_id": "r2",
         },
     ]
-    monkeypatch.setitem(sys.modules, "mair.tracking", fake)
-    monkeypatch.setattr(mair, "tracking", fake, raising=False)
+    monkeypatch.setattr(tracking, "eval_summaries", lambda uri, scope: runs)  # what the store returns
     merged = merge_sources(read_summaries(tmp_path / "results", "paper"), read_mlflow("sqlite:///x.db", "paper"))
     frame = merged.frame.set_index(["table", "dataset", "metric"])["value"]
     assert frame[("dn_real", "SIDD", "PSNR")] == pytest.approx(39.90)
     assert frame[("deblur", "GoPro", "PSNR")] == pytest.approx(33.1)
 
 
-def test_mlflow_missing_is_a_note(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "mair.tracking", types.ModuleType("mair.tracking"))
-    monkeypatch.setattr(mair, "tracking", sys.modules["mair.tracking"], raising=False)
-    collected = read_mlflow("sqlite:///x.db", "paper")
-    assert collected.frame.empty and "eval_summaries" in collected.notes[0]
+def test_mlflow_unreadable_store_is_a_note(tmp_path: Path) -> None:
+    """A store that cannot be opened leaves the tables to the JSON summaries, with a note saying why."""
+    with pytest.warns(tracking.TrackingWarning, match="no-such-folder of the SQLite store does not exist"):
+        collected = read_mlflow(f"sqlite:///{tmp_path}/no-such-folder/mlflow.db", "paper")
+    assert collected.frame.empty
 
 
 def test_cli_tables_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

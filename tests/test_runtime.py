@@ -1,5 +1,5 @@
-"""The defaults of every command, decided in mair.runtime: the fast path on CUDA, ``--exact``, the CPU left as it
-was; the records that say which path a run took; the persistent compile cache; ``mair bench --default``; the
+"""The defaults of every command, decided in mair.runtime.resolve: the fast path on CUDA, ``--exact``, the CPU left as
+it was; the records that say which path a run took; the persistent compile cache; ``mair bench --default``; the
 pipeline's ``precision`` setting reaching the commands.
 
 CUDA is resolved without a GPU: :func:`resolve_runtime` is pure and takes ``device="cuda"`` and
@@ -21,8 +21,8 @@ import pytest
 import torch
 import yaml
 
-from mair import compile_cache
-from mair.runtime import RuntimeSettingsError, resolve_runtime
+from mair.runtime import compile_cache
+from mair.runtime.resolve import RuntimeSettingsError, resolve_runtime
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -140,7 +140,7 @@ def test_apply_sets_the_tf32_switches_of_each_path() -> None:
 
 
 def test_the_record_round_trips_through_json_and_names_the_path() -> None:
-    from mair.tracking import runtime_tags
+    from mair.common.tracking import runtime_tags
 
     record = json.loads(json.dumps(resolve_runtime("cuda", triton_available=True).as_dict()))
     assert record["path"] == "default" and record["cuda_graphs"] is True and record["describe"].startswith("default")
@@ -417,7 +417,7 @@ def test_torch_compile_writes_into_and_reuses_the_cache(tmp_path: Path, monkeypa
 
 
 def _bench_args(*argv: str) -> argparse.Namespace:
-    from mair.bench_cli import _add_arguments
+    from mair.bench.cli import _add_arguments
 
     parser = argparse.ArgumentParser()
     _add_arguments(parser)
@@ -427,7 +427,7 @@ def _bench_args(*argv: str) -> argparse.Namespace:
 def test_bench_default_times_the_resolved_settings_and_records_them(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from mair import bench
+    from mair.bench import workloads as bench
 
     monkeypatch.setitem(bench.WORKLOADS, "tiny_train", bench.Workload("tiny_train", "train", "sr_light_t_x4", 1, 8))
     monkeypatch.setitem(bench.WORKLOADS, "tiny_infer", bench.Workload("tiny_infer", "infer", "sr_light_t_x4", 1, 8))
@@ -472,8 +472,8 @@ def test_bench_default_times_the_resolved_settings_and_records_them(
 
 
 def test_bench_default_takes_no_settings_of_its_own() -> None:
-    from mair import bench
-    from mair.errors import CommandError
+    from mair.bench import workloads as bench
+    from mair.common.errors import CommandError
 
     with pytest.raises(CommandError, match="drop --precision, --compile-mode"):
         bench.main(_bench_args("scan_fwd", "--default", "--precision", "tf32", "--compile-mode", "default"))

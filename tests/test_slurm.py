@@ -263,7 +263,7 @@ def test_dvc_queue_runs_experiments_at_once_on_slurm(cluster: SlurmCluster, tmp_
     print(f"dvc queue on SLURM (2 experiments, -j 2): {took:.0f} s")
     assert states.count("Success") == 2, states + dvc("queue", "logs", f"on-slurm-{EXPS[0]}").stdout[-4000:]
     logs = dvc("queue", "logs", f"on-slurm-{EXPS[0]}").stdout
-    assert "mair.snakemake_run: snakemake --profile workflow/profiles/slurm" in logs, logs[-4000:]
+    assert "mair.pipeline.snakemake_run: snakemake --profile workflow/profiles/slurm" in logs, logs[-4000:]
     ctld = (cluster.root / "log" / "slurmctld.log").read_text()
     new_jobs = set(re.findall(r"_slurm_rpc_submit_batch_job: JobId=(\d+)", ctld)) - before
     assert len(new_jobs) == 2, ctld[-3000:]  # one training job per experiment; data and tables are local rules

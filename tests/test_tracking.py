@@ -22,7 +22,7 @@ pytest.importorskip("mlflow")
 
 from mlflow.tracking import MlflowClient
 
-from mair.tracking import (
+from mair.common.tracking import (
     Tracker,
     TrackingWarning,
     eval_summaries,
@@ -107,7 +107,7 @@ def test_three_processes_log_concurrently_to_a_fresh_store(tmp_path: Path) -> No
     script = textwrap.dedent(f"""
         import sys, warnings
         sys.path.insert(0, {str(REPO)!r})
-        from mair.tracking import Tracker
+        from mair.common.tracking import Tracker
         warnings.simplefilter("error")
         t = Tracker({uri!r}, lock_timeout=120)
         run_id = t.start("mair/demo/concurrent", "worker " + sys.argv[1], {{"worker": sys.argv[1]}})

@@ -559,12 +559,10 @@ def test_dvc_experiment_with_published_weights(tmp_path: Path, mirror: Mirror) -
 
 
 def test_tables_label_published_weights_and_keep_mlflow_runs_apart(tmp_path: Path, monkeypatch) -> None:
-    import sys
-    import types
 
     import pandas as pd
 
-    import mair
+    from mair.common import tracking
     from mair.report.collect import read_mlflow
     from mair.report.write import write_report
 
@@ -592,8 +590,7 @@ def test_tables_label_published_weights_and_keep_mlflow_runs_apart(tmp_path: Pat
     assert "MaIR (published weights)" in text and "Δ published weights − paper" in text and "(ours)" not in text
     assert "published checkpoints" in (result.out_dir / "dn_real.tex").read_text()
 
-    fake = types.ModuleType("mair.tracking")
-    fake.eval_summaries = lambda uri, scope: [  # one run of each kind
+    runs = [  # one run of each kind
         {
             "experiment": "dn_real",
             "dataset": "sidd",
@@ -612,8 +609,7 @@ def test_tables_label_published_weights_and_keep_mlflow_runs_apart(tmp_path: Pat
             "weights_source": "published",
         },
     ]
-    monkeypatch.setitem(sys.modules, "mair.tracking", fake)
-    monkeypatch.setattr(mair, "tracking", fake, raising=False)
+    monkeypatch.setattr(tracking, "eval_summaries", lambda uri, scope: runs)  # what the store returns
     for weights, value in (("published", 39.9), ("trained", 30.0)):
         frame = read_mlflow("sqlite:///x.db", "paper", weights=weights).frame
         psnr = frame[(frame["dataset"] == "SIDD") & (frame["metric"] == "PSNR")]["value"]

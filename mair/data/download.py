@@ -34,11 +34,11 @@ from pathlib import Path
 from typing import Any
 
 from mair import __version__
-from mair.atomic import _fsync_dir, atomic_write_json, make_temp_file
+from mair.common.atomic import _fsync_dir, atomic_write_json, make_temp_file
 from mair.data.catalog import DEFAULT_SOURCE, Catalog, Dataset, FileSpec, Source, infer_format
 from mair.data.extract import ExtractLimits, extract_dataset, read_marker
 from mair.data.gdrive import download_drive_file
-from mair.errors import DownloadError
+from mair.common.errors import DownloadError
 from mair.data.lockfile import LockBusyError, LockFile, file_lock, is_reference, new_entry, provenance
 from mair.data.paths import PathLike, extracted_dir, lock_path, raw_dir
 

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from mair.atomic import atomic_write_json, make_temp_dir
+from mair.common.atomic import atomic_write_json, make_temp_dir
 from mair.data.lockfile import file_lock, now_iso
 from mair.data.paths import EXTRACTED_MARKER
 

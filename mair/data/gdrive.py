@@ -31,7 +31,7 @@ def _gdown() -> Any:
     try:
         import gdown
     except ImportError as error:  # a dependency of mair; only a broken install lacks it
-        from mair.errors import DownloadError
+        from mair.common.errors import DownloadError
 
         raise DownloadError(f"Google Drive downloads need the gdown package ({error}): pip install gdown") from None
     return gdown
@@ -92,7 +92,7 @@ def download_drive_file(
     caller never pins a first-seen checksum of a possibly cut transfer; see :mod:`mair.data.lockfile`). Raises
     :class:`~mair.data.download.DownloadError` with one line ending in ``hint`` on any failure.
     """
-    from mair.errors import DownloadError
+    from mair.common.errors import DownloadError
 
     output.parent.mkdir(parents=True, exist_ok=True)
     seen: dict[str, int | None] = {"done": None, "total": None}
@@ -126,7 +126,7 @@ def list_drive_folder(folder_id: str, label: str, hint: str, *, timeout: float |
 
     A name found twice (in two subfolders) maps to the first one. Nothing is downloaded.
     """
-    from mair.errors import DownloadError
+    from mair.common.errors import DownloadError
 
     with tempfile.TemporaryDirectory(prefix="mair-drive-") as scratch:
         try:

@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from mair.atomic import atomic_write_json
+from mair.common.atomic import atomic_write_json
 from mair.data.paths import LOCK_FILE
 
 try:  # POSIX only; elsewhere concurrent writers are not guarded

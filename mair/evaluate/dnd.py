@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from mair.atomic import atomic_open, atomic_write_text
-from mair.errors import EvaluationError
+from mair.common.atomic import atomic_open, atomic_write_text
+from mair.common.errors import EvaluationError
 
 __all__ = ["read_dnd_boxes", "read_dnd_image", "write_dnd_submission"]
 

@@ -22,8 +22,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from mair.atomic import atomic_write_bytes
-from mair.errors import missing_weights_message, not_a_file_reason
+from mair.common.atomic import atomic_write_bytes
+from mair.common.errors import missing_weights_message, not_a_file_reason
 from mair.evaluate.runner import EvaluationError, eval_spec, inference_runtime, load_experiment
 
 INPUT_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")

@@ -12,7 +12,7 @@ and writes
   atomically once every image is done;
 * for DND (submission only): the benchmark bundle (see :mod:`mair.evaluate.dnd`) instead of metrics.
 
-It logs each summary to MLflow through :mod:`mair.tracking` when that is available; a missing or broken
+It logs each summary to MLflow through :mod:`mair.common.tracking` when that is available; a missing or broken
 MLflow only warns.
 """
 
@@ -35,8 +35,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from mair.atomic import atomic_write_json, atomic_write_text
-from mair.errors import (
+from mair.common.atomic import atomic_write_json, atomic_write_text
+from mair.common.errors import (
     EvaluationError,
     missing_weights_message,
 )
@@ -636,7 +636,7 @@ def sample_path(out_dir: Path, tag: str, name: str) -> Path:
 
 
 def _save_sample(path: Path, out: Any) -> None:
-    from mair.atomic import atomic_write_bytes
+    from mair.common.atomic import atomic_write_bytes
     from mair.evaluate.protocol import tensor2img
 
     img = tensor2img(out)
@@ -654,8 +654,8 @@ def _now() -> str:
 
 
 def _log_mlflow(summary: Mapping[str, Any], spec: EvalSpec, files: Sequence[Path], images: Sequence[Path] = ()) -> None:
-    """Log one summary through :mod:`mair.tracking`; never raise."""
-    from mair import tracking
+    """Log one summary through :mod:`mair.common.tracking`; never raise."""
+    from mair.common import tracking
 
     try:
         params = {
@@ -697,7 +697,7 @@ def resolve_device(device: str | None) -> str:
 def inference_runtime(device: str, exact: bool = False, compile: bool | None = None) -> Any:
     """The :class:`mair.runtime.RuntimeSettings` of inference on ``device``, applied to this process
     (TF32 switches, compile cache)."""
-    from mair.runtime import RuntimeSettingsError, resolve_runtime
+    from mair.runtime.resolve import RuntimeSettingsError, resolve_runtime
 
     try:
         runtime = resolve_runtime(device, exact, workload="infer", compile=compile)

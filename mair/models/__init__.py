@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from torch import nn
 
-    from mair.models.mair import MaIR
+    from mair.models.mair_net import MaIR
     from mair.models.mair_unet import MaIRUNet
 
 __all__ = ["ARCHITECTURES", "MaIR", "MaIRUNet", "from_official", "official_defaults", "set_scan_backend"]
@@ -20,7 +20,7 @@ __all__ = ["ARCHITECTURES", "MaIR", "MaIRUNet", "from_official", "official_defau
 
 def __getattr__(name: str) -> Any:
     if name == "MaIR":
-        from mair.models.mair import MaIR
+        from mair.models.mair_net import MaIR
 
         return MaIR
     if name == "MaIRUNet":
@@ -33,7 +33,7 @@ def __getattr__(name: str) -> Any:
 
 
 def _architectures() -> dict[str, type[nn.Module]]:
-    from mair.models.mair import MaIR
+    from mair.models.mair_net import MaIR
     from mair.models.mair_unet import MaIRUNet
 
     return {"MaIR": MaIR, "MaIRUNet": MaIRUNet}

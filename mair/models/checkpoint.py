@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mair.atomic import atomic_torch_save
-from mair.errors import not_a_file_reason
+from mair.common.atomic import atomic_torch_save
+from mair.common.errors import not_a_file_reason
 
 PARAM_KEYS = ("params", "params_ema", "state_dict", "model")
 

@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
     for note in result.notes:
         print(f"note: {note}", file=sys.stderr)
     if args.log_mlflow:
-        from mair.tracking import log_tables
+        from mair.common.tracking import log_tables
 
         log_tables(args.scope, result.files, result.out_dir)  # never raises: warns once when MLflow is off
     ours = sum(

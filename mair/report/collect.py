@@ -1,7 +1,7 @@
 """Gather what the tables need: our evaluation summaries, the published numbers and the training logs.
 
 * Our numbers come from the summary JSONs ``results/<weights>/<scope>/eval/<experiment>/<dataset>[+].json``
-  (docs/contracts.md). They are the source of truth; MLflow runs (through ``mair.tracking``) only fill gaps.
+  (docs/contracts.md). They are the source of truth; MLflow runs (through ``mair.common.tracking``) only fill gaps.
 * The published numbers come from ``params/paper_results.csv`` (tidy form of the team's reference file).
 
 Everything is returned as long pandas frames, one number a row, so that tables.py can pivot them freely.
@@ -378,22 +378,17 @@ def read_summaries(results_dir: Path, scope: str, experiments_dir: Path | None =
 
 
 def read_mlflow(uri: str, scope: str, experiments_dir: Path | None = None, weights: str | None = None) -> Collected:
-    """Evaluation summaries logged to MLflow, through ``mair.tracking.eval_summaries(uri, scope)`` if present.
+    """Evaluation summaries logged to MLflow (:func:`mair.common.tracking.eval_summaries`).
 
-    Optional: any failure (module or function missing, store unreachable) becomes a note, never an error.
-    ``weights`` (``trained`` or ``published``) keeps only the runs of those weights (``weights_source``; runs
-    without it are of trained weights), so the two never mix.
+    Optional: a store that cannot be read becomes a note, never an error. ``weights`` (``trained`` or
+    ``published``) keeps only the runs of those weights (``weights_source``; runs without it are of trained
+    weights), so the two never mix.
     """
+    from mair.common import tracking
+
     try:
-        from mair import tracking  # type: ignore[attr-defined]
-    except Exception as error:
-        return Collected(_empty_ours(), [f"MLflow source skipped: mair.tracking unavailable ({error})"])
-    fetch = getattr(tracking, "eval_summaries", None)
-    if not callable(fetch):
-        return Collected(_empty_ours(), ["MLflow source skipped: mair.tracking has no eval_summaries(uri, scope)"])
-    try:
-        summaries = list(fetch(uri, scope))
-    except Exception as error:
+        summaries = list(tracking.eval_summaries(uri, scope))
+    except Exception as error:  # an unreachable or locked store: the JSON summaries still make the tables
         return Collected(_empty_ours(), [f"MLflow source skipped: {error}"])
     if weights is not None:
         summaries = [

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from mair.atomic import atomic_write_bytes
+from mair.common.atomic import atomic_write_bytes
 from mair.report import DEMO_BANNER
 from mair.report.collect import read_log, run_dirs
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from mair.atomic import atomic_write_text
+from mair.common.atomic import atomic_write_text
 from mair.report import latex, markdown
 from mair.report.collect import (
     Collected,

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from mair.compile_modes import COMPILE_MODES
+from mair.runtime.compile_modes import COMPILE_MODES
 
 __all__ = ["child_argv", "options_from_args", "register"]
 

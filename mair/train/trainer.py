@@ -45,9 +45,9 @@ import yaml
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from mair.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text, remove_stale_parts
-from mair.compile_modes import COMPILE_MODES
-from mair.precision import autocast
+from mair.common.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text, remove_stale_parts
+from mair.runtime.compile_modes import COMPILE_MODES
+from mair.runtime.precision import autocast
 from mair.train import datasets as train_data
 from mair.train.launch import EXIT_STOPPED, STOP_MARKER, DistEnv, detect_env
 from mair.train.losses import build_loss
@@ -91,7 +91,7 @@ class TrainOptions:
     scope: str = "paper"
     gpus: int | None = None
     max_iters: int | None = None
-    precision: str | None = None  # None: the runtime default (mair.runtime: tf32 on CUDA, fp32 on CPU)
+    precision: str | None = None  # None: the runtime default (mair.runtime.resolve: tf32 on CUDA, fp32 on CPU)
     run_dir: Path | None = None
     resume: bool = True
     init_fix_t_x3: bool = False
@@ -109,7 +109,7 @@ class TrainOptions:
     log_every: int | None = None
     compile: str | None = None  # torch.compile backend for the training forward/backward (None: eager)
     compile_mode: str | None = None  # torch.compile mode (implies the inductor backend); see compile_settings
-    exact: bool = False  # --exact: eager, true fp32, PyTorch's Adam (mair.runtime)
+    exact: bool = False  # --exact: eager, true fp32, PyTorch's Adam (mair.runtime.resolve)
     no_compile: bool = False  # --no-compile: eager, the other defaults kept
 
     def resolved_run_dir(self) -> Path:
@@ -296,7 +296,7 @@ def compile_settings(opts: TrainOptions, world_size: int) -> tuple[str | None, s
 
 def runtime_settings(opts: TrainOptions, device: str) -> Any:
     """The :class:`mair.runtime.RuntimeSettings` of a run on ``device`` (cpu or cuda) from its options."""
-    from mair.runtime import RuntimeSettingsError, resolve_runtime
+    from mair.runtime.resolve import RuntimeSettingsError, resolve_runtime
 
     backend, mode = compile_settings(opts, 1)
     try:
@@ -643,7 +643,7 @@ class Trainer:
             self.device = torch.device("cpu")
         else:
             raise TrainError(f"--device must be cpu or cuda, got {device_type!r}")
-        # Precision, scan backend, compile mode, Adam: mair.runtime (cuDNN autotuning on CUDA, as officially).
+        # Precision, scan backend, compile mode, Adam: mair.runtime.resolve (cuDNN autotuning on CUDA, as officially).
         self.runtime = runtime_settings(opts, self.device.type)
         cache = self.runtime.apply()
         _log(self.runtime.describe() + (f"; {cache.describe()}" if cache else ""), env)
@@ -854,7 +854,7 @@ class Trainer:
         atomic_write_text(self.run_dir / "config.yaml", text)
 
     def _start_tracking(self, info: Mapping[str, Any]) -> None:
-        from mair import tracking
+        from mair.common import tracking
 
         self.tracker = tracking.Tracker(self.opts.tracking_uri, enabled=self.opts.mlflow)
         record = self.run_dir / "mlflow_run.json"

@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from mair.errors import CommandError
+from mair.common.errors import CommandError
 
 HELP = "the published MaIR checkpoints: list, status, download, add (downloaded by hand), forget"
 

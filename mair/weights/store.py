@@ -351,7 +351,7 @@ def forget(catalog: WeightsCatalog, experiment: str, scope: str = "paper", root:
 
 def write_manifest(out: Path, rows: Sequence[WeightsStatus], scope: str) -> dict[str, Any]:
     """The pipeline's record of the fetched weights (written last, atomically): file, path, size, sha256."""
-    from mair.atomic import atomic_write_json
+    from mair.common.atomic import atomic_write_json
 
     doc = {
         "scope": scope,

@@ -1,5 +1,5 @@
-# Settings, validation and the target lists shared by every rule. The lists come from mair.pipeline; rules only
-# name files and call the `mair` command.
+# Settings, validation and the target lists shared by every rule. The lists come from mair.pipeline.targets;
+# rules only name files and call the `mair` command.
 import os
 from pathlib import Path
 
@@ -7,8 +7,7 @@ from pathlib import Path
 # on SLURM, inherits this), whichever checkout the installed mair package came from.
 os.environ["MAIR_PARAMS_DIR"] = str(Path(workflow.basedir, "params").resolve())
 
-import mair.pipeline as P
-import mair.slurm
+from mair.pipeline import gpus, settings, slurm, targets
 from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
 from snakemake.utils import validate
@@ -17,14 +16,14 @@ from snakemake.utils import validate
 def _check_config():
     """Validate the config against workflow/schemas/config.schema.yaml with a one-line message on error."""
     schema = workflow.source_path("../schemas/config.schema.yaml")
-    P.coerce_cli_config(config, schema)
+    settings.coerce_cli_config(config, schema)
     try:
         validate(config, "../schemas/config.schema.yaml")
     except WorkflowError as error:
-        raise WorkflowError(P.config_error_message(str(error), schema)) from None
+        raise WorkflowError(settings.config_error_message(str(error), schema)) from None
     try:
-        return P.selected_experiments(config)
-    except P.PipelineError as error:
+        return targets.selected_experiments(config)
+    except settings.PipelineError as error:
         raise WorkflowError(f"invalid pipeline config: {error}") from None
 
 
@@ -32,8 +31,8 @@ EXPS = _check_config()
 SCOPE = config["scope"]
 DATA = config["data_dir"].rstrip("/")
 # Everything is written under <results_dir>/<weights>/ (trained or published): the two sources never mix.
-WEIGHTS = P.weights_mode(config)
-RESULTS = P.results_root(config["results_dir"], config)
+WEIGHTS = settings.weights_mode(config)
+RESULTS = settings.results_root(config["results_dir"], config)
 RUNS = config["runs_dir"].rstrip("/")
 SLURM = config["slurm"]
 # Retries belong to the Snakemake that submits jobs: each retry is a new job (a new SLURM allocation). The
@@ -42,9 +41,9 @@ SLURM = config["slurm"]
 RETRIES = {kind: 0 for kind in config["retries"]} if workflow.remote_exec else config["retries"]
 
 # Every dataset any experiment uses: the demo set builds them all at once.
-ALL_DATASETS = P.needed_datasets(P.all_experiments())
+ALL_DATASETS = targets.needed_datasets(targets.all_experiments())
 # Datasets that are downloaded (derived sets such as df2k are built from others by `mair data prepare`).
-DOWNLOADABLE = P.downloads(ALL_DATASETS)
+DOWNLOADABLE = targets.downloads(ALL_DATASETS)
 
 # precision: exact runs every training and evaluation eager in true fp32 (mair train/evaluate --exact).
 EXACT_FLAG = " --exact" if config["precision"] == "exact" else ""
@@ -55,7 +54,7 @@ MLFLOW_ENV = f"MLFLOW_TRACKING_URI='{config['mlflow_uri']}' " if config["mlflow_
 
 wildcard_constraints:
     scope="demo|paper",
-    exp="|".join(P.all_experiments()),
+    exp="|".join(targets.all_experiments()),
     dataset="[a-z0-9][a-z0-9_]*",
 
 
@@ -64,7 +63,7 @@ wildcard_constraints:
 # accumulation); run-with-gpus gives each job cards of its own. An explicit `--resources gpu=N` (the slurm
 # profile sets one: GPUs in use at once on the cluster) wins.
 if workflow.is_main_process and "gpu" not in workflow.global_resources:
-    _gpu_limit = P.local_gpu_limit(config)
+    _gpu_limit = gpus.local_gpu_limit(config)
     if _gpu_limit is not None:
         workflow.register_resource("gpu", _gpu_limit)
 
@@ -75,7 +74,7 @@ def job_env(wc, resources, threads):
 
 
 def attempt_number(wc, attempt):
-    """Snakemake's attempt of this job (1, 2, ...): `python -m mair.jobstep --attempt` reads it."""
+    """Snakemake's attempt of this job (1, 2, ...): `python -m mair.pipeline.jobstep --attempt` reads it."""
     return attempt
 
 
@@ -83,18 +82,18 @@ onstart:
     # Before the first sbatch (main process, real runs only): the status command that works on this cluster,
     # and the SLURM job logs under the scope's results folder.
     if workflow.executor_plugin is not None and workflow.executor_plugin.name == "slurm":
-        settings = workflow.executor_settings
+        executor_settings = workflow.executor_settings
         try:
-            works, error = mair.slurm.sacct_probe()
-            command, note = mair.slurm.choose_status_command(
-                settings.status_command, works, error, mair.slurm.min_job_age_s(),
-                int(settings.init_seconds_before_status_checks or 40),
+            works, error = slurm.sacct_probe()
+            command, note = slurm.choose_status_command(
+                executor_settings.status_command, works, error, slurm.min_job_age_s(),
+                int(executor_settings.init_seconds_before_status_checks or 40),
             )
-        except mair.slurm.SlurmSetupError as problem:
+        except slurm.SlurmSetupError as problem:
             raise SystemExit(str(problem)) from None
-        settings.status_command = command
+        executor_settings.status_command = command
         if note:
             logger.warning(note)
         executor = getattr(getattr(workflow, "scheduler", None), "_executor", None)
-        if settings.logdir is None and hasattr(executor, "slurm_logdir"):
+        if executor_settings.logdir is None and hasattr(executor, "slurm_logdir"):
             executor.slurm_logdir = Path(workflow.workdir_init, RESULTS, SCOPE, "logs", "slurm")

@@ -6,7 +6,7 @@
 rule demo_data:
     """The embedded demo set, every dataset at tiny size (scope demo)."""
     output:
-        P.data_markers(DATA, ALL_DATASETS, "demo"),
+        targets.data_markers(DATA, ALL_DATASETS, "demo"),
     log:
         f"{RESULTS}/demo/logs/data/demo.log",
     params:
@@ -19,7 +19,7 @@ rule demo_data:
 rule download:
     """Fetch, verify and extract one dataset (login/manual sets: place the files with `mair data add`)."""
     output:
-        P.extracted_marker(DATA, "{dataset}"),
+        targets.extracted_marker(DATA, "{dataset}"),
     log:
         f"{RESULTS}/paper/logs/data/download_{{dataset}}.log",
     wildcard_constraints:
@@ -45,9 +45,9 @@ rule download:
 rule prepare:
     """Build data/prepared/<id>/ from the extracted files (derived sets: from the sets they merge)."""
     input:
-        lambda wc: P.prepare_inputs(DATA, wc.dataset),
+        lambda wc: targets.prepare_inputs(DATA, wc.dataset),
     output:
-        P.prepared_marker(DATA, "{dataset}", "paper"),
+        targets.prepared_marker(DATA, "{dataset}", "paper"),
     log:
         f"{RESULTS}/paper/logs/data/prepare_{{dataset}}.log",
     params:
@@ -67,9 +67,9 @@ rule prepare:
 rule data_manifest:
     """One JSON file listing the prepared sets of a scope with their image counts (what DVC records)."""
     input:
-        lambda wc: P.data_markers(DATA, P.pipeline_datasets(EXPS, config), wc.scope),
+        lambda wc: targets.data_markers(DATA, targets.pipeline_datasets(EXPS, config), wc.scope),
     output:
-        P.manifest_file(RESULTS, "{scope}"),
+        targets.manifest_file(RESULTS, "{scope}"),
     localrule: True
     shell:
         "python -m mair.pipeline data-manifest --out {output} {input}"

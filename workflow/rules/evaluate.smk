@@ -9,25 +9,25 @@ def evaluate_rule_name(exp, plus):
     return f"evaluate_plus_{exp}" if plus else f"evaluate_{exp}"
 
 
-for _exp in P.all_experiments():
+for _exp in targets.all_experiments():
     for _plus in ("", "+"):
 
         rule:
             name:
                 evaluate_rule_name(_exp, _plus)
             input:
-                weights=lambda wc, exp=_exp: P.eval_weights_input(RESULTS, wc.scope, exp, config),
-                data=lambda wc, exp=_exp: P.data_markers(DATA, P.test_datasets(exp), wc.scope),
+                weights=lambda wc, exp=_exp: targets.eval_weights_input(RESULTS, wc.scope, exp, config),
+                data=lambda wc, exp=_exp: targets.data_markers(DATA, targets.test_datasets(exp), wc.scope),
             output:
-                [P.eval_file(RESULTS, "{scope}", _exp, d, _plus) for d in P.test_datasets(_exp)],
+                [targets.eval_file(RESULTS, "{scope}", _exp, d, _plus) for d in targets.test_datasets(_exp)],
             log:
                 f"{RESULTS}/{{scope}}/logs/evaluate/{_exp}{_plus}.log",
             params:
                 env=job_env,
                 exp=_exp,
                 source=WEIGHTS,
-                weights=lambda wc, exp=_exp: P.eval_weights_path(RESULTS, DATA, wc.scope, exp, config),
-                datasets=" ".join(P.test_datasets(_exp)),
+                weights=lambda wc, exp=_exp: targets.eval_weights_path(RESULTS, DATA, wc.scope, exp, config),
+                datasets=" ".join(targets.test_datasets(_exp)),
                 ensemble=" --self-ensemble" if _plus else "",
                 exact=EXACT_FLAG,
                 data_dir=DATA,
@@ -35,9 +35,9 @@ for _exp in P.all_experiments():
             retries: RETRIES["evaluate"]
             threads: 1
             resources:
-                gpu=lambda wc: P.eval_gpus(wc.scope, config),
+                gpu=lambda wc: gpus.eval_gpus(wc.scope, config),
                 runtime=SLURM["eval_runtime"],
-                mem_mb=lambda wc: mair.slurm.job_mem_mb(P.eval_gpus(wc.scope, config), SLURM),
+                mem_mb=lambda wc: slurm.job_mem_mb(gpus.eval_gpus(wc.scope, config), SLURM),
                 cpus_per_gpu=SLURM["cpus_per_gpu"],
                 slurm_partition=SLURM["partition"],
                 slurm_account=SLURM["account"],
@@ -56,9 +56,9 @@ for _exp in P.all_experiments():
 rule eval_metrics:
     """PSNR/SSIM of every test set and variant of an experiment in one small file: DVC's metrics."""
     input:
-        lambda wc: P.eval_files(RESULTS, wc.scope, wc.exp, config),
+        lambda wc: targets.eval_files(RESULTS, wc.scope, wc.exp, config),
     output:
-        P.metrics_file(RESULTS, "{scope}", "{exp}"),
+        targets.metrics_file(RESULTS, "{scope}", "{exp}"),
     localrule: True
     shell:
         "python -m mair.pipeline eval-metrics --out {output} {input}"

@@ -4,9 +4,9 @@
 
 rule tables:
     input:
-        lambda wc: [f for e in EXPS for f in P.eval_files(RESULTS, wc.scope, e, config)],
+        lambda wc: [f for e in EXPS for f in targets.eval_files(RESULTS, wc.scope, e, config)],
     output:
-        P.table_files(RESULTS, "{scope}"),
+        targets.table_files(RESULTS, "{scope}"),
     log:
         f"{RESULTS}/{{scope}}/logs/tables.log",
     params:

@@ -3,19 +3,19 @@
 
 
 def evals_of(exps):
-    return [f for e in exps for f in P.eval_files(RESULTS, SCOPE, e, config)]
+    return [f for e in exps for f in targets.eval_files(RESULTS, SCOPE, e, config)]
 
 
 def task_evals(target):
-    return evals_of(P.experiments_of_tasks(P.TASK_TARGETS[target], config))
+    return evals_of(targets.experiments_of_tasks(targets.TASK_TARGETS[target], config))
 
 
 rule reproduce_tables:
     """Every table of the paper, ours beside the published numbers: results/<weights>/<scope>/tables/."""
     localrule: True
     input:
-        P.table_files(RESULTS, SCOPE),
-        [P.metrics_file(RESULTS, SCOPE, e) for e in EXPS],
+        targets.table_files(RESULTS, SCOPE),
+        [targets.metrics_file(RESULTS, SCOPE, e) for e in EXPS],
 
 
 rule reproduce_sr:
@@ -65,9 +65,9 @@ rule download_all:
     localrule: True
     input:
         (
-            [P.extracted_marker(DATA, d) for d in P.downloads(P.pipeline_datasets(EXPS, config))]
+            [targets.extracted_marker(DATA, d) for d in targets.downloads(targets.pipeline_datasets(EXPS, config))]
             if SCOPE == "paper"
-            else P.data_markers(DATA, P.pipeline_datasets(EXPS, config), "demo")
+            else targets.data_markers(DATA, targets.pipeline_datasets(EXPS, config), "demo")
         ),
 
 
@@ -75,14 +75,14 @@ rule prepare_all:
     """Every prepared dataset of the selected experiments, summed up in results/<weights>/<scope>/data/manifest.json."""
     localrule: True
     input:
-        P.manifest_file(RESULTS, SCOPE),
+        targets.manifest_file(RESULTS, SCOPE),
 
 
 rule train_all:
     """Every training (final weights in results/<weights>/<scope>/weights/)."""
     localrule: True
     input:
-        [P.weights_file(RESULTS, SCOPE, e) for e in EXPS],
+        [targets.weights_file(RESULTS, SCOPE, e) for e in EXPS],
 
 
 rule evaluate_all:
@@ -90,4 +90,4 @@ rule evaluate_all:
     localrule: True
     input:
         evals_of(EXPS),
-        [P.metrics_file(RESULTS, SCOPE, e) for e in EXPS],
+        [targets.metrics_file(RESULTS, SCOPE, e) for e in EXPS],

@@ -9,7 +9,7 @@
 
 rule fetch_weights:
     output:
-        P.published_manifest(RESULTS, "{scope}"),
+        targets.published_manifest(RESULTS, "{scope}"),
     log:
         f"{RESULTS}/{{scope}}/logs/fetch_weights.log",
     params:
@@ -28,14 +28,14 @@ if WEIGHTS == "published":  # with trained weights, the rule train makes this fi
     rule published_weights:
         input:
             # the fetch job's record orders the jobs; it is rewritten by every fetch, which changes no file here
-            ancient(P.published_manifest(RESULTS, "{scope}")),
+            ancient(targets.published_manifest(RESULTS, "{scope}")),
         output:
-            P.weights_file(RESULTS, "{scope}", "{exp}"),
+            targets.weights_file(RESULTS, "{scope}", "{exp}"),
         log:
             f"{RESULTS}/{{scope}}/logs/published_weights/{{exp}}.log",
         params:
             data_dir=DATA,
-            source=lambda wc: P.published_weights_file(DATA, wc.scope, wc.exp),
+            source=lambda wc: targets.published_weights_file(DATA, wc.scope, wc.exp),
             timeout=config["download"]["timeout"],
         retries: RETRIES["download"]
         localrule: True

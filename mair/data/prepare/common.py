@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from mair.atomic import atomic_open, atomic_write_json, temp_name
+from mair.common.atomic import atomic_open, atomic_write_json, temp_name
 from mair.data.image_io import is_image, list_images, read_image, write_png
 
 MARKER = ".prepared.json"

@@ -5,8 +5,9 @@ the ``nn.Conv2d`` parameters (weight (C, 1, KS, KS), bias (C,) or None; odd KS, 
 returns y (B, H, W, C) contiguous, that is the raster (B, L, C) map the NSS scan reads, without the permutes
 and cuDNN's layout transforms. It is the custom op ``mair::depthwise_conv2d`` (opaque to ``torch.compile``,
 differentiable through ``mair::depthwise_conv2d_bwd``), running the kernels of
-:mod:`mair.models.dwconv_kernels` on CUDA tensors or under Triton's CPU interpreter. The reference it is
-tested against is :func:`depthwise_conv2d_reference` (cuDNN / ATen's grouped convolution).
+:mod:`mair.models.dwconv.triton_kernels` on CUDA tensors or under Triton's CPU interpreter. The reference it is
+tested against is :func:`mair.models.dwconv.reference.depthwise_conv2d_reference` (cuDNN / ATen's grouped
+convolution).
 """
 
 from __future__ import annotations
@@ -15,10 +16,10 @@ import os
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from .scan.triton_backend import _bkl_strides  # the four strides of a 4-D tensor, as the kernels take them
+from mair.models.dwconv.reference import depthwise_conv2d_reference
+from mair.models.scan.triton_backend import _bkl_strides  # the four strides of a 4-D tensor, as the kernels take them
 
 __all__ = ["depthwise_conv2d", "depthwise_conv2d_reference", "dwconv_forward", "dwconv_weight_grad"]
 
@@ -42,12 +43,6 @@ def conv_tiles() -> tuple[int, int, int]:
     return bp, bc, warps
 
 
-def depthwise_conv2d_reference(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    """``F.conv2d(..., groups=C)`` on the (B, C, H, W) view, returned as (B, H, W, C) contiguous."""
-    y = F.conv2d(x.permute(0, 3, 1, 2), weight, bias, padding=weight.shape[-1] // 2, groups=weight.shape[0])
-    return y.permute(0, 2, 3, 1).contiguous()
-
-
 def check_shapes(x: Tensor, weight: Tensor, bias: Tensor | None) -> None:
     """Raise ValueError unless x (B, H, W, C), weight (C, 1, KS, KS) with odd KS and bias (C,) or None fit."""
     channels = x.shape[-1] if x.dim() == 4 else -1
@@ -64,7 +59,7 @@ def check_shapes(x: Tensor, weight: Tensor, bias: Tensor | None) -> None:
 def dwconv_forward(x: Tensor, weight: Tensor, bias: Tensor | None, flip: bool = False) -> Tensor:
     """The convolution (``flip``: with mirrored taps, the input gradient of dy = ``x``), (B, H, W, C)
     contiguous in x's dtype."""
-    from .dwconv_kernels import dwconv_kernel
+    from mair.models.dwconv.triton_kernels import dwconv_kernel
 
     batch, height, width, channels = x.shape
     ks = weight.shape[-1]
@@ -96,7 +91,7 @@ def dwconv_forward(x: Tensor, weight: Tensor, bias: Tensor | None, flip: bool = 
 def dwconv_weight_grad(x: Tensor, dy: Tensor, ks: int) -> tuple[Tensor, Tensor]:
     """Gradients of the weight (C, 1, KS, KS) and of the bias (C,), float32, from partial sums over runs of
     positions summed in a fixed order (deterministic)."""
-    from .dwconv_kernels import dwconv_weight_grad_kernel
+    from mair.models.dwconv.triton_kernels import dwconv_weight_grad_kernel
 
     batch, height, width, channels = x.shape
     positions = batch * height * width

@@ -1,4 +1,4 @@
-"""``python -m mair.snakemake_run ARGS...``: Snakemake with the profile that ``executor`` in
+"""``python -m mair.pipeline.snakemake_run ARGS...``: Snakemake with the profile that ``executor`` in
 params/pipeline.yaml names, ``workflow/profiles/<executor>`` (local: this machine; slurm: SLURM jobs).
 
 DVC's stage commands start here (dvc.yaml), so that ``executor: slurm`` makes ``dvc repro`` and ``dvc exp run``
@@ -48,13 +48,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         command = snakemake_command(args, Path.cwd())
     except ValueError as error:
-        print(f"mair.snakemake_run: error: {error}", file=sys.stderr)
+        print(f"mair.pipeline.snakemake_run: error: {error}", file=sys.stderr)
         return 2
     executable = shutil.which(command[0])
     if executable is None:
-        print("mair.snakemake_run: error: snakemake is not installed (pip install 'mair[pipeline]')", file=sys.stderr)
+        print(
+            "mair.pipeline.snakemake_run: error: snakemake is not installed (pip install 'mair[pipeline]')",
+            file=sys.stderr,
+        )
         return 127
-    print(f"mair.snakemake_run: {' '.join(command)}", file=sys.stderr, flush=True)
+    print(f"mair.pipeline.snakemake_run: {' '.join(command)}", file=sys.stderr, flush=True)
     os.execv(executable, command)
     return 127  # pragma: no cover - execv does not return
 

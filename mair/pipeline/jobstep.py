@@ -1,5 +1,5 @@
 """One attempt of a pipeline job, run so that retries and schedulers see what happened:
-``python -m mair.jobstep --run-dir DIR --attempt N [--label TEXT] -- COMMAND ...``.
+``python -m mair.pipeline.jobstep --run-dir DIR --attempt N [--label TEXT] -- COMMAND ...``.
 
 * **Every attempt's output is kept.** Snakemake deletes a rule's log before each attempt; this wrapper appends
   COMMAND's output (stdout and stderr) to ``DIR/pipeline.log`` between a header and a footer line per attempt,
@@ -140,7 +140,7 @@ class JobStep:
                 f"{job.get('TimeLimit', '?')})"
             )
             if cancelled:
-                from mair.atomic import atomic_write_json
+                from mair.common.atomic import atomic_write_json
 
                 atomic_write_json(
                     self.run_dir / CANCEL_MARKER,
@@ -194,13 +194,13 @@ class JobStep:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--" not in argv:
-        print("python -m mair.jobstep: error: write the command after `--`", file=sys.stderr)
+        print("python -m mair.pipeline.jobstep: error: write the command after `--`", file=sys.stderr)
         return 2
     split = argv.index("--")
     parser = argparse.ArgumentParser(
-        prog="python -m mair.jobstep",
+        prog="python -m mair.pipeline.jobstep",
         description=__doc__.splitlines()[0],
-        usage="python -m mair.jobstep --run-dir DIR --attempt N [--label T] -- CMD ...",
+        usage="python -m mair.pipeline.jobstep --run-dir DIR --attempt N [--label T] -- CMD ...",
     )
     parser.add_argument("--run-dir", type=Path, required=True, help=f"run folder ({ATTEMPTS_LOG} is appended)")
     parser.add_argument("--attempt", type=int, default=1, help="Snakemake's attempt number (1 = first)")

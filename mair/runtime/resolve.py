@@ -28,7 +28,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from mair.compile_modes import COMPILE_MODES, CUDA_GRAPH_MODES
+from mair.runtime.compile_modes import COMPILE_MODES, CUDA_GRAPH_MODES
 
 __all__ = ["WORKLOADS", "RuntimeSettings", "RuntimeSettingsError", "resolve_runtime"]
 
@@ -46,7 +46,7 @@ class RuntimeSettings:
 
     device: str  # device type: cuda or cpu
     path: str
-    precision: str  # a mair.precision mode: exact, fp32, tf32, bf16
+    precision: str  # a mair.runtime.precision mode: exact, fp32, tf32, bf16
     scan_backend: str | None  # pinned on the network's VMMs; None: the registry's automatic choice
     scan_backend_resolved: str  # the backend that runs (or "unavailable: ...")
     compile_backend: str | None  # torch.compile backend; None: eager
@@ -101,11 +101,11 @@ class RuntimeSettings:
     def apply(self) -> Any:
         """Set the process-wide switches: TF32, cuDNN autotuning (CUDA), the persistent compile cache (when
         anything compiles: torch.compile, or our Triton kernels on CUDA). Returns the
-        :class:`mair.compile_cache.CompileCache` set up, or None."""
+        :class:`mair.runtime.compile_cache.CompileCache` set up, or None."""
         import torch
 
-        from mair import compile_cache
-        from mair.precision import apply_matmul_precision
+        from mair.runtime import compile_cache
+        from mair.runtime.precision import apply_matmul_precision
 
         apply_matmul_precision(self.precision)
         if self.device == "cuda":
@@ -192,7 +192,7 @@ def resolve_runtime(
     process; :meth:`RuntimeSettings.apply` does. Contradicting options raise :class:`RuntimeSettingsError`.
     """
     from mair.models.scan import ENV_VAR as SCAN_ENV_VAR
-    from mair.precision import PRECISIONS
+    from mair.runtime.precision import PRECISIONS
 
     kind = _device_type(device)
     if workload not in WORKLOADS:

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from mair.atomic import atomic_write_json
+from mair.common.atomic import atomic_write_json
 
 
 @dataclass(frozen=True)
@@ -148,7 +148,7 @@ def run_workload(
     :class:`mair.runtime.RuntimeSettings` that decides backend, precision, compile and Adam instead
     (``--default``), recorded in the row.
     """
-    from mair.precision import autocast, check_precision, matmul_precision
+    from mair.runtime.precision import autocast, check_precision, matmul_precision
     from mair.train.optimizers import adam_implementation
 
     if runtime is not None:
@@ -319,7 +319,7 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
 
 
 def _requested_workload(name: str) -> Workload:
-    from mair.errors import CommandError
+    from mair.common.errors import CommandError
     from mair.experiments import ExperimentError
 
     if name in WORKLOADS:
@@ -336,7 +336,7 @@ def _check_out(out: str | None) -> None:
     """Refuse an ``--out`` that cannot be written before any time is spent measuring."""
     from pathlib import Path
 
-    from mair.errors import CommandError
+    from mair.common.errors import CommandError
 
     if not out:
         return
@@ -357,7 +357,7 @@ def _default_rows(
 ) -> list[dict[str, Any]]:
     """``--default``: each workload once, with the settings the commands resolve for this device; the names of
     the workloads that failed are appended to ``failed``."""
-    from mair.runtime import resolve_runtime
+    from mair.runtime.resolve import resolve_runtime
 
     rows = []
     for workload in workloads:
@@ -375,7 +375,7 @@ def _default_rows(
 
 def check_default_args(args: argparse.Namespace) -> None:
     """``--default`` takes no setting of its own; ``--exact`` only comes with it. One clear error otherwise."""
-    from mair.errors import CommandError
+    from mair.common.errors import CommandError
 
     if args.default:
         given = [
@@ -408,8 +408,8 @@ def _report_failures(failed: list[str], rows: list[dict[str, Any]]) -> int:
 
 
 def main(args: argparse.Namespace) -> int:
-    from mair.errors import CommandError
-    from mair.precision import PRECISIONS
+    from mair.common.errors import CommandError
+    from mair.runtime.precision import PRECISIONS
 
     check_default_args(args)
     for precision in (args.precision or "fp32").split(","):
@@ -427,7 +427,7 @@ def main(args: argparse.Namespace) -> int:
         rows = _default_rows(args, workloads, device, failed)
         print(format_rows(rows))
         if args.out:
-            from mair import compile_cache
+            from mair.runtime import compile_cache
 
             caches = {var: os.environ.get(var) for var in (compile_cache.INDUCTOR_VAR, compile_cache.TRITON_VAR)}
             atomic_write_json(

@@ -1,4 +1,4 @@
-"""Numeric precision modes shared by training, evaluation and benchmarks (:mod:`mair.runtime` picks one).
+"""Numeric precision modes shared by training, evaluation and benchmarks (:mod:`mair.runtime.resolve` picks one).
 
 * ``exact``: true float32 on GPUs: TF32 off for matrix multiplications and cuDNN convolutions alike (the
   ``--exact`` path, for bit-faithful comparisons).

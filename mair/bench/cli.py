@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from mair.compile_modes import COMPILE_MODES
+from mair.runtime.compile_modes import COMPILE_MODES
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -29,7 +29,7 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--default",
         action="store_true",
-        help="time exactly what a user gets without flags: the settings mair.runtime resolves for "
+        help="time exactly what a user gets without flags: the settings mair.runtime.resolve resolves for "
         "this device (train workloads as `mair train`, infer as `mair evaluate`/`mair restore`); "
         "with --exact, what --exact gets. The JSON records the resolved settings per row",
     )
@@ -65,6 +65,6 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from mair.bench import main
+    from mair.bench.workloads import main
 
     return main(args)
