@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -19,6 +20,7 @@ from typing import Any
 
 import pytest
 
+REPO = Path(__file__).resolve().parents[1]
 STARTUP_TIMEOUT = 90.0
 
 
@@ -283,3 +285,29 @@ print(json.dumps({{"train": train, "model": model, "eval": ev, "lone": lone, "ta
             f"{url}/api/2.0/mlflow/experiments/get?experiment_id={runs[ids['tables']]['info']['experiment_id']}"
         )
         assert tables_exp["experiment"]["name"] == "mair/demo/tables"
+
+
+#: The address docs/pipeline.md and README.md give for the MLflow UI: the experiments in the model-training view.
+UI_ADDRESS = "http://127.0.0.1:5000/#/experiments?workflowType=machine_learning"
+
+
+def test_the_documented_ui_address_chooses_the_model_training_view() -> None:
+    """MLflow 3's UI picks GenAI or model-training view from the address's ``workflowType``, else from the browser's
+    localStorage, else GenAI; the experiment kind tag is not read for it. The installed UI bundle still does so,
+    and the docs give the address that opens on runs (read docs/pipeline.md "MLflow" for the details)."""
+    mlflow = pytest.importorskip("mlflow")
+    bundle = Path(mlflow.__file__).parent / "server" / "js" / "build" / "static" / "js"
+    if not bundle.is_dir():
+        pytest.skip("this mlflow has no UI bundle")
+    sources = [p.read_text(errors="replace") for p in sorted(bundle.glob("*.js"))]
+    provider = [s for s in sources if 'key:"mlflow.workflowType"' in s]
+    assert len(provider) == 1, "the UI keeps its view choice under the localStorage key mlflow.workflowType"
+    code = provider[0]
+    start = code.index('key:"mlflow.workflowType"')
+    window = code[start - 700 : start + 700]
+    assert 'MACHINE_LEARNING="machine_learning"' in window and 'GENAI="genai"' in window
+    assert '.get("workflowType")' in window, "the view follows the address's workflowType parameter"
+    assert re.search(r"const (\w+)=\w+\.GENAI,.*initialValue:\1", window), "and starts on GenAI without one"
+    assert "`${e}_v${t}`" in code and "localStorage" in code  # remembered as mlflow.workflowType_v1
+    for doc in (REPO / "docs" / "pipeline.md", REPO / "README.md"):
+        assert UI_ADDRESS in doc.read_text(), doc
