@@ -44,14 +44,25 @@ def _git_init(work: Path) -> None:
 
 
 def _set_scope(work: Path, scope: str, key: str = "scope") -> None:
-    """Set ``key`` (scope, or another one-word setting such as weights) in the copy's params/pipeline.yaml."""
+    """Set ``key`` (scope, or another top-level setting such as weights or experiments, whose value may go on over
+    indented lines) to ``scope`` in the copy's params/pipeline.yaml."""
     path = work / "params" / "pipeline.yaml"
-    path.write_text(re.sub(rf"(?m)^{key}: \w+$", f"{key}: {scope}", path.read_text()))
+    path.write_text(re.sub(rf"(?m)^{key}:.*\n(?:[ \t]+\S.*\n)*", f"{key}: {scope}\n", path.read_text(), count=1))
     assert f"\n{key}: {scope}\n" in path.read_text()
 
 
-def dvc_stages(work: Path, file: str = "dvc.yaml") -> dict[str, dict[str, Any]]:
-    """Pipeline stages of ``file`` as DVC resolves them (vars from params/pipeline.yaml interpolated)."""
+#: The generated DVC files: the chosen pipeline (root) and the weights stages of every experiment.
+DVC_FILES = ("dvc.yaml", "workflow/dvc.yaml")
+
+
+def weights_stage(exp: str) -> str:
+    """How DVC names (and prints) the weights stage of ``exp``: it lives in workflow/dvc.yaml."""
+    return f"workflow/dvc.yaml:weights_{exp}"
+
+
+def dvc_stages(work: Path) -> dict[str, dict[str, Any]]:
+    """Pipeline stages of both DVC files as DVC resolves them (vars from params/pipeline.yaml interpolated, the
+    ``evaluate`` foreach expanded to ``evaluate@<exp>``), by name; paths relative to the repository root."""
     code = """
 import json, sys
 from dvc.dependency.param import ParamsDependency
@@ -59,7 +70,7 @@ from dvc.repo import Repo
 with Repo(".") as repo:
     out = {}
     for st in repo.index.stages:
-        if not getattr(st, "cmd", None) or st.relpath != sys.argv[1]:
+        if not getattr(st, "cmd", None) or st.relpath not in sys.argv[1:]:
             continue
         out[st.name] = {
             "cmd": st.cmd if isinstance(st.cmd, list) else [st.cmd],
@@ -69,7 +80,9 @@ with Repo(".") as repo:
         }
 print(json.dumps(out))
 """
-    proc = subprocess.run([sys.executable, "-c", code, file], cwd=work, capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *DVC_FILES], cwd=work, capture_output=True, text=True, check=False
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads(proc.stdout)
 
@@ -98,6 +111,16 @@ def _inside(path: str, outs: dict[str, Any]) -> str | None:
     return next((o for o in outs if path == o or path.startswith(o.rstrip("/") + "/")), None)
 
 
+def _overlaps(dep: str, outs: dict[str, Any]) -> bool:
+    """A dependency on ``dep`` orders after a stage with ``outs``: one of them is inside the other (DVC's rule)."""
+    return bool(_inside(dep, outs)) or any(_inside(o, {dep: None}) for o in outs)
+
+
+def _kind(stage: str) -> str:
+    """data, weights, evaluate or tables."""
+    return stage.split("@")[0].split("_")[0]
+
+
 @pytest.fixture(scope="module")
 def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
     work = copy_repo(tmp_path_factory.mktemp("dvc_repo"))
@@ -112,7 +135,14 @@ def test_dvc_yaml_is_generated_from_the_experiments() -> None:
     assert proc.returncode == 0, proc.stderr
     doc = yaml.safe_load((REPO / "dvc.yaml").read_text())
     assert doc["vars"] == ["params/pipeline.yaml"]
-    assert set(doc["stages"]) == {"data", "tables"} | {f"{k}_{e}" for k in ("weights", "evaluate") for e in EXPERIMENTS}
+    assert set(doc["stages"]) == {"data", "evaluate", "tables"}
+    assert doc["stages"]["evaluate"]["foreach"] == "${experiments}"  # one evaluation per chosen experiment
+    weights = yaml.safe_load((REPO / "workflow" / "dvc.yaml").read_text())
+    assert weights["vars"] == ["../params/pipeline.yaml"]
+    assert set(weights["stages"]) == {f"weights_{e}" for e in EXPERIMENTS}
+    assert all(s["wdir"] == ".." for s in weights["stages"].values())
+    # The shipped choice is every experiment, as a list (DVC's foreach takes no `all`).
+    assert sorted(yaml.safe_load((REPO / "params" / "pipeline.yaml").read_text())["experiments"]) == sorted(EXPERIMENTS)
     assert not (REPO / "workflow" / "published").exists()  # one dvc.yaml for both weight sources
     assert yaml.safe_load((REPO / "data.dvc").read_text())["outs"][0]["path"] == "data"
     assert (REPO / ".dvc" / "config").is_file() and (REPO / ".dvcignore").is_file()
@@ -152,7 +182,7 @@ def test_dvc_stages_and_snakemake_dag_describe_the_same_steps(work: Path, scope:
     owners: dict[str, set[str]] = {}
     for name, command in commands.items():
         for rule in command["rules"]:
-            owners.setdefault(rule, set()).add(name.split("_")[0])
+            owners.setdefault(rule, set()).add(_kind(name))
     assert all(len(kinds) == 1 for kinds in owners.values()), owners
     assert {j["rule"] for j in jobs} <= set(owners)
 
@@ -183,8 +213,8 @@ def test_dvc_stages_and_snakemake_dag_describe_the_same_steps(work: Path, scope:
         targets = commands[name]["targets"]
         if name.startswith("weights_"):
             assert targets == [f"{root}/weights/{name.removeprefix('weights_')}.pth"]
-        if name.startswith("evaluate_"):
-            assert commands[name]["config"]["experiments"] == [name.removeprefix("evaluate_")]
+        if name.startswith("evaluate@"):
+            assert commands[name]["config"]["experiments"] == [name.removeprefix("evaluate@")]
 
     # The same order: a Snakemake edge between two stages is a DVC dependency on the upstream stage's out,
     # and every DVC dependency on another stage's out is such an edge.
@@ -197,7 +227,7 @@ def test_dvc_stages_and_snakemake_dag_describe_the_same_steps(work: Path, scope:
     for name, stage in stages.items():
         for dep in stage["deps"]:
             for other, s in stages.items():
-                if other != name and _inside(dep, s["outs"]):
+                if other != name and _overlaps(dep, s["outs"]):
                     dvc_edges.add((other, name))
     if weights == "trained":
         assert dvc_edges == smk_edges
@@ -206,13 +236,13 @@ def test_dvc_stages_and_snakemake_dag_describe_the_same_steps(work: Path, scope:
         assert {("data", f"weights_{e}") for e in EXPERIMENTS} <= dvc_edges
     else:  # no training: DVC still orders x3 after x2 (same stages for both sources), Snakemake need not
         assert "train" not in {j["rule"] for j in jobs} and smk_edges <= dvc_edges
-        assert {(f"weights_{e}", f"evaluate_{e}") for e in EXPERIMENTS} <= smk_edges
+        assert {(f"weights_{e}", f"evaluate@{e}") for e in EXPERIMENTS} <= smk_edges
         assert all(j["shell"].startswith("mair weights download") for j in fetches)
 
     # Experiment files are dependencies of their steps; params/pipeline.yaml settings are DVC params, a few only.
     for e in EXPERIMENTS:
         assert f"params/experiments/{e}.yaml" in stages[f"weights_{e}"]["deps"]
-        assert f"params/experiments/{e}.yaml" in stages[f"evaluate_{e}"]["deps"]
+        assert f"params/experiments/{e}.yaml" in stages[f"evaluate@{e}"]["deps"]
         assert set(stages[f"weights_{e}"]["params"]) == {"params/pipeline.yaml"}
         assert "weights" in stages[f"weights_{e}"]["params"]["params/pipeline.yaml"]
     assert {"scope", "experiments"} <= set(stages["data"]["params"]["params/pipeline.yaml"])
@@ -223,38 +253,84 @@ def test_dvc_stages_and_snakemake_dag_describe_the_same_steps(work: Path, scope:
     assert "experiments" not in commands["data"]["config"] and "experiments" not in commands["tables"]["config"]
     # Metrics: one small file per evaluation stage, not cached (git-tracked-size, shown by `dvc metrics show`).
     for e in EXPERIMENTS:
-        assert stages[f"evaluate_{e}"]["outs"][f"{root}/metrics/{e}.json"] == {"persist": False, "cache": False}
+        assert stages[f"evaluate@{e}"]["outs"][f"{root}/metrics/{e}.json"] == {"persist": False, "cache": False}
+
+
+def _plan(work: Path, *args: str) -> list[str]:
+    """The stages ``dvc repro --dry ARGS`` would run, in order."""
+    proc = subprocess.run(
+        ["dvc", "repro", "--dry", *args], cwd=work, env=run_env(work), capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return re.findall(r"Running stage '([^']+)'", proc.stdout)
+
+
+def test_the_chosen_experiments_are_the_stages_dvc_runs(work: Path) -> None:
+    """`experiments` in params/pipeline.yaml chooses DVC's stages: an evaluation per chosen experiment, the weights
+    it needs (MaIR x3 starts from x2: that training too), the data and the tables; no other experiment's."""
+    _set_scope(work, "[sr_classic_x3, dehaze_r6k]", "experiments")
+    try:
+        plan = _plan(work, "--force")
+    finally:
+        (work / "params" / "pipeline.yaml").write_text((REPO / "params" / "pipeline.yaml").read_text())
+    assert sorted(plan) == sorted(
+        [
+            "data",
+            weights_stage("sr_classic_x2"),
+            weights_stage("sr_classic_x3"),
+            "evaluate@sr_classic_x3",
+            weights_stage("dehaze_r6k"),
+            "evaluate@dehaze_r6k",
+            "tables",
+        ]
+    )
+    assert plan[0] == "data" and plan[-1] == "tables"
+    assert plan.index(weights_stage("sr_classic_x2")) < plan.index(weights_stage("sr_classic_x3"))
+    assert len(_plan(work, "--force")) == 36  # the shipped list: every experiment
+
+
+def test_a_plain_dry_run_on_a_fresh_clone_stops_where_the_docs_say(work: Path) -> None:
+    """DVC 3.67 hashes the dependencies of a changed stage for its run cache even in a dry run, so the plain
+    `dvc repro --dry` stops at the first stage whose input does not exist yet (docs/pipeline.md "Dry runs": use
+    `--force`). When a DVC release plans from nothing, this fails: drop `--force` from the docs then."""
+    proc = subprocess.run(
+        ["dvc", "repro", "--dry"], cwd=work, env=run_env(work), capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode != 0 and re.findall(r"Running stage '([^']+)'", proc.stdout) == ["data"]
+    assert "No such file or directory" in proc.stderr and "data/manifest.json" in proc.stderr, proc.stderr[-2000:]
+    assert not (work / "results" / "trained").exists()  # a dry run writes no output
 
 
 @pytest.mark.skipif(shutil.which("mair") is None, reason="the mair command is not installed")
 def test_dvc_repro_runs_a_demo_step_in_a_fresh_clone(tmp_path: Path) -> None:
-    """`dvc repro evaluate_dehaze_r6k` in a fresh copy runs data -> train -> evaluate through Snakemake, records
-    them in dvc.lock, and a second repro has nothing to do."""
+    """`dvc repro evaluate@dehaze_r6k` in a fresh copy runs data -> train -> evaluate through Snakemake, records
+    them in dvc.lock and workflow/dvc.lock, and a second repro has nothing to do."""
     work = copy_repo(tmp_path / "repo")
     _git_init(work)
     env = run_env(work)
     start = time.monotonic()
     proc = subprocess.run(
-        ["dvc", "repro", "evaluate_dehaze_r6k"], cwd=work, env=env, capture_output=True, text=True, timeout=1800
+        ["dvc", "repro", "evaluate@dehaze_r6k"], cwd=work, env=env, capture_output=True, text=True, timeout=1800
     )
     elapsed = time.monotonic() - start
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-4000:]
-    print(f"dvc repro evaluate_dehaze_r6k (demo): {elapsed:.0f} s")
-    for stage in ("data", "weights_dehaze_r6k", "evaluate_dehaze_r6k"):
+    print(f"dvc repro evaluate@dehaze_r6k (demo): {elapsed:.0f} s")
+    for stage in ("data", weights_stage("dehaze_r6k"), "evaluate@dehaze_r6k"):
         assert f"Running stage '{stage}'" in proc.stdout
     assert "weights_dehaze_its" not in proc.stdout
     lock = yaml.safe_load((work / "dvc.lock").read_text())["stages"]
-    assert set(lock) == {"data", "weights_dehaze_r6k", "evaluate_dehaze_r6k"}
-    assert any(o["path"] == "results/trained/demo/eval/dehaze_r6k" for o in lock["evaluate_dehaze_r6k"]["outs"])
+    assert set(lock) == {"data", "evaluate@dehaze_r6k"}
+    assert set(yaml.safe_load((work / "workflow" / "dvc.lock").read_text())["stages"]) == {"weights_dehaze_r6k"}
+    assert any(o["path"] == "results/trained/demo/eval/dehaze_r6k" for o in lock["evaluate@dehaze_r6k"]["outs"])
     assert (work / "results" / "trained" / "demo" / "eval" / "dehaze_r6k" / "reside_6k.json").is_file()
     assert any((work / "runs" / "demo" / "dehaze_r6k").iterdir())
 
     status = subprocess.run(
-        ["dvc", "status", "evaluate_dehaze_r6k"], cwd=work, env=env, capture_output=True, text=True, timeout=300
+        ["dvc", "status", "evaluate@dehaze_r6k"], cwd=work, env=env, capture_output=True, text=True, timeout=300
     )
     assert status.returncode == 0 and "changed" not in status.stdout, status.stdout
     again = subprocess.run(
-        ["dvc", "repro", "evaluate_dehaze_r6k"], cwd=work, env=env, capture_output=True, text=True, timeout=600
+        ["dvc", "repro", "evaluate@dehaze_r6k"], cwd=work, env=env, capture_output=True, text=True, timeout=600
     )
     assert again.returncode == 0 and "Running stage" not in again.stdout, again.stdout
 
@@ -293,12 +369,22 @@ def test_dvc_experiment_metrics_plots_and_documented_commands_on_a_fresh_clone(t
     dry = next(c for c in documented if "--dry" in c)
     plan = re.findall(r"Running stage '([^']+)'", _dvc(work, *shlex.split(dry)[1:], timeout=600).stdout)
     assert len(plan) == 36 and plan[0] == "data" and plan[-1] == "tables"
-    assert (
-        plan.index("weights_sr_classic_x2") < plan.index("weights_sr_classic_x3") < plan.index("evaluate_sr_classic_x3")
-    )
+    x2, x3 = weights_stage("sr_classic_x2"), weights_stage("sr_classic_x3")
+    assert plan.index(x2) < plan.index(x3) < plan.index("evaluate@sr_classic_x3")
 
-    # (10) Experiments chosen through DVC params, as with --config: the data stage prepares only dehaze_r6k's sets.
-    _dvc(work, "exp", "run", "-n", "r6k", "-S", "params/pipeline.yaml:experiments=[dehaze_r6k]", "evaluate_dehaze_r6k")
+    # (10) Experiments chosen through DVC params alone, as with --config: no target, only dehaze_r6k's stages run
+    # (its data, weights, evaluation, and the tables), and the workspace is then up to date.
+    started = time.monotonic()
+    ran = _dvc(work, "exp", "run", "-n", "r6k", "-S", "params/pipeline.yaml:experiments=[dehaze_r6k]").stdout
+    print(f"dvc exp run -S experiments=[dehaze_r6k] (demo): {time.monotonic() - started:.0f} s")
+    assert re.findall(r"Running stage '([^']+)'", ran) == [
+        "data", weights_stage("dehaze_r6k"), "evaluate@dehaze_r6k", "tables"
+    ]  # fmt: skip
+    assert sorted(p.name for p in (work / "runs" / "demo").iterdir()) == ["dehaze_r6k"]  # nothing else trained
+    assert set(yaml.safe_load((work / "dvc.lock").read_text())["stages"]) == {"data", "evaluate@dehaze_r6k", "tables"}
+    assert set(yaml.safe_load((work / "workflow" / "dvc.lock").read_text())["stages"]) == {"weights_dehaze_r6k"}
+    assert (work / "results" / "trained" / "demo" / "tables" / "dehaze.md").is_file()
+    assert "Running stage" not in _dvc(work, "repro").stdout
     manifest = json.loads((work / "results" / "trained" / "demo" / "data" / "manifest.json").read_text())
     assert set(manifest["datasets"]) == {"reside_6k"}
     metrics_file = work / "results" / "trained" / "demo" / "metrics" / "dehaze_r6k.json"

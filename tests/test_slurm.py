@@ -251,7 +251,7 @@ def test_dvc_queue_runs_experiments_at_once_on_slurm(cluster: SlurmCluster, tmp_
         return proc
 
     for exp in EXPS:
-        dvc("exp", "run", "--queue", "-n", f"on-slurm-{exp}", f"weights_{exp}")
+        dvc("exp", "run", "--queue", "-n", f"on-slurm-{exp}", f"workflow/dvc.yaml:weights_{exp}")
     dvc("queue", "start", "-j", "2")
     deadline, states = time.monotonic() + 600, ""
     while time.monotonic() < deadline:

@@ -483,7 +483,7 @@ def test_dvc_dry_repro_with_published_weights_plans_no_training(tmp_path: Path) 
     import shlex
     import subprocess
 
-    from test_dvc import parse_stage_command
+    from test_dvc import parse_stage_command, weights_stage
     from test_workflow import parse_dry_run, run_env, snakemake
 
     work = _committed_copy(tmp_path, weights="published")
@@ -493,11 +493,11 @@ def test_dvc_dry_repro_with_published_weights_plans_no_training(tmp_path: Path) 
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-4000:]
     planned = dict(re.findall(r"Running stage '([^']+)':\n> (.+)", proc.stdout))
     assert len(planned) == 36 and set(planned) == {"data", "tables"} | {
-        f"{k}_{e}" for k in ("weights", "evaluate") for e in OFFICIAL_FILES
+        stage for e in OFFICIAL_FILES for stage in (weights_stage(e), f"evaluate@{e}")
     }
     paths = [w for cmd in planned.values() for w in shlex.split(cmd) if w.startswith("results")]
     assert paths and all(p.startswith("results/published/demo/") for p in paths), paths
-    commands = [parse_stage_command(planned[f"weights_{e}"]) for e in OFFICIAL_FILES]
+    commands = [parse_stage_command(planned[weights_stage(e)]) for e in OFFICIAL_FILES]
     targets = [t for c in commands for t in c["targets"]]
     assert targets == [f"results/published/demo/weights/{e}.pth" for e in OFFICIAL_FILES]
     rules = commands[0]["rules"]
@@ -514,18 +514,19 @@ def test_dvc_dry_repro_with_published_weights_plans_no_training(tmp_path: Path) 
 @needs_mair
 @pytest.mark.slow
 def test_dvc_experiment_with_published_weights(tmp_path: Path, mirror: Mirror) -> None:
-    """`dvc exp run -S params/pipeline.yaml:weights=published evaluate_dehaze_r6k` in a fresh clone, the file
+    """`dvc exp run -S params/pipeline.yaml:weights=published evaluate@dehaze_r6k` in a fresh clone, the file
     served by a loopback mirror: data, the fetched weights, the evaluation, no training, results only under
     results/published/demo/; then `dvc repro` of the same stage has nothing to do."""
     import subprocess
 
+    from test_dvc import weights_stage
     from test_workflow import run_env
 
     demo_checkpoint("dehaze_r6k", mirror.folder / "published" / OFFICIAL_FILES["dehaze_r6k"])
     work = _committed_copy(tmp_path, experiments="[dehaze_r6k]")  # committed: weights: trained
     env = run_env(work, MAIR_WEIGHTS_MIRROR=mirror.url)
     proc = subprocess.run(
-        ["dvc", "exp", "run", "-n", "published", "-S", "params/pipeline.yaml:weights=published", "evaluate_dehaze_r6k"],
+        ["dvc", "exp", "run", "-n", "published", "-S", "params/pipeline.yaml:weights=published", "evaluate@dehaze_r6k"],
         cwd=work,
         env=env,
         capture_output=True,
@@ -533,10 +534,12 @@ def test_dvc_experiment_with_published_weights(tmp_path: Path, mirror: Mirror) -
         timeout=1800,
     )
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-4000:]
-    for stage in ("data", "weights_dehaze_r6k", "evaluate_dehaze_r6k"):
+    for stage in ("data", weights_stage("dehaze_r6k"), "evaluate@dehaze_r6k"):
         assert f"Running stage '{stage}'" in proc.stdout
     lock_doc = yaml.safe_load((work / "dvc.lock").read_text())["stages"]
-    assert set(lock_doc) == {"data", "weights_dehaze_r6k", "evaluate_dehaze_r6k"}
+    assert set(lock_doc) == {"data", "evaluate@dehaze_r6k"}
+    lock_doc = yaml.safe_load((work / "workflow" / "dvc.lock").read_text())["stages"]
+    assert set(lock_doc) == {"weights_dehaze_r6k"}
     assert [o["path"] for o in lock_doc["weights_dehaze_r6k"]["outs"]] == [
         "results/published/demo/weights/dehaze_r6k.pth"
     ]
@@ -550,7 +553,7 @@ def test_dvc_experiment_with_published_weights(tmp_path: Path, mirror: Mirror) -
     assert not (work / "results" / "trained").exists() and not (work / "runs").exists()  # nothing trained
     assert "published" in (work / "params" / "pipeline.yaml").read_text().split("\nweights: ", 1)[1][:10]
     again = subprocess.run(
-        ["dvc", "repro", "evaluate_dehaze_r6k"], cwd=work, env=env, capture_output=True, text=True, timeout=600
+        ["dvc", "repro", "evaluate@dehaze_r6k"], cwd=work, env=env, capture_output=True, text=True, timeout=600
     )
     assert again.returncode == 0 and "Running stage" not in again.stdout, again.stdout
 

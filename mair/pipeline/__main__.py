@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mair.pipeline.artifacts import link_weights, write_eval_metrics, write_manifest
-from mair.pipeline.dvc import dvc_stages, dvc_yaml_text
+from mair.pipeline.dvc import dvc_files
 from mair.pipeline.gpus import run_with_gpus
 from mair.pipeline.settings import PipelineError, load_pipeline_config
 
@@ -25,19 +25,20 @@ def _cmd_run_with_gpus(args: argparse.Namespace) -> int:
 
 def _cmd_dvc_yaml(args: argparse.Namespace) -> int:
     config = load_pipeline_config(args.config)
-    config = {**config, "experiments": "all"}  # dvc.yaml always holds every experiment
-    text = dvc_yaml_text(config)
-    out = Path(args.out)
+    config = {**config, "experiments": "all"}  # the DVC files hold every experiment; the params choose
+    root = Path(args.root)
+    files = {root / name: text for name, text in dvc_files(config).items()}
     if args.check:
-        current = out.read_text(encoding="utf-8") if out.is_file() else ""
-        if current != text:
-            print(f"{out} is out of date: run `python -m mair.pipeline dvc-yaml`", file=sys.stderr)
+        stale = [str(p) for p, text in files.items() if (p.read_text(encoding="utf-8") if p.is_file() else "") != text]
+        if stale:
+            print(f"{', '.join(stale)} out of date: run `python -m mair.pipeline dvc-yaml`", file=sys.stderr)
             return 1
         return 0
     from mair.common.atomic import atomic_write_text
 
-    atomic_write_text(out, text)
-    print(f"wrote {out} ({len(dvc_stages(config))} stages)")
+    for path, text in files.items():
+        atomic_write_text(path, text)
+        print(f"wrote {path}")
     return 0
 
 
@@ -76,9 +77,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=None, metavar="S", help="give up after S seconds of waiting")
     p.set_defaults(handler=_cmd_run_with_gpus)
 
-    p = sub.add_parser("dvc-yaml", help="write dvc.yaml from the experiments (or --check it)")
+    p = sub.add_parser("dvc-yaml", help="write dvc.yaml and workflow/dvc.yaml from the experiments (or --check them)")
     p.add_argument("--config", default="params/pipeline.yaml", help="pipeline config (default: %(default)s)")
-    p.add_argument("--out", default="dvc.yaml", help="output file (default: %(default)s)")
+    p.add_argument("--root", default=".", help="repository root to write them in (default: %(default)s)")
     p.add_argument("--check", action="store_true", help="exit 1 when the file differs from what would be written")
     p.set_defaults(handler=_cmd_dvc_yaml)
 
