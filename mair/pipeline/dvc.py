@@ -45,11 +45,6 @@ WEIGHTS_HEADER = """\
 WEIGHTS_DVC_FILE = "workflow/dvc.yaml"
 
 
-def evaluate_stage(exp: str) -> str:
-    """The name DVC gives the evaluation stage of ``exp`` (the root dvc.yaml's ``evaluate`` foreach)."""
-    return f"evaluate@{exp}"
-
-
 #: Snakemake command of a DVC stage: only ``rules`` may run, up-to-date checks by modification time only.
 #: ``mair.pipeline.snakemake_run`` adds the profile that ``executor`` in params/pipeline.yaml names (local or slurm).
 DVC_SNAKEMAKE = (
