@@ -36,6 +36,7 @@ from torch.utils.data import Dataset
 
 from mair.data import paths
 from mair.data.image_io import IMAGE_EXTENSIONS, png_size, read_color
+from mair.tasks import TASKS
 
 __all__ = [
     "ColorDenoiseTrainDataset",
@@ -397,18 +398,19 @@ def build_train_dataset(
     pairs = _train_pairs(exp, scope, data_root)
     aug = train["augmentation"]
     patch = train["patch"]
-    task = exp["task"]
-    if task in ("sr_classic", "sr_light"):
+    task = TASKS.get(exp["task"])
+    kind = task.training_pair if task else None
+    if kind == "lr_hr":
         return SRTrainDataset(
             pairs, int(patch["lq_size"]), int(exp["scale"]), seed, bool(aug["hflip"]), bool(aug["rot"])
         )
-    if task == "dn_color":
+    if kind == "synthetic_noise":
         return ColorDenoiseTrainDataset(
             pairs, int(patch["gt_size"]), float(train["noise_sigma"]), seed, bool(aug["hflip"]), bool(aug["rot"])
         )
-    if task in ("dn_real", "deblur", "dehaze"):
+    if kind == "paired":
         return UNetTrainDataset(pairs, int(patch["gt_size"]), seed, bool(aug["geometric_augs"]))
-    raise DatasetError(f"experiment {exp.get('id')!r}: no training pipeline for task {task!r}")
+    raise DatasetError(f"experiment {exp.get('id')!r}: no training pipeline for task {exp['task']!r}")
 
 
 def build_val_dataset(exp: Mapping[str, Any], scope: str, data_root: PathLike | None = None) -> ValidationDataset:

@@ -48,6 +48,7 @@ from torch.utils.data import DataLoader, Dataset
 from mair.common.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text, remove_stale_parts
 from mair.runtime.compile_modes import COMPILE_MODES
 from mair.runtime.precision import autocast
+from mair.tasks import get_task
 from mair.train import datasets as train_data
 from mair.train.launch import EXIT_STOPPED, STOP_MARKER, DistEnv, detect_env
 from mair.train.losses import build_loss
@@ -73,7 +74,6 @@ __all__ = [
     "val_due",
 ]
 
-UNET_TASKS = ("dn_real", "deblur", "dehaze")
 TRAIN_LOG_COLUMNS = ("iter", "epoch", "loss", "lr", "seconds")
 VAL_LOG_COLUMNS = ("iter", "dataset", "psnr", "ssim")
 STATE_FORMAT = 1
@@ -1032,7 +1032,7 @@ class Trainer:
         cfg = val["metrics"]
         crop, y, use_image = int(cfg["crop_border"]), bool(cfg["test_y_channel"]), bool(cfg["use_image"])
         rgb2bgr = bool(cfg["rgb2bgr"])
-        unet = self.exp["task"] in UNET_TASKS
+        unet = get_task(self.exp["task"]).metrics == "realdenoising"
         net = self.net
         net.eval()
         psnrs, ssims = [], []
