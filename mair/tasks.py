@@ -23,7 +23,7 @@ class NetworkFamily:
 
     arch: str  # the official class name: ``network.arch`` of an experiment, ``mair.models.from_official``
     unet: bool  # the Restormer-shaped U-Net of the realDenoising code (restores at scale 1)
-    protocol: Literal["tile", "pad8"]  # tile: the official overlapping tiles; pad8: reflect-pad to a multiple of 8
+    protocol: Literal["tile", "pad8"]  # tile: official ~200-px tiles with overlap; pad8: reflect-pad to 8
 
 
 MAIR = NetworkFamily(arch="MaIR", unet=False, protocol="tile")
