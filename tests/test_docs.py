@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SCANNED_DIRS = ("mair", "tests", "docs", "workflow", "params/schema", "benchmarks", ".ci")
-SCANNED_FILES = ("README.md", "Snakefile", "pyproject.toml", "params/pipeline.yaml")
+SCANNED_DIRS = ("mair", "tests", "docs", "workflow", "params", "benchmarks", ".ci")
+SCANNED_FILES = ("README.md", "Snakefile", "pyproject.toml")
 TEXT_SUFFIXES = {".py", ".md", ".smk", ".yaml", ".yml", ".json", ".toml", ".txt", ".sh", ""}
 
 SECTION_SIGN = "\u00a7"
