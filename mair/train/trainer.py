@@ -295,7 +295,7 @@ def compile_settings(opts: TrainOptions, world_size: int) -> tuple[str | None, s
 
 
 def runtime_settings(opts: TrainOptions, device: str) -> Any:
-    """The :class:`mair.runtime.RuntimeSettings` of a run on ``device`` (cpu or cuda) from its options."""
+    """The :class:`mair.runtime.resolve.RuntimeSettings` of a run on ``device`` (cpu or cuda) from its options."""
     from mair.runtime.resolve import RuntimeSettingsError, resolve_runtime
 
     backend, mode = compile_settings(opts, 1)
