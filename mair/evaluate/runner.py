@@ -517,7 +517,7 @@ def evaluate_dataset(
     weights_source: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate one dataset (resuming), write its CSV and summary JSON; return the summary. ``runtime``: the
-    :meth:`mair.runtime.RuntimeSettings.as_dict` record of how the network runs (kept in the summary; a rerun
+    :meth:`mair.runtime.resolve.RuntimeSettings.as_dict` record of how the network runs (kept in the summary; a rerun
     on another path starts the CSV again rather than mixing rows of both). ``weights_source`` (``published``
     for the authors' checkpoints) is recorded in the summary when given."""
     import torch
@@ -697,7 +697,7 @@ def resolve_device(device: str | None) -> str:
 
 
 def inference_runtime(device: str, exact: bool = False, compile: bool | None = None) -> Any:
-    """The :class:`mair.runtime.RuntimeSettings` of inference on ``device``, applied to this process
+    """The :class:`mair.runtime.resolve.RuntimeSettings` of inference on ``device``, applied to this process
     (TF32 switches, compile cache)."""
     from mair.runtime.resolve import RuntimeSettingsError, resolve_runtime
 

@@ -198,7 +198,7 @@ def init_weights_source(exp: Mapping[str, Any], opts: TrainOptions) -> tuple[Pat
     """``(path, strict, note)`` of the weights the experiment starts from (``train.init_from``).
 
     ``--init-weights`` wins; otherwise ``results/trained/<scope>/weights/<init experiment>.pth``. For the T x3 quirk
-    (spec §8.19) the official choice (S x2) is the default and ``--init-fix-t-x3`` takes the fixed one (T x2).
+    (docs/training.md) the official choice (S x2) is the default and ``--init-fix-t-x3`` takes the fixed one (T x2).
     """
     init = exp["train"].get("init_from")
     if opts.init_weights is not None:
@@ -295,7 +295,7 @@ def compile_settings(opts: TrainOptions, world_size: int) -> tuple[str | None, s
 
 
 def runtime_settings(opts: TrainOptions, device: str) -> Any:
-    """The :class:`mair.runtime.RuntimeSettings` of a run on ``device`` (cpu or cuda) from its options."""
+    """The :class:`mair.runtime.resolve.RuntimeSettings` of a run on ``device`` (cpu or cuda) from its options."""
     from mair.runtime.resolve import RuntimeSettingsError, resolve_runtime
 
     backend, mode = compile_settings(opts, 1)
