@@ -40,10 +40,9 @@ from mair.common.errors import (
     EvaluationError,
     missing_weights_message,
 )
+from mair.tasks import get_task
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".ppm", ".webp")
-MAIR_TASKS = ("sr_classic", "sr_light", "dn_color")
-UNET_TASKS = ("dn_real", "deblur", "dehaze")
 
 __all__ = [
     "DatasetRef",
@@ -105,7 +104,7 @@ class EvalSpec:
     @property
     def unet_metrics(self) -> bool:
         """True for the realDenoising tasks, whose metrics are :func:`calculate_psnr_float` & co."""
-        return self.task in UNET_TASKS
+        return get_task(self.task).metrics == "realdenoising"
 
     def dataset(self, dataset_id: str) -> DatasetRef:
         for ref in self.datasets:
@@ -137,10 +136,14 @@ def eval_spec(exp: Mapping[str, Any]) -> EvalSpec:
     kwargs = dict(network.get("kwargs") or {})
     arch = str(network["arch"])
     task = str(exp["task"])
+    try:
+        facts = get_task(task)
+    except ValueError as error:
+        raise EvaluationError(f"experiment {exp.get('id', 'experiment')}: {error}") from None
     scale = int(exp.get("scale") or kwargs.get("upscale") or 1)
     if arch == "MaIR" and not kwargs.get("upsampler"):
         scale = 1
-    protocol = str(test.get("protocol") or ("tile" if arch == "MaIR" else "pad8"))
+    protocol = str(test.get("protocol") or facts.protocol)
     if protocol not in ("tile", "pad8"):
         raise EvaluationError(f"unknown test protocol {protocol!r} (expected 'tile' or 'pad8')")
     datasets = []
@@ -157,7 +160,6 @@ def eval_spec(exp: Mapping[str, Any]) -> EvalSpec:
             )
         )
     metrics = dict(test.get("metrics") or {})
-    default_crop = scale if task.startswith("sr") else 0
     return EvalSpec(
         experiment=str(exp.get("id", "experiment")),
         task=task,
@@ -166,8 +168,8 @@ def eval_spec(exp: Mapping[str, Any]) -> EvalSpec:
         scale=scale,
         protocol=protocol,
         datasets=datasets,
-        crop_border=int(metrics.get("crop_border", default_crop)),
-        test_y_channel=bool(metrics.get("test_y_channel", task.startswith("sr"))),
+        crop_border=int(metrics.get("crop_border", facts.crop_border(scale))),
+        test_y_channel=bool(metrics.get("test_y_channel", facts.metric_space == "y")),
         extra_spaces=[str(s) for s in metrics.get("extra_spaces") or []],
         use_image=bool(metrics.get("use_image", True)),
         noise=dict(test["noise"]) if test.get("noise") else None,
@@ -515,7 +517,7 @@ def evaluate_dataset(
     weights_source: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate one dataset (resuming), write its CSV and summary JSON; return the summary. ``runtime``: the
-    :meth:`mair.runtime.RuntimeSettings.as_dict` record of how the network runs (kept in the summary; a rerun
+    :meth:`mair.runtime.resolve.RuntimeSettings.as_dict` record of how the network runs (kept in the summary; a rerun
     on another path starts the CSV again rather than mixing rows of both). ``weights_source`` (``published``
     for the authors' checkpoints) is recorded in the summary when given."""
     import torch
@@ -695,7 +697,7 @@ def resolve_device(device: str | None) -> str:
 
 
 def inference_runtime(device: str, exact: bool = False, compile: bool | None = None) -> Any:
-    """The :class:`mair.runtime.RuntimeSettings` of inference on ``device``, applied to this process
+    """The :class:`mair.runtime.resolve.RuntimeSettings` of inference on ``device``, applied to this process
     (TF32 switches, compile cache)."""
     from mair.runtime.resolve import RuntimeSettingsError, resolve_runtime
 

@@ -15,16 +15,6 @@ from typing import Any
 from mair.data.paths import EXTRACTED_MARKER, PREPARED_MARKER
 from mair.pipeline.settings import PipelineError, weights_mode
 
-#: Snakemake per-task targets -> experiment ``task`` values (params/experiments/<id>.yaml).
-TASK_TARGETS: dict[str, tuple[str, ...]] = {
-    "reproduce_sr": ("sr_classic",),
-    "reproduce_light_sr": ("sr_light",),
-    "reproduce_denoising": ("dn_color",),
-    "reproduce_real_denoising": ("dn_real",),
-    "reproduce_deblurring": ("deblur",),
-    "reproduce_dehazing": ("dehaze",),
-}
-
 
 @functools.cache
 def experiment(exp_id: str) -> dict[str, Any]:

@@ -98,7 +98,7 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--init-fix-t-x3",
         action="store_true",
-        help="initialise sr_light_t_x3 from T x2 instead of the official S x2 (spec 8.19)",
+        help="initialise sr_light_t_x3 from T x2 instead of the official S x2 (docs/training.md)",
     )
     p.add_argument(
         "--init-weights",
