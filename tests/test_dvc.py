@@ -291,7 +291,7 @@ def test_the_chosen_experiments_are_the_stages_dvc_runs(work: Path) -> None:
 
 def test_a_plain_dry_run_on_a_fresh_clone_stops_where_the_docs_say(work: Path) -> None:
     """DVC 3.67 hashes the dependencies of a changed stage for its run cache even in a dry run, so the plain
-    `dvc repro --dry` stops at the first stage whose input does not exist yet (docs/pipeline.md "Dry runs": use
+    `dvc repro --dry` stops at the first stage whose input does not exist yet (docs/pipeline.md "DVC", dry runs: use
     `--force`). When a DVC release plans from nothing, this fails: drop `--force` from the docs then."""
     proc = subprocess.run(
         ["dvc", "repro", "--dry"], cwd=work, env=run_env(work), capture_output=True, text=True, timeout=600
