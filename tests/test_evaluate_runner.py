@@ -281,6 +281,9 @@ def test_colour_denoising_uses_official_noise_and_reports_rgb_and_y(tmp_path: Pa
     assert float(rows[0]["psnr"]) == pytest.approx(m.calculate_psnr(noisy, gt, 0), abs=1e-9)
     assert float(rows[0]["psnr_y"]) == pytest.approx(m.calculate_psnr(noisy, gt, 0, True), abs=1e-9)
     assert summary["metric_space"] == "rgb" and set(summary["extra_metrics"]) == {"y"}
+    clipped = replace(exp, test=replace(exp.test, noise=replace(exp.test.noise, clip=True)))
+    with pytest.raises(runner.EvaluationError, match="only the official test noise is implemented"):
+        _run(clipped, None, tmp_path / "other", root, model=nn.Identity())
     assert 19 < summary["metrics"]["psnr"] < 22  # sigma 25 noise, clipped by quantisation
 
 

@@ -379,6 +379,18 @@ def test_wrong_type_and_value_are_reported(tmp_path: Path) -> None:
     assert "$.test.protocol: expected one of ['tile', 'pad8']" in message
 
 
+def test_values_no_code_would_honour_are_refused(tmp_path: Path) -> None:
+    """Every key is read by code or fixed by the schema: a metric list other than PSNR and SSIM, or extra metric
+    spaces for the validation (which reports the primary one), would silently do nothing, so they are errors."""
+    doc = _raw("dn_color_s15")
+    doc["test"]["metrics"]["names"] = ["psnr"]
+    doc["val"]["metrics"]["extra_spaces"] = ["y"]
+    message = _error(_write(tmp_path, doc))
+    assert "$.test.metrics.names: expected ['psnr', 'ssim'], got array ['psnr']" in message
+    assert "$.val.metrics.extra_spaces: expected [], got array ['y']" in message
+    assert load("dn_color_s15").test.metrics.extra_spaces == ("y",)  # the test section may report Y too
+
+
 def test_nullable_and_dispatched_sections_explain_the_real_alternative(tmp_path: Path) -> None:
     doc = _raw("dn_real")
     doc["train"]["grad_clip"] = "0.01"

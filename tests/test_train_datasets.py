@@ -302,6 +302,10 @@ def test_validation_sets(data_root: Path) -> None:
     item = val[0]
     expected = add_test_noise(item["gt"], 25, seed=0).astype(np.float32)
     assert np.array_equal(item["lq"].numpy().transpose(1, 2, 0), expected)
+    for change in ({"clip": True}, {"channel_order": "rgb"}, {"reseed_per_image": False}):  # not implemented
+        other = replace(exp, val=replace(exp.val, noise=replace(exp.val.noise, **change)))
+        with pytest.raises(DatasetError, match="'mcmaster': only the official test noise is implemented"):
+            build_val_dataset(other, "paper", data_root)
 
 
 # ------------------------------------------------------------------------------------------------ sampler

@@ -215,14 +215,15 @@ def load_pair(pair: ImagePair, spec: EvalSpec) -> tuple[np.ndarray, np.ndarray]:
     """
     gt = read_rgb(pair.gt)
     if pair.lq is None:
-        from mair.evaluate.noise import add_test_noise
+        from mair.evaluate.noise import add_test_noise, check_official_noise
 
         if not spec.noise:
             raise EvaluationError(f"{spec.experiment}: synthetic-noise pairing without test.noise settings")
         noise = spec.noise
-        if noise.channel_order.lower() != "bgr" or noise.clip or not noise.reseed_per_image:
-            official = "seed per image, BGR order, unclipped"
-            raise EvaluationError(f"only the official test noise is implemented ({official}); got {asdict(noise)}")
+        try:
+            check_official_noise(noise)
+        except ValueError as error:
+            raise EvaluationError(str(error)) from None
         lq = add_test_noise(gt, float(noise.sigma), seed=noise.seed).astype(np.float32)
         return lq, gt
     lq = read_rgb(pair.lq).astype(np.float32) / np.float32(255.0)

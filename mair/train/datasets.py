@@ -353,6 +353,13 @@ class ValidationDataset(Dataset):
     ) -> None:
         if not pairs:
             raise DatasetError(f"validation dataset {dataset_id!r} holds no images")
+        if noise is not None:
+            from mair.evaluate.noise import check_official_noise
+
+            try:
+                check_official_noise(noise)
+            except ValueError as error:
+                raise DatasetError(f"validation dataset {dataset_id!r}: {error}") from None
         self.pairs, self.scale, self.noise, self.dataset_id = list(pairs), int(scale), noise, dataset_id
 
     def __len__(self) -> int:
