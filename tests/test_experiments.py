@@ -3,8 +3,10 @@ experiment; bad files fail with clear errors."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
+import pickle
 import re
 import typing
 from pathlib import Path
@@ -117,6 +119,7 @@ def test_every_key_of_the_file_is_a_field_of_the_typed_experiment(exp_id: str) -
         exp.train.seed = 1  # type: ignore[misc]
     with pytest.raises(TypeError):
         exp.network.kwargs["embed_dim"] = 1  # type: ignore[index]
+    assert pickle.loads(pickle.dumps(exp)) == exp == copy.deepcopy(exp)  # e.g. into data loader workers
 
 
 def _dataclasses_in(annotation: Any) -> list[type]:

@@ -13,8 +13,7 @@ depends on them.
 from __future__ import annotations
 
 import dataclasses
-import types
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +24,7 @@ __all__ = [
     "DemoBlock",
     "DropPath",
     "Experiment",
+    "FrozenMapping",
     "InitFrom",
     "InitQuirk",
     "Loss",
@@ -45,6 +45,31 @@ __all__ = [
     "ValSpec",
     "from_document",
 ]
+
+
+class FrozenMapping(Mapping[str, Any]):
+    """A read-only mapping (the network's constructor arguments) that, unlike ``MappingProxyType``, pickles and
+    copies with the experiment."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: Mapping[str, Any] = ()) -> None:  # type: ignore[assignment]
+        object.__setattr__(self, "_items", dict(items))
+
+    def __getitem__(self, key: str) -> Any:
+        return self._items[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __repr__(self) -> str:
+        return f"FrozenMapping({self._items!r})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (FrozenMapping, (self._items,))
 
 
 @dataclass(frozen=True)
@@ -368,7 +393,7 @@ def _optional_key(obj: Any, name: str) -> bool:
 
 def _frozen(value: Any) -> Any:
     if isinstance(value, Mapping):
-        return types.MappingProxyType({k: _frozen(v) for k, v in value.items()})
+        return FrozenMapping({k: _frozen(v) for k, v in value.items()})
     if isinstance(value, list):
         return tuple(_frozen(v) for v in value)
     return value
