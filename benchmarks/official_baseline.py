@@ -2,7 +2,7 @@
 
 The official network runs exactly as its training did: eager, fp32 with PyTorch's defaults (TF32 convolutions,
 full-fp32 matrix products), mamba_ssm's CUDA selective scan, foreach Adam (BasicSR's ``torch.optim.Adam``).
-Each workload is timed by :func:`mair.bench.run_workload`, the same step, data and timer as ``mair bench``.
+Each workload is timed by :func:`mair.bench.workloads.run_workload`, the same step, data and timer as ``mair bench``.
 
 The official code is not part of mair. Point ``--official-src`` at a folder holding the official repository's
 ``basicsr/archs/mair_arch.py`` and ``basicsr/archs/shift_scanf_util.py``; the machine needs mamba_ssm built

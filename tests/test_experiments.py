@@ -1,4 +1,4 @@
-"""Experiment files: all 17 load and validate, hold the spec's values, and every key is a field of the typed
+"""Experiment files: all 17 load and validate, hold the official values, and every key is a field of the typed
 experiment; bad files fail with clear errors."""
 
 from __future__ import annotations
@@ -254,7 +254,7 @@ def test_colour_denoising_values() -> None:
     )
     assert s50.train.total_iter == 1_600_000
     metrics = s15.test.metrics
-    # RGB is the primary space, Y is reported too (spec 8.18).
+    # RGB is the primary space, Y is reported too (docs/experiments.md "Quirks", 8.18).
     assert metrics.test_y_channel is False and metrics.extra_spaces == ("y",)
     assert [d.id for d in s15.test.datasets] == ["mcmaster", "kodak24", "cbsd68", "urban100"]
     assert s15.complexity.flops_mflops_per_pixel == 18.26 and s15.complexity.flops_g is None

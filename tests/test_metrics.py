@@ -93,7 +93,8 @@ def test_float_psnr_clamps_and_uses_range_one() -> None:
     assert m.calculate_psnr_float(out, gt) == pytest.approx(10 * math.log10(1 / mse))
     official = m.official_psnr_unclamped(out, gt)
     assert m.official_float_peak(out) == 255.0
-    assert official > m.calculate_psnr_float(out, gt) + 40  # the hazard of spec §8.21
+    # docs/evaluation.md "How our clamping differs from the official code"
+    assert official > m.calculate_psnr_float(out, gt) + 40
     # uint8 input is scaled to [0, 1]: same PSNR as the float version of the same values
     gt8 = (gt * 255).round().astype(np.uint8)
     out8 = (clamped * 255).round().astype(np.uint8)

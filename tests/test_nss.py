@@ -1,4 +1,5 @@
-"""Tests for mair.models.nss: the NSS scan orders against a loop reference and the spec's vectors (§1.8)."""
+"""Tests for mair.models.nss: the NSS scan orders against a loop reference and the documented grids
+(docs/networks.md "NSS scan orders")."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from mair.models.nss import cache_info, clear_cache, scan_orders, stripe_path
 
 
 def reference_path(H: int, W: int, s: int, t: int) -> list[tuple[int, int]]:
-    """P(H, W, s, t) as (row, col) pairs, written directly from the rules of spec §1.8.
+    """P(H, W, s, t) as (row, col) pairs, written directly from the rules in docs/networks.md "NSS scan orders".
 
     The offset region is clipped to the grid width when t > W (our documented choice).
     """
@@ -34,7 +35,7 @@ def reference_path(H: int, W: int, s: int, t: int) -> list[tuple[int, int]]:
 
 
 def reference_orders(H: int, W: int, s: int, t: int) -> list[list[int]]:
-    """The four sequences of spec §1.8 from the loop reference."""
+    """The four sequences of docs/networks.md "NSS scan orders" from the loop reference."""
     L = H * W
     seq0 = [r * W + c for r, c in reference_path(H, W, s, t)]
     seq2 = [j * W + i for i, j in reference_path(W, H, s, t)]

@@ -1,4 +1,5 @@
-"""Learning-rate and progressive schedules against values computed by hand from the spec (§3, §7)."""
+"""Learning-rate and progressive schedules against values computed by hand from the rules in docs/training.md
+"Learning-rate schedules"."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from mair.train.schedules import (
 
 
 def _cosine(base: float, eta_min: float, e: int, start: int, period: int) -> float:
-    """The spec's formula for cycle weight 1, written out by hand."""
+    """The documented formula for cycle weight 1, written out by hand."""
     return eta_min + 0.5 * (base - eta_min) * (1 + math.cos(math.pi * (e - start) / period))
 
 
@@ -37,7 +38,7 @@ def _cosine(base: float, eta_min: float, e: int, start: int, period: int) -> flo
     ],
 )
 def test_sr_x2_multistep(iteration: int, expected: float) -> None:
-    # 2e-4 * 0.5^(number of milestones m <= i - 1); the first halving applies from 250001 (spec §3b)
+    # 2e-4 * 0.5^(number of milestones m <= i - 1); the first halving applies from 250001
     assert lr_at(load("sr_classic_x2"), iteration) == pytest.approx(expected, rel=1e-12)
 
 
@@ -79,7 +80,7 @@ def test_dn_real_cyclic_cosine() -> None:
     # then the cosine of the second cycle: e = i - 1, start 184000, period 544000, eta_min 1e-6
     assert lr_at(exp, 451000) == pytest.approx(_cosine(3e-4, 1e-6, 450999, 184000, 544000), rel=1e-12)
     assert lr_at(exp, 451000) == pytest.approx(1.5482e-4, rel=1e-4)
-    end = lr_at(exp, 718250)  # sum(periods) 728000 > total_iter: never reaches eta_min (spec §8.28)
+    end = lr_at(exp, 718250)  # sum(periods) 728000 > total_iter: never reaches eta_min
     assert end == pytest.approx(_cosine(3e-4, 1e-6, 718249, 184000, 544000), rel=1e-12)
     assert end == pytest.approx(1.24e-6, rel=5e-3)
     assert end > 1e-6

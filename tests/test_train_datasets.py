@@ -1,4 +1,4 @@
-"""Training datasets, the enlarged sampler, progressive crops and mixup (spec §5, §7)."""
+"""Training datasets, the enlarged sampler, progressive crops and mixup (docs/training.md)."""
 
 from __future__ import annotations
 

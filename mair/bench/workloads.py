@@ -139,7 +139,7 @@ def run_workload(
     ``compile_model``; ``adam``: Adam's implementation in training steps, ``default`` as ``mair train`` chooses
     (:func:`mair.train.optimizers.adam_implementation`), ``foreach`` or ``fused``; ``network``: a ready
     network on ``device`` to time instead of mair's, e.g. the official code's for the baseline). ``runtime``: a
-    :class:`mair.runtime.RuntimeSettings` that decides backend, precision, compile and Adam instead
+    :class:`mair.runtime.resolve.RuntimeSettings` that decides backend, precision, compile and Adam instead
     (``--default``), recorded in the row.
     """
     from mair.runtime.precision import autocast, check_precision, matmul_precision

@@ -481,7 +481,7 @@ class Tracker:
 
 
 def runtime_tags(runtime: Mapping[str, Any]) -> dict[str, str]:
-    """Tags saying which path a run took, from :meth:`mair.runtime.RuntimeSettings.as_dict`: ``mair.path``
+    """Tags saying which path a run took, from :meth:`mair.runtime.resolve.RuntimeSettings.as_dict`: ``mair.path``
     (default, exact or custom), ``mair.runtime.precision``, ``mair.scan_backend_used``, ``mair.compile`` (backend or
     off), ``mair.compile_mode`` (or -), ``mair.cuda_graphs``, ``mair.fused_adam`` and ``mair.runtime.resolve`` (the
     one-line description)."""

@@ -6,7 +6,7 @@ boxes of ``info.mat`` (``info.boundingboxes``, 1-based inclusive ``[x1, y1, x2, 
 indexes them: rows ``box[0]-1 : box[2]``, columns ``box[1]-1 : box[3]``) are denoised, clamped to [0, 1], and
 saved as ``%04d.mat`` holding ``Idenoised`` (a 1x20 cell array: an object array of float32 HxWx3 patches),
 ``israw = False`` and ``eval_version = "1.0"``. The official script uses ``np.object``, which fails on numpy
->= 1.24 (spec §8.31); we use ``object``. The .mat files are zipped for upload.
+>= 1.24; we use ``object``. The .mat files are zipped for upload.
 
 Each .mat is written atomically, so a rerun skips the images already done (unless the fingerprint of weights
 and settings changed).

@@ -1,4 +1,4 @@
-"""PSNR and SSIM exactly as the official MaIR code computes them (spec §6).
+"""PSNR and SSIM exactly as the official MaIR code computes them (docs/evaluation.md "Metrics").
 
 Two families:
 
@@ -9,7 +9,7 @@ Two families:
   window (sigma 1.5) through ``cv2.filter2D`` and the valid ``[5:-5, 5:-5]`` region, averaged over channels.
 * :func:`calculate_psnr_float` / :func:`calculate_ssim_float` (and :func:`calculate_ssim_3d`): the
   realDenoising metrics of the U-Net tasks (real denoising, deblurring, dehazing) on float arrays in [0, 1].
-  The official code infers the peak from ``img.max()`` of the unclamped output (spec §8.21); we clamp to [0,
+  The official code infers the peak from ``img.max()`` of the unclamped output; we clamp to [0,
   1] and use data range 1. :func:`official_float_peak` tells what peak the official code would have picked.
 """
 
@@ -153,7 +153,7 @@ def _as_unit_float(img: np.ndarray, clamp: bool) -> np.ndarray:
 
 
 def official_float_peak(img: np.ndarray) -> float:
-    """The peak the official realDenoising metrics infer: 1 if ``img.max() <= 1`` else 255 (spec §8.21)."""
+    """The peak the official realDenoising metrics infer: 1 if ``img.max() <= 1`` else 255."""
     return 1.0 if float(np.max(img)) <= 1.0 else 255.0
 
 

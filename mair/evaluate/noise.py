@@ -1,4 +1,4 @@
-"""The Gaussian test noise of colour denoising, bit-for-bit as the official test (spec §5.1, §8.26).
+"""The Gaussian test noise of colour denoising, bit-for-bit as the official test.
 
 The official ``PairedImageDataset`` (``task: denoising_color``, phase != train) reads the clean image with
 cv2 (BGR uint8), converts it to float32 / 255, calls ``np.random.seed(0)`` and adds ``np.random.normal(0,

@@ -1,4 +1,4 @@
-"""The paper's test-time protocol (spec §2) and a memory-bounded tiling for large images.
+"""The paper's test-time protocol (docs/evaluation.md "Test protocol") and a memory-bounded tiling for large images.
 
 * :func:`official_tile_forward`: ``MambaIRModel.test``, the tiling used for every MaIR test (SR, lightSR,
   CDN).
@@ -51,7 +51,7 @@ def _scale_of(out: torch.Tensor, tile: torch.Tensor) -> int:
 
 
 # ----------------------------------------------------------------------------------------------------
-# Official MaIR tiling (spec §2.1)
+# Official MaIR tiling
 
 
 def official_tile_layout(h: int, w: int, tile_divisor: int = 200) -> dict[str, int]:
@@ -116,7 +116,7 @@ def official_tile_forward(
 
 
 # ----------------------------------------------------------------------------------------------------
-# MaIR+ self-ensemble (spec §2.2)
+# MaIR+ self-ensemble
 
 ENSEMBLE_SIZE = 8
 
@@ -166,7 +166,7 @@ def self_ensemble(fn: Forward, x: torch.Tensor, tile: bool = True, tile_divisor:
 
 
 # ----------------------------------------------------------------------------------------------------
-# U-Net padding (spec §2.3)
+# U-Net padding
 
 
 def _pad_bottom_right(x: torch.Tensor, ph: int, pw: int) -> torch.Tensor:

@@ -289,7 +289,7 @@ class Restorer:
         self.self_ensemble = self_ensemble
         #: Images with more pixels than this are refused before decoding (``--max-pixels``).
         self.max_pixels = DEFAULT_MAX_PIXELS
-        #: How the network runs (:class:`mair.runtime.RuntimeSettings`), set by :func:`load_restorer`.
+        #: How the network runs (:class:`mair.runtime.resolve.RuntimeSettings`), set by :func:`load_restorer`.
         self.runtime: Any = None
         #: Called as ``on_tile(done, total)`` after every user tile of the current image, counted over all
         #: self-ensemble passes (for a progress display of large images); ``None``: not called.

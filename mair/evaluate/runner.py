@@ -44,10 +44,9 @@ from mair.common.errors import (
 from mair.experiments import Experiment, ExperimentError
 from mair.experiments import TestDatasetRef as DatasetRef
 from mair.experiments.spec import Noise
+from mair.tasks import get_task
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".ppm", ".webp")
-MAIR_TASKS = ("sr_classic", "sr_light", "dn_color")
-UNET_TASKS = ("dn_real", "deblur", "dehaze")
 
 __all__ = [
     "DatasetRef",
@@ -99,7 +98,7 @@ class EvalSpec:
     @property
     def unet_metrics(self) -> bool:
         """True for the realDenoising tasks, whose metrics are :func:`calculate_psnr_float` & co."""
-        return self.task in UNET_TASKS
+        return get_task(self.task).metrics == "realdenoising"
 
     def dataset(self, dataset_id: str) -> DatasetRef:
         for ref in self.datasets:
@@ -478,7 +477,7 @@ def evaluate_dataset(
     weights_source: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate one dataset (resuming), write its CSV and summary JSON; return the summary. ``runtime``: the
-    :meth:`mair.runtime.RuntimeSettings.as_dict` record of how the network runs (kept in the summary; a rerun
+    :meth:`mair.runtime.resolve.RuntimeSettings.as_dict` record of how the network runs (kept in the summary; a rerun
     on another path starts the CSV again rather than mixing rows of both). ``weights_source`` (``published``
     for the authors' checkpoints) is recorded in the summary when given."""
     import torch
@@ -658,7 +657,7 @@ def resolve_device(device: str | None) -> str:
 
 
 def inference_runtime(device: str, exact: bool = False, compile: bool | None = None) -> Any:
-    """The :class:`mair.runtime.RuntimeSettings` of inference on ``device``, applied to this process
+    """The :class:`mair.runtime.resolve.RuntimeSettings` of inference on ``device``, applied to this process
     (TF32 switches, compile cache)."""
     from mair.runtime.resolve import RuntimeSettingsError, resolve_runtime
 

@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from mair.experiments.spec import Experiment, from_document
+from mair.tasks import FAMILIES, TASKS
 
 #: The paper's experiments in paper order; :func:`experiment_ids` lists files in this order first.
 PAPER_ORDER: tuple[str, ...] = (
@@ -40,15 +41,6 @@ PAPER_ORDER: tuple[str, ...] = (
     "dehaze_r6k",
 )
 
-_ARCH_OF_TASK = {
-    "sr_classic": "MaIR",
-    "sr_light": "MaIR",
-    "dn_color": "MaIR",
-    "dn_real": "MaIRUNet",
-    "deblur": "MaIRUNet",
-    "dehaze": "MaIRUNet",
-}
-_PROTOCOL_OF_ARCH = {"MaIR": "tile", "MaIRUNet": "pad8"}
 # Demo networks must keep what decides the architecture's shape of output and its input channels.
 _DEMO_KEEP = {
     "MaIR": ("upscale", "upsampler", "in_chans", "img_range"),
@@ -252,8 +244,9 @@ def _consistency_problems(doc: dict[str, Any], known_ids: list[str]) -> list[str
 
     arch, kwargs, train = doc["network"]["arch"], doc["network"]["kwargs"], doc["train"]
     scale = doc["scale"]
-    if _ARCH_OF_TASK[doc["task"]] != arch:
-        bad("$.network.arch", f"task {doc['task']} uses {_ARCH_OF_TASK[doc['task']]}, got {arch}")
+    task = TASKS[doc["task"]]
+    if task.arch != arch:
+        bad("$.network.arch", f"task {task.name} uses {task.arch}, got {arch}")
     if arch == "MaIR" and kwargs["upscale"] != scale:
         bad("$.network.kwargs.upscale", f"expected the experiment scale {scale}, got {kwargs['upscale']}")
     if arch == "MaIRUNet" and scale != 1:
@@ -271,11 +264,11 @@ def _consistency_problems(doc: dict[str, Any], known_ids: list[str]) -> list[str
         bad("$.train.drop_path.rate", f"expected network.kwargs.drop_path_rate {kwargs['drop_path_rate']}")
     _schedule_problems(train, "$.train", bad)
     for where, block in (("$.val", doc["val"]), ("$.test", doc["test"])):
-        if block["protocol"] != _PROTOCOL_OF_ARCH[arch]:
-            expected = _PROTOCOL_OF_ARCH[arch]
+        if block["protocol"] != FAMILIES[arch].protocol:
+            expected = FAMILIES[arch].protocol
             bad(f"{where}.protocol", f"{arch} is evaluated with {expected}, got {block['protocol']}")
     sigma = train["noise_sigma"]
-    if doc["task"] == "dn_color":
+    if task.training_pair == "synthetic_noise":
         if sigma is None:
             bad("$.train.noise_sigma", "colour denoising needs a noise sigma")
         for where in ("val", "test"):
@@ -283,7 +276,8 @@ def _consistency_problems(doc: dict[str, Any], known_ids: list[str]) -> list[str
             if noise is None or noise["sigma"] != sigma:
                 bad(f"$.{where}.noise", f"expected noise with sigma {sigma} (train.noise_sigma)")
     elif sigma is not None or doc["val"]["noise"] is not None or doc["test"]["noise"] is not None:
-        bad("$.train.noise_sigma", f"synthetic noise is only for dn_color, not {doc['task']}")
+        noisy = ", ".join(t.name for t in TASKS.values() if t.training_pair == "synthetic_noise")
+        bad("$.train.noise_sigma", f"synthetic noise is only for {noisy}, not {task.name}")
     init = train["init_from"]
     if init is not None:
         if known_ids and init["experiment"] not in known_ids:

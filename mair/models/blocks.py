@@ -1,9 +1,9 @@
 """The building blocks shared by MaIR and MaIRUNet: the VMM (SS2D-like core with NSS), SSA gating, the
 residual Mamba block and the small token/image helpers.
 
-Module and parameter names follow the official code (spec §1.3-§1.5, §1.10) so that official checkpoints
-load strictly. The math follows spec §1.4 step by step; the projections are matrix products (einsum) rather
-than the official grouped conv1d, which computes the same sums.
+Module and parameter names follow the official code so that official checkpoints
+load strictly. The math follows docs/networks.md "The VMM block" step by step; the projections are matrix
+products (einsum) rather than the official grouped conv1d, which computes the same sums.
 """
 
 from __future__ import annotations
@@ -33,13 +33,13 @@ def _custom_ops():
     return module if module is not None and module.is_enabled() else None
 
 
-NUM_SCANS = 4  # K: the four NSS sequences (spec §1.0)
+NUM_SCANS = 4  # K: the four NSS sequences
 
 ScanIds = tuple[Tensor, Tensor]  # (scan_ids (4, L), inverse_ids (4, L)), int64
 
 
 def ssm_inner_dim(width: int, ssm_ratio: float) -> int:
-    """``d_inner`` exactly as the official code computes it: Python float product, truncated (spec §1.0)."""
+    """``d_inner`` exactly as the official code computes it: Python float product, truncated."""
     return int(ssm_ratio * width)
 
 
@@ -101,7 +101,7 @@ class Mlp(nn.Module):
 
 
 class ShuffleAttn(nn.Module):
-    """SSA gating (spec §1.5). Holds the official ``gating`` Sequential so that keys read
+    """SSA gating (docs/networks.md "SSA gating"). Holds the official ``gating`` Sequential so that keys read
     ``gating.gating.1.weight``; the forward computes the same gate directly on the pooled values."""
 
     def __init__(self, inner: int) -> None:
@@ -127,7 +127,8 @@ class ShuffleAttn(nn.Module):
 
 class VMM(nn.Module):
     """The MaIR core (``VMM`` at top level, ``LoSh2D`` in the U-Net): in_proj, depthwise conv, 4 NSS scans
-    through the selective scan, un-scan, SSA gating and sum, out_norm * SiLU(z), out_proj (spec §1.4)."""
+    through the selective scan, un-scan, SSA gating and sum, out_norm * SiLU(z), out_proj
+    (docs/networks.md "The VMM block")."""
 
     #: Without autograd, the ``torch`` backend runs the NSS order folded into its chunked layout
     #: (``scan.torch_nss``; about 2x faster on the CPU). False: the gathered path, as in training.
@@ -199,11 +200,11 @@ class VMM(nn.Module):
         return _stage(self.recompute_output_stage, self._output_stage, y, z)
 
     def _output_stage(self, y: Tensor, z: Tensor) -> Tensor:
-        """``out_proj(out_norm(y) * SiLU(z))`` (spec §1.4 steps 10-11)."""
+        """``out_proj(out_norm(y) * SiLU(z))`` (step 8 of the VMM)."""
         return self.out_proj(self.out_norm(y.to(z.dtype)) * F.silu(z))
 
     def _scan_gathered(self, x: Tensor, ids: ScanIds) -> Tensor:
-        """Spec §1.4 steps 3-9 as written: gather the 4 scan orders, scan, un-scan, SSA. Returns (B, L, D)."""
+        """Steps 3-7 of the VMM as written: gather the 4 scan orders, scan, un-scan, SSA. Returns (B, L, D)."""
         batch, inner, height, width = x.shape
         length = height * width
         rank, state = self.dt_rank, self.d_state
@@ -281,7 +282,7 @@ def _dt_init(
     rank: int, inner: int, dt_min: float = 1e-3, dt_max: float = 0.1, floor: float = 1e-4
 ) -> tuple[Tensor, Tensor]:
     """Official dt projection init: weight U(±rank^-0.5); bias = softplus^-1 of a log-uniform dt in
-    [dt_min, dt_max] clamped at ``floor`` (spec §1.7). Built through an nn.Linear like the original so
+    [dt_min, dt_max] clamped at ``floor``. Built through an nn.Linear like the original so
     that the RNG is consumed in the same order."""
     proj = nn.Linear(rank, inner, bias=True)
     std = rank**-0.5

@@ -1,6 +1,7 @@
 """``mair info <experiment> [--input-size HxW] [--demo]``: parameters and FLOPs of an experiment's network.
 
-Prints JSON with the counts (paper convention, :mod:`mair.models.flops`) beside the values the spec expects.
+Prints JSON with the counts (paper convention, :mod:`mair.models.flops`) beside the experiment's
+``complexity`` values (docs/experiments.md "Complexity: `mair info`").
 Registration imports nothing heavy; the handler imports torch.
 """
 
@@ -47,7 +48,7 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 def default_input_size(exp: Experiment) -> tuple[int, int]:
-    """The spec's FLOPs input size, else the training input patch (the LR/noisy patch the network sees)."""
+    """The experiment's FLOPs input size, else the training input patch (the LR/noisy patch the network sees)."""
     size = exp.complexity.flops_input_size
     if size:
         return int(size[0]), int(size[1])
@@ -56,7 +57,7 @@ def default_input_size(exp: Experiment) -> tuple[int, int]:
 
 
 def expected_flops_g(exp: Experiment, size: tuple[int, int]) -> float | None:
-    """The spec's GFLOPs for ``size``: the table value at its own size, or MFLOPs/px x pixels."""
+    """The expected GFLOPs for ``size``: the table value at its own size, or MFLOPs/px x pixels."""
     comp = exp.complexity
     if comp.flops_g is not None and tuple(comp.flops_input_size or ()) == size:
         return float(comp.flops_g)
@@ -89,7 +90,7 @@ def experiment_info(exp: Experiment, input_size: tuple[int, int] | None = None) 
         "mflops_per_pixel": round(flops.total / (size[0] * size[1]) / 1e6, 4),
         "expected_mflops_per_pixel": exp.complexity.flops_mflops_per_pixel,
         "flops_by_kind_g": {k: round(v / 1e9, 4) for k, v in sorted(flops.by_kind.items())},
-        "convention": "fvcore (spec 9): 1 per multiply-add; LayerNorm 5/elem; pool 1/elem; scan 9BLDN + BDL",
+        "convention": "fvcore: 1 per multiply-add; LayerNorm 5/elem; pool 1/elem; scan 9BLDN + BDL",
         "about": documentation(exp),
     }
 

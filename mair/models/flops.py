@@ -1,4 +1,4 @@
-"""Parameter and FLOP counts with the paper's convention (spec §9: the authors' fvcore rules).
+"""Parameter and FLOP counts with the paper's convention (the authors' fvcore rules).
 
 * One FLOP per multiply-add for convolutions, linear layers and matrix products (bias adds are free).
 * LayerNorm counts 5 per element of its input (4 without affine parameters); adaptive average pooling one per

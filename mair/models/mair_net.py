@@ -1,4 +1,4 @@
-"""``MaIR``: the top-level network for classic SR, lightweight SR and Gaussian colour denoising (spec §1.1-§1.3).
+"""``MaIR``: the top-level network for classic SR, lightweight SR and Gaussian colour denoising (docs/networks.md).
 
 Constructor arguments and defaults are the official ones; module names equal the official state_dict keys.
 Differences from the official code, none of which changes the computed function:
@@ -90,7 +90,7 @@ def _body_conv(dim: int, resi_connection: str) -> nn.Module:
 
 
 class RMG(nn.Module):
-    """Residual Mamba Group: blocks, a conv, and a residual connection around both (spec §1.2)."""
+    """Residual Mamba Group: blocks, a conv, and a residual connection around both."""
 
     def __init__(
         self,
@@ -128,7 +128,7 @@ class Upsample(nn.Sequential):
 
 
 class MaIR(nn.Module):
-    """MaIR for SR and colour denoising. Arguments are the official ones (spec §1.1)."""
+    """MaIR for SR and colour denoising. Arguments are the official ones."""
 
     def __init__(
         self,

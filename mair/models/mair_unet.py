@@ -1,5 +1,5 @@
 """``MaIRUNet``: the Restormer-shaped U-Net of MaIR for real denoising, motion deblurring and dehazing
-(spec §1.9). Arguments and defaults are the official ones; module names equal the official state_dict keys.
+(docs/networks.md). Arguments and defaults are the official ones; module names equal the official state_dict keys.
 
 Kept from the official code: no block uses the shifted NSS (the official never passes ``shift_size``), no
 ``_init_weights`` (PyTorch default init), ``drop_path_rate`` a constant for every block.
@@ -77,7 +77,7 @@ class Stage(nn.ModuleList):
 
 
 class MaIRUNet(nn.Module):
-    """MaIR's U-Net. Arguments are the official ones (spec §1.9); unknown arguments raise, as officially."""
+    """MaIR's U-Net. Arguments are the official ones; unknown arguments raise, as officially."""
 
     def __init__(
         self,

@@ -1,4 +1,4 @@
-"""Nested S-shaped Scanning (NSS): the four scan orders of MaIR (spec §1.8), in closed form.
+"""Nested S-shaped Scanning (NSS): the four scan orders of MaIR, in closed form.
 
 The stripe path ``P(H, W, s, t)`` splits the columns of an H×W grid into regions, left to right: the
 offset region ``[0, t)`` when ``t > 0``, then full stripes of width ``s``, then a narrower remainder
@@ -18,10 +18,10 @@ over pixels or rows, no (H, W) temporaries). The paths are the inverse permutati
 scatter (the rotated sequences by ``L - 1 - path``); nothing is sorted.
 
 Edge case ``t > W`` (or ``t > H`` for the transposed sequences): the official code's negative modulo
-gives an order that is not an S-shaped path (spec: "do not rely on it"). Here the offset region is
+gives an order that is not an S-shaped path (not reached by any experiment). Here the offset region is
 **clipped to the grid**: its width is ``min(t, W)``, so when ``t >= W`` the whole grid is a single
 region walked as one snake and the result is still an S-shaped permutation. For every ``t <= W`` the
-order equals the spec's (and the official code's).
+order equals the official code's (docs/networks.md "NSS scan orders").
 """
 
 from __future__ import annotations

@@ -18,16 +18,6 @@ from mair.pipeline.settings import PipelineError, weights_mode
 if TYPE_CHECKING:
     from mair.experiments import Experiment
 
-#: Snakemake per-task targets -> experiment ``task`` values (params/experiments/<id>.yaml).
-TASK_TARGETS: dict[str, tuple[str, ...]] = {
-    "reproduce_sr": ("sr_classic",),
-    "reproduce_light_sr": ("sr_light",),
-    "reproduce_denoising": ("dn_color",),
-    "reproduce_real_denoising": ("dn_real",),
-    "reproduce_deblurring": ("deblur",),
-    "reproduce_dehazing": ("dehaze",),
-}
-
 
 @functools.cache
 def experiment(exp_id: str) -> Experiment:

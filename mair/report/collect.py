@@ -20,8 +20,10 @@ from typing import Any
 
 import pandas as pd
 
-# The six paper tables, in the order they are printed.
-TABLE_IDS: tuple[str, ...] = ("sr_classic", "sr_light", "dn_color", "dn_real", "deblur", "dehaze")
+from mair.tasks import TASKS, task_names
+
+# The six paper tables, in the order they are printed: one per task, named as the task.
+TABLE_IDS: tuple[str, ...] = task_names()
 
 # Dataset ids (docs/contracts.md, plus the spellings evaluation code may use) -> column names in the tables.
 DATASET_NAMES: dict[str, str] = {
@@ -106,30 +108,9 @@ def dataset_name(dataset_id: str) -> str:
 
 # --------------------------------------------------------------------------------------------- experiments
 
+# Every spelling of a table id (the task's name and its aliases) -> the table id.
 _TABLE_ALIASES: dict[str, str] = {
-    "sr_classic": "sr_classic",
-    "classic_sr": "sr_classic",
-    "sr": "sr_classic",
-    "classicsr": "sr_classic",
-    "sr_light": "sr_light",
-    "light_sr": "sr_light",
-    "lightsr": "sr_light",
-    "lightweight_sr": "sr_light",
-    "dn_color": "dn_color",
-    "cdn": "dn_color",
-    "color_dn": "dn_color",
-    "denoising_color": "dn_color",
-    "gaussian_dn": "dn_color",
-    "dn_real": "dn_real",
-    "real_dn": "dn_real",
-    "realdn": "dn_real",
-    "real_denoising": "dn_real",
-    "deblur": "deblur",
-    "motion_deblur": "deblur",
-    "motiondeblur": "deblur",
-    "deblurring": "deblur",
-    "dehaze": "dehaze",
-    "dehazing": "dehaze",
+    spelling: task.name for task in TASKS.values() for spelling in (task.name, *task.aliases)
 }
 
 
@@ -141,27 +122,19 @@ def _norm_table(value: Any) -> str | None:
 
 def _infer_table(exp: str) -> str | None:
     e = exp.lower()
-    if re.search(r"dehaz|(^|[_-])(its|ots|r6k|reside)([_-]|$)", e):
-        return "dehaze"
-    if re.search(r"deblur|gopro|motion", e):
-        return "deblur"
-    if re.search(r"real|sidd|dnd", e):
-        return "dn_real"
-    if re.search(r"cdn|color|colour|gauss|sigma|(^|[_-])dn([_-]|$)|(^|[_-])s(15|25|50)([_-]|$)", e):
-        return "dn_color"
-    if re.search(r"light|lsr", e):
-        return "sr_light"
-    if re.search(r"sr", e):
-        return "sr_classic"
+    for task in reversed(TASKS.values()):  # the later tasks' patterns are the more specific ones
+        if re.search(task.id_pattern, e):
+            return task.name
     return None
 
 
 def _infer_setting(table: str, exp: str) -> str:
     e = exp.lower()
-    if table in ("sr_classic", "sr_light"):
+    setting = TASKS[table].setting
+    if setting == "scale":
         m = re.search(r"x([234])(?![0-9])", e)
         return f"x{m.group(1)}" if m else ""
-    if table == "dn_color":
+    if setting == "sigma":
         m = re.search(r"(?:sigma|noise|s|σ)[_-]?(15|25|50)(?![0-9])", e)
         return f"sigma{m.group(1)}" if m else ""
     return ""
@@ -240,11 +213,12 @@ def infer_experiment(
     if not setting and summary.get("sigma") not in (None, ""):
         setting = f"sigma{int(summary['sigma'])}"
     setting = setting or _infer_setting(table, experiment)
-    if not setting and table in ("sr_classic", "sr_light", "dn_color"):
+    if not setting and TASKS[table].setting is not None:
         return None  # a scale or noise level is needed to place the row
     method = str(summary.get("method") or hints.get("method") or "")
     if not method:
-        method = (_infer_light_size(experiment) or "") if table == "sr_light" else "MaIR"
+        methods = TASKS[table].methods
+        method = methods[0] if len(methods) == 1 else (_infer_light_size(experiment) or "")
     if not method:
         return None  # MaIR-S or MaIR-T cannot be told
     return ExperimentInfo(table=table, setting=setting, method=method)

@@ -1,4 +1,4 @@
-"""Torch datasets over the prepared layouts (docs/contracts.md) for training and validation (spec §5).
+"""Torch datasets over the prepared layouts (docs/contracts.md) for training and validation.
 
 Training datasets (one class per official pipeline):
 
@@ -14,10 +14,10 @@ Each item is addressed by a key ``(epoch, k)`` from :class:`mair.train.sampler.E
 enlarged index; the image is ``k % len``) or by a plain index. The sample's randomness (crop offsets, flips,
 noise) comes from ``numpy.random.Generator(PCG64([seed, epoch, k]))``, not from worker state: results do
 not depend on the number of loader workers and a resumed run sees the same samples. This deliberately differs
-from the official loaders, whose per-worker RNG streams are re-seeded identically every epoch (spec §8.25), so
+from the official loaders, whose per-worker RNG streams are re-seeded identically every epoch, so
 that crops, flips and noise repeat each epoch there.
 
-File lists are sorted (the official order is ``os.scandir`` order, spec §8.24). Problems are
+File lists are sorted (the official order is ``os.scandir`` order). Problems are
 :class:`DatasetError` messages naming the dataset, the folder or file, and the command that fixes it.
 """
 
@@ -38,6 +38,7 @@ from mair.data import paths
 from mair.data.image_io import IMAGE_EXTENSIONS, png_size, read_color
 from mair.experiments import DatasetRef, Experiment
 from mair.experiments.spec import Noise
+from mair.tasks import TASKS
 
 __all__ = [
     "ColorDenoiseTrainDataset",
@@ -125,7 +126,7 @@ def _images(folder: Path, dataset_id: str, scope: str) -> list[Path]:
 
 
 def hazy_gt_name(hazy_name: str) -> str:
-    """The clear image of a RESIDE hazy file: basename up to the first ``_``, extension ``.png`` (spec §5.2)."""
+    """The clear image of a RESIDE hazy file: basename up to the first ``_``, extension ``.png``."""
     return hazy_name.split("_")[0].split(".")[0] + ".png"
 
 
@@ -404,14 +405,16 @@ def build_train_dataset(
     train = exp.train
     seed = int(train.seed if seed is None else seed)
     pairs = _train_pairs(exp, scope, data_root)
-    aug, patch, task = train.augmentation, train.patch, exp.task
-    if task in ("sr_classic", "sr_light"):
+    aug, patch = train.augmentation, train.patch
+    task = TASKS.get(exp.task)
+    kind = task.training_pair if task else None
+    if kind == "lr_hr":
         return SRTrainDataset(pairs, patch.lq_size, exp.scale, seed, aug.hflip, aug.rot)
-    if task == "dn_color":
+    if kind == "synthetic_noise":
         return ColorDenoiseTrainDataset(pairs, patch.gt_size, float(train.noise_sigma), seed, aug.hflip, aug.rot)
-    if task in ("dn_real", "deblur", "dehaze"):
+    if kind == "paired":
         return UNetTrainDataset(pairs, patch.gt_size, seed, aug.geometric_augs)
-    raise DatasetError(f"experiment {exp.id!r}: no training pipeline for task {task!r}")
+    raise DatasetError(f"experiment {exp.id!r}: no training pipeline for task {exp.task!r}")
 
 
 def build_val_dataset(exp: Experiment, scope: str, data_root: PathLike | None = None) -> ValidationDataset:

@@ -158,7 +158,7 @@ FLAGS: tuple[Flag, ...] = (
     Flag(
         "--init-fix-t-x3",
         "init_fix_t_x3",
-        "initialise sr_light_t_x3 from T x2 instead of the official S x2 (spec 8.19)",
+        "initialise sr_light_t_x3 from T x2 instead of the official S x2 (docs/training.md)",
         kind="switch",
     ),
     Flag(

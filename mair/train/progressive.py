@@ -1,4 +1,4 @@
-"""Progressive training and mixup of the U-Net tasks, per spec §7.3 (Restormer-style ``trainF.py``).
+"""Progressive training and mixup of the U-Net tasks, as the official Restormer-style ``trainF.py`` does them.
 
 The loader always delivers ``batch_per_gpu`` patches of ``gt_size``. At each iteration the stage of the
 progressive schedule (:func:`mair.train.schedules.progressive_stage`) gives a mini-batch size and a patch size:

@@ -1,4 +1,4 @@
-"""The enlarged distributed sampler of the official trainings (spec §7.1), with a resumable position.
+"""The enlarged distributed sampler of the official trainings, with a resumable position.
 
 Per epoch the official ``EnlargedSampler`` draws ``torch.randperm(total)`` from a generator seeded with the
 epoch number (``total = ceil(len * ratio / world) * world``), takes every index modulo the dataset length and

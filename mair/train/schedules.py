@@ -1,4 +1,5 @@
-"""Learning-rate schedules and the progressive patch/batch schedule of the official training (spec §3, §7).
+"""Learning-rate schedules and the progressive patch/batch schedule of the official training
+(docs/training.md "Learning-rate schedules").
 
 Official stepping: the scheduler is stepped at the start of iteration ``i`` only for ``i > 1``, so during
 iteration ``i`` (1-based) the scheduler's ``last_epoch`` is ``i - 1``. Both schedulers here compute the
@@ -41,7 +42,7 @@ def multistep_factor(last_epoch: int, milestones: Sequence[int], gamma: float) -
 def cosine_cyclic_lr(
     last_epoch: int, base_lr: float, periods: Sequence[int], restart_weights: Sequence[float], eta_mins: Sequence[float]
 ) -> float:
-    """The learning rate of ``CosineAnnealingRestartCyclicLR`` at ``last_epoch`` (spec §3c).
+    """The learning rate of ``CosineAnnealingRestartCyclicLR`` at ``last_epoch``.
 
     The cycle is the first one whose cumulative end is >= ``last_epoch``; inside cycle ``c`` starting at
     ``start``: ``eta_min_c + 0.5 * w_c * (base - eta_min_c) * (1 + cos(pi * (e - start) / period_c))``.
@@ -133,7 +134,7 @@ def build_scheduler(optimizer: Optimizer, exp: Experiment) -> LRScheduler:
 def progressive_stage(
     progressive: Progressive | None, iteration: int, batch_per_gpu: int, gt_size: int
 ) -> tuple[int, int]:
-    """``(mini_batch_size, patch_size)`` in effect at 1-based ``iteration`` (spec §7.3).
+    """``(mini_batch_size, patch_size)`` in effect at 1-based ``iteration``.
 
     The stage is the first ``j`` with ``iteration <= cumsum(iters)[j]`` (the last stage past the end). Without
     a progressive schedule the loader's batch and patch are used unchanged.

@@ -49,6 +49,7 @@ from mair.common.atomic import atomic_write_bytes, atomic_write_json, atomic_wri
 from mair.experiments import Experiment, load
 from mair.runtime.compile_modes import COMPILE_MODES
 from mair.runtime.precision import autocast
+from mair.tasks import get_task
 from mair.train import datasets as train_data
 from mair.train.launch import EXIT_STOPPED, STOP_MARKER, DistEnv, detect_env
 from mair.train.losses import build_loss
@@ -74,7 +75,6 @@ __all__ = [
     "val_due",
 ]
 
-UNET_TASKS = ("dn_real", "deblur", "dehaze")
 TRAIN_LOG_COLUMNS = ("iter", "epoch", "loss", "lr", "seconds")
 VAL_LOG_COLUMNS = ("iter", "dataset", "psnr", "ssim")
 STATE_FORMAT = 1
@@ -152,7 +152,7 @@ def init_weights_source(exp: Experiment, opts: TrainOptions) -> tuple[Path | Non
     """``(path, strict, note)`` of the weights the experiment starts from (``train.init_from``).
 
     ``--init-weights`` wins; otherwise ``results/trained/<scope>/weights/<init experiment>.pth``. For the T x3 quirk
-    (spec §8.19) the official choice (S x2) is the default and ``--init-fix-t-x3`` takes the fixed one (T x2).
+    (docs/training.md) the official choice (S x2) is the default and ``--init-fix-t-x3`` takes the fixed one (T x2).
     """
     init = exp.train.init_from
     if opts.init_weights is not None:
@@ -249,7 +249,7 @@ def compile_settings(opts: TrainOptions, world_size: int) -> tuple[str | None, s
 
 
 def runtime_settings(opts: TrainOptions, device: str) -> Any:
-    """The :class:`mair.runtime.RuntimeSettings` of a run on ``device`` (cpu or cuda) from its options."""
+    """The :class:`mair.runtime.resolve.RuntimeSettings` of a run on ``device`` (cpu or cuda) from its options."""
     from mair.runtime.resolve import RuntimeSettingsError, resolve_runtime
 
     backend, mode = compile_settings(opts, 1)
@@ -986,7 +986,7 @@ class Trainer:
         val = self.exp.val
         cfg = val.metrics
         crop, y, use_image, rgb2bgr = cfg.crop_border, cfg.test_y_channel, cfg.use_image, cfg.rgb2bgr
-        unet = self.exp.task in UNET_TASKS
+        unet = get_task(self.exp.task).metrics == "realdenoising"
         net = self.net
         net.eval()
         psnrs, ssims = [], []

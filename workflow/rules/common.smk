@@ -8,6 +8,7 @@ from pathlib import Path
 os.environ["MAIR_PARAMS_DIR"] = str(Path(workflow.basedir, "params").resolve())
 
 from mair.pipeline import gpus, settings, slurm, targets
+from mair.tasks import TASKS
 from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
 from snakemake.utils import validate

@@ -6,10 +6,6 @@ def evals_of(exps):
     return [f for e in exps for f in targets.eval_files(RESULTS, SCOPE, e, config)]
 
 
-def task_evals(target):
-    return evals_of(targets.experiments_of_tasks(targets.TASK_TARGETS[target], config))
-
-
 rule reproduce_tables:
     """Every table of the paper, ours beside the published numbers: results/<weights>/<scope>/tables/."""
     localrule: True
@@ -18,46 +14,17 @@ rule reproduce_tables:
         [targets.metrics_file(RESULTS, SCOPE, e) for e in EXPS],
 
 
-rule reproduce_sr:
-    """Classic SR x2/x3/x4 (MaIR and MaIR+) on Set5, Set14, B100, Urban100, Manga109."""
-    localrule: True
-    input:
-        task_evals("reproduce_sr"),
+# One target per task of mair/tasks.py (reproduce_sr, reproduce_light_sr, ...): that task's evaluations.
+for _task in TASKS.values():
 
+    rule:
+        name:
+            _task.target
+        localrule: True
+        input:
+            evals_of(targets.experiments_of_tasks([_task.name], config)),
 
-rule reproduce_light_sr:
-    """Lightweight SR, MaIR-S and MaIR-T x2/x3/x4."""
-    localrule: True
-    input:
-        task_evals("reproduce_light_sr"),
-
-
-rule reproduce_denoising:
-    """Colour denoising, sigma 15/25/50, on McMaster, Kodak24, CBSD68, Urban100."""
-    localrule: True
-    input:
-        task_evals("reproduce_denoising"),
-
-
-rule reproduce_real_denoising:
-    """Real denoising: SIDD validation and the DND submission bundle."""
-    localrule: True
-    input:
-        task_evals("reproduce_real_denoising"),
-
-
-rule reproduce_deblurring:
-    """Motion deblurring: GoPro and HIDE."""
-    localrule: True
-    input:
-        task_evals("reproduce_deblurring"),
-
-
-rule reproduce_dehazing:
-    """Dehazing: SOTS indoor (ITS), SOTS outdoor (OTS), RESIDE-6K."""
-    localrule: True
-    input:
-        task_evals("reproduce_dehazing"),
+    workflow.get_rule(_task.target).docstring = _task.target_help
 
 
 rule download_all:

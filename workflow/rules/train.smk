@@ -31,7 +31,7 @@ if WEIGHTS == "trained":  # published weights are fetched instead (weights.smk),
             data_dir=DATA,
             results_dir=RESULTS,
             device=train_device,
-            # init_quirk: fixed (MaIR-T x3 from T x2 instead of the official S x2, spec 8.19)
+            # init_quirk: fixed (MaIR-T x3 from T x2 instead of the official S x2, docs/training.md)
             init=lambda wc: " --init-fix-t-x3" if targets.init_override(wc.exp, config) else "",
             # precision: exact (eager, true fp32) instead of the fast default
             exact=EXACT_FLAG,

@@ -13,7 +13,7 @@ the rest of the block uses, addressed through strides:
   (and of dy, the bias's gradient), summed over programs afterwards (no atomics: deterministic).
 
 Accumulation is float32 whatever the input dtype. The plain reference is ``torch.nn.functional.conv2d`` with
-``groups = C`` (``mair.models.dwconv.depthwise_conv2d_reference``); tests/test_dwconv.py compares the two.
+``groups = C`` (``mair.models.dwconv.reference.depthwise_conv2d_reference``); tests/test_dwconv.py compares the two.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The Triton NSS scan fused with MaIR's SSA gate and the sum over the four scans (spec §1.4 steps 8-9).
+"""The Triton NSS scan fused with MaIR's SSA gate and the sum over the four scans (docs/networks.md
+"The VMM block", step 7).
 
 The VMM computes ``out = Σ_k gate_k ⊙ y_k`` with ``gate = σ(W · mean_l(y) + b)`` (per batch, scan and channel)
 from the four scan outputs ``y_k`` (B, K, L, D). Done as separate autograd steps, the gate's gradient
