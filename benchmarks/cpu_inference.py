@@ -21,15 +21,15 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
-    from mair.experiments import load_experiment
+    from mair.experiments import load
     from mair.models import from_official
     from mair.models.blocks import VMM
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    net = load_experiment(args.experiment)["network"]
+    net = load(args.experiment).network
     torch.manual_seed(0)
-    model = from_official(net["arch"], **net["kwargs"]).eval()
+    model = from_official(net.arch, **net.constructor_kwargs()).eval()
     for module in model.modules():
         if isinstance(module, VMM):
             module.scan_backend = "torch"

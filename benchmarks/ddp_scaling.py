@@ -41,17 +41,17 @@ def main() -> None:
     args = parser.parse_args()
 
     from mair.data.demo import build_demo
-    from mair.experiments import load_experiment
+    from mair.experiments import load
 
-    exp = load_experiment(args.experiment)
+    exp = load(args.experiment)
     work = Path(tempfile.mkdtemp(prefix="mair-scaling-"))
     build_demo(work)
-    for entry in exp["train"]["datasets"]:
-        target = work / "prepared" / entry["id"]
+    for entry in exp.train.datasets:
+        target = work / "prepared" / entry.id
         target.parent.mkdir(parents=True, exist_ok=True)
         if not target.exists():
-            target.symlink_to(work / "demo" / "prepared" / entry["id"], target_is_directory=True)
-    effective = exp["train"]["effective_batch"]
+            target.symlink_to(work / "demo" / "prepared" / entry.id, target_is_directory=True)
+    effective = exp.train.effective_batch
     rows, curves = [], {}
     for gpus in [int(g) for g in args.gpus.split(",")]:
         run_dir = work / f"run_{gpus}"
@@ -113,7 +113,7 @@ def main() -> None:
         rows.append(
             {
                 "gpus": gpus,
-                "accumulation": effective // (exp["train"]["batch_per_gpu"] * gpus),
+                "accumulation": effective // (exp.train.batch_per_gpu * gpus),
                 "iterations": len(log),
                 "s_per_iter": per_iter,
                 "iters_per_s": 1 / per_iter,

@@ -136,10 +136,11 @@ def build_set(
 
 
 def derived_experiment(exp_id: str, args: argparse.Namespace) -> dict[str, Any]:
-    """The paper experiment cut down to a short run on the prepared sets of this script."""
-    from mair.experiments import load_experiment
+    """The paper experiment's document cut down to a short run on the prepared sets of this script (written as
+    an experiment file of its own, so it stays a plain dict)."""
+    from mair.experiments import read_document
 
-    exp = load_experiment(exp_id)
+    exp = read_document(exp_id)
     task, scale, iters = exp["task"], int(exp["scale"]), int(args.iters)
     sr = task in SR_TASKS
     if not sr and task not in UNET_DEGRADATIONS:

@@ -23,7 +23,7 @@ def main() -> None:
     parser.add_argument("--tile", type=int, default=512)
     parser.add_argument("--size", default="4000x3000")
     args = parser.parse_args()
-    from mair.experiments import demo_experiment, load_experiment
+    from mair.experiments import load
     from mair.models import from_official
     from mair.models.checkpoint import save_weights
 
@@ -33,8 +33,8 @@ def main() -> None:
     rng = np.random.default_rng(0)
     base = cv2.resize(rng.integers(0, 255, (height // 16, width // 16, 3), dtype=np.uint8), (width, height))
     cv2.imwrite(str(work / "big.png"), base)
-    net = load_experiment("sr_light_t_x4")["network"]
-    save_weights(from_official(net["arch"], **net["kwargs"]), work / "t_x4.pth")
+    net = load("sr_light_t_x4").network
+    save_weights(from_official(net.arch, **net.constructor_kwargs()), work / "t_x4.pth")
     start = time.time()
     subprocess.run(
         [
@@ -60,8 +60,8 @@ def main() -> None:
     out = cv2.imread(str(work / "out" / "big.png"))
     print(f"restore {width}x{height} x4 tiles {args.tile}: {time.time() - start:.1f} s, output {out.shape}")
 
-    demo = demo_experiment(load_experiment("sr_light_t_x2"))["network"]
-    save_weights(from_official(demo["arch"], **demo["kwargs"]), work / "demo_t_x2.pth")
+    demo = load("sr_light_t_x2", "demo").network
+    save_weights(from_official(demo.arch, **demo.constructor_kwargs()), work / "demo_t_x2.pth")
     subprocess.run([sys.executable, "-m", "mair", "data", "demo", "--data-dir", str(work / "data")], check=True)
     start = time.time()
     subprocess.run(

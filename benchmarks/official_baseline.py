@@ -35,9 +35,9 @@ def official_network(src: Path, workload_name: str) -> torch.nn.Module:
         sys.path.insert(0, str(src))
     arch = importlib.import_module("mair_arch")
     net = network_spec(WORKLOADS[workload_name])
-    if net["arch"] != "MaIR":
-        raise SystemExit(f"{workload_name}: only MaIR workloads have an official baseline here, not {net['arch']}")
-    return arch.MaIR(**net["kwargs"])
+    if net.arch != "MaIR":
+        raise SystemExit(f"{workload_name}: only MaIR workloads have an official baseline here, not {net.arch}")
+    return arch.MaIR(**net.constructor_kwargs())
 
 
 def main() -> int:

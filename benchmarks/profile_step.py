@@ -13,7 +13,7 @@ import argparse
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from mair.experiments import load_experiment
+from mair.experiments import load
 from mair.models import from_official, set_scan_backend
 from mair.runtime.compile_modes import COMPILE_MODES, CUDA_GRAPH_MODES
 from mair.runtime.precision import apply_matmul_precision, autocast
@@ -47,8 +47,8 @@ def main() -> None:
     batch = args.batch or (1 if args.infer else 4)
     size = args.size or (256 if args.infer else 64)
     apply_matmul_precision(args.precision)
-    net = load_experiment(args.experiment)["network"]
-    model = from_official(net["arch"], **net["kwargs"]).cuda().train(not args.infer)
+    net = load(args.experiment).network
+    model = from_official(net.arch, **net.constructor_kwargs()).cuda().train(not args.infer)
     set_scan_backend(model, args.backend)
     run = model
     if args.compile_mode:
@@ -56,7 +56,7 @@ def main() -> None:
 
         run = compile_model(model, mode=args.compile_mode)
     graphs = args.compile_mode in CUDA_GRAPH_MODES
-    scale = int(net["kwargs"].get("upscale", 1)) if net["kwargs"].get("upsampler") else 1
+    scale = net.output_scale
     x = torch.rand(batch, 3, size, size, device="cuda")
     target = torch.rand(batch, 3, size * scale, size * scale, device="cuda")
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-4)

@@ -38,7 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from mair.experiments import demo_experiment, experiment_ids, load_experiment  # noqa: E402
+from mair.experiments import Experiment, experiment_ids, load  # noqa: E402
 from mair.models import from_official  # noqa: E402
 from mair.train.losses import build_loss  # noqa: E402
 from mair.train.schedules import progressive_stage  # noqa: E402
@@ -49,15 +49,15 @@ DDP_EXPERIMENT = "sr_light_t_x2"
 # ------------------------------------------------------------------------------------------------ (b)
 
 
-def _stages(exp: dict[str, Any]) -> list[tuple[int, int, int]]:
+def _stages(exp: Experiment) -> list[tuple[int, int, int]]:
     """``(first iteration, mini batch, lq patch)`` of every distinct progressive stage (one when none)."""
-    train = exp["train"]
-    prog = train.get("progressive")
-    bpg, gt_size, lq_size = int(train["batch_per_gpu"]), int(train["patch"]["gt_size"]), int(train["patch"]["lq_size"])
+    train = exp.train
+    prog = train.progressive
+    bpg, gt_size, lq_size = train.batch_per_gpu, train.patch.gt_size, train.patch.lq_size
     if not prog:
         return [(1, bpg, lq_size)]
     out, start = [], 1
-    for n in prog["iters"]:
+    for n in prog.iters:
         mini, patch = progressive_stage(prog, start, bpg, gt_size)
         if not out or out[-1][1:] != (mini, patch):
             out.append((start, mini, patch))
@@ -66,20 +66,18 @@ def _stages(exp: dict[str, Any]) -> list[tuple[int, int, int]]:
 
 
 def time_experiment(
-    exp: dict[str, Any], device: torch.device, iters: int, warmup: int, precision: str
+    exp: Experiment, device: torch.device, iters: int, warmup: int, precision: str
 ) -> list[dict[str, Any]]:
     """Iterations per second of one experiment's training step on synthetic data, per progressive stage."""
     torch.manual_seed(0)
-    net = from_official(exp["network"]["arch"], **exp["network"]["kwargs"]).to(device).train()
-    train = exp["train"]
-    optim = train["optimizer"]
-    cls = torch.optim.Adam if optim["type"] == "Adam" else torch.optim.AdamW
-    opt = cls(
-        net.parameters(), lr=float(optim["lr"]), betas=tuple(optim["betas"]), weight_decay=float(optim["weight_decay"])
-    )
-    loss_fn = build_loss(train["loss"])
-    scale = int(exp["scale"])
-    clip = train.get("grad_clip")
+    net = from_official(exp.network.arch, **exp.network.constructor_kwargs()).to(device).train()
+    train = exp.train
+    optim = train.optimizer
+    cls = torch.optim.Adam if optim.type == "Adam" else torch.optim.AdamW
+    opt = cls(net.parameters(), lr=float(optim.lr), betas=tuple(optim.betas), weight_decay=float(optim.weight_decay))
+    loss_fn = build_loss(train.loss)
+    scale = exp.scale
+    clip = train.grad_clip
     results = []
     for first_iter, batch, patch in _stages(exp):
         lq = torch.rand(batch, 3, patch, patch, device=device)
@@ -114,8 +112,8 @@ def time_experiment(
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - start
         entry = {
-            "experiment": exp["id"],
-            "scope": exp["scope"],
+            "experiment": exp.id,
+            "scope": exp.scope,
             "stage_from_iter": first_iter,
             "batch": batch,
             "lq_patch": patch,
@@ -128,10 +126,10 @@ def time_experiment(
         if device.type == "cuda":
             entry["peak_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
         # Whole paper run at this speed on one device (per-GPU batch; a multi-GPU run divides by the GPUs).
-        entry["paper_iters"] = int(train["total_iter"])
+        entry["paper_iters"] = train.total_iter
         results.append(entry)
         print(
-            f"  {exp['id']:<15} stage@{first_iter:<7} batch {batch:>2} patch {patch:>3}: {entry['it_per_s']:.2f} it/s",
+            f"  {exp.id:<15} stage@{first_iter:<7} batch {batch:>2} patch {patch:>3}: {entry['it_per_s']:.2f} it/s",
             flush=True,
         )
     return results
@@ -282,9 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_throughput:
         print("(b) iterations per second, one device:", flush=True)
     for exp_id in [] if args.no_throughput else ids:
-        exp = load_experiment(exp_id)
-        if args.tiny:
-            exp = demo_experiment(exp)
+        exp = load(exp_id, "demo" if args.tiny else "paper")
         report["throughput"].extend(time_experiment(exp, device, iters, warmup, args.precision))
         if device.type == "cuda":
             torch.cuda.empty_cache()

@@ -6,7 +6,9 @@ import csv
 import json
 import zipfile
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import cv2
@@ -19,6 +21,8 @@ from mair.evaluate import metrics as m
 from mair.evaluate import runner
 from mair.evaluate.noise import add_test_noise
 from mair.evaluate.protocol import tensor2img
+from mair.experiments import Experiment, TestDatasetRef, load
+from mair.experiments.spec import Metrics, Network, Noise, TestSpec
 
 
 @pytest.fixture(autouse=True)
@@ -44,15 +48,19 @@ TINY_MAIR = {
 N_IMAGES = 5
 
 
-def _metrics(crop: int, y: bool, extra: list[str] | None = None, use_image: bool = True) -> dict[str, Any]:
-    return {
-        "names": ["psnr", "ssim"],
-        "crop_border": crop,
-        "test_y_channel": y,
-        "extra_spaces": extra or [],
-        "use_image": use_image,
-        "rgb2bgr": True,
-    }
+def _metrics(crop: int, y: bool, extra: list[str] | None = None, use_image: bool = True) -> Metrics:
+    return Metrics(
+        names=("psnr", "ssim"),
+        crop_border=crop,
+        test_y_channel=y,
+        extra_spaces=tuple(extra or ()),
+        use_image=use_image,
+        rgb2bgr=True,
+    )
+
+
+#: A real experiment of each task; the tests replace its id, network and test section.
+_OF_TASK = {"sr_light": "sr_light_t_x2", "dn_color": "dn_color_s25", "dehaze": "dehaze_its", "dn_real": "dn_real"}
 
 
 def _experiment(
@@ -60,24 +68,21 @@ def _experiment(
     arch: str,
     kwargs: dict[str, Any],
     dataset: dict[str, Any],
-    metrics: dict[str, Any],
+    metrics: Metrics,
     protocol: str,
     scale: int = 1,
-    noise: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    return {
-        "id": f"tiny_{task}",
-        "task": task,
-        "scale": scale,
-        "network": {"arch": arch, "kwargs": kwargs},
-        "test": {
-            "datasets": [{**dataset, "submission_only": dataset.get("submission_only", False)}],
-            "noise": noise,
-            "metrics": metrics,
-            "protocol": protocol,
-            "self_ensemble_reported": False,
-        },
-    }
+    noise: Noise | None = None,
+) -> Experiment:
+    real = load(_OF_TASK[task])
+    assert (real.task, real.network.arch, real.scale) == (task, arch, scale)
+    test = TestSpec(
+        datasets=(TestDatasetRef(**dataset),),
+        noise=noise,
+        metrics=metrics,
+        protocol=protocol,
+        self_ensemble_reported=False,
+    )
+    return replace(real, id=f"tiny_{task}", network=Network(arch, MappingProxyType(kwargs)), test=test)
 
 
 def _write(path: Path, rgb: np.ndarray) -> None:
@@ -99,7 +104,7 @@ def sr_set(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def sr_experiment_and_weights(tmp_path: Path) -> tuple[dict[str, Any], Path]:
+def sr_experiment_and_weights(tmp_path: Path) -> tuple[Experiment, Path]:
     from mair.models import from_official
     from mair.models.checkpoint import save_weights
 
@@ -140,11 +145,11 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
-def _run(exp: dict[str, Any], weights: Path | None, results: Path, root: Path, **kw: Any) -> list[dict[str, Any]]:
+def _run(exp: Experiment, weights: Path | None, results: Path, root: Path, **kw: Any) -> list[dict[str, Any]]:
     return runner.evaluate(
         exp,
         weights,
-        dataset_roots={exp["test"]["datasets"][0]["id"]: root},
+        dataset_roots={exp.test.datasets[0].id: root},
         results_dir=results,
         device="cpu",
         track=False,
@@ -154,7 +159,7 @@ def _run(exp: dict[str, Any], weights: Path | None, results: Path, root: Path, *
 
 
 def test_sr_evaluation_writes_csv_and_summary(
-    tmp_path: Path, sr_set: Path, sr_experiment_and_weights: tuple[dict[str, Any], Path]
+    tmp_path: Path, sr_set: Path, sr_experiment_and_weights: tuple[Experiment, Path]
 ) -> None:
     exp, weights = sr_experiment_and_weights
     (summary,) = _run(exp, weights, tmp_path / "results", sr_set)
@@ -182,7 +187,7 @@ def test_sr_evaluation_writes_csv_and_summary(
 
 
 def test_resume_after_crash_skips_finished_images(
-    tmp_path: Path, sr_set: Path, sr_experiment_and_weights: tuple[dict[str, Any], Path]
+    tmp_path: Path, sr_set: Path, sr_experiment_and_weights: tuple[Experiment, Path]
 ) -> None:
     exp, weights = sr_experiment_and_weights
     spec = runner.eval_spec(exp)
@@ -228,10 +233,10 @@ def test_resume_after_crash_skips_finished_images(
 
 
 def test_weights_of_another_architecture_are_refused(
-    tmp_path: Path, sr_set: Path, sr_experiment_and_weights: tuple[dict[str, Any], Path]
+    tmp_path: Path, sr_set: Path, sr_experiment_and_weights: tuple[Experiment, Path]
 ) -> None:
     exp, weights = sr_experiment_and_weights
-    exp["network"]["kwargs"] = {**TINY_MAIR, "embed_dim": 12}
+    exp = replace(exp, network=Network("MaIR", MappingProxyType({**TINY_MAIR, "embed_dim": 12})))
     with pytest.raises(runner.EvaluationError, match="do not fit"):
         _run(exp, weights, tmp_path / "results", sr_set)
     with pytest.raises(runner.EvaluationError, match="not found"):
@@ -239,7 +244,7 @@ def test_weights_of_another_architecture_are_refused(
 
 
 def test_unprepared_dataset_is_a_clear_error(
-    tmp_path: Path, sr_experiment_and_weights: tuple[dict[str, Any], Path]
+    tmp_path: Path, sr_experiment_and_weights: tuple[Experiment, Path]
 ) -> None:
     exp, weights = sr_experiment_and_weights
     with pytest.raises(runner.EvaluationError, match="not prepared"):
@@ -266,7 +271,7 @@ def test_colour_denoising_uses_official_noise_and_reports_rgb_and_y(tmp_path: Pa
         {"id": "cbsd68", "gt": "HR", "lq": None, "pairing": "synthetic_noise"},
         _metrics(0, False, ["y"]),
         "tile",
-        noise={"sigma": 25, "seed": 0, "reseed_per_image": True, "channel_order": "bgr", "clip": False},
+        noise=Noise(sigma=25, seed=0, reseed_per_image=True, channel_order="bgr", clip=False),
     )
     (summary,) = _run(exp, None, tmp_path / "results", root, model=nn.Identity())
     rows = _read_csv(tmp_path / "results/paper/eval/tiny_dn_color/cbsd68.csv")
@@ -276,6 +281,9 @@ def test_colour_denoising_uses_official_noise_and_reports_rgb_and_y(tmp_path: Pa
     assert float(rows[0]["psnr"]) == pytest.approx(m.calculate_psnr(noisy, gt, 0), abs=1e-9)
     assert float(rows[0]["psnr_y"]) == pytest.approx(m.calculate_psnr(noisy, gt, 0, True), abs=1e-9)
     assert summary["metric_space"] == "rgb" and set(summary["extra_metrics"]) == {"y"}
+    clipped = replace(exp, test=replace(exp.test, noise=replace(exp.test.noise, clip=True)))
+    with pytest.raises(runner.EvaluationError, match="only the official test noise is implemented"):
+        _run(clipped, None, tmp_path / "other", root, model=nn.Identity())
     assert 19 < summary["metrics"]["psnr"] < 22  # sigma 25 noise, clipped by quantisation
 
 

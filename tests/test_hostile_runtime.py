@@ -117,13 +117,13 @@ def _train_argv(run_dir: Path, data: Path, results: Path, *extra: Any, experimen
 
 def _demo_weights(tmp_path: Path, experiment: str = "sr_classic_x2") -> Path:
     """Random weights of ``experiment``'s demo network at results/demo/weights/<experiment>.pth."""
-    from mair.evaluate.runner import load_experiment
+    from mair.experiments import load
     from mair.models import from_official
     from mair.models.checkpoint import save_weights
 
-    exp = load_experiment(experiment, "demo")
+    net = load(experiment, "demo").network
     torch.manual_seed(0)
-    model = from_official(exp["network"]["arch"], **exp["network"]["kwargs"])
+    model = from_official(net.arch, **net.constructor_kwargs())
     path = tmp_path / "results" / "demo" / "weights" / f"{experiment}.pth"
     save_weights(model, path)
     return path
@@ -295,12 +295,17 @@ def test_unread_experiment_fields_are_errors(tmp_path: Path, capsys: pytest.Capt
 
 
 def test_num_workers_per_gpu_is_the_default_loader_size() -> None:
+    from dataclasses import replace
+
+    from mair.experiments import load
     from mair.train.trainer import default_workers
 
-    exp = {"train": {"num_workers_per_gpu": 3}}
+    paper = load("sr_classic_x2")
+    exp = replace(paper, train=replace(paper.train, num_workers_per_gpu=3))
     assert default_workers(exp, "cuda", 1, cpus=64) == 3
     assert default_workers(exp, "cuda", 4, cpus=8) == 1  # never more than the CPUs of a process
-    assert default_workers({"train": {"num_workers_per_gpu": 0}}, "cuda", 1, cpus=64) == 0
+    none = replace(paper, train=replace(paper.train, num_workers_per_gpu=0))
+    assert default_workers(none, "cuda", 1, cpus=64) == 0
     assert default_workers(exp, "cpu", 1, cpus=64) == 0
 
 
@@ -566,7 +571,7 @@ def test_non_finite_weights_are_refused(tmp_path: Path, capsys: pytest.CaptureFi
         code, err = _cli(capsys, *_restore_argv(tmp_path, _image(tmp_path / "in.png")))
         _assert_one_line(code, err, str(path), name, "NaN or Inf")
         assert not (tmp_path / "out").exists()
-        spec = runner.eval_spec(runner.load_experiment("sr_classic_x2", "demo"))
+        spec = runner.eval_spec(runner.experiment_at("sr_classic_x2", "demo"))
         with pytest.raises(runner.EvaluationError, match="NaN or Inf"):
             runner.build_model(spec, path)
 
@@ -590,8 +595,10 @@ def test_evaluate_resume_notices_changed_test_data(tmp_path: Path) -> None:
     from mair.evaluate import runner
 
     weights = _demo_weights(tmp_path)
-    exp = runner.load_experiment("sr_classic_x2", "demo")
-    exp["test"]["datasets"] = [d for d in exp["test"]["datasets"] if d["id"] == "set5"]
+    from dataclasses import replace
+
+    exp = runner.experiment_at("sr_classic_x2", "demo")
+    exp = replace(exp, test=replace(exp.test, datasets=tuple(d for d in exp.test.datasets if d.id == "set5")))
     root = _sr_set(tmp_path / "data" / "set5")
 
     def evaluate(data_root: Path, results: Path) -> dict[str, Any]:

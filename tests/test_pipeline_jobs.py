@@ -168,7 +168,7 @@ def test_mair_reads_the_params_of_the_checkout_it_runs_in(tmp_path: Path) -> Non
     work = copy_repo(tmp_path / "repo")
     path = work / "params" / "experiments" / "dehaze_r6k.yaml"
     path.write_text(path.read_text().replace("\n  print_freq: 200\n", "\n  print_freq: 123\n"))
-    code = "from mair.experiments import load_experiment; print(load_experiment('dehaze_r6k')['train']['print_freq'])"
+    code = "from mair.experiments import load; print(load('dehaze_r6k').train.print_freq)"
     env = {k: v for k, v in _env().items() if k != "MAIR_PARAMS_DIR"}
     started = time.monotonic()
     out = subprocess.run([sys.executable, "-c", code], cwd=work, env=env, capture_output=True, text=True, timeout=120)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import types
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +16,13 @@ import torch
 from torch import nn
 
 import mair
+import mair.experiments
 from mair.cli import CommandError
 from mair.evaluate import cli as ev_cli
 from mair.evaluate import restore as R
 from mair.evaluate.protocol import official_tile_forward, tensor2img
+from mair.experiments import Experiment, ExperimentError, load
+from mair.experiments.spec import Network
 
 
 @pytest.fixture(autouse=True)
@@ -44,29 +47,15 @@ TINY_SR = {
 }
 
 
-def _tiny_experiment(exp_id: str = "tiny_sr", **kw: Any) -> dict[str, Any]:
-    return {
-        "id": exp_id,
-        "task": "sr_light",
-        "scale": 2,
-        "network": {"arch": "MaIR", "kwargs": {**TINY_SR, **kw}},
-        "test": {
-            "datasets": [
-                {"id": "set5", "gt": "HR", "lq": "LR_bicubic/X2", "pairing": "same_name", "submission_only": False}
-            ],
-            "noise": None,
-            "metrics": {
-                "names": ["psnr", "ssim"],
-                "crop_border": 2,
-                "test_y_channel": True,
-                "extra_spaces": [],
-                "use_image": True,
-                "rgb2bgr": True,
-            },
-            "protocol": "tile",
-            "self_ensemble_reported": False,
-        },
-    }
+def _tiny_experiment(exp_id: str = "tiny_sr", **kw: Any) -> Experiment:
+    """A light-SR x2 experiment with a tiny network (the test section of sr_light_t_x2, Set5 only)."""
+    real = load("sr_light_t_x2")
+    return replace(
+        real,
+        id=exp_id,
+        network=Network("MaIR", types.MappingProxyType({**TINY_SR, **kw})),
+        test=replace(real.test, datasets=real.test.datasets[:1]),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -196,19 +185,16 @@ def test_read_image_errors(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def fake_experiments(monkeypatch: pytest.MonkeyPatch) -> dict[str, dict[str, Any]]:
+def fake_experiments(monkeypatch: pytest.MonkeyPatch) -> dict[str, Experiment]:
     registry = {"tiny_sr": _tiny_experiment(), "tiny_sr_wide": _tiny_experiment("tiny_sr_wide", embed_dim=12)}
-    module = types.ModuleType("mair.experiments")
 
-    def load_experiment(exp_id: str) -> dict[str, Any]:
+    def load_tiny(exp_id: str, scope: str = "paper") -> Experiment:
         if exp_id not in registry:
-            raise KeyError(f"unknown experiment {exp_id}")
+            raise ExperimentError(f"unknown experiment {exp_id!r}")
         return registry[exp_id]
 
-    module.load_experiment = load_experiment  # type: ignore[attr-defined]
-    module.list_experiments = lambda: list(registry)  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "mair.experiments", module)
-    monkeypatch.setattr(mair, "experiments", module, raising=False)
+    monkeypatch.setattr(mair.experiments, "load", load_tiny)
+    monkeypatch.setattr(mair.experiments, "experiment_ids", lambda: list(registry))
     return registry
 
 
@@ -362,14 +348,11 @@ def test_cli_restore_clear_errors(
 
 def test_restore_with_a_real_demo_experiment(tmp_path: Path, inputs: Path) -> None:
     """End to end with the project's experiment files (demo-size network)."""
-    experiments = pytest.importorskip("mair.experiments", reason="mair.experiments is not written yet")
-    from mair.evaluate.runner import load_experiment
     from mair.models import from_official
     from mair.models.checkpoint import save_weights
 
-    exp = load_experiment("sr_classic_x2", "demo")
-    assert experiments is not None
-    model = from_official(exp["network"]["arch"], **exp["network"]["kwargs"])
+    net = load("sr_classic_x2", "demo").network
+    model = from_official(net.arch, **net.constructor_kwargs())
     save_weights(model, tmp_path / "results" / "demo" / "weights" / "sr_classic_x2.pth")
     code = _cli(
         [

@@ -298,28 +298,19 @@ def test_evaluation_records_its_path_and_restarts_when_the_path_changes(
     torch.manual_seed(0)
     weights = tmp_path / "tiny.pth"
     save_weights(from_official("MaIR", **TINY_MAIR), weights)
-    exp = {
-        "id": "tiny_sr",
-        "task": "sr_light",
-        "scale": 2,
-        "network": {"arch": "MaIR", "kwargs": TINY_MAIR},
-        "test": {
-            "datasets": [
-                {"id": "set5", "gt": "HR", "lq": "LR_bicubic/X2", "pairing": "same_name", "submission_only": False}
-            ],
-            "noise": None,
-            "protocol": "tile",
-            "metrics": {
-                "names": ["psnr", "ssim"],
-                "crop_border": 2,
-                "test_y_channel": True,
-                "extra_spaces": [],
-                "use_image": True,
-                "rgb2bgr": True,
-            },
-            "self_ensemble_reported": False,
-        },
-    }
+    from dataclasses import replace
+
+    from mair.experiments import load
+    from mair.experiments.spec import FrozenMapping, Network
+
+    light = load("sr_light_t_x2")  # its test section, Set5 only, with a tiny network
+    exp = replace(
+        light,
+        id="tiny_sr",
+        network=Network("MaIR", FrozenMapping(TINY_MAIR)),
+        test=replace(light.test, datasets=light.test.datasets[:1]),
+    )
+    assert light.test.datasets[0].id == "set5" and light.test.metrics.crop_border == 2
 
     def run(exact: bool) -> dict[str, Any]:
         return runner.evaluate(

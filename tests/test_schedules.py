@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from mair.experiments import demo_experiment, experiment_ids, load_experiment
+from mair.experiments import Experiment, experiment_ids, load
 from mair.train.schedules import (
     CosineAnnealingRestartCyclicLR,
     MultiStepRestartLR,
@@ -39,7 +39,7 @@ def _cosine(base: float, eta_min: float, e: int, start: int, period: int) -> flo
 )
 def test_sr_x2_multistep(iteration: int, expected: float) -> None:
     # 2e-4 * 0.5^(number of milestones m <= i - 1); the first halving applies from 250001
-    assert lr_at(load_experiment("sr_classic_x2"), iteration) == pytest.approx(expected, rel=1e-12)
+    assert lr_at(load("sr_classic_x2"), iteration) == pytest.approx(expected, rel=1e-12)
 
 
 @pytest.mark.parametrize(
@@ -58,22 +58,22 @@ def test_sr_x2_multistep(iteration: int, expected: float) -> None:
     ],
 )
 def test_cdn_s15_milestones(iteration: int, expected: float) -> None:
-    assert lr_at(load_experiment("dn_color_s15"), iteration) == pytest.approx(expected, rel=1e-12)
+    assert lr_at(load("dn_color_s15"), iteration) == pytest.approx(expected, rel=1e-12)
 
 
 def test_cdn_s25_and_x3_milestones() -> None:
-    s25 = load_experiment("dn_color_s25")
+    s25 = load("dn_color_s25")
     assert [lr_at(s25, i) for i in (200000, 200001, 800001, 1200001, 1400001, 1500001)] == pytest.approx(
         [2e-4, 1e-4, 5e-5, 2.5e-5, 1.25e-5, 6.25e-6], rel=1e-12
     )
-    x3 = load_experiment("sr_classic_x3")
+    x3 = load("sr_classic_x3")
     assert [lr_at(x3, i) for i in (125000, 125001, 237500, 237501)] == pytest.approx(
         [2e-4, 1e-4, 2.5e-5, 1.25e-5], rel=1e-12
     )
 
 
 def test_dn_real_cyclic_cosine() -> None:
-    exp = load_experiment("dn_real")
+    exp = load("dn_real")
     # constant 3e-4 through the first cycle (its eta_min equals the base rate)
     for iteration in (1, 2, 100000, 184000, 184001):
         assert lr_at(exp, iteration) == pytest.approx(3e-4, rel=1e-12)
@@ -88,17 +88,17 @@ def test_dn_real_cyclic_cosine() -> None:
 
 def test_dehaze_cyclic_cosine_ends_at_eta_min() -> None:
     for exp_id in ("dehaze_its", "dehaze_ots", "dehaze_r6k"):
-        exp = load_experiment(exp_id)
+        exp = load(exp_id)
         assert lr_at(exp, 1) == pytest.approx(2e-4)
         assert lr_at(exp, 184001) == pytest.approx(2e-4)
         assert abs(lr_at(exp, 700000) - 1e-6) < 1e-12
         assert lr_at(exp, 442000) == pytest.approx(_cosine(2e-4, 1e-6, 441999, 184000, 516000), rel=1e-12)
 
 
-def _stepped_lrs(exp: dict, iterations: int) -> list[float]:
+def _stepped_lrs(exp: Experiment, iterations: int) -> list[float]:
     """Run the torch scheduler with the official stepping: step at the start of iteration i only for i > 1."""
     param = torch.nn.Parameter(torch.zeros(1))
-    opt = torch.optim.Adam([param], lr=float(exp["train"]["optimizer"]["lr"]))
+    opt = torch.optim.Adam([param], lr=float(exp.train.optimizer.lr))
     sched = build_scheduler(opt, exp)
     lrs = []
     for i in range(1, iterations + 1):
@@ -111,14 +111,14 @@ def _stepped_lrs(exp: dict, iterations: int) -> list[float]:
 
 @pytest.mark.parametrize("exp_id", experiment_ids())
 def test_scheduler_classes_match_lr_at_on_every_demo_iteration(exp_id: str) -> None:
-    exp = demo_experiment(load_experiment(exp_id))
-    total = int(exp["train"]["total_iter"])
+    exp = load(exp_id, "demo")
+    total = exp.train.total_iter
     lrs = _stepped_lrs(exp, total)
     assert lrs == pytest.approx([lr_at(exp, i) for i in range(1, total + 1)], rel=1e-12)
 
 
 def test_scheduler_state_dict_resumes_exactly() -> None:
-    exp = demo_experiment(load_experiment("dn_real"))
+    exp = load("dn_real", "demo")
     full = _stepped_lrs(exp, 32)
     param = torch.nn.Parameter(torch.zeros(1))
     opt = torch.optim.AdamW([param], lr=3e-4)
@@ -176,21 +176,17 @@ def test_scheduler_classes_closed_form() -> None:
     ],
 )
 def test_progressive_stage_dn_real(iteration: int, expected: tuple[int, int]) -> None:
-    exp = load_experiment("dn_real")
-    train = exp["train"]
-    assert (
-        progressive_stage(train["progressive"], iteration, train["batch_per_gpu"], train["patch"]["gt_size"])
-        == expected
-    )
+    train = load("dn_real").train
+    assert progressive_stage(train.progressive, iteration, train.batch_per_gpu, train.patch.gt_size) == expected
 
 
 def test_progressive_stage_dehaze_and_none() -> None:
-    train = load_experiment("dehaze_its")["train"]
+    train = load("dehaze_its").train
     for iteration in (1, 350000, 700000):
-        assert progressive_stage(train["progressive"], iteration, 6, 256) == (6, 256)
+        assert progressive_stage(train.progressive, iteration, 6, 256) == (6, 256)
     assert progressive_stage(None, 5, 4, 128) == (4, 128)
 
 
 def test_lr_at_rejects_iteration_zero() -> None:
     with pytest.raises(ValueError, match="1-based"):
-        lr_at(load_experiment("sr_classic_x2"), 0)
+        lr_at(load("sr_classic_x2"), 0)

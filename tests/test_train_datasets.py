@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -12,6 +14,8 @@ import pytest
 import torch
 
 from mair.evaluate.noise import add_test_noise
+from mair.experiments import DatasetRef, Experiment, load
+from mair.experiments.spec import Augmentation, Patch
 from mair.train.datasets import (
     ColorDenoiseTrainDataset,
     DatasetError,
@@ -82,15 +86,27 @@ def data_root(tmp_path: Path) -> Path:
     return root
 
 
-def _exp(task: str, **train: object) -> dict:
-    base = {
+#: A real experiment of each task, whose training section the tests replace.
+_OF_TASK = {"sr_classic": "sr_classic_x2", "dn_color": "dn_color_s15", "dn_real": "dn_real", "dehaze": "dehaze_its"}
+
+
+def _exp(task: str, **train: Any) -> Experiment:
+    """The experiment of ``task`` with seed 7, every augmentation, an 8/4 patch and the given training values
+    (``datasets`` and ``patch`` as the file writes them)."""
+    values: dict[str, Any] = {
         "seed": 7,
-        "augmentation": {"hflip": True, "rot": True, "geometric_augs": True},
-        "patch": {"gt_size": 8, "lq_size": 4},
+        "augmentation": Augmentation(hflip=True, rot=True, geometric_augs=True),
+        "patch": Patch(gt_size=8, lq_size=4),
         "noise_sigma": None,
     }
-    base.update(train)
-    return {"id": "t", "task": task, "scale": 2 if task.startswith("sr") else 1, "train": base}
+    for key, value in train.items():
+        if key == "datasets":
+            value = tuple(DatasetRef(**d) for d in value)
+        elif key == "patch":
+            value = Patch(**value)
+        values[key] = value
+    real = load(_OF_TASK[task])
+    return replace(real, id="t", train=replace(real.train, **values))
 
 
 # ------------------------------------------------------------------------------------------------ pairing
@@ -125,9 +141,7 @@ def test_sr_sample_is_rgb_of_the_bgr_file(data_root: Path) -> None:
 
 
 def test_color_denoise_noise_on_whole_image_before_crop(data_root: Path) -> None:
-    pairs = list_pairs(
-        {"id": "dfwb", "gt": "HR", "lq": None, "pairing": "synthetic_noise"}, data_root / "prepared" / "dfwb", "paper"
-    )
+    pairs = list_pairs(DatasetRef("dfwb", "HR", None, "synthetic_noise"), data_root / "prepared" / "dfwb", "paper")
     assert all(p.lq is None for p in pairs)
     ds = ColorDenoiseTrainDataset(pairs, patch=8, sigma=25, seed=3, hflip=False, rot=False)
     key = (2, 11)
@@ -276,26 +290,22 @@ def test_scale_mismatch_and_missing_lr(data_root: Path) -> None:
 
 
 def test_validation_sets(data_root: Path) -> None:
-    exp = {
-        "id": "v",
-        "scale": 2,
-        "val": {"dataset": {"id": "set14", "gt": "HR", "lq": "LR_bicubic/X2", "pairing": "same_name"}, "noise": None},
-    }
+    sr = load("sr_classic_x2")
+    exp = replace(sr, val=replace(sr.val, dataset=DatasetRef("set14", "HR", "LR_bicubic/X2", "same_name")))
     item = build_val_dataset(exp, "paper", data_root)[0]
     assert item["lq"].shape == (3, 9, 11) and item["gt"].shape == (18, 22, 3) and item["gt"].dtype == np.uint8
-    exp = {
-        "id": "v",
-        "scale": 1,
-        "val": {
-            "dataset": {"id": "mcmaster", "gt": "HR", "lq": None, "pairing": "synthetic_noise"},
-            "noise": {"sigma": 25, "seed": 0},
-        },
-    }
+    dn = load("dn_color_s25")
+    assert dn.scale == 1 and dn.val.noise is not None and dn.val.noise.sigma == 25 and dn.val.noise.seed == 0
+    exp = replace(dn, val=replace(dn.val, dataset=DatasetRef("mcmaster", "HR", None, "synthetic_noise")))
     val = build_val_dataset(exp, "paper", data_root)
     assert isinstance(val, ValidationDataset)
     item = val[0]
     expected = add_test_noise(item["gt"], 25, seed=0).astype(np.float32)
     assert np.array_equal(item["lq"].numpy().transpose(1, 2, 0), expected)
+    for change in ({"clip": True}, {"channel_order": "rgb"}, {"reseed_per_image": False}):  # not implemented
+        other = replace(exp, val=replace(exp.val, noise=replace(exp.val.noise, **change)))
+        with pytest.raises(DatasetError, match="'mcmaster': only the official test noise is implemented"):
+            build_val_dataset(other, "paper", data_root)
 
 
 # ------------------------------------------------------------------------------------------------ sampler

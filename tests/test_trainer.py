@@ -19,7 +19,7 @@ import torch
 import yaml
 
 from mair.cli import main as mair_main
-from mair.experiments import demo_experiment, load_experiment
+from mair.experiments import load
 from mair.models import from_official
 from mair.models.checkpoint import read_state_dict, save_weights
 from mair.train.launch import EXIT_STOPPED, DistEnv, detect_env, first_slurm_host, torchrun_command
@@ -103,7 +103,7 @@ def _wait_for_iteration(log: Path, iteration: int, proc: subprocess.Popen, timeo
 
 
 def test_batch_plan_keeps_the_paper_effective_batch() -> None:
-    sr = load_experiment("sr_classic_x2")  # 4 per GPU x 8 GPUs = 32
+    sr = load("sr_classic_x2")  # 4 per GPU x 8 GPUs = 32
     assert [(p.accum, p.effective_batch) for p in (plan_batch(sr, w) for w in (8, 4, 2, 1))] == [
         (1, 32),
         (2, 32),
@@ -114,16 +114,16 @@ def test_batch_plan_keeps_the_paper_effective_batch() -> None:
         plan_batch(sr, 3)
     loose = plan_batch(sr, 3, allow_mismatch=True)
     assert (loose.accum, loose.effective_batch, loose.exact) == (3, 36, False)
-    dehaze = load_experiment("dehaze_its")  # 6 x 2 = 12
+    dehaze = load("dehaze_its")  # 6 x 2 = 12
     assert plan_batch(dehaze, 1).accum == 2 and plan_batch(dehaze, 2).accum == 1
     with pytest.raises(TrainError):
         plan_batch(dehaze, 4)
-    cdn = load_experiment("dn_color_s15")  # 1 x 8
+    cdn = load("dn_color_s15")  # 1 x 8
     assert plan_batch(cdn, 1).accum == 8
 
 
 def test_two_speed_validation_schedule() -> None:
-    sr = load_experiment("sr_classic_x2")  # 25k before 400k, then 5k
+    sr = load("sr_classic_x2")  # 25k before 400k, then 5k
     assert [val_due(sr, i) for i in (5000, 25000, 30000, 395000, 400000, 405000, 500000)] == [
         False,
         True,
@@ -133,12 +133,12 @@ def test_two_speed_validation_schedule() -> None:
         True,
         True,
     ]
-    real = load_experiment("dn_real")  # 800k > total_iter: never during training
+    real = load("dn_real")  # 800k > total_iter: never during training
     assert not any(val_due(real, i) for i in (4000, 200000, 400000, 718250))
 
 
 def test_init_source_and_the_t_x3_quirk(tmp_path: Path) -> None:
-    t3 = load_experiment("sr_light_t_x3")
+    t3 = load("sr_light_t_x3")
     path, strict, note = init_weights_source(t3, TrainOptions("sr_light_t_x3", results_dir=tmp_path))
     assert path == tmp_path / "paper" / "weights" / "sr_light_s_x2.pth" and strict is False
     assert "official" in note and "--init-fix-t-x3" in note
@@ -146,13 +146,13 @@ def test_init_source_and_the_t_x3_quirk(tmp_path: Path) -> None:
         t3, TrainOptions("sr_light_t_x3", scope="demo", results_dir=tmp_path, init_fix_t_x3=True)
     )
     assert path == tmp_path / "demo" / "weights" / "sr_light_t_x2.pth"
-    x4 = load_experiment("sr_classic_x4")
+    x4 = load("sr_classic_x4")
     assert init_weights_source(x4, TrainOptions("sr_classic_x4", results_dir=tmp_path))[0].name == ("sr_classic_x2.pth")
-    s25 = load_experiment("dn_color_s25")
+    s25 = load("dn_color_s25")
     assert init_weights_source(s25, TrainOptions("dn_color_s25", results_dir=tmp_path))[1] is True
     explicit = init_weights_source(x4, TrainOptions("sr_classic_x4", init_weights=tmp_path / "w.pth"))
     assert explicit[0] == tmp_path / "w.pth" and explicit[1] is False
-    assert init_weights_source(load_experiment("sr_classic_x2"), TrainOptions("x"))[0] is None
+    assert init_weights_source(load("sr_classic_x2"), TrainOptions("x"))[0] is None
 
 
 def test_launcher_environments() -> None:
@@ -292,9 +292,9 @@ def test_image_smaller_than_patch(tmp_path: Path, demo_data: Path, capsys: pytes
 def test_checkpoint_of_another_architecture(
     tmp_path: Path, demo_data: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    unet = demo_experiment(load_experiment("dehaze_its"))
+    unet = load("dehaze_its", "demo")
     wrong = tmp_path / "unet.pth"
-    save_weights(from_official(unet["network"]["arch"], **unet["network"]["kwargs"]), wrong)
+    save_weights(from_official(unet.network.arch, **unet.network.constructor_kwargs()), wrong)
     for experiment in ("sr_light_t_x3", "dn_color_s25"):  # non-strict init (x3 from x2), strict init (s25)
         run = tmp_path / experiment
         code = mair_main(
@@ -350,9 +350,9 @@ def test_x3_initialised_from_x2_non_strict(
     tmp_path: Path, demo_data: Path, one_thread: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    x2 = demo_experiment(load_experiment("sr_light_s_x2"))
+    x2 = load("sr_light_s_x2", "demo")
     torch.manual_seed(1)
-    x2_net = from_official(x2["network"]["arch"], **x2["network"]["kwargs"])
+    x2_net = from_official(x2.network.arch, **x2.network.constructor_kwargs())
     save_weights(x2_net, tmp_path / "results" / "trained" / "demo" / "weights" / "sr_light_s_x2.pth")
     code = mair_main(
         [
@@ -381,7 +381,8 @@ def test_x3_initialised_from_x2_non_strict(
     assert not (tmp_path / "results" / "demo" / "weights" / "sr_light_s_x3.pth").exists()  # --max-iters < total
     assert sorted(p.name for p in (run / "models").iterdir()) == ["net_g_2.pth"]
     rows = _log_rows(run / "train_log.csv")
-    exp = demo_experiment(load_experiment("sr_light_s_x3"))
+    exp = load("sr_light_s_x3", "demo")
+    assert config["experiment"] == exp.to_dict()  # the whole experiment, as its file and demo block say
     assert [(int(r["iter"]), float(r["lr"])) for r in rows] == [(i, pytest.approx(lr_at(exp, i))) for i in (1, 2)]
 
 

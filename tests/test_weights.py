@@ -52,13 +52,13 @@ def demo_checkpoint(exp: str, path: Path, seed: int = 0) -> Path:
     """A checkpoint of ``exp``'s demo network in the official layout ({'params': state_dict})."""
     import torch
 
-    from mair.experiments import demo_experiment, load_experiment
+    from mair.experiments import load
     from mair.models import from_official
     from mair.models.checkpoint import save_weights
 
-    net = demo_experiment(load_experiment(exp))["network"]
+    net = load(exp, "demo").network
     torch.manual_seed(seed)
-    save_weights(from_official(net["arch"], **net["kwargs"]), path)
+    save_weights(from_official(net.arch, **net.constructor_kwargs()), path)
     return path
 
 

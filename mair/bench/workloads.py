@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from mair.common.atomic import atomic_write_json
+from mair.experiments.spec import Network
 
 
 @dataclass(frozen=True)
@@ -69,15 +70,13 @@ TARGET_MS = {
 
 def experiment_workload(experiment_id: str) -> Workload:
     """A training-step workload at the experiment's paper per-GPU batch and patch size."""
-    from mair.experiments import load_experiment
+    from mair.experiments import load
 
-    exp = load_experiment(experiment_id)
-    patch = exp["train"]["patch"]
-    size = patch.get("lq_size") or patch["gt_size"]
-    progressive = exp["train"].get("progressive")
-    if progressive:  # the first progressive stage
-        size = progressive["gt_sizes"][0]
-    return Workload(f"{experiment_id}_train", "train", experiment_id, exp["train"]["batch_per_gpu"], size)
+    train = load(experiment_id).train
+    size = train.patch.lq_size or train.patch.gt_size
+    if train.progressive:  # the first progressive stage
+        size = train.progressive.gt_sizes[0]
+    return Workload(f"{experiment_id}_train", "train", experiment_id, train.batch_per_gpu, size)
 
 
 def set_scan_backend(model: torch.nn.Module, backend: str | None) -> None:
@@ -109,23 +108,18 @@ def _timer(device: torch.device, warmup: int, repeat: int) -> Callable[[Callable
     return run
 
 
-def network_spec(workload: Workload) -> dict[str, Any]:
-    """The experiment's ``network`` entry (official architecture name and arguments) of a model workload."""
-    from mair.experiments import load_experiment
+def network_spec(workload: Workload) -> Network:
+    """The experiment's network (official architecture name and arguments) of a model workload."""
+    from mair.experiments import load
 
-    return load_experiment(workload.experiment)["network"]
-
-
-def upscale(net: dict[str, Any]) -> int:
-    """Output side over input side of a network entry (1 for the restoration tasks)."""
-    return int(net["kwargs"].get("upscale", 1)) if net["arch"] == "MaIR" and net["kwargs"].get("upsampler") else 1
+    return load(workload.experiment).network
 
 
 def _build(workload: Workload, device: torch.device) -> tuple[torch.nn.Module, int]:
     from mair.models import from_official
 
     net = network_spec(workload)
-    return from_official(net["arch"], **net["kwargs"]).to(device), upscale(net)
+    return from_official(net.arch, **net.constructor_kwargs()).to(device), net.output_scale
 
 
 def run_workload(
@@ -168,7 +162,7 @@ def run_workload(
         if network is None:
             model, scale = _build(workload, device)
         else:
-            model, scale = network, upscale(network_spec(workload))
+            model, scale = network, network_spec(workload).output_scale
         set_scan_backend(model, backend)
         if runtime is not None:  # exactly as the commands compile it
             step_model = runtime.compile(model)

@@ -10,9 +10,22 @@ state is left alone.
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 import numpy as np
 
-__all__ = ["add_test_noise"]
+__all__ = ["add_test_noise", "check_official_noise"]
+
+
+def check_official_noise(noise: Any) -> None:
+    """Raise ValueError unless ``noise`` (an experiment's ``val.noise`` or ``test.noise``) asks for the official
+    test noise, the only one implemented: reseeded per image, drawn in BGR order, unclipped."""
+    if noise.channel_order.lower() != "bgr" or noise.clip or not noise.reseed_per_image:
+        raise ValueError(
+            "only the official test noise is implemented (seed per image, BGR order, unclipped); "
+            f"got {dataclasses.asdict(noise)}"
+        )
 
 
 def add_test_noise(clean_rgb: np.ndarray, sigma: float, seed: int = 0) -> np.ndarray:

@@ -22,9 +22,11 @@ from typing import Any
 import cv2
 import numpy as np
 
+from mair import experiments
 from mair.common.atomic import atomic_write_bytes
 from mair.common.errors import missing_weights_message, not_a_file_reason
-from mair.evaluate.runner import EvaluationError, eval_spec, inference_runtime, load_experiment
+from mair.evaluate.runner import EvaluationError, eval_spec, experiment_at, inference_runtime
+from mair.experiments.spec import Network
 
 INPUT_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
@@ -389,29 +391,28 @@ def find_experiment_for_weights(state: Mapping[str, Any], scope: str = "paper") 
     tensors (e.g. only ``scan_len`` differs) make the choice ambiguous and raise. ``scope`` ``demo`` compares
     with the demo-size networks.
     """
-    from mair import experiments
     from mair.models import from_official
 
-    ids = _experiment_ids(experiments)
+    ids = sorted(experiments.experiment_ids())
     arch = "MaIRUNet" if any(k.startswith("encoder_level1.") for k in state) else "MaIR"
     width_key = "patch_embed.proj.weight" if arch == "MaIRUNet" else "conv_first.weight"
     width = int(state[width_key].shape[0]) if width_key in state else None
     shapes = {k: tuple(v.shape) for k, v in state.items()}
     groups: dict[str, list[str]] = {}
-    networks: dict[str, Mapping[str, Any]] = {}
+    networks: dict[str, Network] = {}
     for exp_id in ids:
-        net = load_experiment(exp_id, scope)["network"]
-        if net["arch"] != arch:
+        net = experiment_at(exp_id, scope).network
+        if net.arch != arch:
             continue
-        kw = net["kwargs"]
+        kw = net.constructor_kwargs()
         if width is not None and int(kw.get("embed_dim" if arch == "MaIR" else "dim", -1)) != width:
             continue
-        key = json.dumps(net, sort_keys=True, default=str)
+        key = json.dumps({"arch": net.arch, "kwargs": kw}, sort_keys=True, default=str)
         groups.setdefault(key, []).append(exp_id)
         networks[key] = net
     matches = []
     for key, net in networks.items():
-        model = from_official(net["arch"], **dict(net["kwargs"]))
+        model = from_official(net.arch, **net.constructor_kwargs())
         if {k: tuple(v.shape) for k, v in model.state_dict().items()} == shapes:
             matches.append(groups[key])
         del model
@@ -426,15 +427,6 @@ def find_experiment_for_weights(state: Mapping[str, Any], scope: str = "paper") 
             + "); choose one with --arch-from ID"
         )
     return matches[0][0]
-
-
-def _experiment_ids(experiments: Any) -> list[str]:
-    for name in ("experiment_ids", "list_experiments"):
-        fn = getattr(experiments, name, None)
-        if callable(fn):
-            return sorted(str(i) for i in fn())
-    folder = Path(__file__).resolve().parents[2] / "params" / "experiments"
-    return sorted(p.stem for p in folder.glob("*.yaml"))
 
 
 def load_restorer(
@@ -486,7 +478,7 @@ def load_restorer(
         say(f"weights {path.name} fit the network of experiment {exp_id}")
     if compile and tile is None:
         raise EvaluationError("compiling needs tiles (--tile SIZE): without them every image size compiles again")
-    spec = eval_spec(load_experiment(exp_id, scope))
+    spec = eval_spec(experiment_at(exp_id, scope))
     dev = resolve_device(device)
     runtime = inference_runtime(dev, exact, compile=compile)
     model = runtime.prepare_model(build_model(spec, path, dev))

@@ -28,18 +28,22 @@ import os
 import sys
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 
+from mair import experiments
 from mair.common.atomic import atomic_write_json, atomic_write_text
 from mair.common.errors import (
     EvaluationError,
     missing_weights_message,
 )
+from mair.experiments import Experiment, ExperimentError
+from mair.experiments import TestDatasetRef as DatasetRef
+from mair.experiments.spec import Noise
 from mair.tasks import get_task
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".ppm", ".webp")
@@ -53,8 +57,8 @@ __all__ = [
     "eval_spec",
     "evaluate",
     "evaluate_dataset",
+    "experiment_at",
     "list_pairs",
-    "load_experiment",
     "run_protocol",
 ]
 
@@ -64,19 +68,9 @@ __all__ = [
 
 
 @dataclass(frozen=True)
-class DatasetRef:
-    """One test dataset of an experiment (``test.datasets[i]``)."""
-
-    id: str
-    gt: str | None
-    lq: str | None
-    pairing: str
-    submission_only: bool = False
-
-
-@dataclass
 class EvalSpec:
-    """Everything the runner needs from an experiment, in explicit form."""
+    """The test side of an :class:`~mair.experiments.Experiment`, flat (:func:`eval_spec` derives it); its
+    fields are also the fingerprint that lets an interrupted evaluation resume."""
 
     experiment: str
     task: str
@@ -84,12 +78,12 @@ class EvalSpec:
     kwargs: dict[str, Any]
     scale: int
     protocol: str  # "tile" | "pad8"
-    datasets: list[DatasetRef]
+    datasets: tuple[DatasetRef, ...]
     crop_border: int = 0
     test_y_channel: bool = False
-    extra_spaces: list[str] = field(default_factory=list)
+    extra_spaces: tuple[str, ...] = ()
     use_image: bool = True
-    noise: dict[str, Any] | None = None
+    noise: Noise | None = None
     rgb2bgr: bool = True  # uint8 metrics: channel order given to the Y conversion (metrics.metric_images)
 
     @property
@@ -116,64 +110,34 @@ class EvalSpec:
         )
 
 
-def load_experiment(experiment_id: str, scope: str = "paper") -> dict[str, Any]:
-    """The experiment dict from :mod:`mair.experiments`; for scope ``demo`` its demo-scale version."""
-    from mair import experiments
-
+def experiment_at(experiment_id: str, scope: str = "paper") -> Experiment:
+    """:func:`mair.experiments.load`, its errors as :class:`EvaluationError`."""
     try:
-        exp = dict(experiments.load_experiment(experiment_id))
-        if scope == "demo" and exp.get("scope") != "demo":
-            exp = dict(experiments.demo_experiment(exp))
-    except (KeyError, FileNotFoundError, ValueError) as error:
-        raise EvaluationError(str(error).strip("'\"")) from None
-    return exp
+        return experiments.load(experiment_id, scope)
+    except ExperimentError as error:
+        raise EvaluationError(str(error)) from None
 
 
-def eval_spec(exp: Mapping[str, Any]) -> EvalSpec:
-    """Build an :class:`EvalSpec` from an experiment dict (params/schema/experiment.schema.json)."""
-    network = exp["network"]
-    test = exp["test"]
-    kwargs = dict(network.get("kwargs") or {})
-    arch = str(network["arch"])
-    task = str(exp["task"])
-    try:
-        facts = get_task(task)
-    except ValueError as error:
-        raise EvaluationError(f"experiment {exp.get('id', 'experiment')}: {error}") from None
-    scale = int(exp.get("scale") or kwargs.get("upscale") or 1)
-    if arch == "MaIR" and not kwargs.get("upsampler"):
-        scale = 1
-    protocol = str(test.get("protocol") or facts.protocol)
-    if protocol not in ("tile", "pad8"):
-        raise EvaluationError(f"unknown test protocol {protocol!r} (expected 'tile' or 'pad8')")
-    datasets = []
-    for ref in test["datasets"]:
-        if isinstance(ref, str):
-            ref = {"id": ref, "gt": None, "lq": None, "pairing": "same_name"}
-        datasets.append(
-            DatasetRef(
-                id=str(ref["id"]),
-                gt=ref.get("gt"),
-                lq=ref.get("lq"),
-                pairing=str(ref.get("pairing", "same_name")),
-                submission_only=bool(ref.get("submission_only", False)),
-            )
-        )
-    metrics = dict(test.get("metrics") or {})
+def eval_spec(exp: Experiment) -> EvalSpec:
+    """The :class:`EvalSpec` view of an experiment: its network, scale and ``test`` section."""
+    network, test, metrics = exp.network, exp.test, exp.test.metrics
+    scale = exp.scale if network.arch != "MaIR" or network.kwargs.get("upsampler") else 1
+    if test.protocol not in ("tile", "pad8"):
+        raise EvaluationError(f"unknown test protocol {test.protocol!r} (expected 'tile' or 'pad8')")
     return EvalSpec(
-        experiment=str(exp.get("id", "experiment")),
-        task=task,
-        arch=arch,
-        kwargs=kwargs,
+        experiment=exp.id,
+        task=exp.task,
+        arch=network.arch,
+        kwargs=network.constructor_kwargs(),
         scale=scale,
-        protocol=protocol,
-        datasets=datasets,
-        crop_border=int(metrics.get("crop_border", facts.crop_border(scale))),
-        test_y_channel=bool(metrics.get("test_y_channel", facts.metric_space == "y")),
-        extra_spaces=[str(s) for s in metrics.get("extra_spaces") or []],
-        use_image=bool(metrics.get("use_image", True)),
-        noise=dict(test["noise"]) if test.get("noise") else None,
-        rgb2bgr=bool(metrics.get("rgb2bgr", True)),
+        protocol=test.protocol,
+        datasets=test.datasets,
+        crop_border=metrics.crop_border,
+        test_y_channel=metrics.test_y_channel,
+        extra_spaces=metrics.extra_spaces,
+        use_image=metrics.use_image,
+        noise=test.noise,
+        rgb2bgr=metrics.rgb2bgr,
     )
 
 
@@ -250,20 +214,16 @@ def load_pair(pair: ImagePair, spec: EvalSpec) -> tuple[np.ndarray, np.ndarray]:
     """
     gt = read_rgb(pair.gt)
     if pair.lq is None:
-        from mair.evaluate.noise import add_test_noise
+        from mair.evaluate.noise import add_test_noise, check_official_noise
 
         if not spec.noise:
             raise EvaluationError(f"{spec.experiment}: synthetic-noise pairing without test.noise settings")
         noise = spec.noise
-        if (
-            str(noise.get("channel_order", "bgr")).lower() != "bgr"
-            or noise.get("clip")
-            or not noise.get("reseed_per_image", True)
-        ):
-            raise EvaluationError(
-                f"only the official test noise is implemented (seed per image, BGR order, unclipped); got {noise}"
-            )
-        lq = add_test_noise(gt, float(noise["sigma"]), seed=int(noise.get("seed", 0))).astype(np.float32)
+        try:
+            check_official_noise(noise)
+        except ValueError as error:
+            raise EvaluationError(str(error)) from None
+        lq = add_test_noise(gt, float(noise.sigma), seed=noise.seed).astype(np.float32)
         return lq, gt
     lq = read_rgb(pair.lq).astype(np.float32) / np.float32(255.0)
     s = spec.scale
@@ -710,7 +670,7 @@ def inference_runtime(device: str, exact: bool = False, compile: bool | None = N
 
 
 def evaluate(
-    experiment: str | Mapping[str, Any],
+    experiment: str | Experiment,
     weights: str | os.PathLike[str] | None = None,
     *,
     datasets: Sequence[str] | None = None,
@@ -726,13 +686,14 @@ def evaluate(
     exact: bool = False,
     weights_source: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Evaluate an experiment (id or dict) on its test sets; return the summaries.
+    """Evaluate an experiment (id, or a loaded :class:`~mair.experiments.Experiment`) on its test sets; return
+    the summaries.
 
     ``model`` replaces the network built from the experiment (tests); ``dataset_roots`` maps dataset ids to
     prepared folders instead of :func:`mair.data.paths.prepared_dir`. ``exact``: true fp32 (``--exact``);
     otherwise :func:`mair.runtime.resolve_runtime`'s default for inference.
     """
-    exp = load_experiment(experiment, scope) if isinstance(experiment, str) else dict(experiment)
+    exp = experiment_at(experiment, scope) if isinstance(experiment, str) else experiment
     spec = eval_spec(exp)
     refs = spec.datasets if not datasets else [spec.dataset(d) for d in datasets]
     dev = resolve_device(device)

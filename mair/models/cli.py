@@ -10,7 +10,10 @@ from __future__ import annotations
 import argparse
 import json
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mair.experiments import Experiment
 
 _SIZE = re.compile(r"^\s*(\d+)\s*[xX,]\s*(\d+)\s*$")
 
@@ -44,69 +47,90 @@ def parse_size(text: str) -> tuple[int, int]:
     return int(match.group(1)), int(match.group(2))
 
 
-def default_input_size(exp: dict[str, Any]) -> tuple[int, int]:
+def default_input_size(exp: Experiment) -> tuple[int, int]:
     """The experiment's FLOPs input size, else the training input patch (the LR/noisy patch the network sees)."""
-    size = exp["complexity"]["flops_input_size"]
+    size = exp.complexity.flops_input_size
     if size:
         return int(size[0]), int(size[1])
-    lq = int(exp["train"]["patch"]["lq_size"])
+    lq = exp.train.patch.lq_size
     return lq, lq
 
 
-def expected_flops_g(exp: dict[str, Any], size: tuple[int, int]) -> float | None:
+def expected_flops_g(exp: Experiment, size: tuple[int, int]) -> float | None:
     """The expected GFLOPs for ``size``: the table value at its own size, or MFLOPs/px x pixels."""
-    comp = exp["complexity"]
-    if comp["flops_g"] is not None and tuple(comp["flops_input_size"]) == size:
-        return float(comp["flops_g"])
-    if comp["flops_mflops_per_pixel"] is not None:
-        return float(comp["flops_mflops_per_pixel"]) * size[0] * size[1] / 1e3
+    comp = exp.complexity
+    if comp.flops_g is not None and tuple(comp.flops_input_size or ()) == size:
+        return float(comp.flops_g)
+    if comp.flops_mflops_per_pixel is not None:
+        return float(comp.flops_mflops_per_pixel) * size[0] * size[1] / 1e3
     return None
 
 
-def experiment_info(exp: dict[str, Any], input_size: tuple[int, int] | None = None) -> dict[str, Any]:
+def experiment_info(exp: Experiment, input_size: tuple[int, int] | None = None) -> dict[str, Any]:
     """Counts for one (loaded) experiment: params, FLOPs at ``input_size`` and the expected values."""
     import torch
 
     from mair.models.flops import build_for_counting, count_flops, count_params
 
     size = input_size or default_input_size(exp)
-    network = exp["network"]
-    model = build_for_counting(network["arch"], network["kwargs"])
+    network = exp.network
+    model = build_for_counting(network.arch, network.constructor_kwargs())
     params = count_params(model)
-    in_channels = network["kwargs"].get("in_chans", network["kwargs"].get("inp_channels", 3))
-    flops = count_flops(model.to(torch.device("meta")), size, in_channels=in_channels)
+    flops = count_flops(model.to(torch.device("meta")), size, in_channels=network.in_channels)
     expected_g = expected_flops_g(exp, size)
     return {
-        "experiment": exp["id"],
-        "scope": exp["scope"],
-        "arch": network["arch"],
+        "experiment": exp.id,
+        "scope": exp.scope,
+        "arch": network.arch,
         "params": params,
-        "expected_params": exp["complexity"]["params"],
+        "expected_params": exp.complexity.params,
         "input_size": list(size),
         "flops_g": round(flops.gflops, 4),
         "expected_flops_g": expected_g,
         "mflops_per_pixel": round(flops.total / (size[0] * size[1]) / 1e6, 4),
-        "expected_mflops_per_pixel": exp["complexity"]["flops_mflops_per_pixel"],
+        "expected_mflops_per_pixel": exp.complexity.flops_mflops_per_pixel,
         "flops_by_kind_g": {k: round(v / 1e9, 4) for k, v in sorted(flops.by_kind.items())},
         "convention": "fvcore: 1 per multiply-add; LayerNorm 5/elem; pool 1/elem; scan 9BLDN + BDL",
+        "about": documentation(exp),
+    }
+
+
+def documentation(exp: Experiment) -> dict[str, Any]:
+    """The experiment file's documentation fields: what it reproduces and how it treats the official quirks."""
+    init = exp.train.init_from
+    return {
+        "title": exp.title,
+        "paper_table": exp.paper_table,
+        "official": {
+            "train_yml": exp.official.train_yml,
+            "test_yml": exp.official.test_yml,
+            "weights": exp.official.weights,
+        },
+        "drop_path": exp.train.drop_path.note,
+        "init_from": None
+        if init is None
+        else {
+            "experiment": init.experiment,
+            "official_weights": init.weights,
+            "quirk": None if init.quirk is None else init.quirk.note,
+        },
+        "quirks": [f"{q.ref} ({q.handling}): {q.note}" for q in exp.quirks],
     }
 
 
 def run_info(args: argparse.Namespace) -> int:
     """Handler of ``mair info``."""
     from mair.cli import CommandError
-    from mair.experiments import ExperimentError, demo_experiment, load_experiment
+    from mair.experiments import ExperimentError, load
 
     size = parse_size(args.input_size) if args.input_size is not None else None
     try:
-        exp = load_experiment(args.experiment)
-        if args.demo:
-            exp = demo_experiment(exp)
+        exp = load(args.experiment, "demo" if args.demo else "paper")
     except ExperimentError as error:
         raise CommandError(str(error)) from error
     try:
         info = experiment_info(exp, size)
     except (ValueError, RuntimeError) as error:
-        raise CommandError(f"cannot count {exp['id']} at {size}: {error}") from error
+        raise CommandError(f"cannot count {exp.id} at {size}: {error}") from error
     print(json.dumps(info, indent=2))
     return 0

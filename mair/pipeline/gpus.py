@@ -29,7 +29,7 @@ def train_gpus(exp_id: str, scope: str, config: Mapping[str, Any]) -> int:
     if scope == "demo":
         return int(config.get("demo_gpus") or 0)
     override = config.get("train_gpus")
-    return int(override) if override is not None else int(experiment(exp_id)["paper_gpus"])
+    return int(override) if override is not None else experiment(exp_id).paper_gpus
 
 
 def eval_gpus(scope: str, config: Mapping[str, Any]) -> int:

@@ -10,18 +10,21 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mair.data.paths import EXTRACTED_MARKER, PREPARED_MARKER
 from mair.pipeline.settings import PipelineError, weights_mode
 
+if TYPE_CHECKING:
+    from mair.experiments import Experiment
+
 
 @functools.cache
-def experiment(exp_id: str) -> dict[str, Any]:
+def experiment(exp_id: str) -> Experiment:
     """The validated paper-scope experiment ``params/experiments/<exp_id>.yaml`` (cached)."""
-    from mair.experiments import load_experiment
+    from mair.experiments import load
 
-    return load_experiment(exp_id)
+    return load(exp_id)
 
 
 def all_experiments() -> list[str]:
@@ -48,7 +51,7 @@ def selected_experiments(config: Mapping[str, Any]) -> list[str]:
 def experiments_of_tasks(tasks: Iterable[str], config: Mapping[str, Any]) -> list[str]:
     """Selected experiments whose ``task`` is one of ``tasks``."""
     wanted = set(tasks)
-    return [e for e in selected_experiments(config) if experiment(e)["task"] in wanted]
+    return [e for e in selected_experiments(config) if experiment(e).task in wanted]
 
 
 def init_experiment(exp_id: str, config: Mapping[str, Any]) -> str | None:
@@ -57,45 +60,41 @@ def init_experiment(exp_id: str, config: Mapping[str, Any]) -> str | None:
     An ``init_from.quirk`` (the official MaIR-T x3 yml loads the MaIR-S x2 checkpoint) follows
     ``config['init_quirk']``: ``official`` (default) keeps the official choice, ``fixed`` takes the corrected one.
     """
-    init = experiment(exp_id)["train"]["init_from"]
+    init = experiment(exp_id).train.init_from
     if init is None:
         return None
-    quirk = init.get("quirk")
-    if quirk is None:
-        return init["experiment"]
-    return quirk[config.get("init_quirk") or quirk["default"]]
+    if init.quirk is None:
+        return init.experiment
+    return init.quirk.chosen(config.get("init_quirk"))
 
 
 def init_candidates(exp_id: str) -> list[str]:
     """Every experiment ``exp_id`` may start from, whichever ``init_quirk`` is chosen (DVC orders by all)."""
-    init = experiment(exp_id)["train"]["init_from"]
+    init = experiment(exp_id).train.init_from
     if init is None:
         return []
-    quirk = init.get("quirk")
-    choices = [init["experiment"]] + ([quirk["official"], quirk["fixed"]] if quirk else [])
+    quirk = init.quirk
+    choices = [init.experiment] + ([quirk.official, quirk.fixed] if quirk else [])
     return list(dict.fromkeys(choices))
 
 
 def init_override(exp_id: str, config: Mapping[str, Any]) -> str | None:
     """The init experiment when it differs from the experiment file's own choice, else None."""
     chosen = init_experiment(exp_id, config)
-    init = experiment(exp_id)["train"]["init_from"]
-    return chosen if init is not None and chosen != init["experiment"] else None
+    init = experiment(exp_id).train.init_from
+    return chosen if init is not None and chosen != init.experiment else None
 
 
 def train_datasets(exp_id: str) -> list[str]:
     """Datasets a training reads: its training sets and its validation set."""
     exp = experiment(exp_id)
-    ids = [d["id"] for d in exp["train"]["datasets"]]
-    val = (exp.get("val") or {}).get("dataset")
-    if val:
-        ids.append(val["id"])
+    ids = [d.id for d in exp.train.datasets] + [exp.val.dataset.id]
     return list(dict.fromkeys(ids))
 
 
 def test_datasets(exp_id: str) -> list[str]:
     """The paper's test sets of an experiment."""
-    return [d["id"] for d in experiment(exp_id)["test"]["datasets"]]
+    return [d.id for d in experiment(exp_id).test.datasets]
 
 
 def variants(exp_id: str, config: Mapping[str, Any]) -> list[str]:
@@ -104,7 +103,7 @@ def variants(exp_id: str, config: Mapping[str, Any]) -> list[str]:
     ``config['self_ensemble']``: ``reported`` (default: MaIR+ where the paper reports it), ``all`` or ``none``.
     """
     mode = config.get("self_ensemble", "reported")
-    reported = bool(experiment(exp_id)["test"].get("self_ensemble_reported"))
+    reported = experiment(exp_id).test.self_ensemble_reported
     return ["", "+"] if mode == "all" or (mode == "reported" and reported) else [""]
 
 

@@ -24,7 +24,7 @@ File lists are sorted (the official order is ``os.scandir`` order). Problems are
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,8 @@ from torch.utils.data import Dataset
 
 from mair.data import paths
 from mair.data.image_io import IMAGE_EXTENSIONS, png_size, read_color
+from mair.experiments import DatasetRef, Experiment
+from mair.experiments.spec import Noise
 from mair.tasks import TASKS
 
 __all__ = [
@@ -128,13 +130,13 @@ def hazy_gt_name(hazy_name: str) -> str:
     return hazy_name.split("_")[0].split(".")[0] + ".png"
 
 
-def list_pairs(ref: Mapping[str, Any], root: Path, scope: str, scale: int = 1) -> list[ImagePair]:
-    """Sorted pairs of a dataset reference (``{id, gt, lq, pairing}``) inside prepared folder ``root``."""
-    dataset_id, pairing = str(ref["id"]), str(ref["pairing"])
-    gt_dir = root / str(ref.get("gt") or "HR")
+def list_pairs(ref: DatasetRef, root: Path, scope: str, scale: int = 1) -> list[ImagePair]:
+    """Sorted pairs of a dataset reference (``id, gt, lq, pairing``) inside prepared folder ``root``."""
+    dataset_id, pairing = ref.id, ref.pairing
+    gt_dir = root / (ref.gt or "HR")
     if pairing == "synthetic_noise":
         return [ImagePair(p.name, None, p) for p in _images(gt_dir, dataset_id, scope)]
-    lq_dir = root / str(ref.get("lq") or f"LR_bicubic/X{scale}")
+    lq_dir = root / (ref.lq or f"LR_bicubic/X{scale}")
     if pairing == "same_name":
         gts = _images(gt_dir, dataset_id, scope)
         lqs = {p.name: p for p in _images(lq_dir, dataset_id, scope)}
@@ -348,10 +350,17 @@ class ValidationDataset(Dataset):
     """
 
     def __init__(
-        self, pairs: Sequence[ImagePair], scale: int = 1, noise: Mapping[str, Any] | None = None, dataset_id: str = ""
+        self, pairs: Sequence[ImagePair], scale: int = 1, noise: Noise | None = None, dataset_id: str = ""
     ) -> None:
         if not pairs:
             raise DatasetError(f"validation dataset {dataset_id!r} holds no images")
+        if noise is not None:
+            from mair.evaluate.noise import check_official_noise
+
+            try:
+                check_official_noise(noise)
+            except ValueError as error:
+                raise DatasetError(f"validation dataset {dataset_id!r}: {error}") from None
         self.pairs, self.scale, self.noise, self.dataset_id = list(pairs), int(scale), noise, dataset_id
 
     def __len__(self) -> int:
@@ -365,7 +374,7 @@ class ValidationDataset(Dataset):
 
             if not self.noise:
                 raise DatasetError(f"validation dataset {self.dataset_id!r}: synthetic noise without val.noise")
-            lq_rgb = add_test_noise(gt_rgb, float(self.noise["sigma"]), seed=int(self.noise.get("seed", 0)))
+            lq_rgb = add_test_noise(gt_rgb, float(self.noise.sigma), seed=self.noise.seed)
             lq = torch.from_numpy(np.ascontiguousarray(lq_rgb.astype(np.float32).transpose(2, 0, 1)))
             return {"lq": lq, "gt": gt_rgb, "name": pair.name}
         lq = to_tensor(read_bgr(pair.lq))
@@ -381,44 +390,39 @@ class ValidationDataset(Dataset):
 # ------------------------------------------------------------------------------------------------ builders
 
 
-def _train_pairs(exp: Mapping[str, Any], scope: str, data_root: PathLike | None) -> list[ImagePair]:
+def _train_pairs(exp: Experiment, scope: str, data_root: PathLike | None) -> list[ImagePair]:
     pairs: list[ImagePair] = []
-    for ref in exp["train"]["datasets"]:
-        root = dataset_folder(str(ref["id"]), scope, data_root)
-        pairs.extend(list_pairs(ref, root, scope, int(exp["scale"])))
+    for ref in exp.train.datasets:
+        root = dataset_folder(ref.id, scope, data_root)
+        pairs.extend(list_pairs(ref, root, scope, exp.scale))
     return pairs
 
 
 def build_train_dataset(
-    exp: Mapping[str, Any], scope: str, data_root: PathLike | None = None, seed: int | None = None
+    exp: Experiment, scope: str, data_root: PathLike | None = None, seed: int | None = None
 ) -> Dataset:
     """The training dataset of experiment ``exp`` (its ``task`` decides the pipeline)."""
-    train = exp["train"]
-    seed = int(train["seed"] if seed is None else seed)
+    train = exp.train
+    seed = int(train.seed if seed is None else seed)
     pairs = _train_pairs(exp, scope, data_root)
-    aug = train["augmentation"]
-    patch = train["patch"]
-    task = TASKS.get(exp["task"])
+    aug, patch = train.augmentation, train.patch
+    task = TASKS.get(exp.task)
     kind = task.training_pair if task else None
     if kind == "lr_hr":
-        return SRTrainDataset(
-            pairs, int(patch["lq_size"]), int(exp["scale"]), seed, bool(aug["hflip"]), bool(aug["rot"])
-        )
+        return SRTrainDataset(pairs, patch.lq_size, exp.scale, seed, aug.hflip, aug.rot)
     if kind == "synthetic_noise":
-        return ColorDenoiseTrainDataset(
-            pairs, int(patch["gt_size"]), float(train["noise_sigma"]), seed, bool(aug["hflip"]), bool(aug["rot"])
-        )
+        return ColorDenoiseTrainDataset(pairs, patch.gt_size, float(train.noise_sigma), seed, aug.hflip, aug.rot)
     if kind == "paired":
-        return UNetTrainDataset(pairs, int(patch["gt_size"]), seed, bool(aug["geometric_augs"]))
-    raise DatasetError(f"experiment {exp.get('id')!r}: no training pipeline for task {exp['task']!r}")
+        return UNetTrainDataset(pairs, patch.gt_size, seed, aug.geometric_augs)
+    raise DatasetError(f"experiment {exp.id!r}: no training pipeline for task {exp.task!r}")
 
 
-def build_val_dataset(exp: Mapping[str, Any], scope: str, data_root: PathLike | None = None) -> ValidationDataset:
+def build_val_dataset(exp: Experiment, scope: str, data_root: PathLike | None = None) -> ValidationDataset:
     """The validation set of ``exp`` (``val.dataset``)."""
-    ref = exp["val"]["dataset"]
-    root = dataset_folder(str(ref["id"]), scope, data_root)
-    pairs = list_pairs(ref, root, scope, int(exp["scale"]))
-    return ValidationDataset(pairs, int(exp["scale"]), exp["val"].get("noise"), str(ref["id"]))
+    ref = exp.val.dataset
+    root = dataset_folder(ref.id, scope, data_root)
+    pairs = list_pairs(ref, root, scope, exp.scale)
+    return ValidationDataset(pairs, exp.scale, exp.val.noise, ref.id)
 
 
 def _size(path: Path, decode: bool) -> tuple[int, int] | None:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 import torch
 from torch import Tensor, nn
+
+from mair.experiments.spec import Loss
 
 __all__ = ["CharbonnierLoss", "L1Loss", "build_loss"]
 
@@ -50,13 +49,13 @@ class CharbonnierLoss(nn.Module):
         return self.weight * _reduce(torch.sqrt((pred - target) ** 2 + self.eps), self.reduction)
 
 
-def build_loss(cfg: Mapping[str, Any]) -> nn.Module:
+def build_loss(cfg: Loss) -> nn.Module:
     """The loss of ``train.loss`` (``type`` l1 or charbonnier)."""
-    kind = cfg["type"]
-    weight = float(cfg.get("weight", 1.0))
-    reduction = str(cfg.get("reduction", "mean"))
+    kind = cfg.type
+    weight = float(cfg.weight)
+    reduction = str(cfg.reduction)
     if kind == "l1":
         return L1Loss(weight, reduction)
     if kind == "charbonnier":
-        return CharbonnierLoss(weight, reduction, float(cfg.get("eps", 1e-12)))
+        return CharbonnierLoss(weight, reduction, float(cfg.eps))
     raise ValueError(f"unknown loss type {kind!r} (expected l1 or charbonnier)")

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
+
+from mair.experiments import Experiment
+from mair.experiments.spec import Progressive
 
 __all__ = [
     "CosineAnnealingRestartCyclicLR",
@@ -56,19 +58,18 @@ def cosine_cyclic_lr(
     return eta_min + 0.5 * weight * (base_lr - eta_min) * (1.0 + math.cos(math.pi * (e - start) / period))
 
 
-def lr_at(exp: Mapping[str, Any], iteration: int) -> float:
+def lr_at(exp: Experiment, iteration: int) -> float:
     """The learning rate in effect during 1-based ``iteration`` of experiment ``exp`` (official stepping)."""
     if iteration < 1:
         raise ValueError(f"iterations are 1-based, got {iteration}")
-    train = exp["train"]
-    base = float(train["optimizer"]["lr"])
-    sched = train["scheduler"]
+    base = float(exp.train.optimizer.lr)
+    sched = exp.train.scheduler
     last_epoch = iteration - 1
-    if sched["type"] == "MultiStepLR":
-        return base * multistep_factor(last_epoch, sched["milestones"], float(sched["gamma"]))
-    if sched["type"] == "CosineAnnealingRestartCyclicLR":
-        return cosine_cyclic_lr(last_epoch, base, sched["periods"], sched["restart_weights"], sched["eta_mins"])
-    raise ValueError(f"unknown scheduler type {sched['type']!r}")
+    if sched.type == "MultiStepLR":
+        return base * multistep_factor(last_epoch, sched.milestones, float(sched.gamma))
+    if sched.type == "CosineAnnealingRestartCyclicLR":
+        return cosine_cyclic_lr(last_epoch, base, sched.periods, sched.restart_weights, sched.eta_mins)
+    raise ValueError(f"unknown scheduler type {sched.type!r}")
 
 
 # ------------------------------------------------------------------------------------------------ schedulers
@@ -117,21 +118,21 @@ class CosineAnnealingRestartCyclicLR(LRScheduler):
         ]
 
 
-def build_scheduler(optimizer: Optimizer, exp: Mapping[str, Any]) -> LRScheduler:
+def build_scheduler(optimizer: Optimizer, exp: Experiment) -> LRScheduler:
     """The experiment's scheduler (``train.scheduler``) on ``optimizer``, at ``last_epoch`` 0."""
-    sched = exp["train"]["scheduler"]
-    if sched["type"] == "MultiStepLR":
-        return MultiStepRestartLR(optimizer, sched["milestones"], float(sched["gamma"]))
-    if sched["type"] == "CosineAnnealingRestartCyclicLR":
-        return CosineAnnealingRestartCyclicLR(optimizer, sched["periods"], sched["restart_weights"], sched["eta_mins"])
-    raise ValueError(f"unknown scheduler type {sched['type']!r}")
+    sched = exp.train.scheduler
+    if sched.type == "MultiStepLR":
+        return MultiStepRestartLR(optimizer, sched.milestones, float(sched.gamma))
+    if sched.type == "CosineAnnealingRestartCyclicLR":
+        return CosineAnnealingRestartCyclicLR(optimizer, sched.periods, sched.restart_weights, sched.eta_mins)
+    raise ValueError(f"unknown scheduler type {sched.type!r}")
 
 
 # ------------------------------------------------------------------------------------------------ progressive
 
 
 def progressive_stage(
-    progressive: Mapping[str, Sequence[int]] | None, iteration: int, batch_per_gpu: int, gt_size: int
+    progressive: Progressive | None, iteration: int, batch_per_gpu: int, gt_size: int
 ) -> tuple[int, int]:
     """``(mini_batch_size, patch_size)`` in effect at 1-based ``iteration``.
 
@@ -140,7 +141,8 @@ def progressive_stage(
     """
     if not progressive:
         return batch_per_gpu, gt_size
-    ends = [sum(progressive["iters"][: i + 1]) for i in range(len(progressive["iters"]))]
+    iters = progressive.iters
+    ends = [sum(iters[: i + 1]) for i in range(len(iters))]
     j = bisect.bisect_left(ends, iteration)
     j = min(j, len(ends) - 1)
-    return int(progressive["mini_batch_sizes"][j]), int(progressive["gt_sizes"][j])
+    return int(progressive.mini_batch_sizes[j]), int(progressive.gt_sizes[j])

@@ -46,12 +46,14 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from mair.common.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text, remove_stale_parts
+from mair.experiments import Experiment, load
 from mair.runtime.compile_modes import COMPILE_MODES
 from mair.runtime.precision import autocast
 from mair.tasks import get_task
 from mair.train import datasets as train_data
 from mair.train.launch import EXIT_STOPPED, STOP_MARKER, DistEnv, detect_env
 from mair.train.losses import build_loss
+from mair.train.options import TrainOptions, overridden
 from mair.train.progressive import mixup, progressive_crop, step_rng
 from mair.train.sampler import EnlargedSampler
 from mair.train.schedules import build_scheduler, progressive_stage
@@ -68,7 +70,6 @@ __all__ = [
     "plan_batch",
     "preflight",
     "remove_stale_run_parts",
-    "resolve_experiment",
     "save_checkpoint_file",
     "train",
     "val_due",
@@ -81,43 +82,6 @@ STATE_FORMAT = 1
 
 class TrainError(Exception):
     """A user-facing training problem (bad options, batch plan, run folder, weights)."""
-
-
-@dataclass
-class TrainOptions:
-    """What ``mair train`` was asked to do."""
-
-    experiment: str
-    scope: str = "paper"
-    gpus: int | None = None
-    max_iters: int | None = None
-    precision: str | None = None  # None: the runtime default (mair.runtime.resolve: tf32 on CUDA, fp32 on CPU)
-    run_dir: Path | None = None
-    resume: bool = True
-    init_fix_t_x3: bool = False
-    init_weights: Path | None = None
-    checkpoint_every: int | None = None
-    keep: int = 3
-    device: str | None = None
-    num_workers: int | None = None
-    allow_batch_mismatch: bool = False
-    data_dir: Path | None = None
-    results_dir: Path = Path("results/trained")
-    validate: bool = True
-    mlflow: bool = True
-    tracking_uri: str | None = None
-    log_every: int | None = None
-    compile: str | None = None  # torch.compile backend for the training forward/backward (None: eager)
-    compile_mode: str | None = None  # torch.compile mode (implies the inductor backend); see compile_settings
-    exact: bool = False  # --exact: eager, true fp32, PyTorch's Adam (mair.runtime.resolve)
-    no_compile: bool = False  # --no-compile: eager, the other defaults kept
-
-    def resolved_run_dir(self) -> Path:
-        """``--run-dir``, else ``runs/<scope>/<experiment>`` (an experiment file is named by its stem)."""
-        if self.run_dir:
-            return Path(self.run_dir)
-        name = Path(self.experiment).stem if self.experiment.endswith((".yaml", ".yml")) else self.experiment
-        return Path("runs") / self.scope / name
 
 
 @dataclass
@@ -154,32 +118,22 @@ def _log(message: str, env: DistEnv | None = None) -> None:
         print(f"[mair train] {message}", file=sys.stderr, flush=True)
 
 
-def resolve_experiment(experiment: str, scope: str) -> dict[str, Any]:
-    """The experiment dict at ``scope`` (``demo``: :func:`mair.experiments.demo_experiment`)."""
-    from mair.experiments import demo_experiment, load_experiment
-
-    if scope not in ("paper", "demo"):
-        raise TrainError(f"unknown scope {scope!r}; expected paper or demo")
-    exp = load_experiment(experiment)
-    return demo_experiment(exp) if scope == "demo" else exp
-
-
-def plan_batch(exp: Mapping[str, Any], world_size: int, allow_mismatch: bool = False) -> BatchPlan:
+def plan_batch(exp: Experiment, world_size: int, allow_mismatch: bool = False) -> BatchPlan:
     """Gradient accumulation that keeps the paper's effective batch on ``world_size`` processes.
 
     ``accum = effective / (batch_per_gpu x world)`` must be a whole number; otherwise :class:`TrainError`
     (or, with ``allow_mismatch``, the nearest accumulation >= 1 and a different effective batch).
     """
-    train = exp["train"]
-    bpg, effective = int(train["batch_per_gpu"]), int(train["effective_batch"])
+    train = exp.train
+    bpg, effective = train.batch_per_gpu, train.effective_batch
     per_step = bpg * world_size
     if effective % per_step == 0:
         return BatchPlan(bpg, world_size, effective // per_step, effective, effective)
     if not allow_mismatch:
         divisors = [n for n in range(1, effective // bpg + 1) if effective % (bpg * n) == 0]
         raise TrainError(
-            f"experiment {exp['id']!r}: the paper's effective batch {effective} (batch {bpg} per GPU x "
-            f"{train['gpus']} GPUs) cannot be kept on {world_size} processes: {effective} is not a multiple of "
+            f"experiment {exp.id!r}: the paper's effective batch {effective} (batch {bpg} per GPU x "
+            f"{train.gpus} GPUs) cannot be kept on {world_size} processes: {effective} is not a multiple of "
             f"{bpg} x {world_size}. Use a process count in {divisors}, or pass --allow-batch-mismatch to train "
             f"with a different effective batch."
         )
@@ -187,41 +141,41 @@ def plan_batch(exp: Mapping[str, Any], world_size: int, allow_mismatch: bool = F
     return BatchPlan(bpg, world_size, accum, bpg * world_size * accum, effective)
 
 
-def val_due(exp: Mapping[str, Any], iteration: int) -> bool:
+def val_due(exp: Experiment, iteration: int) -> bool:
     """The official two-speed rule: every ``val_freq`` before ``val_milestone``, ``val_freq_final`` after."""
-    val = exp["val"]
-    freq = int(val["val_freq"]) if iteration < int(val["val_milestone"]) else int(val["val_freq_final"])
+    val = exp.val
+    freq = val.val_freq if iteration < val.val_milestone else val.val_freq_final
     return freq > 0 and iteration % freq == 0
 
 
-def init_weights_source(exp: Mapping[str, Any], opts: TrainOptions) -> tuple[Path | None, bool, str]:
+def init_weights_source(exp: Experiment, opts: TrainOptions) -> tuple[Path | None, bool, str]:
     """``(path, strict, note)`` of the weights the experiment starts from (``train.init_from``).
 
     ``--init-weights`` wins; otherwise ``results/trained/<scope>/weights/<init experiment>.pth``. For the T x3 quirk
     (docs/training.md) the official choice (S x2) is the default and ``--init-fix-t-x3`` takes the fixed one (T x2).
     """
-    init = exp["train"].get("init_from")
+    init = exp.train.init_from
     if opts.init_weights is not None:
-        strict = bool(init["strict"]) if init else True
+        strict = init.strict if init else True
         return Path(opts.init_weights), strict, f"--init-weights {opts.init_weights}"
     if not init:
         return None, True, "from scratch"
-    source = str(init["experiment"])
+    source = init.experiment
     note = f"initialised from {source}"
-    quirk = init.get("quirk")
+    quirk = init.quirk
     if quirk:
         if opts.init_fix_t_x3:
-            source = str(quirk["fixed"])
-            note = f"initialised from {source} (--init-fix-t-x3; the official yml uses {quirk['official']})"
+            source = quirk.fixed
+            note = f"initialised from {source} (--init-fix-t-x3; the official yml uses {quirk.official})"
         else:
             note = (
-                f"initialised from {source} as the official yml does (quirk: {quirk['fixed']} would be "
+                f"initialised from {source} as the official yml does (quirk: {quirk.fixed} would be "
                 f"the consistent choice; pass --init-fix-t-x3)"
             )
     elif opts.init_fix_t_x3:
-        warnings.warn(f"--init-fix-t-x3 has no effect on {exp['id']}", stacklevel=2)
+        warnings.warn(f"--init-fix-t-x3 has no effect on {exp.id}", stacklevel=2)
     path = Path(opts.results_dir) / opts.scope / "weights" / f"{source}.pth"
-    return path, bool(init["strict"]), note
+    return path, init.strict, note
 
 
 def latest_checkpoint(run_dir: Path) -> int | None:
@@ -253,12 +207,12 @@ def _git_commit() -> str:
         return "unknown"
 
 
-def default_workers(exp: Mapping[str, Any], device_type: str, local_world: int, cpus: int | None = None) -> int:
+def default_workers(exp: Experiment, device_type: str, local_world: int, cpus: int | None = None) -> int:
     """Data loader workers per process when ``--num-workers`` is not given: the experiment's
     ``num_workers_per_gpu`` on GPUs, at most the CPUs per process less one (at least 1); 0 on the CPU."""
     if device_type != "cuda":
         return 0
-    wanted = int(exp["train"]["num_workers_per_gpu"])
+    wanted = exp.train.num_workers_per_gpu
     available = max(1, (cpus or os.cpu_count() or 2) // max(1, local_world) - 1)
     return min(wanted, available)
 
@@ -270,7 +224,7 @@ def default_workers(exp: Mapping[str, Any], device_type: str, local_world: int, 
 class Preflight:
     """Everything checked before training: experiment, batch plan, datasets, initial weights."""
 
-    exp: dict[str, Any]
+    exp: Experiment
     plan: BatchPlan
     train_set: Dataset
     val_set: train_data.ValidationDataset | None
@@ -335,14 +289,14 @@ def preflight(opts: TrainOptions, world_size: int) -> Preflight:
     blocking = next((p for p in run_dir.parents if p.exists()), None)
     if blocking is not None and not blocking.is_dir():
         raise TrainError(f"run folder {run_dir} cannot be made: {blocking} is not a folder; choose another --run-dir")
-    exp = resolve_experiment(opts.experiment, opts.scope)
+    exp = load(opts.experiment, opts.scope)
     plan = plan_batch(exp, world_size, opts.allow_batch_mismatch)
     train_set = train_data.build_train_dataset(exp, opts.scope, opts.data_dir)
     train_data.check_patch_sizes(train_set)
-    sampler = EnlargedSampler(len(train_set), world_size, 0, int(exp["train"]["dataset_enlarge_ratio"]))
+    sampler = EnlargedSampler(len(train_set), world_size, 0, exp.train.dataset_enlarge_ratio)
     if sampler.num_samples < plan.batch_per_gpu:
         raise TrainError(
-            f"experiment {exp['id']!r}: {len(train_set)} training images x enlargement "
+            f"experiment {exp.id!r}: {len(train_set)} training images x enlargement "
             f"{sampler.ratio} give {sampler.num_samples} samples per process, fewer than one batch "
             f"of {plan.batch_per_gpu}"
         )
@@ -352,17 +306,17 @@ def preflight(opts: TrainOptions, world_size: int) -> Preflight:
         _check_run_config(run_dir, exp, opts)
     init_path, strict, note = init_weights_source(exp, opts)
     if init_path is not None and resumable is None and not init_path.is_file():
-        init = exp["train"].get("init_from") or {}
+        init = exp.train.init_from
         hint = (
-            f"train it first (`mair train {init.get('experiment')} --scope {opts.scope}`) or pass --init-weights PATH"
+            f"train it first (`mair train {init.experiment} --scope {opts.scope}`) or pass --init-weights PATH"
             if opts.init_weights is None and init
             else "check the path"
         )
-        raise TrainError(f"experiment {exp['id']!r} starts from weights {init_path}, which do not exist: {hint}")
+        raise TrainError(f"experiment {exp.id!r} starts from weights {init_path}, which do not exist: {hint}")
     return Preflight(exp, plan, train_set, val_set, init_path, strict, note, resumable)
 
 
-def _check_run_config(run_dir: Path, exp: Mapping[str, Any], opts: TrainOptions) -> None:
+def _check_run_config(run_dir: Path, exp: Experiment, opts: TrainOptions) -> None:
     config = run_dir / "config.yaml"
     if not config.is_file():
         return
@@ -371,9 +325,9 @@ def _check_run_config(run_dir: Path, exp: Mapping[str, Any], opts: TrainOptions)
     except (OSError, yaml.YAMLError):
         return
     run = saved.get("run") or {}
-    if run.get("experiment") not in (None, exp["id"]) or run.get("scope") not in (None, opts.scope):
+    if run.get("experiment") not in (None, exp.id) or run.get("scope") not in (None, opts.scope):
         raise TrainError(
-            f"{run_dir} holds a run of {run.get('experiment')!r} ({run.get('scope')} scope), not {exp['id']!r} "
+            f"{run_dir} holds a run of {run.get('experiment')!r} ({run.get('scope')} scope), not {exp.id!r} "
             f"({opts.scope}); choose another --run-dir or pass --no-resume"
         )
 
@@ -616,7 +570,7 @@ class Trainer:
     def __init__(self, opts: TrainOptions, env: DistEnv, pre: Preflight) -> None:
         self.opts, self.env, self.pre = opts, env, pre
         self.exp = pre.exp
-        self.train_cfg = pre.exp["train"]
+        self.train_cfg = pre.exp.train
         self.plan = pre.plan
         self.run_dir = opts.resolved_run_dir()
         self.stop_signal: int | None = None
@@ -650,32 +604,33 @@ class Trainer:
         self.control_group: Any = None
         if env.distributed:
             self._init_process_group()
-        seed = int(self.train_cfg["seed"])
+        seed = self.train_cfg.seed
         self.seed = seed
         _seed_all(seed + env.rank)  # before the model is built, as the official code
         from mair.models import from_official
 
-        net = from_official(self.exp["network"]["arch"], **self.exp["network"]["kwargs"]).to(self.device)
+        network = self.exp.network
+        net = from_official(network.arch, **network.constructor_kwargs()).to(self.device)
         self.net = self.runtime.prepare_model(net)
         params = [p for p in net.parameters() if p.requires_grad]
-        optim = self.train_cfg["optimizer"]
+        optim = self.train_cfg.optimizer
         kwargs = {
-            "lr": float(optim["lr"]),
-            "betas": tuple(float(b) for b in optim["betas"]),
-            "eps": float(optim.get("eps", 1e-8)),
-            "weight_decay": float(optim["weight_decay"]),
+            "lr": float(optim.lr),
+            "betas": tuple(float(b) for b in optim.betas),
+            "eps": float(optim.eps),
+            "weight_decay": float(optim.weight_decay),
         }
         kwargs.update(self.runtime.adam_kwargs())
-        if optim["type"] == "Adam":
+        if optim.type == "Adam":
             self.optimizer: torch.optim.Optimizer = torch.optim.Adam(params, **kwargs)
-        elif optim["type"] == "AdamW":
+        elif optim.type == "AdamW":
             self.optimizer = torch.optim.AdamW(params, **kwargs)
         else:
-            raise TrainError(f"unknown optimizer {optim['type']!r}")
+            raise TrainError(f"unknown optimizer {optim.type!r}")
         self.scheduler = build_scheduler(self.optimizer, self.exp)
-        self.loss_fn = build_loss(self.train_cfg["loss"])
+        self.loss_fn = build_loss(self.train_cfg.loss)
         self.sampler = EnlargedSampler(
-            len(self.pre.train_set), env.world_size, env.rank, int(self.train_cfg["dataset_enlarge_ratio"])
+            len(self.pre.train_set), env.world_size, env.rank, self.train_cfg.dataset_enlarge_ratio
         )
         workers = (
             opts.num_workers
@@ -758,8 +713,8 @@ class Trainer:
                 report = load_weights(self.net, self.pre.init_path, strict=self.pre.init_strict)
                 if not report.loaded:
                     raise CheckpointError(
-                        f"{self.pre.init_path}: no tensor fits {self.exp['network']['arch']} "
-                        f"of {self.exp['id']}; is it a checkpoint of another architecture?"
+                        f"{self.pre.init_path}: no tensor fits {self.exp.network.arch} "
+                        f"of {self.exp.id}; is it a checkpoint of another architecture?"
                     )
                 self.init_report = report.summary()
                 _log(f"{self.pre.init_note}: {self.init_report}", self.env)
@@ -775,7 +730,7 @@ class Trainer:
                 f"{state_path}: cannot read the training state ({error}); remove it to resume from "
                 f"an earlier checkpoint, or pass --no-resume"
             ) from None
-        if state.get("experiment") != self.exp["id"] or state.get("scope") != self.opts.scope:
+        if state.get("experiment") != self.exp.id or state.get("scope") != self.opts.scope:
             raise TrainError(
                 f"{state_path} belongs to {state.get('experiment')!r} ({state.get('scope')}); "
                 f"choose another --run-dir or pass --no-resume"
@@ -804,7 +759,7 @@ class Trainer:
         self.last_validation = int(state.get("last_validation", -1))
         self.last_checkpoint = resume_iter
         self.init_report = f"resumed from iteration {resume_iter}"
-        _log(f"resuming {self.exp['id']} from {weights_path} (iteration {resume_iter}, epoch {epoch})", self.env)
+        _log(f"resuming {self.exp.id} from {weights_path} (iteration {resume_iter}, epoch {epoch})", self.env)
         return resume_iter
 
     # -------------------------------------------------------------------------------------------- run files
@@ -820,7 +775,7 @@ class Trainer:
         from mair.models.scan import describe_backend_choice
 
         return {
-            "experiment": self.exp["id"],
+            "experiment": self.exp.id,
             "scope": self.opts.scope,
             "launcher": self.env.launcher,
             "world_size": self.env.world_size,
@@ -829,14 +784,14 @@ class Trainer:
             "accum": self.plan.accum,
             "effective_batch": self.plan.effective_batch,
             "paper_effective_batch": self.plan.paper_effective_batch,
-            "paper_gpus": int(self.exp["paper_gpus"]),
+            "paper_gpus": self.exp.paper_gpus,
             "precision": self.runtime.precision,
             "compile": self.runtime.compile_backend,
             "compile_mode": self.runtime.compile_mode,
             "runtime": self.runtime.as_dict(),
             "num_workers": self.num_workers,
             "max_iters": self.opts.max_iters,
-            "total_iter": int(self.train_cfg["total_iter"]),
+            "total_iter": self.train_cfg.total_iter,
             "checkpoint_every": self.checkpoint_every,
             "keep": self.opts.keep,
             "seed": self.seed,
@@ -850,7 +805,7 @@ class Trainer:
         }
 
     def _write_config(self, info: Mapping[str, Any]) -> None:
-        text = yaml.safe_dump({"run": dict(info), "experiment": self.exp}, sort_keys=False)
+        text = yaml.safe_dump({"run": dict(info), "experiment": self.exp.to_dict()}, sort_keys=False)
         atomic_write_text(self.run_dir / "config.yaml", text)
 
     def _start_tracking(self, info: Mapping[str, Any]) -> None:
@@ -868,7 +823,7 @@ class Trainer:
                     previous = saved.get("run_id")
         tags = {
             "mair.kind": "training",
-            "mair.experiment": self.exp["id"],
+            "mair.experiment": self.exp.id,
             "mair.scope": self.opts.scope,
             "mair.git_commit": info["git_commit"],
             "mair.world_size": info["world_size"],
@@ -879,14 +834,14 @@ class Trainer:
             "mair.run_dir": str(self.run_dir.absolute()),
             **tracking.runtime_tags(info["runtime"]),
         }
-        name = tracking.mlflow_experiment_name(self.opts.scope, self.exp["id"])
-        run_id = self.tracker.start(name, f"train {self.exp['id']}", tags, run_id=previous, source="mair train")
+        name = tracking.mlflow_experiment_name(self.opts.scope, self.exp.id)
+        run_id = self.tracker.start(name, f"train {self.exp.id}", tags, run_id=previous, source="mair train")
         if run_id is None:
             return
         atomic_write_json(record, {"run_id": run_id, "tracking_uri": self.tracker.uri, "experiment": name})
         exp_params = {
             k: v
-            for k, v in self.exp.items()
+            for k, v in self.exp.to_dict().items()
             if k in ("id", "scope", "task", "scale", "network", "train", "val", "paper_gpus")
         }
         params = tracking.flatten_params(exp_params)
@@ -942,8 +897,8 @@ class Trainer:
 
     def _train_step(self, iteration: int) -> torch.Tensor:
         train = self.train_cfg
-        prog, mix = train.get("progressive"), train.get("mixup")
-        mini, patch = progressive_stage(prog, iteration, self.plan.batch_per_gpu, int(train["patch"]["gt_size"]))
+        prog, mix = train.progressive, train.mixup
+        mini, patch = progressive_stage(prog, iteration, self.plan.batch_per_gpu, train.patch.gt_size)
         accum = self.plan.accum
         ddp = self.env.distributed  # self.model is the DDP wrapper, or a compiled module around it
         self.optimizer.zero_grad(set_to_none=True)
@@ -957,7 +912,7 @@ class Trainer:
                 if prog:
                     lq, gt = progressive_crop(lq, gt, mini, patch, rng)
                 if mix:
-                    lq, gt = mixup(lq, gt, float(mix["beta"]), bool(mix["use_identity"]), rng)
+                    lq, gt = mixup(lq, gt, float(mix.beta), mix.use_identity, rng)
             sync = self.model.no_sync() if ddp and micro < accum - 1 else contextlib.nullcontext()
             if self.cuda_graphs:  # a new step for CUDA-graph replay: earlier outputs may be overwritten
                 torch.compiler.cudagraph_mark_step_begin()
@@ -967,7 +922,7 @@ class Trainer:
                 loss = self.loss_fn(out.float(), gt)
                 (loss / accum).backward()
             total += loss.detach()
-        clip = train.get("grad_clip")
+        clip = train.grad_clip
         if clip:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(clip))
         self.optimizer.step()
@@ -987,9 +942,9 @@ class Trainer:
             save_checkpoint_file(self.run_dir / "models" / f"net_g_{iteration}.pth", weights_payload(self.net))
             state = {
                 "format": STATE_FORMAT,
-                "experiment": self.exp["id"],
+                "experiment": self.exp.id,
                 "scope": self.opts.scope,
-                "arch": self.exp["network"]["arch"],
+                "arch": self.exp.network.arch,
                 "iter": iteration,
                 "epoch": self.stream.epoch,
                 "position": self.stream.position,
@@ -1028,11 +983,10 @@ class Trainer:
         from mair.evaluate import metrics as m
         from mair.evaluate.protocol import official_tile_forward, pad_forward, tensor2img
 
-        val = self.exp["val"]
-        cfg = val["metrics"]
-        crop, y, use_image = int(cfg["crop_border"]), bool(cfg["test_y_channel"]), bool(cfg["use_image"])
-        rgb2bgr = bool(cfg["rgb2bgr"])
-        unet = get_task(self.exp["task"]).metrics == "realdenoising"
+        val = self.exp.val
+        cfg = val.metrics
+        crop, y, use_image, rgb2bgr = cfg.crop_border, cfg.test_y_channel, cfg.use_image, cfg.rgb2bgr
+        unet = get_task(self.exp.task).metrics == "realdenoising"
         net = self.net
         net.eval()
         psnrs, ssims = [], []
@@ -1041,7 +995,7 @@ class Trainer:
                 item = self.pre.val_set[i]
                 lq = item["lq"][None].to(self.device)
                 with self._autocast():
-                    out = official_tile_forward(net, lq) if val["protocol"] == "tile" else pad_forward(net, lq, 8)
+                    out = official_tile_forward(net, lq) if val.protocol == "tile" else pad_forward(net, lq, 8)
                 out = out.float()
                 gt = item["gt"]
                 if not unet:
@@ -1059,7 +1013,7 @@ class Trainer:
                     ssims.append(m.calculate_ssim_float(out_f, gt_f, crop, y))
         net.train()
         psnr, ssim = float(np.mean(psnrs)), float(np.mean(ssims))
-        dataset = str(val["dataset"]["id"])
+        dataset = val.dataset.id
         self.val_log.write(iteration, dataset, psnr, ssim)
         _log(f"iter {iteration}: validation on {dataset}: PSNR {psnr:.4f} dB, SSIM {ssim:.4f}", self.env)
         metrics = {"val_psnr": psnr, "val_ssim": ssim}
@@ -1076,10 +1030,10 @@ class Trainer:
 
     def run(self) -> TrainResult:
         opts, env = self.opts, self.env
-        total_iter = int(self.train_cfg["total_iter"])
+        total_iter = self.train_cfg.total_iter
         stop_at = min(total_iter, opts.max_iters) if opts.max_iters else total_iter
-        self.checkpoint_every = int(opts.checkpoint_every or self.train_cfg["checkpoint_freq"])
-        log_every = int(opts.log_every or self.train_cfg["print_freq"])
+        settings = overridden(self.exp, opts).train  # --checkpoint-every, --log-every
+        self.checkpoint_every, log_every = settings.checkpoint_freq, settings.print_freq
         self.started = time.monotonic()
         if env.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -1088,7 +1042,7 @@ class Trainer:
             self._write_config(info)
             self._start_tracking(info)
             _log(
-                f"{self.exp['id']} ({opts.scope}): {env.world_size} process(es) on {self.device.type}, batch "
+                f"{self.exp.id} ({opts.scope}): {env.world_size} process(es) on {self.device.type}, batch "
                 f"{self.plan.batch_per_gpu} x {env.world_size} x accumulation {self.plan.accum} = "
                 f"{self.plan.effective_batch} (paper {self.plan.paper_effective_batch}); iterations "
                 f"{self.start_iter + 1}..{stop_at} of {total_iter}; {info['scan_backend']}",
@@ -1195,16 +1149,16 @@ class Trainer:
             if iteration == total_iter:
                 from mair.models.checkpoint import weights_payload
 
-                weights = Path(self.opts.results_dir) / self.opts.scope / "weights" / f"{self.exp['id']}.pth"
+                weights = Path(self.opts.results_dir) / self.opts.scope / "weights" / f"{self.exp.id}.pth"
                 save_checkpoint_file(weights, weights_payload(self.net))
-                _log(f"finished {self.exp['id']} at iteration {iteration}; final weights: {weights}", self.env)
+                _log(f"finished {self.exp.id} at iteration {iteration}; final weights: {weights}", self.env)
                 if self.tracker is not None:
                     self.tracker.log_artifact(weights)
                     self.tracker.log_model(
                         weights,
-                        self.exp["id"],
+                        self.exp.id,
                         files=[self.run_dir / "config.yaml"],
-                        params={"experiment": self.exp["id"], "scope": self.opts.scope, "iterations": iteration},
+                        params={"experiment": self.exp.id, "scope": self.opts.scope, "iterations": iteration},
                         step=iteration,
                     )
             else:

@@ -81,15 +81,12 @@ def _shapes(experiment: str, scope: str) -> dict[str, tuple[int, ...]]:
     """``{state_dict key: shape}`` of an experiment's network at ``scope`` (built once on the CPU, cached)."""
     import torch
 
-    from mair.experiments import demo_experiment, load_experiment
+    from mair.experiments import load
     from mair.models import from_official
 
-    exp = load_experiment(experiment)
-    if scope == "demo":
-        exp = demo_experiment(exp)
-    net = exp["network"]
+    net = load(experiment, scope).network
     with torch.no_grad():
-        model = from_official(net["arch"], **net["kwargs"])
+        model = from_official(net.arch, **net.constructor_kwargs())
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 

@@ -1,8 +1,6 @@
-"""Paper experiments as data: ``params/experiments/<id>.yaml``, validated against ``params/schema``.
+"""Reading experiment files: where ``params/`` is, YAML without duplicate keys, the JSON schema and the
+cross-field rules, and :func:`load`, the one loader of an experiment at a scope.
 
-Each file holds everything the official train and test ymls held, in explicit form (see docs/experiments.md).
-:func:`load_experiment` returns a validated plain dict; :func:`demo_experiment` applies the demo-scale
-overrides.
 Errors are :class:`ExperimentError` with a message naming the file and the JSON path of the problem.
 """
 
@@ -19,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from mair.experiments.spec import Experiment, from_document
 from mair.tasks import FAMILIES, TASKS
 
 #: The paper's experiments in paper order; :func:`experiment_ids` lists files in this order first.
@@ -81,7 +80,7 @@ def params_dir() -> Path:
     here = enclosing_checkout()
     if here is not None:
         return here / "params"
-    package = Path(__file__).resolve().parent
+    package = Path(__file__).resolve().parents[1]
     checkout = package.parent / "params"
     if (checkout / "experiments").is_dir():
         return checkout
@@ -347,8 +346,22 @@ def _is_path(id_or_path: str | os.PathLike[str]) -> bool:
     return id_or_path.endswith((".yaml", ".yml")) or "/" in id_or_path or os.sep in id_or_path
 
 
-def load_experiment(id_or_path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Load and validate an experiment by id (``params/experiments/<id>.yaml``) or by file path."""
+SCOPES = ("paper", "demo")
+
+
+def load(id_or_path: str | os.PathLike[str], scope: str = "paper") -> Experiment:
+    """The experiment ``id_or_path`` (an id of ``params/experiments/<id>.yaml``, or a file path) at ``scope``:
+    validated, and for ``demo`` with its demo block applied (small network, few iterations)."""
+    if scope not in SCOPES:
+        raise ExperimentError(f"unknown scope {scope!r}; expected paper or demo")
+    doc = read_document(id_or_path)
+    if scope == "demo":
+        doc = _demo_document(doc)
+    return from_document(doc)
+
+
+def read_document(id_or_path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The validated paper-scope document of an experiment file, as a plain dict (see :func:`load`)."""
     if _is_path(id_or_path):
         path = Path(id_or_path)
         if not path.is_file():
@@ -374,12 +387,8 @@ def load_experiment(id_or_path: str | os.PathLike[str]) -> dict[str, Any]:
     return doc
 
 
-def demo_experiment(exp: dict[str, Any]) -> dict[str, Any]:
-    """The experiment at demo scale: its ``demo`` block applied, ``scope: demo``, paper complexity cleared."""
-    if exp.get("scope") != "paper" or not exp.get("demo"):
-        raise ExperimentError(
-            f"experiment {exp.get('id')!r}: demo_experiment needs a paper-scope experiment with a demo block"
-        )
+def _demo_document(exp: dict[str, Any]) -> dict[str, Any]:
+    """The document at demo scale: its ``demo`` block applied, ``scope: demo``, paper complexity cleared."""
     out = copy.deepcopy(exp)
     demo = out.pop("demo")
     out["scope"] = "demo"
