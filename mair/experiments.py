@@ -19,6 +19,8 @@ from typing import Any
 
 import yaml
 
+from mair.runtime import switches
+
 #: The paper's experiments in paper order; :func:`experiment_ids` lists files in this order first.
 PAPER_ORDER: tuple[str, ...] = (
     "sr_classic_x2",
@@ -79,7 +81,7 @@ def params_dir() -> Path:
 
     With one environment and several checkouts, each checkout's commands read that checkout's experiments.
     """
-    env = os.environ.get("MAIR_PARAMS_DIR")
+    env = switches.get("MAIR_PARAMS_DIR")
     if env:
         path = Path(env).expanduser()
         if not path.is_dir():

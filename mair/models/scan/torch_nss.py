@@ -20,23 +20,20 @@ so they cannot change a real output; they read position 0 and are written to a d
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mair.runtime import switches
+
 from .torch_backend import _WORKSPACE, _forward_scan, default_chunk_size
 
 BLOCK_ENV = "MAIR_SCAN_CPU_BLOCK_MB"
-DEFAULT_BLOCK_MB = 32.0
 
 
 def _block_bytes() -> int:
-    try:
-        return max(1, int(float(os.environ.get(BLOCK_ENV, DEFAULT_BLOCK_MB)) * 2**20))
-    except ValueError:
-        return int(DEFAULT_BLOCK_MB * 2**20)
+    return max(1, int(switches.get(BLOCK_ENV) * 2**20))
 
 
 def chunked_order(ids: Tensor, size: int) -> tuple[Tensor, Tensor, int]:
