@@ -26,13 +26,16 @@ __all__ = [
     "Switch",
     "SwitchError",
     "child_environ",
+    "format_value",
     "get",
     "markdown_table",
     "override",
+    "parse_size",
     "report",
     "reset",
     "set_values",
     "source",
+    "switch",
 ]
 
 DOCS = "docs/switches.md"

@@ -12,7 +12,7 @@ so one ``index_select`` with the index ``ids[k, c·T + t]`` laid out as ``(t, k,
 straight into the chunked layout, and one ``index_copy_`` writes the outputs straight back to raster order.
 
 Channels are independent in the scan, so the recurrence runs over blocks of channels whose state buffers fit
-in ``$MAIR_SCAN_CPU_BLOCK_MB`` (default 32 MiB): memory stays bounded for large inputs and the working set
+in ``$MAIR_SCAN_CPU_BLOCK_MB`` (docs/switches.md): memory stays bounded for large inputs and the working set
 stays in cache. Padding steps at the end of a sequence (when T does not divide L) come after every real step,
 so they cannot change a real output; they read position 0 and are written to a discarded row.
 """
