@@ -39,11 +39,11 @@ def main() -> None:
     with torch.inference_mode():
         for _ in range(args.repeat + 1):  # the first round warms up and is dropped
             for name in times:
-                VMM.torch_inference_fused = name == "fused"
+                VMM.fold_scan_order = name == "fused"
                 start = time.perf_counter()
                 outputs[name] = model(x)
                 times[name].append(time.perf_counter() - start)
-    VMM.torch_inference_fused = True
+    VMM.fold_scan_order = True
     diff = (outputs["fused"] - outputs["gathered"]).abs().max().item()
     print(
         f"{args.experiment} 1x3x{args.size}x{args.size}, torch {torch.__version__}, {torch.get_num_threads()} "

@@ -10,7 +10,6 @@ ran it (``nn.Conv2d`` on the (B, D, H, W) view of in_proj's strided half) agains
 from __future__ import annotations
 
 import argparse
-import os
 from collections.abc import Callable
 
 import torch
@@ -18,6 +17,7 @@ import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
 from mair.models.dwconv import depthwise_conv2d, depthwise_conv2d_reference
+from mair.runtime import switches
 
 # (name, batch, height, width, channels): classic SR x2 train, MaIR-T x4 and MaIR-S x4 train, colour DN train,
 # classic SR x2 inference
@@ -106,11 +106,10 @@ def main() -> None:
             print(f"{spec}: {time_shape(batch, height, width, channels, args.repeat)}", flush=True)
             continue
         for tiles in args.tiles:
-            os.environ["MAIR_DWCONV_TILES"] = tiles
             x, weight, bias, grad = operands(batch, height, width, channels)
-            print(
-                f"{spec} tiles {tiles}: {time_conv(depthwise_conv2d, x, weight, bias, grad, args.repeat)}", flush=True
-            )
+            with switches.override(dwconv_tiles=tiles):
+                timing = time_conv(depthwise_conv2d, x, weight, bias, grad, args.repeat)
+            print(f"{spec} tiles {tiles}: {timing}", flush=True)
 
 
 if __name__ == "__main__":

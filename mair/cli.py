@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from mair import __version__
 from mair.common.errors import CommandError
+from mair.runtime.switches import SwitchError
 
 # Modules that each provide ``register(subparsers: argparse._SubParsersAction) -> None``.
 COMMAND_MODULES: tuple[str, ...] = (
@@ -42,7 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         result = args.handler(args)
-    except CommandError as error:
+    except (CommandError, SwitchError) as error:
         print(f"mair {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -162,44 +162,24 @@ def _err(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-
-
-def parse_size(text: str) -> int:
-    """``"500G"`` -> bytes (K, M, G, T are powers of 1024; ``KiB``/``KB`` spellings accepted); ValueError else."""
-    import re
-
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*", text, re.IGNORECASE)
-    if not match:
-        raise ValueError(text)
-    return int(float(match.group(1)) * _UNITS[match.group(2).upper()])
-
-
 def _limits(args: argparse.Namespace) -> Any:
-    """The extraction limits from ``--max-extract-size``/``--max-members`` (or their environment variables)."""
-    import os
-
+    """The extraction limits from ``--max-extract-size``/``--max-members``, else their switches."""
     from mair.data.extract import DEFAULT_MAX_MEMBERS, ExtractLimits
+    from mair.runtime import switches
 
-    size = args.max_extract_size or os.environ.get("MAIR_MAX_EXTRACT_SIZE")
-    members = args.max_members or os.environ.get("MAIR_MAX_EXTRACT_MEMBERS")
-    try:
-        max_bytes = parse_size(size) if size else None
-        if max_bytes is not None and max_bytes <= 0:
-            raise ValueError(size)
-    except ValueError:
-        raise CommandError(
-            f"--max-extract-size (or $MAIR_MAX_EXTRACT_SIZE): expected a size such as 800M or 500G, got {size!r}"
-        ) from None
-    try:
-        max_members = int(members) if members else DEFAULT_MAX_MEMBERS
-        if max_members <= 0:
-            raise ValueError(members)
-    except ValueError:
-        raise CommandError(
-            f"--max-members (or $MAIR_MAX_EXTRACT_MEMBERS): expected a positive whole number, got {members!r}"
-        ) from None
-    return ExtractLimits(max_bytes=max_bytes, max_members=max_members)
+    def option(flag: str, text: str | None, name: str) -> Any:
+        """The flag's value checked as its switch's would be, else the switch's value."""
+        sw = switches.switch(name)
+        try:
+            return switches.get(name) if not text else sw.read(text)
+        except switches.SwitchError as error:
+            if not text:
+                raise CommandError(str(error)) from None
+            raise CommandError(f"{flag} (or ${sw.var}): expected {sw.expected}, got {text!r}") from None
+
+    max_bytes = option("--max-extract-size", args.max_extract_size, "MAIR_MAX_EXTRACT_SIZE")
+    members = option("--max-members", args.max_members, "MAIR_MAX_EXTRACT_MEMBERS")
+    return ExtractLimits(max_bytes=max_bytes, max_members=members or DEFAULT_MAX_MEMBERS)
 
 
 def _extract_error(dataset_id: str, error: Exception) -> str:

@@ -35,12 +35,13 @@ from typing import Any
 
 from mair import __version__
 from mair.common.atomic import _fsync_dir, atomic_write_json, make_temp_file
+from mair.common.errors import DownloadError
 from mair.data.catalog import DEFAULT_SOURCE, Catalog, Dataset, FileSpec, Source, infer_format
 from mair.data.extract import ExtractLimits, extract_dataset, read_marker
 from mair.data.gdrive import download_drive_file
-from mair.common.errors import DownloadError
 from mair.data.lockfile import LockBusyError, LockFile, file_lock, is_reference, new_entry, provenance
 from mair.data.paths import PathLike, extracted_dir, lock_path, raw_dir
+from mair.runtime import switches
 
 _RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
 _HASH_BUFFER = 1 << 20
@@ -92,7 +93,10 @@ class DownloadOptions:
 
     def resolved_mirror(self) -> str | None:
         """``mirror`` or ``$MAIR_DATA_MIRROR`` (None when neither is set)."""
-        return (self.mirror or os.environ.get("MAIR_DATA_MIRROR") or "").rstrip("/") or None
+        if self.mirror:
+            return self.mirror.rstrip("/") or None
+        mirror: str | None = switches.get("MAIR_DATA_MIRROR")
+        return mirror
 
     def show_progress(self) -> bool:
         """Whether to draw a progress bar."""

@@ -11,6 +11,8 @@ import os
 import re
 from pathlib import Path
 
+from mair.runtime import switches
+
 SCOPES: tuple[str, ...] = ("paper", "demo")
 PREPARED_MARKER = ".prepared.json"
 EXTRACTED_MARKER = ".extracted.json"
@@ -31,7 +33,7 @@ def check_dataset_id(dataset_id: str) -> str:
 def data_dir(root: PathLike | None = None) -> Path:
     """The data root: ``root`` if given, else ``$MAIR_DATA_DIR``, else ``./data`` (absolute)."""
     if root is None:
-        root = os.environ.get("MAIR_DATA_DIR") or "data"
+        root = switches.get("MAIR_DATA_DIR") or "data"
     return Path(root).expanduser().absolute()
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from mair.experiments.spec import Experiment, from_document
+from mair.runtime import switches
 from mair.tasks import FAMILIES, TASKS
 
 #: The paper's experiments in paper order; :func:`experiment_ids` lists files in this order first.
@@ -71,7 +72,7 @@ def params_dir() -> Path:
 
     With one environment and several checkouts, each checkout's commands read that checkout's experiments.
     """
-    env = os.environ.get("MAIR_PARAMS_DIR")
+    env = switches.get("MAIR_PARAMS_DIR")
     if env:
         path = Path(env).expanduser()
         if not path.is_dir():

@@ -9,28 +9,38 @@ products (einsum) rather than the official grouped conv1d, which computes the sa
 from __future__ import annotations
 
 import math
-import os
 import sys
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from mair.models.scan import resolve_backend, selective_scan
+from mair.models.scan import selective_scan
 from mair.models.scan.nss_gated import gated_sum, ssa_gate
+from mair.models.scan.registry import VmmPlan, scan_function, vmm_plan
+from mair.runtime import switches
 
 
 def _custom_ops():
     """The custom-op module when the torch.compile switch is on, else None.
 
     Registering torch custom ops imports torch._dynamo (over a second), so the module is imported only when
-    ``$MAIR_SCAN_CUSTOM_OP`` asks for it or someone already imported it to call ``enable``."""
+    the ``MAIR_SCAN_CUSTOM_OP`` switch asks for it or someone already imported it to call ``enable``."""
     module = sys.modules.get("mair.models.scan.custom_ops")
-    if module is None and os.environ.get("MAIR_SCAN_CUSTOM_OP", "0") not in ("", "0"):
+    if module is None and switches.get("MAIR_SCAN_CUSTOM_OP"):
         from mair.models.scan import custom_ops as module
     return module if module is not None and module.is_enabled() else None
+
+
+def _scan_function(loader: str, ops: Any) -> Callable[..., Tensor]:
+    """The fused scan a plan names: its custom op when the ops are on (an attribute of the ops module, which
+    ``torch.compile`` reads as a constant), else the eager function."""
+    if ops is not None:
+        return getattr(ops, loader.rsplit(":", 1)[1])
+    return scan_function(loader)
 
 
 NUM_SCANS = 4  # K: the four NSS sequences
@@ -130,25 +140,29 @@ class VMM(nn.Module):
     through the selective scan, un-scan, SSA gating and sum, out_norm * SiLU(z), out_proj
     (docs/networks.md "The VMM block")."""
 
-    #: Without autograd, the ``torch`` backend runs the NSS order folded into its chunked layout
-    #: (``scan.torch_nss``; about 2x faster on the CPU). False: the gathered path, as in training.
-    torch_inference_fused: bool = True
+    # Which fused paths run is the chosen backend's answer (``mair.models.scan.registry.Fusions``, printed by
+    # ``mair info --runtime``); the switches below only turn one off, to compare it with the plain path.
+
+    #: Take the backend's scan that reads the NSS orders itself when it offers one (the Triton scan; the torch
+    #: scan without autograd, its order folded into the chunked layout, about 2x faster on the CPU). False: the
+    #: gathered path (the four orders copied, ``selective_scan``, inverse gathers), the reference.
+    fold_scan_order: bool = True
     #: In training (eager or compiled), ``out_proj(out_norm(y) * SiLU(z))`` is recomputed in the backward from y
     #: and z (which are kept anyway) instead of keeping the norm's output, SiLU(z) and out_proj's input: three
     #: (B, L, D) maps less per block, about 2.4 GiB per classic SR x2 step, for three element-wise kernels and one
     #: matrix product more (docs/benchmarks.md). Compiled graphs recompute it too (Inductor honours the checkpoint):
     #: the compiled SR x2 step drops from 11.6 to 8.0 GiB with both regions, at the same speed.
     recompute_output_stage: bool = True
-    #: With the Triton scan, the SSA gate and the sum over the four scans run inside the scan op
+    #: Where the backend offers it (Triton), the SSA gate and the sum over the four scans run inside the scan op
     #: (``mair.models.scan.nss_gated``), which keeps the chunk states instead of the four scan outputs for the
     #: backward and recomputes what the gate's gradient needs from them: 90 MiB less per classic SR block,
     #: 3.2 GiB per SR x2 step, for one parallel pass over the chunks in the backward (docs/benchmarks.md).
     #: False: the scan op returns the four outputs and the gate and sum are separate autograd steps.
     fuse_gate: bool = True
-    #: With the Triton scan, the depthwise convolution runs as a Triton op on the (B, H, W, D) token layout
-    #: (``mair.models.dwconv``): no permutes, no cuDNN layout transforms, and a weight gradient that is one pass
-    #: instead of cuDNN's implicit-GEMM kernel (docs/benchmarks.md, "What makes the path fast"). False:
-    #: ``nn.Conv2d`` (cuDNN).
+    #: Where the backend offers it (Triton), the depthwise convolution runs as a Triton op on the (B, H, W, D)
+    #: token layout (``mair.models.dwconv``): no permutes, no cuDNN layout transforms, and a weight gradient that
+    #: is one pass instead of cuDNN's implicit-GEMM kernel (docs/benchmarks.md, "What makes the path fast").
+    #: False: ``nn.Conv2d`` (cuDNN).
     triton_conv: bool = True
 
     def __init__(self, d_model: int, d_state: int = 16, ssm_ratio: float = 2.0, d_conv: int = 3) -> None:
@@ -179,23 +193,17 @@ class VMM(nn.Module):
         batch, height, width, _ = x.shape
         x, z = self.in_proj(x).chunk(2, dim=-1)
         ops = _custom_ops()
-        resolve = ops.resolved_backend if ops is not None else resolve_backend
-        backend = resolve(self.scan_backend, x.device)
-        if backend == "triton" and self.triton_conv:
+        plan_for = ops.vmm_plan if ops is not None else vmm_plan
+        plan = plan_for(self.scan_backend, x.device, torch.is_grad_enabled(), ops is not None)  # the backend decides
+        if not (plan.nss_order and self.fold_scan_order):
+            y = self._scan_gathered(self.act(self.conv2d(x.permute(0, 3, 1, 2))), ids)  # conv on (B, D, H, W)
+        elif plan.token_conv and self.triton_conv:
             from mair.models.dwconv import depthwise_conv2d
 
             raster = self.act(depthwise_conv2d(x, self.conv2d.weight, self.conv2d.bias))  # (B, H, W, D) dense
-            y = self._scan_fused(raster.view(batch, height * width, self.d_inner), ids[0])
+            y = self._scan_fused(raster.view(batch, height * width, self.d_inner), ids[0], plan, ops)
         else:
-            x = self.act(self.conv2d(x.permute(0, 3, 1, 2)))  # (B, D, H, W)
-            if backend == "triton":
-                y = self._scan_fused(_raster(x), ids[0])
-            elif backend == "torch" and ops is None and self.torch_inference_fused and not torch.is_grad_enabled():
-                from mair.models.scan.torch_nss import nss_scan_torch
-
-                y = self._scan_fused(_raster(x), ids[0], nss_scan_torch)  # inference: order folded into the chunks
-            else:
-                y = self._scan_gathered(x, ids)
+            y = self._scan_fused(_raster(self.act(self.conv2d(x.permute(0, 3, 1, 2)))), ids[0], plan, ops)
         y = y.view(batch, height, width, self.d_inner)
         return _stage(self.recompute_output_stage, self._output_stage, y, z)
 
@@ -233,41 +241,26 @@ class VMM(nn.Module):
         gate = self.gating.gate(ys.mean(dim=3))  # (B, K, D)
         return torch.einsum("bkd,bkdl->bld", gate.to(ys.dtype), ys)
 
-    def _scan_fused(self, raster: Tensor, scan_ids: Tensor, scan_fn: Callable[..., Tensor] | None = None) -> Tensor:
+    def _scan_fused(self, raster: Tensor, scan_ids: Tensor, plan: VmmPlan, ops: Any) -> Tensor:
         """The same computation on the raster map (B, L, D) with the scan order fused into the scan: projections
         stay in raster order (they act per position), the scan reads through ``scan_ids`` and writes back in
-        raster order, so no permuted copies or inverse gathers exist. ``scan_fn``: the Triton ``nss_scan``
-        (default) or the inference-only ``torch_nss.nss_scan_torch``. Returns (B, L, D)."""
-        from mair.models.scan.nss_gated import nss_scan_gated
-        from mair.models.scan.triton_backend import nss_scan
-
+        raster order, so no permuted copies or inverse gathers exist. ``plan``: the backend's fused scans (the
+        Triton ``nss_scan`` and ``nss_scan_gated``, or the inference-only ``torch_nss.nss_scan_torch``) and what
+        they take over; ``ops``: the custom-op module when the ops are on. Returns (B, L, D)."""
         x_dbl = torch.einsum("bld,kcd->bklc", raster, self.x_proj_weight)  # (B, K, L, R+2N)
         dts, bs, cs = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=3)
         A, Ds, dt_bias = -torch.exp(self.A_logs.float()), self.Ds.float(), self.dt_projs_bias.float().reshape(-1)
-        if scan_fn is None:  # Triton: Δ projected inside the op, so only its R-channel input is kept for backward
-            ops = _custom_ops()
-            if self.fuse_gate:  # and the gate and sum too, so the four outputs are not kept either
-                gated = ops.nss_scan_gated if ops is not None else nss_scan_gated
-                return gated(
-                    raster,
-                    dts,
-                    A,
-                    bs,
-                    cs,
-                    Ds,
-                    dt_bias,
-                    scan_ids,
-                    True,
-                    self.dt_projs_weight,
-                    *self.gating.gate_parameters(),
-                )
-            fused = ops.nss_scan if ops is not None else nss_scan
-            ys = fused(
-                raster, dts, A, bs, cs, Ds, dt_bias, scan_ids, delta_softplus=True, delta_weight=self.dt_projs_weight
-            )  # (B, K, L, D)
-        else:
+        # Δ projected inside the op where the backend can: only its R-channel input is then kept for the backward
+        weight = self.dt_projs_weight if plan.delta_in_op else None
+        if weight is None:
             dts = torch.einsum("bklr,kdr->bkld", dts, self.dt_projs_weight)
-            ys = scan_fn(raster, dts, A, bs, cs, Ds, dt_bias, scan_ids, delta_softplus=True)
+        if plan.nss_scan_gated is not None and self.fuse_gate:  # the gate and sum in the op: no four outputs kept
+            gated = _scan_function(plan.nss_scan_gated, ops)
+            return gated(raster, dts, A, bs, cs, Ds, dt_bias, scan_ids, True, weight, *self.gating.gate_parameters())
+        assert plan.nss_scan is not None
+        scan = _scan_function(plan.nss_scan, ops)
+        low_rank = {"delta_weight": weight} if weight is not None else {}
+        ys = scan(raster, dts, A, bs, cs, Ds, dt_bias, scan_ids, delta_softplus=True, **low_rank)  # (B, K, L, D)
         # Σ_k gate_k · y_k (on the CPU an einsum's copy of ys into (B, D, L, K) cost as much as the scan's gathers)
         return gated_sum(ys, self.gating.gate(ys.float().mean(dim=2)))
 

@@ -1,4 +1,6 @@
-"""``mair info <experiment> [--input-size HxW] [--demo]``: parameters and FLOPs of an experiment's network.
+"""``mair info <experiment> [--input-size HxW] [--demo]``: parameters and FLOPs of an experiment's network;
+``mair info --runtime [--device D] [--exact] [--json]``: what runs on this machine and why
+(:mod:`mair.runtime.info`).
 
 Prints JSON with the counts (paper convention, :mod:`mair.models.flops`) beside the experiment's
 ``complexity`` values (docs/experiments.md "Complexity: `mair info`").
@@ -22,11 +24,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``info`` command."""
     parser = subparsers.add_parser(
         "info",
-        help="parameters and FLOPs of an experiment's network",
+        help="parameters and FLOPs of an experiment's network; --runtime: what runs on this machine",
         description="Build the experiment's network (no weights, no data) and print its parameter count and "
-        "FLOPs (fvcore convention of the paper: one per multiply-add) as JSON, beside the expected values.",
+        "FLOPs (fvcore convention of the paper: one per multiply-add) as JSON, beside the expected values. "
+        "With --runtime instead: every MAIR_* switch with its value and source, and for training and inference "
+        "the scan backend (and why), precision, compile mode, Adam and the fused paths the VMM takes.",
     )
-    parser.add_argument("experiment", help="experiment id (see params/experiments) or path to its YAML file")
+    parser.add_argument("experiment", nargs="?", help="experiment id (see params/experiments) or path to its YAML file")
+    parser.add_argument("--runtime", action="store_true", help="what runs on this machine and why (no experiment)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), help="with --runtime: the device (default: cuda if seen)")
+    parser.add_argument("--exact", action="store_true", help="with --runtime: the --exact path")
+    parser.add_argument("--json", action="store_true", help="with --runtime: JSON instead of text")
     parser.add_argument(
         "--input-size",
         metavar="HxW",
@@ -123,6 +131,8 @@ def run_info(args: argparse.Namespace) -> int:
     from mair.cli import CommandError
     from mair.experiments import ExperimentError, load
 
+    if args.runtime or args.experiment is None:
+        return run_runtime_info(args)
     size = parse_size(args.input_size) if args.input_size is not None else None
     try:
         exp = load(args.experiment, "demo" if args.demo else "paper")
@@ -133,4 +143,18 @@ def run_info(args: argparse.Namespace) -> int:
     except (ValueError, RuntimeError) as error:
         raise CommandError(f"cannot count {exp.id} at {size}: {error}") from error
     print(json.dumps(info, indent=2))
+    return 0
+
+
+def run_runtime_info(args: argparse.Namespace) -> int:
+    """``mair info --runtime``: the report of :mod:`mair.runtime.info`, as text or JSON."""
+    from mair.cli import CommandError
+    from mair.runtime.info import format_runtime_info, runtime_info
+
+    if not args.runtime:
+        raise CommandError("give an experiment id, or --runtime for what runs on this machine")
+    if args.experiment is not None:
+        raise CommandError(f"--runtime takes no experiment (got {args.experiment!r})")
+    info = runtime_info(args.device, exact=args.exact)
+    print(json.dumps(info, indent=2) if args.json else format_runtime_info(info))
     return 0

@@ -165,7 +165,7 @@ def build_for_counting(arch: str, kwargs: dict[str, Any]) -> nn.Module:
 def _scan_stub(count: FlopCount) -> Iterator[None]:
     """Replace ``selective_scan`` where the models bound it by a zero-output stub that adds the scan rule.
 
-    The VMM's inference-only torch path (``torch_nss``) is switched off meanwhile, so every scan goes through
+    The VMM's fused scans (``VMM.fold_scan_order``) are switched off meanwhile, so every scan goes through
     ``selective_scan`` (and so through the stub), and so is the MLPs' padding of their hidden width on CUDA
     (``Mlp.hidden_multiple``), so that the count is the model's, not the padded products'."""
     from mair.models import scan as scan_pkg
@@ -184,12 +184,12 @@ def _scan_stub(count: FlopCount) -> Iterator[None]:
     ]
     for module in patched:
         module.selective_scan = stub  # type: ignore[attr-defined]
-    fused, multiple = VMM.torch_inference_fused, Mlp.hidden_multiple
-    VMM.torch_inference_fused, Mlp.hidden_multiple = False, 1
+    fused, multiple = VMM.fold_scan_order, Mlp.hidden_multiple
+    VMM.fold_scan_order, Mlp.hidden_multiple = False, 1
     try:
         yield
     finally:
-        VMM.torch_inference_fused, Mlp.hidden_multiple = fused, multiple
+        VMM.fold_scan_order, Mlp.hidden_multiple = fused, multiple
         for module in patched:
             module.selective_scan = original  # type: ignore[attr-defined]
 

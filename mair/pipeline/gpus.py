@@ -22,6 +22,7 @@ from typing import Any
 
 from mair.pipeline.settings import PipelineError
 from mair.pipeline.targets import experiment
+from mair.runtime import switches
 
 
 def train_gpus(exp_id: str, scope: str, config: Mapping[str, Any]) -> int:
@@ -40,11 +41,12 @@ def eval_gpus(scope: str, config: Mapping[str, Any]) -> int:
 
 def detect_gpu_ids(env: Mapping[str, str] | None = None) -> list[str]:
     """The cards this process may use: ``$MAIR_GPU_IDS``, else ``$CUDA_VISIBLE_DEVICES``, else ``nvidia-smi -L``."""
-    env = os.environ if env is None else env
-    for key in ("MAIR_GPU_IDS", "CUDA_VISIBLE_DEVICES"):
-        value = env.get(key)
-        if value is not None:
-            return [v.strip() for v in value.split(",") if v.strip() and v.strip() != "-1"]
+    ids = switches.get("MAIR_GPU_IDS", env)
+    if ids is not None:
+        return list(ids)
+    visible = (os.environ if env is None else env).get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [v.strip() for v in visible.split(",") if v.strip() and v.strip() != "-1"]
     smi = shutil.which("nvidia-smi")
     if smi is None:
         return []
@@ -72,9 +74,9 @@ def local_gpu_limit(config: Mapping[str, Any]) -> int | None:
 
 def default_lock_dir() -> Path:
     """Machine-local folder of the card locks: ``$MAIR_GPU_LOCK_DIR`` or ``<tmp>/mair-gpu-slots-<uid>``."""
-    env = os.environ.get("MAIR_GPU_LOCK_DIR")
-    if env:
-        return Path(env)
+    folder = switches.get("MAIR_GPU_LOCK_DIR")
+    if folder is not None:
+        return Path(folder).expanduser()
     import tempfile
 
     return Path(tempfile.gettempdir()) / f"mair-gpu-slots-{os.getuid()}"

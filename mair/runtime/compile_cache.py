@@ -22,6 +22,8 @@ from collections.abc import MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from mair.runtime import switches
+
 ENV_VAR = "MAIR_COMPILE_CACHE"
 INDUCTOR_VAR = "TORCHINDUCTOR_CACHE_DIR"
 TRITON_VAR = "TRITON_CACHE_DIR"
@@ -53,9 +55,10 @@ class CompileCache:
 
 def default_root(environ: MutableMapping[str, str] | None = None) -> Path:
     """``$MAIR_COMPILE_CACHE``, else ``$XDG_CACHE_HOME/mair/compile``, else ``~/.cache/mair/compile``."""
+    root = switches.get(ENV_VAR, environ)
+    if root is not None:
+        return Path(root).expanduser()
     env = os.environ if environ is None else environ
-    if env.get(ENV_VAR):
-        return Path(env[ENV_VAR]).expanduser()
     xdg = env.get("XDG_CACHE_HOME")
     base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
     return base / "mair" / "compile"

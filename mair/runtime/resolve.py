@@ -17,17 +17,17 @@ Adam                      fused                                      PyTorch's d
 
 Inference compiles only when asked: the test images differ in size, so every image would compile again
 (about 50 s each, cold, on an H100), and padding a tile to a common shape changes MaIR's output, because
-the scan runs through the padding. ``$MAIR_SCAN_BACKEND`` and explicit options (``--precision``,
+the scan runs through the padding. ``$MAIR_SCAN_BACKEND`` (docs/switches.md) and explicit options (``--precision``,
 ``--compile``, ``--compile-mode``, ``--no-compile``) override single choices; the record then says ``custom``.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from mair.runtime import switches
 from mair.runtime.compile_modes import COMPILE_MODES, CUDA_GRAPH_MODES
 
 __all__ = ["WORKLOADS", "RuntimeSettings", "RuntimeSettingsError", "resolve_runtime"]
@@ -191,7 +191,6 @@ def resolve_runtime(
     loads (``None``: find out; tests pass it to resolve for a CUDA machine anywhere). Nothing here touches the
     process; :meth:`RuntimeSettings.apply` does. Contradicting options raise :class:`RuntimeSettingsError`.
     """
-    from mair.models.scan import ENV_VAR as SCAN_ENV_VAR
     from mair.runtime.precision import PRECISIONS
 
     kind = _device_type(device)
@@ -212,7 +211,7 @@ def resolve_runtime(
         raise RuntimeSettingsError(
             "--exact runs eager in true fp32; drop --precision/--compile/--compile-mode, or drop --exact"
         )
-    requested_scan = scan_backend or (os.environ.get(SCAN_ENV_VAR, "").strip() or None)
+    requested_scan = scan_backend or switches.get("MAIR_SCAN_BACKEND")
     if requested_scan in ("auto",):
         requested_scan = None
     cuda = kind == "cuda"

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
+from mair.runtime import switches
 from mair.train import EXIT_STOPPED
 
 __all__ = [
@@ -162,7 +163,7 @@ def run_torchrun(nproc: int, argv: Sequence[str], run_dir: Path, extra_env: Mapp
     this launch), else torchrun's own status.
     """
     started = time.time()
-    env = dict(os.environ)
+    env = switches.child_environ()  # the switches set from Python reach the workers too
     env.update(extra_env or {})
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     process = subprocess.Popen(torchrun_command(nproc, argv), env=env)

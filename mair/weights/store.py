@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from mair.data.catalog import FileSpec
 from mair.data.download import DownloadError, DownloadOptions, _place_verified, download_file, verify_file
 from mair.data.lockfile import LockBusyError, LockFile, file_lock, is_reference, new_entry, provenance
 from mair.data.paths import PathLike, data_dir, lock_path
+from mair.runtime import switches
 from mair.weights.catalog import PublishedWeights, WeightsCatalog
 
 SCOPES = ("paper", "demo")
@@ -61,7 +61,8 @@ def weights_path(entry: PublishedWeights, scope: str = "paper", root: PathLike |
 
 def mirror_base() -> str | None:
     """``$MAIR_WEIGHTS_MIRROR`` without a trailing slash, or None."""
-    return (os.environ.get(MIRROR_ENV) or "").rstrip("/") or None
+    mirror: str | None = switches.get(MIRROR_ENV)
+    return mirror
 
 
 def manual_hint(catalog: WeightsCatalog, entry: PublishedWeights, scope: str) -> str:

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 from mair.common.atomic import atomic_open, atomic_write_json, temp_name
 from mair.data.image_io import is_image, list_images, read_image, write_png
+from mair.runtime import switches
 
 MARKER = ".prepared.json"
 MARKER_VERSION = 1
@@ -130,9 +131,9 @@ def run_parallel(func: Callable[[T], Any], items: Sequence[T], workers: int) -> 
 
 def default_workers() -> int:
     """Threads for image work: ``$MAIR_PREPARE_WORKERS`` or the CPU count, at most 8."""
-    env = os.environ.get("MAIR_PREPARE_WORKERS")
-    if env:
-        return max(1, int(env))
+    workers: int | None = switches.get("MAIR_PREPARE_WORKERS")
+    if workers is not None:
+        return workers
     return max(1, min(8, os.cpu_count() or 1))
 
 

@@ -12,7 +12,6 @@ convolution).
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import torch
@@ -20,6 +19,7 @@ from torch import Tensor
 
 from mair.models.dwconv.reference import depthwise_conv2d_reference
 from mair.models.scan.triton_backend import _bkl_strides  # the four strides of a 4-D tensor, as the kernels take them
+from mair.runtime import switches
 
 __all__ = ["depthwise_conv2d", "depthwise_conv2d_reference", "dwconv_forward", "dwconv_weight_grad"]
 
@@ -30,15 +30,9 @@ TARGET_PROGRAMS = 528  # weight gradient: about 4 programs per SM on an H100 (13
 def conv_tiles() -> tuple[int, int, int]:
     """Positions and channels per program and warps of both kernels; ``MAIR_DWCONV_TILES`` = "BP,BC,warps"
     (powers of two) overrides, for tuning sweeps (``benchmarks/dwconv.py --tiles``)."""
-    override = os.environ.get("MAIR_DWCONV_TILES", "").strip()
-    if not override:
+    tiles = switches.get("MAIR_DWCONV_TILES")
+    if tiles is None:
         return BP, BC, WARPS
-    try:
-        tiles = tuple(int(v) for v in override.split(","))
-    except ValueError:
-        tiles = ()
-    if len(tiles) != 3 or any(v < 1 or v & (v - 1) for v in tiles):
-        raise ValueError(f"MAIR_DWCONV_TILES must be 'BP,BC,warps' (three powers of two), got {override!r}")
     bp, bc, warps = tiles
     return bp, bc, warps
 

@@ -20,18 +20,18 @@ implementations) and running the eager scan code inside:
   call the Triton backward directly on the saved states. Gradients of inputs that need none come back as empty tensors
   (shape ``(0,)``), and the autograd formula turns them into ``None``.
 
-The model uses the ops only when the switch is on: :func:`enable` (``enable(True)``/``enable(False)``;
-``enable(None)`` defers to the environment) or ``MAIR_SCAN_CUSTOM_OP=1``. Off (the default), the VMM calls the
-eager functions exactly as before. :func:`compile_model` turns the switch on and compiles a model, by default
-with ``fullgraph=True`` and ``dynamic=False``. The backend is resolved when the graph is traced
-(:func:`resolved_backend`), so set ``MAIR_SCAN_BACKEND`` (or ``scan_backend`` of the VMMs) before the first
-compiled call. Switching on also marks :func:`mair.models.nss.scan_orders` as a compile-time constant (its cache
-lock would otherwise break the graph; see :func:`_scan_orders_as_constants`).
+The model uses the ops only when the ``MAIR_SCAN_CUSTOM_OP`` switch is on (docs/switches.md): :func:`enable`
+(``enable(True)``/``enable(False)``; ``enable(None)`` defers to the environment) or ``MAIR_SCAN_CUSTOM_OP=1``.
+Off (the default), the VMM calls the eager functions exactly as before. :func:`compile_model` turns the switch on
+and compiles a model, by default with ``fullgraph=True`` and ``dynamic=False``. The backend and the VMM's fused
+paths are resolved when the graph is traced (:func:`resolved_backend`, :func:`vmm_plan`), so set
+``MAIR_SCAN_BACKEND`` (or ``scan_backend`` of the VMMs) before the first compiled call. Switching on also marks
+:func:`mair.models.nss.scan_orders` as a compile-time constant (its cache lock would otherwise break the graph;
+see :func:`_scan_orders_as_constants`).
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -39,9 +39,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from mair.runtime import switches
+
 from .api import _validate
 from .api import selective_scan as _eager_selective_scan
-from .registry import resolve_backend
+from .registry import VmmPlan, resolve_backend
+from .registry import vmm_plan as _vmm_plan
 
 __all__ = [
     "ENV_VAR",
@@ -52,25 +55,26 @@ __all__ = [
     "nss_scan_gated",
     "resolved_backend",
     "selective_scan",
+    "vmm_plan",
 ]
 
 ENV_VAR = "MAIR_SCAN_CUSTOM_OP"
 _NUM_INPUTS = 7  # u/x, delta, A, B, C, D, delta_bias: the differentiable inputs of both ops
 
-_enabled: bool | None = None  # None: follow $MAIR_SCAN_CUSTOM_OP
-
 
 def enable(on: bool | None = True) -> None:
     """Route the VMM's scans through the custom ops (``True``), the eager functions (``False``) or whatever
-    ``$MAIR_SCAN_CUSTOM_OP`` says (``None``, the initial state)."""
-    global _enabled
-    _enabled = None if on is None else bool(on)
+    ``$MAIR_SCAN_CUSTOM_OP`` says (``None``, the initial state): the switch set from Python."""
+    if on is None:
+        switches.reset(ENV_VAR)
+    else:
+        switches.set_values(**{ENV_VAR: bool(on)})
     if is_enabled():
         _scan_orders_as_constants()
 
 
 def _env_enabled() -> bool:
-    return os.environ.get(ENV_VAR, "").strip().lower() in ("1", "true", "yes", "on")
+    return bool(switches.get(ENV_VAR))
 
 
 def _scan_orders_as_constants() -> None:
@@ -87,15 +91,10 @@ def _scan_orders_as_constants() -> None:
 
 
 @torch.compiler.assume_constant_result
-def _env_switch() -> bool:
-    return _env_enabled()
-
-
 def is_enabled() -> bool:
-    """Whether the VMM calls the custom ops: :func:`enable`'s setting, else ``$MAIR_SCAN_CUSTOM_OP``."""
-    if _enabled is not None:
-        return _enabled
-    return _env_switch()
+    """Whether the VMM calls the custom ops: :func:`enable`'s setting, else ``$MAIR_SCAN_CUSTOM_OP`` (a constant
+    for ``torch.compile``, read when the graph is traced)."""
+    return _env_enabled()
 
 
 @torch.compiler.assume_constant_result
@@ -103,6 +102,13 @@ def resolved_backend(name: str | None, device: torch.device) -> str:
     """:func:`mair.models.scan.resolve_backend`, seen by ``torch.compile`` as a constant (evaluated eagerly when
     the graph is traced), so that the registry's lookups never enter the compiled graph."""
     return resolve_backend(name, device)
+
+
+@torch.compiler.assume_constant_result
+def vmm_plan(name: str | None, device: torch.device, grad: bool, custom_ops: bool) -> VmmPlan:
+    """:func:`mair.models.scan.registry.vmm_plan` (the VMM's fused paths with the chosen backend), seen by
+    ``torch.compile`` as a constant, like :func:`resolved_backend`."""
+    return _vmm_plan(name, device, grad, custom_ops)
 
 
 def _fresh(outputs: Sequence[Tensor], inputs: Sequence[Tensor | None]) -> list[Tensor]:

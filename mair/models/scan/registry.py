@@ -7,10 +7,14 @@ backend is one call to :func:`register_backend`, for example::
     register_backend("triton", "mair.models.scan.triton_backend:load", devices=("cuda",),
                      install_hint=TRITON_INSTALL_HINT, auto_priority=20)
 
-Choice, in order: the ``backend=`` argument, then the ``MAIR_SCAN_BACKEND`` environment variable, then the
+Choice, in order: the ``backend=`` argument, then the ``MAIR_SCAN_BACKEND`` switch (docs/switches.md), then the
 automatic choice: the available backend with the lowest ``auto_priority`` that runs on the tensors' device
 type (among this module's own: CUDA ``mamba`` when mamba_ssm imports, else ``torch``; CPU ``torch``). ``""``
 and ``"auto"`` mean automatic.
+
+Beyond the plain scan, a backend declares what it can take over from the VMM (:class:`Fusions`): reading the
+four NSS orders itself, projecting Δ inside its op, the SSA gate and sum, the depthwise convolution on the token
+layout. The VMM asks the chosen backend (:func:`vmm_plan`) and never compares backend names.
 """
 
 from __future__ import annotations
@@ -18,10 +22,13 @@ from __future__ import annotations
 import importlib
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
+
+from mair.runtime import switches
 
 ENV_VAR = "MAIR_SCAN_BACKEND"
 MAMBA_INSTALL_HINT = (
@@ -40,8 +47,54 @@ class ScanBackendUnavailable(RuntimeError):
 
 
 @dataclass(frozen=True)
+class Fusions:
+    """What a backend takes over from the VMM beyond mamba_ssm's selective scan (nothing: the VMM gathers the
+    four scan orders and calls :func:`mair.models.scan.selective_scan`, the reference every fused path is tested
+    against).
+
+    ``nss_scan``: ``"module:function"`` of a scan that reads the raster map (B, L, D) through the NSS orders itself
+    and writes back in raster order (no gathered copies, no inverse gathers), with the arguments of
+    :func:`mair.models.scan.triton_backend.nss_scan`. ``nss_scan_gated``: the same scan followed by the SSA gate and
+    the sum over the four scans, in one op (:func:`mair.models.scan.nss_gated.nss_scan_gated`).
+    """
+
+    nss_scan: str | None = None
+    nss_scan_gated: str | None = None
+    with_autograd: bool = False  # the fused scans have a backward (else they run only without autograd)
+    delta_in_op: bool = False  # they take Δ's low-rank input and its projection, and project inside the op
+    token_conv: bool = False  # the depthwise convolution runs as a Triton op on the (B, H, W, D) token layout
+    custom_ops: bool = False  # mair.models.scan.custom_ops has ops of the same names (torch.compile, no break)
+
+
+class VmmPlan(NamedTuple):
+    """How a VMM runs with a backend in one situation (with or without autograd, custom ops or not): which
+    fused paths it takes, and the scans for them as ``"module:function"`` (None where the path is not taken;
+    :func:`scan_function` gives the function). Plain values only, so that ``torch.compile`` can hold it as a
+    constant."""
+
+    backend: str
+    nss_order: bool  # the scan reads the NSS orders itself (``nss_scan``)
+    delta_in_op: bool  # the fused scan projects Δ inside its op
+    gate_in_op: bool  # the SSA gate and the sum run inside the scan op (``nss_scan_gated``)
+    token_conv: bool  # the depthwise convolution runs on the token layout (``mair.models.dwconv``)
+    nss_scan: str | None = None
+    nss_scan_gated: str | None = None
+
+    def describe(self) -> str:
+        """The fused paths in words (``gathered`` when none)."""
+        parts = [
+            ("NSS order read by the scan", self.nss_order),
+            ("Δ projected inside the op", self.delta_in_op),
+            ("SSA gate and sum inside the op", self.gate_in_op),
+            ("depthwise conv on tokens (Triton)", self.token_conv),
+        ]
+        taken = [text for text, on in parts if on]
+        return ", ".join(taken) if taken else "gathered (the four orders copied, then selective_scan)"
+
+
+@dataclass(frozen=True)
 class BackendSpec:
-    """How to load one backend and where it runs."""
+    """One backend: how to load it, where it runs, and what it fuses (:class:`Fusions`)."""
 
     name: str
     loader: str  # "package.module:function", imported on first use
@@ -49,14 +102,37 @@ class BackendSpec:
     install_hint: str | None = None
     auto_priority: int | None = None  # lower wins in the automatic choice; None: only when named
     summary: str = ""
+    fusions: Fusions = field(default_factory=Fusions)
 
     def runs_on(self, device_type: str) -> bool:
         """Whether tensors of this device type are supported."""
         return self.devices is None or device_type in self.devices
 
+    def plan(self, grad: bool, custom_ops: bool) -> VmmPlan:
+        """The VMM's fused paths with this backend, with autograd recording (``grad``) or not, through the custom
+        ops (``custom_ops``, as under ``torch.compile``) or the eager functions."""
+        fu = self.fusions
+        usable = fu.nss_scan is not None and (fu.with_autograd or not grad) and (fu.custom_ops or not custom_ops)
+        if not usable:
+            return VmmPlan(self.name, False, False, False, False)
+        gated = fu.nss_scan_gated is not None
+        return VmmPlan(self.name, True, fu.delta_in_op, gated, fu.token_conv, fu.nss_scan, fu.nss_scan_gated)
+
 
 _REGISTRY: dict[str, BackendSpec] = {}
 _LOADED: dict[str, ScanFn | ScanBackendUnavailable] = {}
+
+
+_FUNCTIONS: dict[str, Callable[..., Any]] = {}
+
+
+def scan_function(loader: str) -> Callable[..., Any]:
+    """The function ``"module:function"`` names (a fused scan of :class:`Fusions`), imported once. Its custom-op
+    twin is the function of the same name in :mod:`mair.models.scan.custom_ops`."""
+    if loader not in _FUNCTIONS:
+        module_name, func_name = loader.split(":", 1)
+        _FUNCTIONS[loader] = getattr(importlib.import_module(module_name), func_name)
+    return _FUNCTIONS[loader]
 
 
 def register_backend(
@@ -67,11 +143,12 @@ def register_backend(
     install_hint: str | None = None,
     auto_priority: int | None = None,
     summary: str = "",
+    fusions: Fusions | None = None,
 ) -> None:
     """Register (or replace) a backend; ``loader`` is ``"module:function"`` and is imported lazily."""
     if ":" not in loader:
         raise ValueError(f"loader must look like 'package.module:function', got {loader!r}")
-    _REGISTRY[name] = BackendSpec(name, loader, devices, install_hint, auto_priority, summary)
+    _REGISTRY[name] = BackendSpec(name, loader, devices, install_hint, auto_priority, summary, fusions or Fusions())
     _LOADED.pop(name, None)
 
 
@@ -88,6 +165,8 @@ register_backend(
     "mair.models.scan.torch_backend:load",
     auto_priority=100,
     summary="chunked pure PyTorch, any device",
+    # Without autograd, the NSS order folded into its chunked layout (about 2x faster on the CPU).
+    fusions=Fusions(nss_scan="mair.models.scan.torch_nss:nss_scan_torch"),
 )
 register_backend(
     "reference",
@@ -158,9 +237,10 @@ def _requested(name: str | None) -> tuple[str | None, str]:
     if name is not None and name.strip().lower() not in ("", "auto"):
         return name.strip().lower(), "argument backend="
     if name is None:
-        env = os.environ.get(ENV_VAR, "").strip().lower()
-        if env not in ("", "auto"):
-            return env, f"{ENV_VAR}={env}"
+        chosen = switches.get(ENV_VAR)
+        if chosen is not None:
+            where = " (set from Python)" if switches.source(ENV_VAR) == "python" else ""
+            return chosen, f"{ENV_VAR}={chosen}{where}"
     return None, "automatic"
 
 
@@ -196,14 +276,24 @@ def resolve_backend(name: str | None = None, device: torch.device | str | None =
     A named backend that cannot run raises :class:`ScanBackendUnavailable` (with install advice); an unknown
     name raises ``ValueError`` listing the known ones.
     """
+    return chosen_backend(name, device).name
+
+
+def chosen_backend(name: str | None = None, device: torch.device | str | None = None) -> BackendSpec:
+    """The backend object :func:`resolve_backend` chooses (its name, where it runs, what it fuses)."""
     device_type = _device_type(device)
     requested, _ = _requested(name)
     if requested is None:
-        return _auto(device_type)[0]
+        return _REGISTRY[_auto(device_type)[0]]
     spec = _spec(requested)
     load_backend(requested)
     _check_device(spec, device_type)
-    return requested
+    return spec
+
+
+def vmm_plan(name: str | None, device: torch.device | str | None, grad: bool, custom_ops: bool) -> VmmPlan:
+    """How a VMM with ``scan_backend`` ``name`` runs on ``device``: the chosen backend's :meth:`BackendSpec.plan`."""
+    return chosen_backend(name, device).plan(grad, custom_ops)
 
 
 def describe_backend_choice(device: torch.device | str | None = None, name: str | None = None) -> str:
@@ -234,4 +324,15 @@ register_backend(
     # After mamba (10): measured slower than mamba_ssm in training (docs/benchmarks.md), far faster than torch.
     auto_priority=None if _TRITON_INTERPRET else 20,
     summary="our Triton kernels, NSS order fused in",
+    # The gate and sum in the op keep the chunk states instead of the four scan outputs for the backward (3.2 GiB
+    # less per SR x2 step); the token-layout convolution saves cuDNN's permutes and layout transforms
+    # (docs/benchmarks.md, "What makes the path fast").
+    fusions=Fusions(
+        nss_scan="mair.models.scan.triton_backend:nss_scan",
+        nss_scan_gated="mair.models.scan.nss_gated:nss_scan_gated",
+        with_autograd=True,
+        delta_in_op=True,
+        token_conv=True,
+        custom_ops=True,
+    ),
 )

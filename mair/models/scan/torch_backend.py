@@ -19,18 +19,18 @@ of every step. On the CPU those buffers come from a small reused pool (see ``_Cp
 from __future__ import annotations
 
 import math
-import os
 import threading
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mair.runtime import switches
+
 from .registry import ScanFn
 
 SOFTPLUS_THRESHOLD = 20.0  # torch.nn.functional.softplus's default, and the CUDA kernel's
 WORKSPACE_ENV = "MAIR_SCAN_CPU_WORKSPACE_MB"
-DEFAULT_WORKSPACE_MB = 256
 # Device types whose small contractions run as matrix products (faster on the CPU); elsewhere they are
 # multiply-and-sum, so that a global TF32 matmul setting on a GPU never lowers the scan's precision.
 MATMUL_DEVICES = ("cpu",)
@@ -41,7 +41,7 @@ class _CpuWorkspace:
 
     A fresh multi-megabyte CPU tensor is page-faulted in on first touch, which can cost more than the
     arithmetic done in it (2 to 7 ms per 16 MiB buffer on the machines of docs/benchmarks.md, where the pool
-    makes a forward + backward about 1.5x faster). At most ``$MAIR_SCAN_CPU_WORKSPACE_MB`` (default 256; 0 turns
+    makes a forward + backward about 1.5x faster). At most ``$MAIR_SCAN_CPU_WORKSPACE_MB`` (docs/switches.md; 0 turns
     the pool off) is kept; bigger requests are plain allocations. CUDA tensors never come here (the caching
     allocator does this).
     """
@@ -57,10 +57,7 @@ class _CpuWorkspace:
 
     @staticmethod
     def limit_bytes() -> int:
-        try:
-            return max(0, int(float(os.environ.get(WORKSPACE_ENV, DEFAULT_WORKSPACE_MB)) * 2**20))
-        except ValueError:
-            return DEFAULT_WORKSPACE_MB * 2**20
+        return int(switches.get(WORKSPACE_ENV) * 2**20)
 
     def take(self, numel: int, like: Tensor) -> Tensor:
         """A flat buffer of at least ``numel`` elements of ``like``'s dtype and device."""

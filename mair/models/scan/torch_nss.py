@@ -12,7 +12,7 @@ so one ``index_select`` with the index ``ids[k, c·T + t]`` laid out as ``(t, k,
 straight into the chunked layout, and one ``index_copy_`` writes the outputs straight back to raster order.
 
 Channels are independent in the scan, so the recurrence runs over blocks of channels whose state buffers fit
-in ``$MAIR_SCAN_CPU_BLOCK_MB`` (default 32 MiB): memory stays bounded for large inputs and the working set
+in ``$MAIR_SCAN_CPU_BLOCK_MB`` (docs/switches.md): memory stays bounded for large inputs and the working set
 stays in cache. Padding steps at the end of a sequence (when T does not divide L) come after every real step,
 so they cannot change a real output; they read position 0 and are written to a discarded row.
 """
@@ -20,23 +20,20 @@ so they cannot change a real output; they read position 0 and are written to a d
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mair.runtime import switches
+
 from .torch_backend import _WORKSPACE, _forward_scan, default_chunk_size
 
 BLOCK_ENV = "MAIR_SCAN_CPU_BLOCK_MB"
-DEFAULT_BLOCK_MB = 32.0
 
 
 def _block_bytes() -> int:
-    try:
-        return max(1, int(float(os.environ.get(BLOCK_ENV, DEFAULT_BLOCK_MB)) * 2**20))
-    except ValueError:
-        return int(DEFAULT_BLOCK_MB * 2**20)
+    return max(1, int(switches.get(BLOCK_ENV) * 2**20))
 
 
 def chunked_order(ids: Tensor, size: int) -> tuple[Tensor, Tensor, int]:

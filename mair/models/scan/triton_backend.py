@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from mair.runtime import switches
+
 from .registry import ScanBackendUnavailable
 
 Strides = tuple[int, int, int, int]  # (batch, k, position, channel-or-state)
@@ -76,12 +78,9 @@ def tile_config(d_state: int, channels: int, parallel: int = 1) -> TileConfig:
         bd //= 2
     bl = max(8, min(128, 4096 // (bd * bn)))
     warps = 4
-    override = os.environ.get("MAIR_TRITON_TILES")
-    if override:
-        try:
-            bl, bd, warps = (int(v) for v in override.split(","))
-        except ValueError:
-            raise ValueError(f"MAIR_TRITON_TILES must be 'BL,BD,warps' (three integers), got {override!r}") from None
+    override = switches.get("MAIR_TRITON_TILES")
+    if override is not None:
+        bl, bd, warps = override
     if interpreting():  # the CPU interpreter is slow per tile element; small tiles also test chunk carries
         bl, bd = 8, min(bd, 8)
     return TileConfig(bl=bl, bd=bd, bn=bn, warps=warps)
@@ -124,9 +123,7 @@ CHAIN_VARIANTS = ("scan", "loop")
 def chain_variant() -> str:
     """How chunk summaries are chained: ``scan`` (default; blocks of chunks scanned in parallel, sequential depth
     NCH / CB) or ``loop`` (one chunk per step, the first version). ``MAIR_TRITON_CHAIN`` overrides."""
-    variant = os.environ.get("MAIR_TRITON_CHAIN", "scan")
-    if variant not in CHAIN_VARIANTS:
-        raise ValueError(f"MAIR_TRITON_CHAIN must be one of {', '.join(CHAIN_VARIANTS)}, got {variant!r}")
+    variant: str = switches.get("MAIR_TRITON_CHAIN")
     return variant
 
 
@@ -379,7 +376,7 @@ def _output_dots(pb: _Problem, w: Tensor, ws: Strides, hs: Tensor, sub_states: b
 def step_channels() -> int:
     """Channels per program of the step-by-step forward kernel (``MAIR_TRITON_STEP_BD`` overrides; tuning
     only)."""
-    return int(os.environ.get("MAIR_TRITON_STEP_BD", STEP_BD))
+    return int(switches.get("MAIR_TRITON_STEP_BD") or STEP_BD)
 
 
 def _step_args(pb: _Problem, out: Tensor, os_: Strides) -> tuple:
@@ -416,8 +413,7 @@ def _fwd(pb: _Problem, out: Tensor, os_: Strides, sums: Tensor | None = None) ->
 def step_backward_tile(bl: int) -> tuple[int, int]:
     """Channels per program and sub-chunk length of the step-by-step backward (``MAIR_TRITON_BWD_STEP``
     "BD,S" overrides; tuning only)."""
-    override = os.environ.get("MAIR_TRITON_BWD_STEP")
-    bd, sub = (int(v) for v in override.split(",")) if override else (16, 4)  # fastest in the sweep (benchmarks.md)
+    bd, sub = switches.get("MAIR_TRITON_BWD_STEP") or (16, 4)  # fastest in the sweep (benchmarks.md)
     if interpreting():  # several sub-chunks per chunk of 8, so the tests walk across them
         sub = 4
     return bd, min(sub, bl)
@@ -619,9 +615,9 @@ def delta_in_kernel(delta_low: Tensor, d_state: int) -> bool:
     product outside, whose rounding to bf16 the backward's recomputation repeats exactly."""
     if delta_low.dtype != torch.float32 or delta_low.shape[3] > DELTA_IN_KERNEL_MAX_RANK:
         return False
-    switch = os.environ.get("MAIR_TRITON_DELTA_IN_KERNEL", "").strip()
-    if switch:
-        return switch != "0"
+    forced = switches.get("MAIR_TRITON_DELTA_IN_KERNEL")
+    if forced is not None:
+        return bool(forced)
     return d_state <= DELTA_IN_KERNEL_AUTO_MAX_STATE
 
 
