@@ -43,6 +43,21 @@ def _scan_function(loader: str, ops: Any) -> Callable[..., Tensor]:
     return scan_function(loader)
 
 
+def paths_taken(plan: VmmPlan, fold_scan_order: bool, fuse_gate: bool, triton_conv: bool) -> VmmPlan:
+    """The backend's ``plan`` with a VMM's switches applied: the paths the VMM runs (its forward and
+    ``mair info --runtime`` both read them from here). A path turned off turns off the ones that build on it."""
+    fold = plan.nss_order and fold_scan_order
+    return VmmPlan(
+        plan.backend,
+        fold,
+        fold and plan.delta_in_op,
+        fold and plan.gate_in_op and fuse_gate,
+        fold and plan.token_conv and triton_conv,
+        plan.nss_scan,
+        plan.nss_scan_gated,
+    )
+
+
 NUM_SCANS = 4  # K: the four NSS sequences
 
 ScanIds = tuple[Tensor, Tensor]  # (scan_ids (4, L), inverse_ids (4, L)), int64
@@ -194,10 +209,11 @@ class VMM(nn.Module):
         x, z = self.in_proj(x).chunk(2, dim=-1)
         ops = _custom_ops()
         plan_for = ops.vmm_plan if ops is not None else vmm_plan
-        plan = plan_for(self.scan_backend, x.device, torch.is_grad_enabled(), ops is not None)  # the backend decides
-        if not (plan.nss_order and self.fold_scan_order):
+        offered = plan_for(self.scan_backend, x.device, torch.is_grad_enabled(), ops is not None)  # the backend's
+        plan = paths_taken(offered, self.fold_scan_order, self.fuse_gate, self.triton_conv)
+        if not plan.nss_order:
             y = self._scan_gathered(self.act(self.conv2d(x.permute(0, 3, 1, 2))), ids)  # conv on (B, D, H, W)
-        elif plan.token_conv and self.triton_conv:
+        elif plan.token_conv:
             from mair.models.dwconv import depthwise_conv2d
 
             raster = self.act(depthwise_conv2d(x, self.conv2d.weight, self.conv2d.bias))  # (B, H, W, D) dense
@@ -244,9 +260,10 @@ class VMM(nn.Module):
     def _scan_fused(self, raster: Tensor, scan_ids: Tensor, plan: VmmPlan, ops: Any) -> Tensor:
         """The same computation on the raster map (B, L, D) with the scan order fused into the scan: projections
         stay in raster order (they act per position), the scan reads through ``scan_ids`` and writes back in
-        raster order, so no permuted copies or inverse gathers exist. ``plan``: the backend's fused scans (the
-        Triton ``nss_scan`` and ``nss_scan_gated``, or the inference-only ``torch_nss.nss_scan_torch``) and what
-        they take over; ``ops``: the custom-op module when the ops are on. Returns (B, L, D)."""
+        raster order, so no permuted copies or inverse gathers exist. ``plan``: the paths taken
+        (:func:`paths_taken`) with the backend's fused scans (the Triton ``nss_scan`` and ``nss_scan_gated``, or
+        the inference-only ``torch_nss.nss_scan_torch``); ``ops``: the custom-op module when the ops are on.
+        Returns (B, L, D)."""
         x_dbl = torch.einsum("bld,kcd->bklc", raster, self.x_proj_weight)  # (B, K, L, R+2N)
         dts, bs, cs = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=3)
         A, Ds, dt_bias = -torch.exp(self.A_logs.float()), self.Ds.float(), self.dt_projs_bias.float().reshape(-1)
@@ -254,7 +271,8 @@ class VMM(nn.Module):
         weight = self.dt_projs_weight if plan.delta_in_op else None
         if weight is None:
             dts = torch.einsum("bklr,kdr->bkld", dts, self.dt_projs_weight)
-        if plan.nss_scan_gated is not None and self.fuse_gate:  # the gate and sum in the op: no four outputs kept
+        if plan.gate_in_op:  # the gate and sum in the op: no four outputs kept
+            assert plan.nss_scan_gated is not None
             gated = _scan_function(plan.nss_scan_gated, ops)
             return gated(raster, dts, A, bs, cs, Ds, dt_bias, scan_ids, True, weight, *self.gating.gate_parameters())
         assert plan.nss_scan is not None

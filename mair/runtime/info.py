@@ -23,7 +23,7 @@ def _default_device() -> str:
 
 def _vmm_paths(settings: Any, grad: bool) -> dict[str, Any]:
     """The fused paths of the VMM with the backend ``settings`` resolve to (with autograd: training)."""
-    from mair.models.blocks import VMM
+    from mair.models.blocks import VMM, paths_taken
     from mair.models.scan import ScanBackendUnavailable
     from mair.models.scan.registry import chosen_backend
 
@@ -32,13 +32,7 @@ def _vmm_paths(settings: Any, grad: bool) -> dict[str, Any]:
     except (ScanBackendUnavailable, ValueError) as error:
         return {"backend": None, "describe": f"no backend: {error}"}
     plan = backend.plan(grad, custom_ops=settings.compile_backend is not None or bool(switches.get("scan_custom_op")))
-    fold = plan.nss_order and VMM.fold_scan_order
-    taken = plan._replace(
-        nss_order=fold,
-        delta_in_op=fold and plan.delta_in_op,
-        gate_in_op=fold and plan.gate_in_op and VMM.fuse_gate,
-        token_conv=fold and plan.token_conv and VMM.triton_conv,
-    )
+    taken = paths_taken(plan, VMM.fold_scan_order, VMM.fuse_gate, VMM.triton_conv)
     return {
         "backend": backend.name,
         "nss_order": taken.nss_order,
