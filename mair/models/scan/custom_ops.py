@@ -73,10 +73,6 @@ def enable(on: bool | None = True) -> None:
         _scan_orders_as_constants()
 
 
-def _env_enabled() -> bool:
-    return bool(switches.get(ENV_VAR))
-
-
 def _scan_orders_as_constants() -> None:
     """Let ``torch.compile`` treat :func:`mair.models.nss.scan_orders` as a constant of the traced shapes.
 
@@ -94,7 +90,7 @@ def _scan_orders_as_constants() -> None:
 def is_enabled() -> bool:
     """Whether the VMM calls the custom ops: :func:`enable`'s setting, else ``$MAIR_SCAN_CUSTOM_OP`` (a constant
     for ``torch.compile``, read when the graph is traced)."""
-    return _env_enabled()
+    return bool(switches.get(ENV_VAR))
 
 
 @torch.compiler.assume_constant_result
@@ -611,5 +607,5 @@ def compile_model(
     return compiled
 
 
-if _env_enabled():
+if is_enabled():
     _scan_orders_as_constants()
