@@ -7,28 +7,37 @@ Three parts (``--parts``, default all), everything written under ``--out``:
   Triton scan, TF32, eager; output only) and ``train`` (what ``mair train`` runs: also compiled with CUDA graphs;
   output and input gradient), the last two against the TF32 tolerance :data:`TF32_TOLERANCE`.
   -> ``golden.json``.
-* **train**: for each of ``--experiments`` (default one lightweight SR and one U-Net experiment) a short training
-  through ``mair train`` twice, fast default and ``--exact``, same seed and same samples, on real images:
-  ``--train-images`` (a folder; SR: the LR made by MATLAB bicubic, U-Net: noise or motion blur added as the demo
-  data is made), validated at the end on the held-out ``--val-images`` (the prepared folders under
-  ``--out/data`` carry the experiment's dataset ids, e.g. div2k and urban100, but hold these images). Paper
-  networks (``--tiny``: the demo ones), ``--iters`` iterations at batch ``--batch`` and small patches, the
-  learning-rate schedule shortened to ``--iters``, stochastic depth off (compiled and eager code draw its random
-  masks differently; ``--keep-drop-path`` keeps it). -> ``train/<exp>_losses.csv`` (per-iteration losses of both runs),
-  ``train/losses.png`` (the curves overlaid), ``train.json`` (final validation PSNR of each run, difference,
-  step times, the path each run recorded in its config).
+* **train**: for each of ``--experiments`` (default one lightweight SR and one U-Net experiment) and each of
+  ``--seeds`` (default the experiment's own training seed) a short training through ``mair train`` twice, fast
+  default and ``--exact``, same seed and same samples, on real images: ``--train-images`` (a folder; SR: the LR
+  made by MATLAB bicubic, U-Net: noise or motion blur added as the demo data is made), validated at the end on the
+  held-out ``--val-images`` (the prepared folders under ``--out/data`` carry the experiment's dataset ids, e.g.
+  div2k and urban100, but hold these images). Paper networks (``--tiny``: the demo ones), ``--iters`` iterations
+  at batch ``--batch`` and small patches, the learning-rate schedule shortened to ``--iters``, stochastic depth
+  off (compiled and eager code draw its random masks differently; ``--keep-drop-path`` keeps it). Runs live in
+  ``train/<exp>/seed<N>/{fast,exact}``; a run that its time limit stopped (``timeout`` sends SIGTERM, mair train
+  writes a checkpoint and STOPPED.json) goes on from its checkpoint when the same command runs again, and starts
+  over when the experiment file differs (other ``--iters``, ``--batch`` ...). -> ``train/losses/<exp>_seed<N>.csv``
+  (per-iteration losses of both runs), ``train/losses.png`` (the curves overlaid, one panel per experiment and
+  seed), ``train.json``: per seed the final validation PSNR of each run and their difference, step times, the
+  path each run recorded in its config; per experiment each path's mean over the seeds, the difference of the
+  means (the verdict) and each path's standard deviation over the seeds (how far trainings that differ only in
+  their seed land apart: the scale against which a difference between the paths means something).
 * **eval**: the trained SR network (fast run; ``--eval-weights`` for others of the same network) evaluated on
   Set5 and Set14 through ``mair evaluate``, default and ``--exact``. -> ``eval.json`` (PSNR per set and path,
   differences; the largest per-image difference).
 
-``summary.json`` holds all three and the verdicts (golden within tolerance; validation PSNR within 0.05 dB;
-evaluation PSNR within 0.01 dB). No network access is needed. On an H100 (one part per call fits the 10-minute
-limit; the compile cache in ``$MAIR_COMPILE_CACHE`` or ``~/.cache/mair/compile`` is reused by later calls)::
+``summary.json`` holds all three and the verdicts (golden within tolerance; mean validation PSNR of the two
+paths within 0.05 dB; evaluation PSNR within 0.01 dB). No network access is needed. On an H100 (one part per
+call fits the 10-minute limit; the compile cache in ``$MAIR_COMPILE_CACHE`` or ``~/.cache/mair/compile`` is
+reused by later calls)::
 
     MAIR_SHARED_DIR=shared python benchmarks/fast_vs_exact.py --out fve --parts golden
     MAIR_SHARED_DIR=shared python benchmarks/fast_vs_exact.py --out fve --parts train --experiments sr_light_t_x4
     MAIR_SHARED_DIR=shared python benchmarks/fast_vs_exact.py --out fve --parts train --experiments dn_real \
         --paths fast                                 # and then --paths exact: one run per call, read back later
+    MAIR_SHARED_DIR=shared python benchmarks/fast_vs_exact.py --out fve --parts train --experiments sr_light_t_x4 \
+        --seeds 10,11,12                             # three seeds: each path's mean and spread
     MAIR_SHARED_DIR=shared python benchmarks/fast_vs_exact.py --out fve --parts eval --experiments sr_light_t_x4
 
 On a CPU, as a check of the script itself: ``--device cpu --tiny --iters 3 --max-images 3 --max-side 64
@@ -39,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import math
 import os
@@ -192,8 +202,9 @@ def derived_experiment(exp_id: str, args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def prepare(args: argparse.Namespace, exp: dict[str, Any]) -> Path:
-    """Write the experiment file and the prepared sets it names; returns the experiment file."""
+def prepare(args: argparse.Namespace, exp: dict[str, Any], into: Path | None = None) -> Path:
+    """Write the experiment file (into ``into``, default ``--out/experiments``) and the prepared sets it names;
+    returns the experiment file."""
     data = args.out / "data"
     task, scale = exp["task"], int(exp["scale"])
     kind = "sr" if task in SR_TASKS else UNET_DEGRADATIONS[task]
@@ -203,7 +214,7 @@ def prepare(args: argparse.Namespace, exp: dict[str, Any]) -> Path:
     if kind == "sr":
         for ref, folder in zip(exp["test"]["datasets"], (args.set5, args.set14), strict=True):
             build_set(data, ref, read_images(folder, args.max_images, args.max_side), "sr", scale)
-    path = args.out / "experiments" / f"{exp['id']}.yaml"
+    path = (into or args.out / "experiments") / f"{exp['id']}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(exp, sort_keys=False))
     return path
@@ -321,16 +332,26 @@ def _step_ms(rows: list[dict[str, str]]) -> float | None:
     return 1e3 * statistics.median(steps) if steps else None
 
 
-def train_part(args: argparse.Namespace, exp_ids: Sequence[str]) -> dict[str, Any]:
-    """Fast default and --exact training of each experiment; losses, validation PSNR, figure."""
-    results = {}
-    curves = {}
-    for exp_id in exp_ids:
-        exp = derived_experiment(exp_id, args)
-        exp_file = prepare(args, exp)
-        runs = {}
-        for name, extra in (("fast", []), ("exact", ["--exact"])):
-            work = args.out / "train" / exp_id / name
+def _seed_runs(args: argparse.Namespace, exp_id: str, seed: int) -> dict[str, dict[str, Any]]:
+    """Make the runs of ``--paths`` for one seed (resuming one a time limit stopped) and read back both."""
+    from mair.train.launch import STOP_MARKER
+
+    exp = derived_experiment(exp_id, args)
+    exp["train"] = {**exp["train"], "seed": seed}
+    exp_file = prepare(args, exp, args.out / "experiments" / f"seed{seed}")
+    fingerprint = hashlib.sha256(exp_file.read_bytes()).hexdigest()
+    runs = {}
+    for name, extra in (("fast", []), ("exact", ["--exact"])):
+        work = args.out / "train" / exp_id / f"seed{seed}" / name
+        wall_file, made_from = work / "wall_seconds.txt", work / "experiment.sha256"
+        if name in args.paths.split(","):
+            # A run its time limit stopped (STOPPED.json; mair train wrote a checkpoint) goes on from there when
+            # it was made from this very experiment file; anything else starts over.
+            resume = (
+                (work / "run" / STOP_MARKER).is_file()
+                and made_from.is_file()
+                and (made_from.read_text().strip() == fingerprint)
+            )
             argv = [
                 "train",
                 str(exp_file),
@@ -343,64 +364,105 @@ def train_part(args: argparse.Namespace, exp_ids: Sequence[str]) -> dict[str, An
                 "--results-dir",
                 str(work / "results"),
                 "--no-mlflow",
-                "--no-resume",
                 "--log-every",
                 "1",
+                *([] if resume else ["--no-resume"]),
                 *extra,
             ]
             if args.num_workers is not None:
                 argv += ["--num-workers", str(args.num_workers)]
-            wall_file = work / "wall_seconds.txt"
-            if name in args.paths.split(","):
-                started = time.perf_counter()
-                run_mair(argv, args, work / "train.log")
-                wall_file.write_text(f"{time.perf_counter() - started:.1f}\n")
-            elif not (work / "run" / "val_log.csv").is_file():
-                print(f"{exp_id}: no {name} run yet (run it with --paths {name}); comparison left out", flush=True)
-                continue
-            wall = float(wall_file.read_text()) if wall_file.is_file() else math.nan
-            log = read_csv(work / "run" / "train_log.csv")
-            val = read_csv(work / "run" / "val_log.csv")
-            config = yaml.safe_load((work / "run" / "config.yaml").read_text())["run"]
-            runs[name] = {
-                "losses": {int(r["iter"]): float(r["loss"]) for r in log},
-                "val_psnr": float(val[-1]["psnr"]) if val else math.nan,
-                "val_ssim": float(val[-1]["ssim"]) if val else math.nan,
-                "step_ms": _step_ms(log),
-                "wall_s": round(wall, 1),
-                "runtime": config.get("runtime", {}).get("describe"),
-                "weights": str(work / "results" / "paper" / "weights" / f"{exp['id']}.pth"),
-            }
-        if len(runs) < 2:
+            earlier = float(wall_file.read_text()) if resume and wall_file.is_file() else 0.0
+            work.mkdir(parents=True, exist_ok=True)
+            made_from.write_text(fingerprint + "\n")
+            wall_file.unlink(missing_ok=True)
+            started = time.perf_counter()
+            try:
+                run_mair(argv, args, work / ("train_resumed.log" if resume else "train.log"))
+            finally:  # also when stopped: the next call adds its own time
+                wall_file.write_text(f"{earlier + time.perf_counter() - started:.1f}\n")
+        elif not (work / "run" / "val_log.csv").is_file() or (work / "run" / STOP_MARKER).is_file():
+            print(f"{exp_id} seed {seed}: no finished {name} run yet (run it with --paths {name})", flush=True)
             continue
-        iters = sorted(set(runs["fast"]["losses"]) & set(runs["exact"]["losses"]))
-        loss_file = args.out / "train" / f"{exp_id}_losses.csv"
-        with loss_file.open("w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["iter", "loss_fast", "loss_exact"])
-            for i in iters:
-                writer.writerow([i, repr(runs["fast"]["losses"][i]), repr(runs["exact"]["losses"][i])])
-        curves[exp_id] = (
-            iters,
-            [runs["fast"]["losses"][i] for i in iters],
-            [runs["exact"]["losses"][i] for i in iters],
-        )
-        diff = abs(runs["fast"]["val_psnr"] - runs["exact"]["val_psnr"])
-        results[exp_id] = {
-            "iterations": len(iters),
-            "loss_csv": str(loss_file),
-            "final_loss": {k: v["losses"][iters[-1]] for k, v in runs.items()},
-            "mean_abs_loss_diff": statistics.fmean(abs(a - b) for _, a, b in zip(*curves[exp_id], strict=True)),
-            **{
-                f"{k}_{name}": v[k]
-                for name, v in runs.items()
-                for k in ("val_psnr", "val_ssim", "step_ms", "wall_s", "runtime", "weights")
-            },
-            "val_psnr_diff_db": diff,
-            "ok": diff <= VAL_PSNR_TOLERANCE_DB,
+        if (work / "run" / STOP_MARKER).is_file():
+            raise SystemExit(f"{work / 'run'}: stopped before its last iteration; run the same command again")
+        if not made_from.is_file() or made_from.read_text().strip() != fingerprint:
+            raise SystemExit(f"{work}: made from another experiment file (other --iters, --batch ...); rerun it")
+        wall = float(wall_file.read_text()) if wall_file.is_file() else math.nan
+        log = read_csv(work / "run" / "train_log.csv")
+        val = read_csv(work / "run" / "val_log.csv")
+        config = yaml.safe_load((work / "run" / "config.yaml").read_text())["run"]
+        runs[name] = {
+            "losses": {int(r["iter"]): float(r["loss"]) for r in log},
+            "val_psnr": float(val[-1]["psnr"]) if val else math.nan,
+            "val_ssim": float(val[-1]["ssim"]) if val else math.nan,
+            "step_ms": _step_ms(log),
+            "wall_s": round(wall, 1),
+            "runtime": config.get("runtime", {}).get("describe"),
+            "weights": str(work / "results" / "paper" / "weights" / f"{exp['id']}.pth"),
         }
-        print(json.dumps({exp_id: results[exp_id]}), flush=True)
-    curves = load_curves(args.out / "train")
+    return runs
+
+
+def _compare_seed(args: argparse.Namespace, exp_id: str, seed: int, runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """One seed's fast and exact runs side by side; writes their losses to ``train/losses/<exp>_seed<N>.csv``."""
+    iters = sorted(set(runs["fast"]["losses"]) & set(runs["exact"]["losses"]))
+    loss_file = args.out / "train" / "losses" / f"{exp_id}_seed{seed}.csv"
+    loss_file.parent.mkdir(parents=True, exist_ok=True)
+    with loss_file.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["iter", "loss_fast", "loss_exact"])
+        for i in iters:
+            writer.writerow([i, repr(runs["fast"]["losses"][i]), repr(runs["exact"]["losses"][i])])
+    fast, exact = ([runs[p]["losses"][i] for i in iters] for p in ("fast", "exact"))
+    return {
+        "iterations": len(iters),
+        "loss_csv": str(loss_file),
+        "final_loss": {k: v["losses"][iters[-1]] for k, v in runs.items()},
+        "mean_abs_loss_diff": statistics.fmean(abs(a - b) for a, b in zip(fast, exact, strict=True)),
+        **{
+            f"{k}_{name}": v[k]
+            for name, v in runs.items()
+            for k in ("val_psnr", "val_ssim", "step_ms", "wall_s", "runtime", "weights")
+        },
+        "val_psnr_diff_db": runs["fast"]["val_psnr"] - runs["exact"]["val_psnr"],
+    }
+
+
+def _spread(values: Sequence[float]) -> float | None:
+    return statistics.stdev(values) if len(values) > 1 else None
+
+
+def train_part(args: argparse.Namespace, exp_ids: Sequence[str]) -> dict[str, Any]:
+    """Fast default and --exact training of each experiment, for each seed of ``--seeds`` (default the
+    experiment's own). Per seed: losses, validation PSNR of both paths and their difference; per experiment the
+    mean over seeds of each path, the difference of the means (the verdict: within 0.05 dB) and each path's
+    spread over seeds (how far two trainings that differ in nothing but their seed land apart)."""
+    results = {}
+    for exp_id in exp_ids:
+        seeds = args.seeds or [int(read_experiment_seed(exp_id))]
+        per_seed = {}
+        for seed in seeds:
+            runs = _seed_runs(args, exp_id, seed)
+            if len(runs) == 2:
+                per_seed[str(seed)] = _compare_seed(args, exp_id, seed, runs)
+                print(json.dumps({exp_id: {f"seed {seed}": per_seed[str(seed)]}}), flush=True)
+        if len(per_seed) < len(seeds):
+            continue
+        fast = [r["val_psnr_fast"] for r in per_seed.values()]
+        exact = [r["val_psnr_exact"] for r in per_seed.values()]
+        diff = statistics.fmean(fast) - statistics.fmean(exact)
+        results[exp_id] = {
+            "seeds": per_seed,
+            "iterations": min(r["iterations"] for r in per_seed.values()),
+            "val_psnr_fast_mean": statistics.fmean(fast),
+            "val_psnr_exact_mean": statistics.fmean(exact),
+            "val_psnr_fast_seed_std": _spread(fast),
+            "val_psnr_exact_seed_std": _spread(exact),
+            "val_psnr_diff_db": diff,
+            "ok": abs(diff) <= VAL_PSNR_TOLERANCE_DB,
+        }
+        print(json.dumps({exp_id: {k: v for k, v in results[exp_id].items() if k != "seeds"}}), flush=True)
+    curves = load_curves(args.out / "train" / "losses")
     figure = plot_losses(curves, args.out / "train" / "losses.png") if curves else None
     return {
         "experiments": results,
@@ -410,12 +472,20 @@ def train_part(args: argparse.Namespace, exp_ids: Sequence[str]) -> dict[str, An
     }
 
 
+def read_experiment_seed(exp_id: str) -> int:
+    """The training seed the paper experiment's document sets."""
+    from mair.experiments import read_document
+
+    return int(read_document(exp_id)["train"]["seed"])
+
+
 def load_curves(folder: Path) -> dict[str, tuple[list[int], list[float], list[float]]]:
-    """The loss curves of every experiment trained so far under ``folder`` (earlier calls included)."""
+    """The loss curves of every experiment and seed trained so far under ``folder`` (earlier calls included),
+    keyed ``<exp>_seed<N>``."""
     curves = {}
-    for path in sorted(folder.glob("*_losses.csv")):
+    for path in sorted(folder.glob("*.csv")):
         rows = read_csv(path)
-        curves[path.name[: -len("_losses.csv")]] = (
+        curves[path.stem] = (
             [int(r["iter"]) for r in rows],
             [float(r["loss_fast"]) for r in rows],
             [float(r["loss_exact"]) for r in rows],
@@ -432,19 +502,23 @@ def _smooth(values: Sequence[float], window: int) -> list[float]:
 
 
 def plot_losses(curves: dict[str, tuple[list[int], list[float], list[float]]], path: Path) -> Path:
-    """One panel per experiment: both loss curves (raw, light; moving average, bold) on one axis."""
+    """One panel per experiment and seed (three to a row): both loss curves (raw, light; moving average, bold)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(curves), figsize=(6 * len(curves), 4), squeeze=False)
-    for ax, (exp_id, (iters, fast, exact)) in zip(axes[0], curves.items(), strict=True):
+    cols = min(3, len(curves))
+    rows = -(-len(curves) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(6 * cols, 4 * rows), squeeze=False)
+    for ax in axes.flat[len(curves) :]:
+        ax.axis("off")
+    for ax, (name, (iters, fast, exact)) in zip(axes.flat, curves.items(), strict=False):
         window = max(1, len(iters) // 50)
         for values, label, colour in ((fast, "fast default", "tab:blue"), (exact, "--exact", "tab:orange")):
             ax.plot(iters, values, color=colour, alpha=0.25, linewidth=0.6)
             ax.plot(iters, _smooth(values, window), color=colour, linewidth=1.6, label=f"{label} (mean of {window})")
-        ax.set_title(exp_id)
+        ax.set_title(name.replace("_seed", ", seed "))
         ax.set_xlabel("iteration")
         ax.set_ylabel("L1 loss")
         ax.set_yscale("log")
@@ -466,9 +540,9 @@ def eval_part(args: argparse.Namespace, exp_ids: Sequence[str]) -> dict[str, Any
         raise SystemExit("--parts eval needs an SR experiment in --experiments")
     exp = derived_experiment(sr[0], args)
     exp_file = prepare(args, exp)
-    weights = (
-        args.eval_weights or args.out / "train" / sr[0] / "fast" / "results" / "paper" / "weights" / f"{exp['id']}.pth"
-    )
+    seed = (args.seeds or [read_experiment_seed(sr[0])])[0]
+    fast_run = args.out / "train" / sr[0] / f"seed{seed}" / "fast"
+    weights = args.eval_weights or fast_run / "results" / "paper" / "weights" / f"{exp['id']}.pth"
     if not Path(weights).is_file():
         raise SystemExit(f"{weights}: no weights; run --parts train first or pass --eval-weights")
     out: dict[str, Any] = {"experiment": sr[0], "weights": str(weights), "datasets": {}}
@@ -531,6 +605,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default="fast,exact",
         help="train part: which runs to make in this call (default both); a run made by an earlier call "
         "with the same --out is read back, so the two can go to separate calls",
+    )
+    p.add_argument(
+        "--seeds",
+        type=lambda text: [int(x) for x in text.split(",") if x.strip()],
+        default=None,
+        help="train part: comma-separated training seeds, one fast and one exact run each (default: the "
+        "experiment's own seed); the verdict compares the paths' means, and each path's spread over seeds is given",
     )
     p.add_argument("--iters", type=int, default=2000, help="training iterations per run (default 2000)")
     p.add_argument("--batch", type=int, default=4, help="training batch (default 4)")

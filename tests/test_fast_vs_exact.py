@@ -6,7 +6,12 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from types import ModuleType
 
@@ -14,6 +19,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from tests.conftest import SHARED
 
@@ -93,12 +99,17 @@ def test_fast_vs_exact_runs_on_the_cpu(tmp_path: Path) -> None:
     assert set(train) == {"sr_light_t_x4", "dn_real"}
     for exp_id, result in train.items():
         assert result["iterations"] == 2 and result["ok"]
-        assert result["runtime_fast"].startswith("default path on cpu")
-        assert result["runtime_exact"].startswith("exact path on cpu")
-        with open(result["loss_csv"], newline="") as handle:
+        (seed,) = result["seeds"]  # the experiment's own training seed
+        assert seed == str(fve.read_experiment_seed(exp_id))
+        run = result["seeds"][seed]
+        assert run["val_psnr_fast"] == result["val_psnr_fast_mean"] and result["val_psnr_fast_seed_std"] is None
+        assert result["val_psnr_diff_db"] == pytest.approx(run["val_psnr_fast"] - run["val_psnr_exact"])
+        assert run["runtime_fast"].startswith("default path on cpu")
+        assert run["runtime_exact"].startswith("exact path on cpu")
+        with open(run["loss_csv"], newline="") as handle:
             rows = list(csv.DictReader(handle))
         assert [r["iter"] for r in rows] == ["1", "2"] and set(rows[0]) == {"iter", "loss_fast", "loss_exact"}
-        assert Path(result["weights_fast"]).is_file(), exp_id
+        assert Path(run["weights_fast"]).is_file(), exp_id
     assert Path(summary["train"]["figure"]).stat().st_size > 1000
     evaluation = summary["eval"]
     assert set(evaluation["datasets"]) == {"set5", "set14"} and evaluation["ok"]
@@ -110,9 +121,116 @@ def test_fast_vs_exact_runs_on_the_cpu(tmp_path: Path) -> None:
     assert (out / "data" / "prepared" / "set14" / "LR_bicubic" / "X4" / "img0.png").is_file()  # grey BMP read in
 
     # One path per call (GPU calls are time-limited): the other path's earlier run is read back.
-    fast_log = out / "train" / "sr_light_t_x4" / "fast" / "run" / "train_log.csv"
+    fast_log = out / "train" / "sr_light_t_x4" / "seed10" / "fast" / "run" / "train_log.csv"
     before = fast_log.stat().st_mtime_ns
     rerun = ["--parts", "train", "--paths", "exact", "--experiments", "sr_light_t_x4"]
     summary = fve.main(argv[: argv.index("--parts")] + rerun)  # the later --experiments wins
     assert fast_log.stat().st_mtime_ns == before
     assert summary["train"]["experiments"]["sr_light_t_x4"]["ok"] and set(summary["train"]["experiments"]) == set(train)
+
+
+def _train_argv(tmp_path: Path, out: Path, iters: int, *extra: str) -> list[str]:
+    images = tmp_path / "images"
+    if not images.is_dir():
+        _images(images / "train", 3, 0)
+        _images(images / "val", 2, 1)
+        _images(images / "set5", 2, 2)
+        _images(images / "set14", 2, 3)
+    return [
+        *("--out", str(out), "--device", "cpu", "--tiny", "--iters", str(iters), "--batch", "2"),
+        *("--sr-patch", "8", "--parts", "train", "--experiments", "sr_light_t_x4", "--num-workers", "0"),
+        *("--train-images", str(images / "train"), "--val-images", str(images / "val")),
+        *("--set5", str(images / "set5"), "--set14", str(images / "set14")),
+        *extra,
+    ]
+
+
+@pytest.mark.slow
+def test_several_seeds_give_each_paths_mean_and_spread(tmp_path: Path) -> None:
+    fve = _script()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        summary = fve.main(_train_argv(tmp_path, tmp_path / "out", 2, "--seeds", "1,2", "--in-process"))
+    finally:
+        torch.set_num_threads(threads)
+    result = summary["train"]["experiments"]["sr_light_t_x4"]
+    assert set(result["seeds"]) == {"1", "2"}
+    fast = [result["seeds"][s]["val_psnr_fast"] for s in ("1", "2")]
+    exact = [result["seeds"][s]["val_psnr_exact"] for s in ("1", "2")]
+    assert fast == pytest.approx(exact, abs=1e-6)  # the CPU's default path is the exact one
+    assert fast[0] != fast[1]  # another seed: another initialisation and other patches
+    assert result["val_psnr_fast_mean"] == pytest.approx(sum(fast) / 2)
+    assert result["val_psnr_fast_seed_std"] == pytest.approx(abs(fast[0] - fast[1]) / 2**0.5)
+    assert result["ok"]
+    for seed in ("1", "2"):
+        config = yaml.safe_load(
+            (tmp_path / "out" / "train" / "sr_light_t_x4" / f"seed{seed}" / "exact" / "run" / "config.yaml").read_text()
+        )
+        assert config["experiment"]["train"]["seed"] == int(seed)
+    assert Path(summary["train"]["figure"]).stat().st_size > 1000
+    written = {p.suffix for p in (tmp_path / "images").rglob("*") if p.is_file()}
+    assert written == {".png"}, "the script wrote into an image folder it only reads"
+
+
+def _stop_mid_run(argv: list[str], train_log: Path) -> None:
+    """Start the script in its own process group and stop it as `timeout` does (SIGTERM to the group) once the
+    training has logged three iterations; waits until mair train has written its stop marker."""
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "benchmarks" / "fast_vs_exact.py"), *argv],
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    started, deadline = time.time(), time.monotonic() + 240
+    while not (
+        train_log.is_file()
+        and train_log.stat().st_mtime >= started  # not the log of a run made before
+        and len(train_log.read_text().splitlines()) > 3
+    ):
+        assert proc.poll() is None and time.monotonic() < deadline, "the training never got going"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=120)
+    marker = train_log.parent / "STOPPED.json"
+    while not marker.is_file():
+        assert time.monotonic() < deadline, "mair train wrote no stop marker"
+        time.sleep(0.1)
+    time.sleep(1.0)  # the child process may still be closing its files
+
+
+def _run(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "fast_vs_exact.py"), *argv],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+@pytest.mark.slow
+def test_a_run_its_time_limit_stopped_goes_on_when_the_command_is_repeated(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    work = out / "train" / "sr_light_t_x4" / "seed10" / "exact"
+    log = work / "run" / "train_log.csv"
+    argv = _train_argv(tmp_path, out, 200, "--paths", "exact")
+    _stop_mid_run(argv, log)
+    stopped = json.loads((work / "run" / "STOPPED.json").read_text())["iteration"]
+    assert stopped < 200
+
+    again = _run(argv)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    assert f"iteration {stopped}" in (work / "train_resumed.log").read_text()  # went on from the checkpoint
+    assert not (work / "run" / "archive").exists() and not (work / "run" / "STOPPED.json").exists()
+    with log.open(newline="") as handle:
+        assert [int(r["iter"]) for r in csv.DictReader(handle)] == list(range(1, 201))
+    assert (work / "run" / "val_log.csv").is_file()
+
+    # A stopped run of another experiment file (here another --iters) is not resumed but started over.
+    _stop_mid_run(_train_argv(tmp_path, out, 300, "--paths", "exact"), log)
+    fresh = _run(argv)
+    assert fresh.returncode == 0, fresh.stdout[-2000:] + fresh.stderr[-2000:]
+    assert "moved the previous run's files" in (work / "train.log").read_text()
+    assert "resuming" not in (work / "train.log").read_text()
+    with log.open(newline="") as handle:
+        assert [int(r["iter"]) for r in csv.DictReader(handle)] == list(range(1, 201))
