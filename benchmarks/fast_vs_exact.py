@@ -37,7 +37,7 @@ reused by later calls)::
     MAIR_SHARED_DIR=shared python benchmarks/fast_vs_exact.py --out fve --parts train --experiments dn_real \
         --paths fast                                 # and then --paths exact: one run per call, read back later
     MAIR_SHARED_DIR=shared python benchmarks/fast_vs_exact.py --out fve --parts train --experiments sr_light_t_x4 \
-        --seeds 10,11,12                             # three seeds: each path's mean and spread
+        --seeds 11,12,13 --jobs 6                    # three seeds, six runs at once: each path's mean and spread
     MAIR_SHARED_DIR=shared python benchmarks/fast_vs_exact.py --out fve --parts eval --experiments sr_light_t_x4
 
 On a CPU, as a check of the script itself: ``--device cpu --tiny --iters 3 --max-images 3 --max-side 64
@@ -57,6 +57,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -332,59 +333,100 @@ def _step_ms(rows: list[dict[str, str]]) -> float | None:
     return 1e3 * statistics.median(steps) if steps else None
 
 
-def _seed_runs(args: argparse.Namespace, exp_id: str, seed: int) -> dict[str, dict[str, Any]]:
-    """Make the runs of ``--paths`` for one seed (resuming one a time limit stopped) and read back both."""
-    from mair.train.launch import STOP_MARKER
-
+def _seed_experiment(args: argparse.Namespace, exp_id: str, seed: int) -> tuple[dict[str, Any], Path, str]:
+    """The short experiment of ``exp_id`` with training seed ``seed``: its document, its file under
+    ``experiments/seed<N>/`` (the prepared sets made too) and the file's SHA-256."""
     exp = derived_experiment(exp_id, args)
     exp["train"] = {**exp["train"], "seed": seed}
     exp_file = prepare(args, exp, args.out / "experiments" / f"seed{seed}")
-    fingerprint = hashlib.sha256(exp_file.read_bytes()).hexdigest()
-    runs = {}
-    for name, extra in (("fast", []), ("exact", ["--exact"])):
-        work = args.out / "train" / exp_id / f"seed{seed}" / name
+    return exp, exp_file, hashlib.sha256(exp_file.read_bytes()).hexdigest()
+
+
+def _run_folder(args: argparse.Namespace, exp_id: str, seed: int, path: str) -> Path:
+    return args.out / "train" / exp_id / f"seed{seed}" / path
+
+
+def _make_runs(args: argparse.Namespace, exp_ids: Sequence[str]) -> None:
+    """Every run of ``--paths`` for every experiment and seed, up to ``--jobs`` at once (exact runs, the
+    longest, first). A run its time limit stopped (STOPPED.json: mair train wrote a checkpoint) goes on from there
+    when it was made from the very same experiment file; anything else starts over. Failures are reported
+    together once every run has ended."""
+    from mair.train.launch import STOP_MARKER
+
+    planned = []
+    for exp_id in exp_ids:
+        for seed in _seeds(args, exp_id):
+            _, exp_file, fingerprint = _seed_experiment(args, exp_id, seed)
+            for name in ("exact", "fast"):
+                if name in args.paths.split(","):
+                    planned.append((name, exp_id, seed, exp_file, fingerprint))
+    planned.sort(key=lambda plan: plan[0] != "exact")
+
+    def make(name: str, exp_id: str, seed: int, exp_file: Path, fingerprint: str) -> str | None:
+        work = _run_folder(args, exp_id, seed, name)
         wall_file, made_from = work / "wall_seconds.txt", work / "experiment.sha256"
-        if name in args.paths.split(","):
-            # A run its time limit stopped (STOPPED.json; mair train wrote a checkpoint) goes on from there when
-            # it was made from this very experiment file; anything else starts over.
-            resume = (
-                (work / "run" / STOP_MARKER).is_file()
-                and made_from.is_file()
-                and (made_from.read_text().strip() == fingerprint)
-            )
-            argv = [
-                "train",
-                str(exp_file),
-                "--device",
-                args.device,
-                "--data-dir",
-                str(args.out / "data"),
-                "--run-dir",
-                str(work / "run"),
-                "--results-dir",
-                str(work / "results"),
-                "--no-mlflow",
-                "--log-every",
-                "1",
-                *([] if resume else ["--no-resume"]),
-                *extra,
-            ]
-            if args.num_workers is not None:
-                argv += ["--num-workers", str(args.num_workers)]
-            earlier = float(wall_file.read_text()) if resume and wall_file.is_file() else 0.0
-            work.mkdir(parents=True, exist_ok=True)
-            made_from.write_text(fingerprint + "\n")
-            wall_file.unlink(missing_ok=True)
-            started = time.perf_counter()
-            try:
-                run_mair(argv, args, work / ("train_resumed.log" if resume else "train.log"))
-            finally:  # also when stopped: the next call adds its own time
-                wall_file.write_text(f"{earlier + time.perf_counter() - started:.1f}\n")
-        elif not (work / "run" / "val_log.csv").is_file() or (work / "run" / STOP_MARKER).is_file():
+        resume = (
+            (work / "run" / STOP_MARKER).is_file()
+            and made_from.is_file()
+            and made_from.read_text().strip() == fingerprint
+        )
+        argv = [
+            "train",
+            str(exp_file),
+            "--device",
+            args.device,
+            "--data-dir",
+            str(args.out / "data"),
+            "--run-dir",
+            str(work / "run"),
+            "--results-dir",
+            str(work / "results"),
+            "--no-mlflow",
+            "--log-every",
+            "1",
+            *([] if resume else ["--no-resume"]),
+            *(["--exact"] if name == "exact" else []),
+            *(["--num-workers", str(args.num_workers)] if args.num_workers is not None else []),
+        ]
+        earlier = float(wall_file.read_text()) if resume and wall_file.is_file() else 0.0
+        work.mkdir(parents=True, exist_ok=True)
+        made_from.write_text(fingerprint + "\n")
+        wall_file.unlink(missing_ok=True)
+        started = time.perf_counter()
+        try:
+            run_mair(argv, args, work / ("train_resumed.log" if resume else "train.log"))
+        except SystemExit as failure:
+            return str(failure)
+        finally:  # also when stopped: the call that finishes the run adds its own time
+            wall_file.write_text(f"{earlier + time.perf_counter() - started:.1f}\n")
+        return None
+
+    if args.jobs == 1:
+        failures = [make(*plan) for plan in planned]
+    else:
+        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+            failures = list(pool.map(lambda plan: make(*plan), planned))
+    failed = [f for f in failures if f]
+    if failed:
+        raise SystemExit("\n".join(failed))
+
+
+def _seeds(args: argparse.Namespace, exp_id: str) -> list[int]:
+    return args.seeds or [read_experiment_seed(exp_id)]
+
+
+def _read_runs(args: argparse.Namespace, exp_id: str, seed: int) -> dict[str, dict[str, Any]]:
+    """The finished fast and exact runs of one experiment and seed (either may be missing)."""
+    from mair.train.launch import STOP_MARKER
+
+    exp, _, fingerprint = _seed_experiment(args, exp_id, seed)
+    runs = {}
+    for name in ("fast", "exact"):
+        work = _run_folder(args, exp_id, seed, name)
+        made_from, wall_file = work / "experiment.sha256", work / "wall_seconds.txt"
+        if not (work / "run" / "val_log.csv").is_file() or (work / "run" / STOP_MARKER).is_file():
             print(f"{exp_id} seed {seed}: no finished {name} run yet (run it with --paths {name})", flush=True)
             continue
-        if (work / "run" / STOP_MARKER).is_file():
-            raise SystemExit(f"{work / 'run'}: stopped before its last iteration; run the same command again")
         if not made_from.is_file() or made_from.read_text().strip() != fingerprint:
             raise SystemExit(f"{work}: made from another experiment file (other --iters, --batch ...); rerun it")
         wall = float(wall_file.read_text()) if wall_file.is_file() else math.nan
@@ -437,12 +479,13 @@ def train_part(args: argparse.Namespace, exp_ids: Sequence[str]) -> dict[str, An
     experiment's own). Per seed: losses, validation PSNR of both paths and their difference; per experiment the
     mean over seeds of each path, the difference of the means (the verdict: within 0.05 dB) and each path's
     spread over seeds (how far two trainings that differ in nothing but their seed land apart)."""
+    _make_runs(args, exp_ids)
     results = {}
     for exp_id in exp_ids:
-        seeds = args.seeds or [int(read_experiment_seed(exp_id))]
+        seeds = _seeds(args, exp_id)
         per_seed = {}
         for seed in seeds:
-            runs = _seed_runs(args, exp_id, seed)
+            runs = _read_runs(args, exp_id, seed)
             if len(runs) == 2:
                 per_seed[str(seed)] = _compare_seed(args, exp_id, seed, runs)
                 print(json.dumps({exp_id: {f"seed {seed}": per_seed[str(seed)]}}), flush=True)
@@ -628,8 +671,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-side", type=int, default=None, help="centre-crop every image to at most PX per side")
     p.add_argument("--keep-drop-path", action="store_true", help="keep stochastic depth where the network has it")
     p.add_argument("--num-workers", type=int, default=None, help="data loader workers (default: mair train's)")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="train part: mair train processes at once (default 1; on one GPU, 4 fit an H100: the exact runs "
+        "are eager and leave it mostly idle)",
+    )
     p.add_argument("--in-process", action="store_true", help="run the mair commands in this process (tests)")
     args = p.parse_args(argv)
+    if args.jobs < 1 or (args.in_process and args.jobs > 1):
+        p.error("--jobs: at least 1, and 1 with --in-process")
     if args.device is None:
         import torch
 

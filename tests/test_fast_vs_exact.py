@@ -213,7 +213,7 @@ def test_a_run_its_time_limit_stopped_goes_on_when_the_command_is_repeated(tmp_p
     out = tmp_path / "out"
     work = out / "train" / "sr_light_t_x4" / "seed10" / "exact"
     log = work / "run" / "train_log.csv"
-    argv = _train_argv(tmp_path, out, 200, "--paths", "exact")
+    argv = _train_argv(tmp_path, out, 200, "--paths", "exact,fast", "--jobs", "2")  # both paths at once
     _stop_mid_run(argv, log)
     stopped = json.loads((work / "run" / "STOPPED.json").read_text())["iteration"]
     assert stopped < 200
@@ -224,7 +224,9 @@ def test_a_run_its_time_limit_stopped_goes_on_when_the_command_is_repeated(tmp_p
     assert not (work / "run" / "archive").exists() and not (work / "run" / "STOPPED.json").exists()
     with log.open(newline="") as handle:
         assert [int(r["iter"]) for r in csv.DictReader(handle)] == list(range(1, 201))
-    assert (work / "run" / "val_log.csv").is_file()
+    result = json.loads((out / "train.json").read_text())["experiments"]["sr_light_t_x4"]
+    assert result["iterations"] == 200 and result["ok"]  # the CPU's two paths are the same fp32 path
+    argv = _train_argv(tmp_path, out, 200, "--paths", "exact")
 
     # A stopped run of another experiment file (here another --iters) is not resumed but started over.
     _stop_mid_run(_train_argv(tmp_path, out, 300, "--paths", "exact"), log)
