@@ -59,7 +59,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import cv2
 import numpy as np
@@ -203,9 +203,8 @@ def derived_experiment(exp_id: str, args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def prepare(args: argparse.Namespace, exp: dict[str, Any], into: Path | None = None) -> Path:
-    """Write the experiment file (into ``into``, default ``--out/experiments``) and the prepared sets it names;
-    returns the experiment file."""
+def prepare(args: argparse.Namespace, exp: dict[str, Any]) -> Path:
+    """Write the experiment file (``--out/experiments``) and the prepared sets it names; returns the file."""
     data = args.out / "data"
     task, scale = exp["task"], int(exp["scale"])
     kind = "sr" if task in SR_TASKS else UNET_DEGRADATIONS[task]
@@ -215,7 +214,12 @@ def prepare(args: argparse.Namespace, exp: dict[str, Any], into: Path | None = N
     if kind == "sr":
         for ref, folder in zip(exp["test"]["datasets"], (args.set5, args.set14), strict=True):
             build_set(data, ref, read_images(folder, args.max_images, args.max_side), "sr", scale)
-    path = (into or args.out / "experiments") / f"{exp['id']}.yaml"
+    return write_experiment(exp, args.out / "experiments")
+
+
+def write_experiment(exp: dict[str, Any], folder: Path) -> Path:
+    """``exp`` as ``folder/<id>.yaml``; returns the file."""
+    path = folder / f"{exp['id']}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(exp, sort_keys=False))
     return path
@@ -333,46 +337,49 @@ def _step_ms(rows: list[dict[str, str]]) -> float | None:
     return 1e3 * statistics.median(steps) if steps else None
 
 
-def _seed_experiment(args: argparse.Namespace, exp_id: str, seed: int) -> tuple[dict[str, Any], Path, str]:
-    """The short experiment of ``exp_id`` with training seed ``seed``: its document, its file under
-    ``experiments/seed<N>/`` (the prepared sets made too) and the file's SHA-256."""
-    exp = derived_experiment(exp_id, args)
-    exp["train"] = {**exp["train"], "seed": seed}
-    exp_file = prepare(args, exp, args.out / "experiments" / f"seed{seed}")
-    return exp, exp_file, hashlib.sha256(exp_file.read_bytes()).hexdigest()
+class SeedExperiment(NamedTuple):
+    """A short experiment with one training seed: its document, its file and the file's SHA-256 (which a run
+    records, so that a run of another file is never resumed or read back as this one's)."""
+
+    exp: dict[str, Any]
+    file: Path
+    fingerprint: str
+
+
+def _seed_experiment(args: argparse.Namespace, exp: dict[str, Any], seed: int) -> SeedExperiment:
+    """``exp`` (already prepared) with training seed ``seed``, written under ``experiments/seed<N>/``."""
+    seeded = {**exp, "train": {**exp["train"], "seed": seed}}
+    path = write_experiment(seeded, args.out / "experiments" / f"seed{seed}")
+    return SeedExperiment(seeded, path, hashlib.sha256(path.read_bytes()).hexdigest())
+
+
+def _made_from(work: Path, fingerprint: str) -> bool:
+    """Whether the run in ``work`` was made from the experiment file with SHA-256 ``fingerprint``."""
+    made_from = work / "experiment.sha256"
+    return made_from.is_file() and made_from.read_text().strip() == fingerprint
 
 
 def _run_folder(args: argparse.Namespace, exp_id: str, seed: int, path: str) -> Path:
     return args.out / "train" / exp_id / f"seed{seed}" / path
 
 
-def _make_runs(args: argparse.Namespace, exp_ids: Sequence[str]) -> None:
+def _make_runs(args: argparse.Namespace, seeded: dict[tuple[str, int], SeedExperiment]) -> None:
     """Every run of ``--paths`` for every experiment and seed, up to ``--jobs`` at once (exact runs, the
     longest, first). A run its time limit stopped (STOPPED.json: mair train wrote a checkpoint) goes on from there
     when it was made from the very same experiment file; anything else starts over. Failures are reported
     together once every run has ended."""
     from mair.train.launch import STOP_MARKER
 
-    planned = []
-    for exp_id in exp_ids:
-        for seed in _seeds(args, exp_id):
-            _, exp_file, fingerprint = _seed_experiment(args, exp_id, seed)
-            for name in ("exact", "fast"):
-                if name in args.paths.split(","):
-                    planned.append((name, exp_id, seed, exp_file, fingerprint))
-    planned.sort(key=lambda plan: plan[0] != "exact")
+    paths = args.paths.split(",")
+    planned = [(name, key) for name in ("exact", "fast") if name in paths for key in seeded]  # exact first
 
-    def make(name: str, exp_id: str, seed: int, exp_file: Path, fingerprint: str) -> str | None:
-        work = _run_folder(args, exp_id, seed, name)
-        wall_file, made_from = work / "wall_seconds.txt", work / "experiment.sha256"
-        resume = (
-            (work / "run" / STOP_MARKER).is_file()
-            and made_from.is_file()
-            and made_from.read_text().strip() == fingerprint
-        )
+    def make(name: str, key: tuple[str, int]) -> str | None:
+        work, run = _run_folder(args, *key, name), seeded[key]
+        wall_file = work / "wall_seconds.txt"
+        resume = (work / "run" / STOP_MARKER).is_file() and _made_from(work, run.fingerprint)
         argv = [
             "train",
-            str(exp_file),
+            str(run.file),
             "--device",
             args.device,
             "--data-dir",
@@ -390,7 +397,7 @@ def _make_runs(args: argparse.Namespace, exp_ids: Sequence[str]) -> None:
         ]
         earlier = float(wall_file.read_text()) if resume and wall_file.is_file() else 0.0
         work.mkdir(parents=True, exist_ok=True)
-        made_from.write_text(fingerprint + "\n")
+        (work / "experiment.sha256").write_text(run.fingerprint + "\n")
         wall_file.unlink(missing_ok=True)
         started = time.perf_counter()
         try:
@@ -415,19 +422,18 @@ def _seeds(args: argparse.Namespace, exp_id: str) -> list[int]:
     return args.seeds or [read_experiment_seed(exp_id)]
 
 
-def _read_runs(args: argparse.Namespace, exp_id: str, seed: int) -> dict[str, dict[str, Any]]:
+def _read_runs(args: argparse.Namespace, exp_id: str, seed: int, seeded: SeedExperiment) -> dict[str, dict[str, Any]]:
     """The finished fast and exact runs of one experiment and seed (either may be missing)."""
     from mair.train.launch import STOP_MARKER
 
-    exp, _, fingerprint = _seed_experiment(args, exp_id, seed)
     runs = {}
     for name in ("fast", "exact"):
         work = _run_folder(args, exp_id, seed, name)
-        made_from, wall_file = work / "experiment.sha256", work / "wall_seconds.txt"
+        wall_file = work / "wall_seconds.txt"
         if not (work / "run" / "val_log.csv").is_file() or (work / "run" / STOP_MARKER).is_file():
             print(f"{exp_id} seed {seed}: no finished {name} run yet (run it with --paths {name})", flush=True)
             continue
-        if not made_from.is_file() or made_from.read_text().strip() != fingerprint:
+        if not _made_from(work, seeded.fingerprint):
             raise SystemExit(f"{work}: made from another experiment file (other --iters, --batch ...); rerun it")
         wall = float(wall_file.read_text()) if wall_file.is_file() else math.nan
         log = read_csv(work / "run" / "train_log.csv")
@@ -440,7 +446,7 @@ def _read_runs(args: argparse.Namespace, exp_id: str, seed: int) -> dict[str, di
             "step_ms": _step_ms(log),
             "wall_s": round(wall, 1),
             "runtime": config.get("runtime", {}).get("describe"),
-            "weights": str(work / "results" / "paper" / "weights" / f"{exp['id']}.pth"),
+            "weights": str(work / "results" / "paper" / "weights" / f"{seeded.exp['id']}.pth"),
         }
     return runs
 
@@ -479,13 +485,19 @@ def train_part(args: argparse.Namespace, exp_ids: Sequence[str]) -> dict[str, An
     experiment's own). Per seed: losses, validation PSNR of both paths and their difference; per experiment the
     mean over seeds of each path, the difference of the means (the verdict: within 0.05 dB) and each path's
     spread over seeds (how far two trainings that differ in nothing but their seed land apart)."""
-    _make_runs(args, exp_ids)
+    seeded = {}
+    for exp_id in exp_ids:
+        exp = derived_experiment(exp_id, args)
+        prepare(args, exp)  # the prepared sets, shared by the seeds
+        for seed in _seeds(args, exp_id):
+            seeded[exp_id, seed] = _seed_experiment(args, exp, seed)
+    _make_runs(args, seeded)
     results = {}
     for exp_id in exp_ids:
         seeds = _seeds(args, exp_id)
         per_seed = {}
         for seed in seeds:
-            runs = _read_runs(args, exp_id, seed)
+            runs = _read_runs(args, exp_id, seed, seeded[exp_id, seed])
             if len(runs) == 2:
                 per_seed[str(seed)] = _compare_seed(args, exp_id, seed, runs)
                 print(json.dumps({exp_id: {f"seed {seed}": per_seed[str(seed)]}}), flush=True)
@@ -583,8 +595,7 @@ def eval_part(args: argparse.Namespace, exp_ids: Sequence[str]) -> dict[str, Any
         raise SystemExit("--parts eval needs an SR experiment in --experiments")
     exp = derived_experiment(sr[0], args)
     exp_file = prepare(args, exp)
-    seed = (args.seeds or [read_experiment_seed(sr[0])])[0]
-    fast_run = args.out / "train" / sr[0] / f"seed{seed}" / "fast"
+    fast_run = _run_folder(args, sr[0], _seeds(args, sr[0])[0], "fast")
     weights = args.eval_weights or fast_run / "results" / "paper" / "weights" / f"{exp['id']}.pth"
     if not Path(weights).is_file():
         raise SystemExit(f"{weights}: no weights; run --parts train first or pass --eval-weights")
