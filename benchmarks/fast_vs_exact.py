@@ -643,6 +643,13 @@ def eval_part(args: argparse.Namespace, exp_ids: Sequence[str]) -> dict[str, Any
 # ------------------------------------------------------------------------------------------------ main
 
 
+def _seed_list(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated integers, e.g. 11,12,13") from None
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     shared = shared_dir()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -662,7 +669,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--seeds",
-        type=lambda text: [int(x) for x in text.split(",") if x.strip()],
+        type=_seed_list,
         default=None,
         help="train part: comma-separated training seeds, one fast and one exact run each (default: the "
         "experiment's own seed); the verdict compares the paths' means, and each path's spread over seeds is given",
