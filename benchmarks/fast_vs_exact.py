@@ -15,14 +15,16 @@ Three parts (``--parts``, default all), everything written under ``--out``:
   div2k and urban100, but hold these images). Paper networks (``--tiny``: the demo ones), ``--iters`` iterations
   at batch ``--batch`` and small patches, the learning-rate schedule shortened to ``--iters``, stochastic depth
   off (compiled and eager code draw its random masks differently; ``--keep-drop-path`` keeps it). Runs live in
-  ``train/<exp>/seed<N>/{fast,exact}``; a run that its time limit stopped (``timeout`` sends SIGTERM, mair train
-  writes a checkpoint and STOPPED.json) goes on from its checkpoint when the same command runs again, and starts
-  over when the experiment file differs (other ``--iters``, ``--batch`` ...). -> ``train/losses/<exp>_seed<N>.csv``
-  (per-iteration losses of both runs), ``train/losses.png`` (the curves overlaid, one panel per experiment and
-  seed), ``train.json``: per seed the final validation PSNR of each run and their difference, step times, the
-  path each run recorded in its config; per experiment each path's mean over the seeds, the difference of the
-  means (the verdict) and each path's standard deviation over the seeds (how far trainings that differ only in
-  their seed land apart: the scale against which a difference between the paths means something).
+  ``train/<exp>/seed<N>/{fast,exact}``. The same command again keeps the finished runs, finishes the others
+  from their newest checkpoint and starts over those of another experiment file (other ``--iters``, ``--batch``
+  ...). A SIGTERM or SIGINT (``timeout``, ``kill``) stops every run at a checkpoint; the script waits for that
+  and exits with status 75, so a time limit a little inside the call's own loses nothing.
+  -> ``train/losses/<exp>_seed<N>.csv`` (per-iteration losses of both runs), ``train/losses.png`` (the curves
+  overlaid, one panel per experiment and seed), ``train.json``: per seed the final validation PSNR of each run and
+  their difference, step times, the path each run recorded in its config; per experiment each path's mean over the
+  seeds, the difference of the means (the verdict) and each path's standard deviation over the seeds (how far
+  trainings that differ only in their seed land apart: the scale against which a difference between the paths means
+  something).
 * **eval**: the trained SR network (fast run; ``--eval-weights`` for others of the same network) evaluated on
   Set5 and Set14 through ``mair evaluate``, default and ``--exact``. -> ``eval.json`` (PSNR per set and path,
   differences; the largest per-image difference).
@@ -47,16 +49,19 @@ On a CPU, as a check of the script itself: ``--device cpu --tiny --iters 3 --max
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import hashlib
 import json
 import math
 import os
+import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -228,6 +233,53 @@ def write_experiment(exp: dict[str, Any], folder: Path) -> Path:
 # ------------------------------------------------------------------------------------------------ running mair
 
 
+class _Children:
+    """The ``mair`` processes this script runs. A SIGTERM or SIGINT to the script alone (``kill PID``, a
+    scheduler) is passed on to them, and the script waits for them to write their checkpoints instead of dying
+    first: whatever ends the call after the script has exited (the end of a time-limited GPU call) would kill
+    them before their checkpoint and stop marker are on disk."""
+
+    def __init__(self) -> None:
+        self.live: set[subprocess.Popen[bytes]] = set()
+        self.lock = threading.Lock()
+        self.signal: int | None = None
+
+    def start(self, argv: list[str], handle: Any, env: dict[str, str]) -> subprocess.Popen[bytes]:
+        with self.lock:
+            if self.signal is not None:
+                raise SystemExit(f"mair {' '.join(argv)}: not started, this script was stopped")
+            proc = subprocess.Popen(argv, stdout=handle, stderr=subprocess.STDOUT, env=env)
+            self.live.add(proc)
+            return proc
+
+    def done(self, proc: subprocess.Popen[bytes]) -> None:
+        with self.lock:
+            self.live.discard(proc)
+
+    def forward(self, signum: int, _frame: Any) -> None:
+        with self.lock:
+            self.signal = signum
+            for proc in self.live:
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)  # mair train: checkpoint, STOPPED.json, exit status 75
+
+    @contextlib.contextmanager
+    def forwarding(self) -> Iterator[None]:
+        """Within the block, SIGTERM and SIGINT are passed on to the children (main thread only)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {sig: signal.signal(sig, self.forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+CHILDREN = _Children()
+
+
 def run_mair(argv: list[str], args: argparse.Namespace, log: Path) -> None:
     """``mair ARGV`` in a fresh process (as a user runs it; ``--in-process`` for the CPU test), output to ``log``."""
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -238,14 +290,13 @@ def run_mair(argv: list[str], args: argparse.Namespace, log: Path) -> None:
         code = main(argv)
     else:
         path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+        env = dict(os.environ, PYTHONPATH=path, PYTHONUNBUFFERED="1")
         with log.open("w") as handle:
-            code = subprocess.run(
-                [sys.executable, "-m", "mair", *argv],
-                stdout=handle,
-                stderr=subprocess.STDOUT,
-                env=dict(os.environ, PYTHONPATH=path, PYTHONUNBUFFERED="1"),
-                check=False,
-            ).returncode
+            proc = CHILDREN.start([sys.executable, "-m", "mair", *argv], handle, env)
+            try:
+                code = proc.wait()
+            finally:
+                CHILDREN.done(proc)
     if code != 0:
         tail = log.read_text()[-3000:] if log.is_file() else ""
         raise SystemExit(f"mair {' '.join(argv)} failed ({code}); log {log}:\n{tail}")
@@ -359,24 +410,45 @@ def _made_from(work: Path, fingerprint: str) -> bool:
     return made_from.is_file() and made_from.read_text().strip() == fingerprint
 
 
+def _final_weights(work: Path, run: SeedExperiment) -> Path:
+    return work / "results" / "paper" / "weights" / f"{run.exp['id']}.pth"
+
+
+def _finished(work: Path, run: SeedExperiment) -> bool:
+    """Whether the run in ``work`` ran to its end: no stop marker, its final weights written (mair train writes
+    them last, after the final validation) and a validation row for its last iteration. A run killed while it
+    validated has a complete training log and a checkpoint at its last iteration, but none of the last two."""
+    from mair.train.launch import STOP_MARKER
+
+    if (work / "run" / STOP_MARKER).is_file() or not _final_weights(work, run).is_file():
+        return False
+    val_log = work / "run" / "val_log.csv"
+    rows = read_csv(val_log) if val_log.is_file() else []
+    return bool(rows) and int(rows[-1]["iter"]) == int(run.exp["train"]["total_iter"])
+
+
 def _run_folder(args: argparse.Namespace, exp_id: str, seed: int, path: str) -> Path:
     return args.out / "train" / exp_id / f"seed{seed}" / path
 
 
 def _make_runs(args: argparse.Namespace, seeded: dict[tuple[str, int], SeedExperiment]) -> None:
     """Every run of ``--paths`` for every experiment and seed, up to ``--jobs`` at once (exact runs, the
-    longest, first). A run its time limit stopped (STOPPED.json: mair train wrote a checkpoint) goes on from there
-    when it was made from the very same experiment file; anything else starts over. Failures are reported
-    together once every run has ended."""
-    from mair.train.launch import STOP_MARKER
+    longest, first). A finished run of the very same experiment file is kept; an unfinished one (stopped by its
+    time limit, or killed) goes on from its newest checkpoint; a run of another file starts over. A SIGTERM or
+    SIGINT to this script stops every run at a checkpoint (:class:`_Children`); the script then exits with status
+    75 and the same command goes on. Failures are reported together once every run has ended."""
+    from mair.train import EXIT_STOPPED
 
     paths = args.paths.split(",")
     planned = [(name, key) for name in ("exact", "fast") if name in paths for key in seeded]  # exact first
 
     def make(name: str, key: tuple[str, int]) -> str | None:
         work, run = _run_folder(args, *key, name), seeded[key]
+        same_file = _made_from(work, run.fingerprint)
+        if same_file and _finished(work, run):
+            print(f"{work}: finished earlier, kept", flush=True)
+            return None
         wall_file = work / "wall_seconds.txt"
-        resume = (work / "run" / STOP_MARKER).is_file() and _made_from(work, run.fingerprint)
         argv = [
             "train",
             str(run.file),
@@ -391,28 +463,34 @@ def _make_runs(args: argparse.Namespace, seeded: dict[tuple[str, int], SeedExper
             "--no-mlflow",
             "--log-every",
             "1",
-            *([] if resume else ["--no-resume"]),
+            *([] if same_file else ["--no-resume"]),
             *(["--exact"] if name == "exact" else []),
             *(["--num-workers", str(args.num_workers)] if args.num_workers is not None else []),
         ]
-        earlier = float(wall_file.read_text()) if resume and wall_file.is_file() else 0.0
+        earlier = float(wall_file.read_text()) if same_file and wall_file.is_file() else 0.0
         work.mkdir(parents=True, exist_ok=True)
         (work / "experiment.sha256").write_text(run.fingerprint + "\n")
         wall_file.unlink(missing_ok=True)
+        _final_weights(work, run).unlink(missing_ok=True)  # an earlier run's weights never pass for this one's
         started = time.perf_counter()
         try:
-            run_mair(argv, args, work / ("train_resumed.log" if resume else "train.log"))
+            run_mair(argv, args, work / ("train_resumed.log" if same_file else "train.log"))
         except SystemExit as failure:
             return str(failure)
         finally:  # also when stopped: the call that finishes the run adds its own time
             wall_file.write_text(f"{earlier + time.perf_counter() - started:.1f}\n")
         return None
 
-    if args.jobs == 1:
-        failures = [make(*plan) for plan in planned]
-    else:
-        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-            failures = list(pool.map(lambda plan: make(*plan), planned))
+    with CHILDREN.forwarding():
+        if args.jobs == 1:
+            failures = [make(*plan) for plan in planned]
+        else:
+            with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+                failures = list(pool.map(lambda plan: make(*plan), planned))
+    if CHILDREN.signal is not None:
+        name = signal.Signals(CHILDREN.signal).name
+        print(f"stopped by {name}: the runs wrote their checkpoints; the same command goes on", file=sys.stderr)
+        raise SystemExit(EXIT_STOPPED)
     failed = [f for f in failures if f]
     if failed:
         raise SystemExit("\n".join(failed))
@@ -424,29 +502,27 @@ def _seeds(args: argparse.Namespace, exp_id: str) -> list[int]:
 
 def _read_runs(args: argparse.Namespace, exp_id: str, seed: int, seeded: SeedExperiment) -> dict[str, dict[str, Any]]:
     """The finished fast and exact runs of one experiment and seed (either may be missing)."""
-    from mair.train.launch import STOP_MARKER
-
     runs = {}
     for name in ("fast", "exact"):
         work = _run_folder(args, exp_id, seed, name)
-        wall_file = work / "wall_seconds.txt"
-        if not (work / "run" / "val_log.csv").is_file() or (work / "run" / STOP_MARKER).is_file():
-            print(f"{exp_id} seed {seed}: no finished {name} run yet (run it with --paths {name})", flush=True)
+        if not _finished(work, seeded):
+            print(f"{exp_id} seed {seed}: no finished {name} run yet (the same command makes it)", flush=True)
             continue
         if not _made_from(work, seeded.fingerprint):
             raise SystemExit(f"{work}: made from another experiment file (other --iters, --batch ...); rerun it")
+        wall_file = work / "wall_seconds.txt"
         wall = float(wall_file.read_text()) if wall_file.is_file() else math.nan
         log = read_csv(work / "run" / "train_log.csv")
         val = read_csv(work / "run" / "val_log.csv")
         config = yaml.safe_load((work / "run" / "config.yaml").read_text())["run"]
         runs[name] = {
             "losses": {int(r["iter"]): float(r["loss"]) for r in log},
-            "val_psnr": float(val[-1]["psnr"]) if val else math.nan,
-            "val_ssim": float(val[-1]["ssim"]) if val else math.nan,
+            "val_psnr": float(val[-1]["psnr"]),
+            "val_ssim": float(val[-1]["ssim"]),
             "step_ms": _step_ms(log),
             "wall_s": round(wall, 1),
             "runtime": config.get("runtime", {}).get("describe"),
-            "weights": str(work / "results" / "paper" / "weights" / f"{seeded.exp['id']}.pth"),
+            "weights": str(_final_weights(work, seeded)),
         }
     return runs
 
@@ -726,8 +802,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     }
     for part in args.parts.split(","):
         result = parts[part]()
-        if part == "train":  # merge with earlier calls (one experiment per call on the GPU)
-            result["experiments"] = {**summary.get("train", {}).get("experiments", {}), **result["experiments"]}
+        if part == "train":  # other experiments of earlier calls kept (one experiment per call on the GPU)
+            earlier = summary.get("train", {}).get("experiments", {})
+            kept = {k: v for k, v in earlier.items() if k not in exp_ids}  # this call's: read from the runs again
+            result["experiments"] = {**kept, **result["experiments"]}
             result["ok"] = bool(result["experiments"]) and all(r["ok"] for r in result["experiments"].values())
         summary[part] = result
         (args.out / f"{part}.json").write_text(json.dumps(result, indent=2) + "\n")

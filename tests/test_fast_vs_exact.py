@@ -146,7 +146,7 @@ def _train_argv(tmp_path: Path, out: Path, iters: int, *extra: str) -> list[str]
 
 
 @pytest.mark.slow
-def test_several_seeds_give_each_paths_mean_and_spread(tmp_path: Path) -> None:
+def test_several_seeds_give_each_paths_mean_and_spread(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     fve = _script()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -158,6 +158,7 @@ def test_several_seeds_give_each_paths_mean_and_spread(tmp_path: Path) -> None:
     assert set(result["seeds"]) == {"1", "2"}
     fast = [result["seeds"][s]["val_psnr_fast"] for s in ("1", "2")]
     exact = [result["seeds"][s]["val_psnr_exact"] for s in ("1", "2")]
+    exact_1 = exact[0]
     assert fast == pytest.approx(exact, abs=1e-6)  # the CPU's default path is the exact one
     assert fast[0] != fast[1]  # another seed: another initialisation and other patches
     assert result["val_psnr_fast_mean"] == pytest.approx(sum(fast) / 2)
@@ -172,15 +173,49 @@ def test_several_seeds_give_each_paths_mean_and_spread(tmp_path: Path) -> None:
     written = {p.suffix for p in (tmp_path / "images").rglob("*") if p.is_file()}
     assert written == {".png"}, "the script wrote into an image folder it only reads"
 
+    # The same command again: finished runs are read back, not made again.
+    runs = tmp_path / "out" / "train" / "sr_light_t_x4"
+    logs = sorted(runs.glob("seed*/*/run/train_log.csv"))
+    assert len(logs) == 4
+    before = [p.stat().st_mtime_ns for p in logs]
+    again = fve.main(_train_argv(tmp_path, tmp_path / "out", 2, "--seeds", "1,2", "--in-process"))
+    assert [p.stat().st_mtime_ns for p in logs] == before
+    assert again["train"]["experiments"]["sr_light_t_x4"]["seeds"] == result["seeds"]
 
-def _stop_mid_run(argv: list[str], train_log: Path) -> None:
-    """Start the script in its own process group and stop it as `timeout` does (SIGTERM to the group) once the
-    training has logged three iterations; waits until mair train has written its stop marker."""
+    # A run killed while it validated (as when a time limit ends the whole machine) has its checkpoint at the
+    # last iteration but no validation row and no final weights: it is not reported as finished...
+    exact = runs / "seed1" / "exact"
+    Path(result["seeds"]["1"]["weights_exact"]).unlink()
+    (exact / "run" / "best.json").unlink()
+    val_log = exact / "run" / "val_log.csv"
+    val_log.write_text(val_log.read_text().splitlines()[0] + "\n")
+    partial = fve.main(_train_argv(tmp_path, tmp_path / "out", 2, "--seeds", "1,2", "--paths", "none", "--in-process"))
+    assert partial["train"]["experiments"] == {} and not partial["train"]["ok"]
+    # ... and the same command finishes it from its checkpoint: same weights, same validation.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    capsys.readouterr()
+    try:
+        done = fve.main(_train_argv(tmp_path, tmp_path / "out", 2, "--seeds", "1,2", "--in-process"))
+    finally:
+        torch.set_num_threads(threads)
+    assert "resuming fve_sr_light_t_x4" in "".join(capsys.readouterr())
+    others = [(p, t) for p, t in zip(logs, before, strict=True) if p.parent.parent != exact]
+    assert len(others) == 3 and all(p.stat().st_mtime_ns == t for p, t in others)
+    assert done["train"]["experiments"]["sr_light_t_x4"]["seeds"]["1"]["val_psnr_exact"] == exact_1
+
+
+def _stop_mid_run(argv: list[str], train_log: Path, group: bool) -> None:
+    """Start the script in its own process group and, once the training has logged three iterations, send
+    SIGTERM to the whole group (as `timeout` does) or to the script alone (``kill PID``). The script must wait
+    for mair train to write its checkpoint and stop marker and then exit with status 75: whatever ends the call
+    after it (the end of a time-limited GPU call) would kill the training before its checkpoint was written."""
     proc = subprocess.Popen(
         [sys.executable, str(REPO / "benchmarks" / "fast_vs_exact.py"), *argv],
         start_new_session=True,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     started, deadline = time.time(), time.monotonic() + 240
     while not (
@@ -190,13 +225,16 @@ def _stop_mid_run(argv: list[str], train_log: Path) -> None:
     ):
         assert proc.poll() is None and time.monotonic() < deadline, "the training never got going"
         time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGTERM)
-    proc.wait(timeout=120)
-    marker = train_log.parent / "STOPPED.json"
-    while not marker.is_file():
-        assert time.monotonic() < deadline, "mair train wrote no stop marker"
-        time.sleep(0.1)
-    time.sleep(1.0)  # the child process may still be closing its files
+    if group:
+        os.killpg(proc.pid, signal.SIGTERM)
+    else:
+        proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 75, err[-2000:]
+    assert "stopped by SIGTERM" in err
+    assert (train_log.parent / "STOPPED.json").is_file()
+    with pytest.raises(ProcessLookupError):  # nothing of the group is left running
+        os.killpg(proc.pid, 0)
 
 
 def _run(argv: list[str]) -> subprocess.CompletedProcess[str]:
@@ -214,7 +252,7 @@ def test_a_run_its_time_limit_stopped_goes_on_when_the_command_is_repeated(tmp_p
     work = out / "train" / "sr_light_t_x4" / "seed10" / "exact"
     log = work / "run" / "train_log.csv"
     argv = _train_argv(tmp_path, out, 200, "--paths", "exact,fast", "--jobs", "2")  # both paths at once
-    _stop_mid_run(argv, log)
+    _stop_mid_run(argv, log, group=False)
     stopped = json.loads((work / "run" / "STOPPED.json").read_text())["iteration"]
     assert stopped < 200
 
@@ -229,7 +267,7 @@ def test_a_run_its_time_limit_stopped_goes_on_when_the_command_is_repeated(tmp_p
     argv = _train_argv(tmp_path, out, 200, "--paths", "exact")
 
     # A stopped run of another experiment file (here another --iters) is not resumed but started over.
-    _stop_mid_run(_train_argv(tmp_path, out, 300, "--paths", "exact"), log)
+    _stop_mid_run(_train_argv(tmp_path, out, 300, "--paths", "exact"), log, group=True)
     fresh = _run(argv)
     assert fresh.returncode == 0, fresh.stdout[-2000:] + fresh.stderr[-2000:]
     assert "moved the previous run's files" in (work / "train.log").read_text()
