@@ -519,3 +519,25 @@ def test_compiled_tiles_restore_the_same_image_as_eager() -> None:
         torch._dynamo.reset()
     assert out.shape == eager.shape == (44, 54, 3)
     np.testing.assert_allclose(out, eager, rtol=1e-5, atol=1e-5)
+
+
+def test_a_scan_backend_asked_for_that_cannot_run_here_is_one_clear_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """mamba_ssm runs on CUDA only: asking for it on the CPU, by the switch or by name, is refused before anything
+    runs (it was a traceback from deep inside the first forward), and ``mair info`` still reports it."""
+    from mair.cli import main
+    from mair.runtime.info import runtime_info
+
+    with pytest.raises(RuntimeSettingsError, match=r"^scan backend 'mamba' cannot run on cpu: .*mamba"):
+        resolve_runtime("cpu", scan_backend="mamba")
+    monkeypatch.setenv("MAIR_SCAN_BACKEND", "mamba")
+    for exact in (False, True):
+        with pytest.raises(RuntimeSettingsError, match=r"^MAIR_SCAN_BACKEND=mamba cannot run on cpu"):
+            resolve_runtime("cpu", exact, workload="infer")
+    assert runtime_info("cpu")["workloads"]["train"]["scan_backend"].startswith("unavailable")
+
+    argv = ["train", "sr_light_t_x2", "--scope", "demo", "--device", "cpu", "--no-mlflow"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("mair train: error: MAIR_SCAN_BACKEND=mamba cannot run on cpu"), err

@@ -61,7 +61,7 @@ def runtime_info(device: str | None = None, exact: bool = False) -> dict[str, An
     kind = device or _default_device()
     workloads = {}
     for workload in ("train", "infer"):
-        settings = resolve_runtime(kind, exact, workload=workload)
+        settings = resolve_runtime(kind, exact, workload=workload, require_scan_backend=False)
         workloads[workload] = {
             "settings": settings.describe(),
             "path": settings.path,

@@ -33,6 +33,7 @@ from mair.runtime.compile_modes import COMPILE_MODES, CUDA_GRAPH_MODES
 __all__ = ["WORKLOADS", "RuntimeSettings", "RuntimeSettingsError", "resolve_runtime"]
 
 WORKLOADS = ("train", "infer")
+ENV_SCAN = "MAIR_SCAN_BACKEND"
 FAST_COMPILE_MODE = "reduce-overhead"  # CUDA graphs: the fastest mode on one GPU and under DDP (docs/benchmarks.md)
 
 
@@ -181,6 +182,42 @@ def resolve_runtime(
     compile_mode: str | None = None,
     scan_backend: str | None = None,
     triton_available: bool | None = None,
+    require_scan_backend: bool = True,
+) -> RuntimeSettings:
+    """The settings a command runs with on ``device`` (``cpu``, ``cuda``, ``cuda:N`` or a torch.device); see
+    :func:`_resolve`. A scan backend asked for (``scan_backend`` or ``$MAIR_SCAN_BACKEND``) that cannot run here
+    raises :class:`RuntimeSettingsError` naming it, unless ``require_scan_backend`` is False (``mair info``
+    reports it instead)."""
+    settings = _resolve(
+        device,
+        exact,
+        workload=workload,
+        precision=precision,
+        compile=compile,
+        compile_backend=compile_backend,
+        compile_mode=compile_mode,
+        scan_backend=scan_backend,
+        triton_available=triton_available,
+    )
+    unavailable = settings.scan_backend_resolved.startswith("unavailable")
+    if require_scan_backend and unavailable:
+        asked = f"scan backend {scan_backend!r}" if scan_backend else f"MAIR_SCAN_BACKEND={switches.get(ENV_SCAN)}"
+        why = settings.scan_backend_resolved.removeprefix("unavailable (").removesuffix(")")
+        raise RuntimeSettingsError(f"{asked} cannot run on {settings.device}: {why} (docs/switches.md)")
+    return settings
+
+
+def _resolve(
+    device: Any,
+    exact: bool,
+    *,
+    workload: str,
+    precision: str | None,
+    compile: bool | None,
+    compile_backend: str | None,
+    compile_mode: str | None,
+    scan_backend: str | None,
+    triton_available: bool | None,
 ) -> RuntimeSettings:
     """The settings a command runs with on ``device`` (``cpu``, ``cuda``, ``cuda:N`` or a torch.device).
 
@@ -211,7 +248,7 @@ def resolve_runtime(
         raise RuntimeSettingsError(
             "--exact runs eager in true fp32; drop --precision/--compile/--compile-mode, or drop --exact"
         )
-    requested_scan = scan_backend or switches.get("MAIR_SCAN_BACKEND")
+    requested_scan = scan_backend or switches.get(ENV_SCAN)
     if requested_scan in ("auto",):
         requested_scan = None
     cuda = kind == "cuda"
