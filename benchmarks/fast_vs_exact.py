@@ -84,6 +84,18 @@ SR_TASKS = ("sr_light", "sr_classic")
 UNET_DEGRADATIONS = {"dn_real": "noise", "deblur": "blur"}
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
+# The training runs ``--paths`` can make: ``mair train`` flags and environment of each. ``fast`` (the default
+# path) and ``exact`` make the verdict; the others each change one part of the default path, to find which part
+# moves a result when the two disagree. Listed in the order they start (longest first).
+TRAIN_PATHS: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {
+    "exact": (("--exact",), {}),
+    "exact_triton": (("--exact",), {"MAIR_SCAN_BACKEND": "triton"}),  # the exact path with the Triton scan
+    "fast_eager": (("--no-compile",), {}),  # the default path without torch.compile and CUDA graphs
+    "fast_fp32": (("--precision", "fp32"), {}),  # the default path with full-fp32 matrix products
+    "fast": ((), {}),
+}
+REPORT_ORDER = ("fast", "exact", "fast_fp32", "fast_eager", "exact_triton")
+
 
 def shared_dir() -> Path:
     """``$MAIR_SHARED_DIR``, else ``shared/`` in the checkout, else ``../shared`` beside it."""
@@ -280,17 +292,34 @@ class _Children:
 CHILDREN = _Children()
 
 
-def run_mair(argv: list[str], args: argparse.Namespace, log: Path) -> None:
-    """``mair ARGV`` in a fresh process (as a user runs it; ``--in-process`` for the CPU test), output to ``log``."""
+@contextlib.contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    """``values`` set in ``os.environ`` within the block (in-process runs), the earlier values restored."""
+    before = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def run_mair(argv: list[str], args: argparse.Namespace, log: Path, env: dict[str, str] | None = None) -> None:
+    """``mair ARGV`` in a fresh process (as a user runs it; ``--in-process`` for the CPU test), output to ``log``;
+    ``env``: variables set for it."""
     log.parent.mkdir(parents=True, exist_ok=True)
-    print("mair " + " ".join(argv), flush=True)
+    print(" ".join([*(f"{k}={v}" for k, v in (env or {}).items()), "mair", *argv]), flush=True)
     if args.in_process:
         from mair.cli import main
 
-        code = main(argv)
+        with _environment(env or {}):
+            code = main(argv)
     else:
         path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-        env = dict(os.environ, PYTHONPATH=path, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, **(env or {}), PYTHONPATH=path, PYTHONUNBUFFERED="1")
         with log.open("w") as handle:
             proc = CHILDREN.start([sys.executable, "-m", "mair", *argv], handle, env)
             try:
@@ -440,7 +469,7 @@ def _make_runs(args: argparse.Namespace, seeded: dict[tuple[str, int], SeedExper
     from mair.train import EXIT_STOPPED
 
     paths = args.paths.split(",")
-    planned = [(name, key) for name in ("exact", "fast") if name in paths for key in seeded]  # exact first
+    planned = [(name, key) for name in TRAIN_PATHS if name in paths for key in seeded]  # exact first
 
     def make(name: str, key: tuple[str, int]) -> str | None:
         work, run = _run_folder(args, *key, name), seeded[key]
@@ -464,7 +493,7 @@ def _make_runs(args: argparse.Namespace, seeded: dict[tuple[str, int], SeedExper
             "--log-every",
             "1",
             *([] if same_file else ["--no-resume"]),
-            *(["--exact"] if name == "exact" else []),
+            *TRAIN_PATHS[name][0],
             *(["--num-workers", str(args.num_workers)] if args.num_workers is not None else []),
         ]
         earlier = float(wall_file.read_text()) if same_file and wall_file.is_file() else 0.0
@@ -474,7 +503,7 @@ def _make_runs(args: argparse.Namespace, seeded: dict[tuple[str, int], SeedExper
         _final_weights(work, run).unlink(missing_ok=True)  # an earlier run's weights never pass for this one's
         started = time.perf_counter()
         try:
-            run_mair(argv, args, work / ("train_resumed.log" if same_file else "train.log"))
+            run_mair(argv, args, work / ("train_resumed.log" if same_file else "train.log"), TRAIN_PATHS[name][1])
         except SystemExit as failure:
             return str(failure)
         finally:  # also when stopped: the call that finishes the run adds its own time
@@ -501,12 +530,14 @@ def _seeds(args: argparse.Namespace, exp_id: str) -> list[int]:
 
 
 def _read_runs(args: argparse.Namespace, exp_id: str, seed: int, seeded: SeedExperiment) -> dict[str, dict[str, Any]]:
-    """The finished fast and exact runs of one experiment and seed (either may be missing)."""
+    """The finished runs of one experiment and seed, by path (``fast`` and ``exact`` named when missing; the
+    other paths only where some run of them was started)."""
     runs = {}
-    for name in ("fast", "exact"):
+    for name in REPORT_ORDER:
         work = _run_folder(args, exp_id, seed, name)
         if not _finished(work, seeded):
-            print(f"{exp_id} seed {seed}: no finished {name} run yet (the same command makes it)", flush=True)
+            if name in ("fast", "exact") or work.is_dir():
+                print(f"{exp_id} seed {seed}: no finished {name} run yet (the same command makes it)", flush=True)
             continue
         if not _made_from(work, seeded.fingerprint):
             raise SystemExit(f"{work}: made from another experiment file (other --iters, --batch ...); rerun it")
@@ -528,15 +559,16 @@ def _read_runs(args: argparse.Namespace, exp_id: str, seed: int, seeded: SeedExp
 
 
 def _compare_seed(args: argparse.Namespace, exp_id: str, seed: int, runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """One seed's fast and exact runs side by side; writes their losses to ``train/losses/<exp>_seed<N>.csv``."""
-    iters = sorted(set(runs["fast"]["losses"]) & set(runs["exact"]["losses"]))
+    """One seed's runs side by side (fast and exact, and any other path made); writes their losses to
+    ``train/losses/<exp>_seed<N>.csv`` (a column per path)."""
+    iters = sorted(set.intersection(*(set(r["losses"]) for r in runs.values())))
     loss_file = args.out / "train" / "losses" / f"{exp_id}_seed{seed}.csv"
     loss_file.parent.mkdir(parents=True, exist_ok=True)
     with loss_file.open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["iter", "loss_fast", "loss_exact"])
+        writer.writerow(["iter", *(f"loss_{name}" for name in runs)])
         for i in iters:
-            writer.writerow([i, repr(runs["fast"]["losses"][i]), repr(runs["exact"]["losses"][i])])
+            writer.writerow([i, *(repr(r["losses"][i]) for r in runs.values())])
     fast, exact = ([runs[p]["losses"][i] for i in iters] for p in ("fast", "exact"))
     return {
         "iterations": len(iters),
@@ -554,6 +586,21 @@ def _compare_seed(args: argparse.Namespace, exp_id: str, seed: int, runs: dict[s
 
 def _spread(values: Sequence[float]) -> float | None:
     return statistics.stdev(values) if len(values) > 1 else None
+
+
+def _other_paths(per_seed: dict[str, dict[str, Any]], exact: Sequence[float]) -> dict[str, dict[str, Any]]:
+    """For each path other than fast and exact finished for every seed: its mean validation PSNR, its spread
+    over seeds and its mean minus the exact path's."""
+    out = {}
+    for name in REPORT_ORDER[2:]:
+        values = [r.get(f"val_psnr_{name}") for r in per_seed.values()]
+        if all(v is not None for v in values):
+            out[name] = {
+                "val_psnr_mean": statistics.fmean(values),
+                "val_psnr_seed_std": _spread(values),
+                "minus_exact_db": statistics.fmean(values) - statistics.fmean(exact),
+            }
+    return out
 
 
 def train_part(args: argparse.Namespace, exp_ids: Sequence[str]) -> dict[str, Any]:
@@ -574,7 +621,7 @@ def train_part(args: argparse.Namespace, exp_ids: Sequence[str]) -> dict[str, An
         per_seed = {}
         for seed in seeds:
             runs = _read_runs(args, exp_id, seed, seeded[exp_id, seed])
-            if len(runs) == 2:
+            if "fast" in runs and "exact" in runs:
                 per_seed[str(seed)] = _compare_seed(args, exp_id, seed, runs)
                 print(json.dumps({exp_id: {f"seed {seed}": per_seed[str(seed)]}}), flush=True)
         if len(per_seed) < len(seeds):
@@ -591,6 +638,7 @@ def train_part(args: argparse.Namespace, exp_ids: Sequence[str]) -> dict[str, An
             "val_psnr_exact_seed_std": _spread(exact),
             "val_psnr_diff_db": diff,
             "ok": abs(diff) <= VAL_PSNR_TOLERANCE_DB,
+            "other_paths": _other_paths(per_seed, exact),
         }
         print(json.dumps({exp_id: {k: v for k, v in results[exp_id].items() if k != "seeds"}}), flush=True)
     curves = load_curves(args.out / "train" / "losses")
@@ -610,17 +658,14 @@ def read_experiment_seed(exp_id: str) -> int:
     return int(read_document(exp_id)["train"]["seed"])
 
 
-def load_curves(folder: Path) -> dict[str, tuple[list[int], list[float], list[float]]]:
+def load_curves(folder: Path) -> dict[str, tuple[list[int], dict[str, list[float]]]]:
     """The loss curves of every experiment and seed trained so far under ``folder`` (earlier calls included),
-    keyed ``<exp>_seed<N>``."""
+    keyed ``<exp>_seed<N>``: the iterations and each path's losses."""
     curves = {}
     for path in sorted(folder.glob("*.csv")):
         rows = read_csv(path)
-        curves[path.stem] = (
-            [int(r["iter"]) for r in rows],
-            [float(r["loss_fast"]) for r in rows],
-            [float(r["loss_exact"]) for r in rows],
-        )
+        names = [c.removeprefix("loss_") for c in rows[0] if c.startswith("loss_")] if rows else []
+        curves[path.stem] = ([int(r["iter"]) for r in rows], {n: [float(r[f"loss_{n}"]) for r in rows] for n in names})
     return curves
 
 
@@ -632,8 +677,9 @@ def _smooth(values: Sequence[float], window: int) -> list[float]:
     return out
 
 
-def plot_losses(curves: dict[str, tuple[list[int], list[float], list[float]]], path: Path) -> Path:
-    """One panel per experiment and seed (three to a row): both loss curves (raw, light; moving average, bold)."""
+def plot_losses(curves: dict[str, tuple[list[int], dict[str, list[float]]]], path: Path) -> Path:
+    """One panel per experiment and seed (three to a row): each path's loss curve (raw, light; moving average,
+    bold)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -644,9 +690,12 @@ def plot_losses(curves: dict[str, tuple[list[int], list[float], list[float]]], p
     fig, axes = plt.subplots(rows, cols, figsize=(6 * cols, 4 * rows), squeeze=False)
     for ax in axes.flat[len(curves) :]:
         ax.axis("off")
-    for ax, (name, (iters, fast, exact)) in zip(axes.flat, curves.items(), strict=False):
+    labels = {"fast": "fast default", "exact": "--exact"}
+    colours = dict(zip(REPORT_ORDER, ("tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown"), strict=True))
+    for ax, (name, (iters, losses)) in zip(axes.flat, curves.items(), strict=False):
         window = max(1, len(iters) // 50)
-        for values, label, colour in ((fast, "fast default", "tab:blue"), (exact, "--exact", "tab:orange")):
+        for path_name, values in losses.items():
+            label, colour = labels.get(path_name, path_name), colours.get(path_name, "tab:grey")
             ax.plot(iters, values, color=colour, alpha=0.25, linewidth=0.6)
             ax.plot(iters, _smooth(values, window), color=colour, linewidth=1.6, label=f"{label} (mean of {window})")
         ax.set_title(name.replace("_seed", ", seed "))
@@ -740,8 +789,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--paths",
         default="fast,exact",
-        help="train part: which runs to make in this call (default both); a run made by an earlier call "
-        "with the same --out is read back, so the two can go to separate calls",
+        help="train part: which runs to make in this call (default fast,exact; none: only read back). A run "
+        "made by an earlier call with the same --out is read back, so the paths can go to separate calls. To find "
+        "which part of the default path moves a result: fast_fp32 (full-fp32 matrix products), fast_eager (no "
+        "torch.compile), exact_triton (--exact with the Triton scan)",
     )
     p.add_argument(
         "--seeds",
@@ -783,6 +834,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     unknown = set(args.parts.split(",")) - {"golden", "train", "eval"}
     if unknown:
         p.error(f"--parts: unknown {', '.join(sorted(unknown))} (golden, train, eval)")
+    unknown = set(args.paths.split(",")) - {*TRAIN_PATHS, "none"}
+    if unknown:
+        p.error(f"--paths: unknown {', '.join(sorted(unknown))} ({', '.join(REPORT_ORDER)} or none)")
     return args
 
 

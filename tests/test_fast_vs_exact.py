@@ -274,3 +274,38 @@ def test_a_run_its_time_limit_stopped_goes_on_when_the_command_is_repeated(tmp_p
     assert "resuming" not in (work / "train.log").read_text()
     with log.open(newline="") as handle:
         assert [int(r["iter"]) for r in csv.DictReader(handle)] == list(range(1, 201))
+
+
+@pytest.mark.slow
+def test_other_paths_each_change_one_part_of_the_default_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The diagnosis paths run with their own flags and environment, are reported against the exact path and
+    plotted; an unknown path is one line."""
+    fve = _script()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        argv = _train_argv(tmp_path, tmp_path / "out", 2, "--paths", "fast,exact,fast_fp32,fast_eager")
+        summary = fve.main([*argv, "--in-process"])
+    finally:
+        torch.set_num_threads(threads)
+    result = summary["train"]["experiments"]["sr_light_t_x4"]
+    (run,) = result["seeds"].values()
+    assert run["runtime_fast_fp32"] == "custom settings on cpu: scan torch, fp32, eager"
+    assert run["runtime_fast_eager"] == "custom settings on cpu: scan torch, fp32, eager"
+    assert set(result["other_paths"]) == {"fast_fp32", "fast_eager"}
+    for name, other in result["other_paths"].items():  # on the CPU every path is plain fp32
+        assert other["minus_exact_db"] == pytest.approx(0.0, abs=1e-3), name
+        assert other["val_psnr_mean"] == run[f"val_psnr_{name}"]
+    with open(run["loss_csv"], newline="") as handle:
+        assert next(csv.reader(handle)) == ["iter", "loss_fast", "loss_exact", "loss_fast_fp32", "loss_fast_eager"]
+    assert Path(summary["train"]["figure"]).stat().st_size > 1000
+
+    # exact_triton sets MAIR_SCAN_BACKEND=triton for its run only: without a GPU or Triton's interpreter that run
+    # is refused in one line, and the script reports it.
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(SystemExit, match="MAIR_SCAN_BACKEND=triton cannot run on cpu"):
+        fve.main(_train_argv(tmp_path, tmp_path / "out", 2, "--paths", "exact_triton"))
+    assert os.environ.get("MAIR_SCAN_BACKEND") is None
+
+    with pytest.raises(SystemExit):
+        fve.parse_args(["--out", str(tmp_path / "x"), "--paths", "fast,fastest"])
