@@ -510,7 +510,7 @@ def _make_runs(args: argparse.Namespace, seeded: dict[tuple[str, int], SeedExper
             wall_file.write_text(f"{earlier + time.perf_counter() - started:.1f}\n")
         return None
 
-    with CHILDREN.forwarding():
+    with contextlib.nullcontext() if args.in_process else CHILDREN.forwarding():
         if args.jobs == 1:
             failures = [make(*plan) for plan in planned]
         else:
