@@ -537,7 +537,10 @@ def test_a_scan_backend_asked_for_that_cannot_run_here_is_one_clear_line(
             resolve_runtime("cpu", exact, workload="infer")
     assert runtime_info("cpu")["workloads"]["train"]["scan_backend"].startswith("unavailable")
 
-    argv = ["train", "sr_light_t_x2", "--scope", "demo", "--device", "cpu", "--no-mlflow"]
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("mair train: error: MAIR_SCAN_BACKEND=mamba cannot run on cpu"), err
+    for argv in (
+        ["train", "sr_light_t_x2", "--scope", "demo", "--device", "cpu", "--no-mlflow"],
+        ["bench", "sr_light_t_x4_train", "--default", "--device", "cpu"],
+    ):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"mair {argv[0]}: error: MAIR_SCAN_BACKEND=mamba cannot run"), err

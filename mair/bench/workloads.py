@@ -418,6 +418,12 @@ def main(args: argparse.Namespace) -> int:
     workloads = [_requested_workload(n) for n in names]
     failed: list[str] = []
     if args.default:
+        from mair.runtime.resolve import RuntimeSettingsError, resolve_runtime
+
+        try:  # a scan backend asked for that cannot run here: one line before anything is measured
+            resolve_runtime(device, args.exact, workload="train")
+        except RuntimeSettingsError as error:
+            raise CommandError(str(error)) from None
         rows = _default_rows(args, workloads, device, failed)
         print(format_rows(rows))
         if args.out:
