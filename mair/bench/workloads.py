@@ -351,11 +351,15 @@ def _default_rows(
 ) -> list[dict[str, Any]]:
     """``--default``: each workload once, with the settings the commands resolve for this device; the names of
     the workloads that failed are appended to ``failed``."""
-    from mair.runtime.resolve import resolve_runtime
+    from mair.common.errors import CommandError
+    from mair.runtime.resolve import RuntimeSettingsError, resolve_runtime
 
     rows = []
     for workload in workloads:
-        runtime = resolve_runtime(device, args.exact, workload="infer" if workload.kind == "infer" else "train")
+        try:  # a scan backend asked for that cannot run here: one line, raised at the first workload
+            runtime = resolve_runtime(device, args.exact, workload="infer" if workload.kind == "infer" else "train")
+        except RuntimeSettingsError as error:
+            raise CommandError(str(error)) from None
         try:
             row = run_workload(workload, None, runtime.precision, device, args.warmup, args.repeat, runtime=runtime)
         except Exception as error:
@@ -418,12 +422,6 @@ def main(args: argparse.Namespace) -> int:
     workloads = [_requested_workload(n) for n in names]
     failed: list[str] = []
     if args.default:
-        from mair.runtime.resolve import RuntimeSettingsError, resolve_runtime
-
-        try:  # a scan backend asked for that cannot run here: one line before anything is measured
-            resolve_runtime(device, args.exact, workload="train")
-        except RuntimeSettingsError as error:
-            raise CommandError(str(error)) from None
         rows = _default_rows(args, workloads, device, failed)
         print(format_rows(rows))
         if args.out:
