@@ -363,3 +363,54 @@ def test_compile_with_inductor_matches_eager() -> None:
     want = _step(model, x)
     compiled = custom_ops.compile_model(model)  # default backend: inductor
     _assert_same(_step(compiled, x), want, tol=1e-4)
+
+
+class _DropPaths(nn.Module):
+    """Four DropPath(0.5) applied to one input, stacked: with an input of ones, each output is its mask / 0.5."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from mair.models.blocks import DropPath
+
+        self.drops = nn.ModuleList(DropPath(0.5) for _ in range(4))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x.transpose(1, 2).contiguous()  # a materialised reshape before the random op
+        return torch.stack([drop(x) for drop in self.drops])
+
+
+def check_drop_path_masks(device: str, mode: str | None, steps: int = 4, batch: int = 256) -> None:
+    """Compiled DropPath: per-sample masks, fresh every step and in every module, keeping about half of the
+    samples, adjacent samples independent, and the backward using the forward's masks."""
+    torch.manual_seed(0)
+    compiled = torch.compile(_DropPaths().to(device).train(), fullgraph=True, mode=mode)
+    masks = []
+    for _ in range(steps):
+        if mode == "reduce-overhead":
+            torch.compiler.cudagraph_mark_step_begin()
+        x = torch.ones(batch, 16, 8, device=device, requires_grad=True)
+        out = compiled(x)
+        out.sum().backward()
+        kept = (out.detach() * 0.5).reshape(4, batch, -1).cpu()  # 1: kept, 0: dropped
+        assert torch.equal(kept.amin(-1), kept.amax(-1)), "a mask varies inside a sample"
+        sample = kept[..., 0]
+        assert set(sample.unique().tolist()) <= {0.0, 1.0}
+        grad = x.grad.reshape(batch, -1).cpu()
+        torch.testing.assert_close(grad, (sample / 0.5).sum(0)[:, None].expand_as(grad))  # the forward's masks
+        masks.append(sample)
+    drawn = torch.stack(masks)  # (step, module, sample)
+    n = drawn.numel()
+    assert abs(drawn.mean().item() - 0.5) < 5 * (0.25 / n) ** 0.5, drawn.mean()
+    same_as_next = (drawn[..., 1:] == drawn[..., :-1]).float()
+    assert abs(same_as_next.mean().item() - 0.5) < 5 * (0.25 / same_as_next.numel()) ** 0.5, "adjacent samples agree"
+    for a in range(steps):
+        for b in range(4):
+            for c, d in ((a, (b + 1) % 4), ((a + 1) % steps, b)):
+                assert not torch.equal(drawn[a, b], drawn[c, d]), f"step {a} module {b} repeats step {c} module {d}"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (CUDA graphs, Inductor's GPU kernels)")
+def test_drop_path_masks_under_the_compiled_training_path() -> None:
+    """The training default compiles with CUDA graphs, where Inductor draws DropPath's masks with its own random
+    kernels replayed every step: they must be fresh, independent and unbiased as in eager."""
+    check_drop_path_masks("cuda", "reduce-overhead")
