@@ -324,6 +324,21 @@ def test_compile_whole_network_without_graph_breaks(name: str) -> None:
         _assert_same(_step(compiled, torch.rand(shape, generator=torch.Generator().manual_seed(2))), want, tol=1e-5)
 
 
+def test_compiled_training_step_applies_drop_path_as_eager() -> None:
+    """In training mode with DropPath active, the compiled network (Inductor's decompositions and forward/backward
+    partition, without its code generation) draws the same masks from the same seed and applies them as eager:
+    same output and gradients. (The masks Inductor's own GPU kernels draw: the CUDA test below.)"""
+    model = tiny_mair(drop_path_rate=0.5, depths=[4]).train()
+    x = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    torch.manual_seed(5)
+    want = _step(model, x)
+    torch.manual_seed(6)
+    assert not torch.allclose(_step(model, x)[0], want[0])  # DropPath is active: another seed, other masks
+    compiled = custom_ops.compile_model(model, backend="aot_eager_decomp_partition")
+    torch.manual_seed(5)
+    _assert_same(_step(compiled, x), want, tol=1e-5)
+
+
 @needs_triton
 @pytest.mark.parametrize("fuse_gate", [True, False])
 def test_compile_network_with_the_fused_triton_scan(monkeypatch: pytest.MonkeyPatch, fuse_gate: bool) -> None:
