@@ -18,6 +18,7 @@ def _adapt() -> None:
       replace and only re-creates wrappers): skip it there. It was about a third of the interpreter's time in
       the model-level tests, whose kernels call small helpers at every sequence position.
     """
+    import functools
     import inspect
 
     import numpy as np
@@ -52,8 +53,9 @@ def _adapt() -> None:
     launches: list[set[int]] = []
     real_patch_lang, real_launch = interpreter._patch_lang, interpreter.GridExecutor.__call__
 
-    def lang_modules(fn) -> set[int]:
-        return {id(v) for v in fn.__globals__.values() if inspect.ismodule(v) and v in (tl, tl.core)}
+    @functools.cache
+    def lang_modules(fn) -> frozenset[int]:  # per function: its module's globals, read once
+        return frozenset(id(v) for v in fn.__globals__.values() if inspect.ismodule(v) and v in (tl, tl.core))
 
     def patch_lang(fn):
         langs = lang_modules(fn)
